@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install MarginFace with the cpu, train and dev extras into .venv, fetch the models, lint, test.
+# Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check 'torch==2.13.0'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[cpu,train,dev]'
+.venv/bin/marginface models fetch
+.venv/bin/ruff check service training tests scripts bench
+.venv/bin/mypy service training
+# pytest exits 5 when no test ran; set -e turns that (like any failure) into a failed run.
+exec .venv/bin/python -m pytest "$@"

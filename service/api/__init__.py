@@ -1,0 +1,1 @@
+"""Thin REST routers: parse, call service.recognition, format."""

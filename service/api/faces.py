@@ -1,0 +1,52 @@
+"""Faces: enroll images for a subject, list and delete faces."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Query, UploadFile
+
+from service.api import convert
+from service.api.deps import Authorized, State, read_upload
+from service.errors import InvalidRequest
+from service.schemas import DeleteResponse, EnrolledFace, EnrollResponse, FaceOut
+
+router = APIRouter(prefix="/v1", tags=["faces"], dependencies=[Authorized])
+
+
+@router.post("/subjects/{subject_id}/faces", status_code=201)
+def add_faces(
+    subject_id: str,
+    state: State,
+    files: Annotated[list[UploadFile], File(description="one or more photos")],
+    multiple_faces: Annotated[Literal["largest", "reject"] | None, Query()] = None,
+    aligned: Annotated[bool, Query(description="images are aligned 112x112 crops")] = False,
+) -> EnrollResponse:
+    """Enroll one face per photo (all or nothing); re-sending a photo is a no-op that says so."""
+    if len(files) > state.settings.limits.max_files_per_request:
+        raise InvalidRequest(
+            f"at most {state.settings.limits.max_files_per_request} files per request"
+        )
+    images = [read_upload(f, state, "files") for f in files]
+    results = state.recognition.enroll(subject_id, images, policy=multiple_faces, aligned=aligned)
+    return EnrollResponse(
+        subject_id=subject_id,
+        model_id=state.recognition.pipeline.model_id,
+        faces=[
+            EnrolledFace(face_id=fid, created=created, detection=convert.box(face))
+            for fid, created, face in results
+        ],
+    )
+
+
+@router.get("/subjects/{subject_id}/faces")
+def list_faces(subject_id: str, state: State) -> list[FaceOut]:
+    """The faces enrolled for a subject (no embeddings)."""
+    return [convert.face_record(f) for f in state.recognition.gallery.list_faces(subject_id)]
+
+
+@router.delete("/faces/{face_id}")
+def delete_face(face_id: int, state: State) -> DeleteResponse:
+    """Erase one face from the store and the index."""
+    state.recognition.gallery.delete_face(face_id)
+    return DeleteResponse(deleted=str(face_id), faces_deleted=1)

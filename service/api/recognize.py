@@ -1,0 +1,107 @@
+"""Verify, identify, detect and embed."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from service.api import convert
+from service.api.deps import Authorized, State, read_upload
+from service.errors import InvalidRequest
+from service.schemas import (
+    DetectResponse,
+    EmbeddedFace,
+    EmbedResponse,
+    IdentifyResponse,
+    VerifyResponse,
+)
+
+router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[Authorized])
+
+Threshold = Annotated[float | None, Form(ge=-1.0, le=1.0, description="cosine threshold")]
+Aligned = Annotated[bool, Form(description="images are aligned 112x112 crops: skip detection")]
+
+
+@router.post("/verify")
+def verify(
+    state: State,
+    image_a: Annotated[UploadFile, File()],
+    image_b: Annotated[UploadFile | None, File()] = None,
+    subject_id: Annotated[str | None, Form()] = None,
+    threshold: Threshold = None,
+    aligned: Aligned = False,
+) -> VerifyResponse:
+    """Same person? Compare two images, or an image with an enrolled subject."""
+    rec = state.recognition
+    a = read_upload(image_a, state, "image_a")
+    if (image_b is None) == (subject_id is None):
+        raise InvalidRequest("send exactly one of image_b or subject_id")
+    if subject_id is not None:
+        score, chosen, face, face_id = rec.verify_subject(
+            a, subject_id, threshold=threshold, aligned=aligned
+        )
+        return VerifyResponse(
+            score=round(score, 6),
+            threshold=convert.threshold(chosen),
+            match=score >= chosen.value,
+            model_id=rec.pipeline.model_id,
+            face_a=convert.box(face),
+            subject_id=subject_id,
+            matched_face_id=face_id,
+        )
+    b = read_upload(image_b, state, "image_b")
+    score, chosen, face_a, face_b = rec.verify_images(a, b, threshold=threshold, aligned=aligned)
+    return VerifyResponse(
+        score=round(score, 6),
+        threshold=convert.threshold(chosen),
+        match=score >= chosen.value,
+        model_id=rec.pipeline.model_id,
+        face_a=convert.box(face_a),
+        face_b=convert.box(face_b),
+    )
+
+
+@router.post("/identify")
+def identify(
+    state: State,
+    image: Annotated[UploadFile, File()],
+    top_k: Annotated[int | None, Form(ge=1)] = None,
+    threshold: Threshold = None,
+    aligned: Aligned = False,
+) -> IdentifyResponse:
+    """Who is this? For every face: top-k candidates and a match, or unknown (open set)."""
+    rec = state.recognition
+    data = read_upload(image, state, "image")
+    faces, chosen = rec.identify(data, top_k=top_k, threshold=threshold, aligned=aligned)
+    return IdentifyResponse(
+        model_id=rec.pipeline.model_id,
+        threshold=convert.threshold(chosen),
+        faces=[convert.identified(f) for f in faces],
+    )
+
+
+@router.post("/detect")
+def detect(state: State, image: Annotated[UploadFile, File()]) -> DetectResponse:
+    """Find every face: box, 5 landmarks, score."""
+    pixels, faces = state.recognition.detect(read_upload(image, state, "image"))
+    return DetectResponse(
+        width=pixels.shape[1], height=pixels.shape[0], faces=[convert.box(f) for f in faces]
+    )
+
+
+@router.post("/embed")
+def embed(
+    state: State, image: Annotated[UploadFile, File()], aligned: Aligned = False
+) -> EmbedResponse:
+    """Embeddings of every face, with the model id they belong to."""
+    rec = state.recognition
+    faces = rec.embed(read_upload(image, state, "image"), aligned=aligned)
+    return EmbedResponse(
+        model_id=rec.pipeline.model_id,
+        embedding_dim=rec.pipeline.embedder.embedding_dim,
+        faces=[
+            EmbeddedFace(**convert.box(f).model_dump(), embedding=[float(v) for v in f.embedding])
+            for f in faces
+        ],
+    )

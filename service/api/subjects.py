@@ -1,0 +1,58 @@
+"""Subjects: create, get, list, update, delete."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from service.api import convert
+from service.api.deps import Authorized, State
+from service.schemas import DeleteResponse, SubjectCreate, SubjectOut, SubjectPage, SubjectUpdate
+
+router = APIRouter(prefix="/v1/subjects", tags=["subjects"], dependencies=[Authorized])
+
+
+@router.post("", status_code=201)
+def create_subject(body: SubjectCreate, state: State) -> SubjectOut:
+    """Create a subject (a person); faces are added separately."""
+    subject_id = body.id or uuid.uuid4().hex
+    return convert.subject(
+        state.recognition.gallery.create_subject(subject_id, body.name, body.metadata)
+    )
+
+
+@router.get("")
+def list_subjects(
+    state: State,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    search: Annotated[str | None, Query(max_length=128)] = None,
+) -> SubjectPage:
+    """List subjects, oldest first, optionally filtered by id or name."""
+    items, total = state.recognition.gallery.list_subjects(offset, limit, search)
+    return SubjectPage(
+        items=[convert.subject(s) for s in items], total=total, offset=offset, limit=limit
+    )
+
+
+@router.get("/{subject_id}")
+def get_subject(subject_id: str, state: State) -> SubjectOut:
+    """One subject with its face count."""
+    return convert.subject(state.recognition.gallery.get_subject(subject_id))
+
+
+@router.patch("/{subject_id}")
+def update_subject(subject_id: str, body: SubjectUpdate, state: State) -> SubjectOut:
+    """Rename a subject or replace its metadata."""
+    return convert.subject(
+        state.recognition.gallery.update_subject(subject_id, body.name, body.metadata)
+    )
+
+
+@router.delete("/{subject_id}")
+def delete_subject(subject_id: str, state: State) -> DeleteResponse:
+    """Erase a subject and every face of it from the store and the index."""
+    removed = state.recognition.gallery.delete_subject(subject_id)
+    return DeleteResponse(deleted=subject_id, faces_deleted=removed)

@@ -1,0 +1,192 @@
+"""The FastAPI application: ``create_app(settings, *, pipeline=None, gallery=None)``.
+
+The lifespan builds the heavy resources (ONNX sessions, gallery), yields them as typed state, and
+flushes and closes them on shutdown. Errors map to HTTP in this one module.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import faces, health, recognize, subjects
+from service.api.deps import AppState
+from service.errors import ConfigError, MarginFaceError, PayloadTooLarge
+from service.gallery import Gallery
+from service.recognition import Recognition, build_pipeline, open_gallery
+from service.settings import Settings
+from service.vision.pipeline import FacePipeline
+
+log = logging.getLogger("marginface")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    """The one error body: {"error": {"code", "message", "details"?}}."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return JSONResponse(status_code=status, content={"error": body})
+
+
+class BodyLimit:
+    """Reject request bodies over the limit (by Content-Length, or while streaming) with 413."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_large = PayloadTooLarge(
+            f"the request body is over the limit of {self.max_bytes} bytes", limit=self.max_bytes
+        )
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(send, too_large)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise too_large
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except PayloadTooLarge as exc:
+            if not started:
+                await _send_error(send, exc)
+
+
+async def _send_error(send: Send, exc: MarginFaceError) -> None:
+    response = error_response(exc.status, exc.code, exc.message, exc.details)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": response.raw_headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _check_settings(settings: Settings) -> None:
+    """Refuse to start with settings that cannot be right."""
+    if not settings.auth.disabled and not settings.auth.api_keys:
+        raise ConfigError(
+            "no API keys are configured: set MARGINFACE_AUTH__API_KEYS='[\"...\"]', or set "
+            "MARGINFACE_AUTH__DISABLED=true to run without authentication on a trusted network"
+        )
+
+
+def _flusher(gallery: Gallery, interval_s: float, stop: threading.Event) -> None:
+    """Persist the index now and then so a restart after a crash rebuilds less often."""
+    while not stop.wait(interval_s):
+        try:
+            gallery.flush()
+        except Exception:  # keep serving; the store stays the source of truth
+            log.exception("periodic index flush failed")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    pipeline: FacePipeline | None = None,
+    gallery: Gallery | None = None,
+) -> FastAPI:
+    """Build the app. Heavy resources are created in the lifespan unless passed in (tests)."""
+    settings = settings or Settings()
+    _check_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+        pipe = pipeline or build_pipeline(settings)
+        own_gallery = gallery is None
+        gal = gallery or open_gallery(settings, pipe.embedder.manifest)
+        providers = {"detector": pipe.detector.providers, "recognizer": pipe.embedder.providers}
+        log.warning("MarginFace ready: providers %s, gallery %s", providers, gal.stats())
+        stop = threading.Event()
+        flusher = threading.Thread(
+            target=_flusher, args=(gal, settings.gallery.flush_interval_s, stop), daemon=True
+        )
+        flusher.start()
+        try:
+            yield {"app_state": AppState(settings, Recognition(settings, pipe, gal))}
+        finally:
+            stop.set()
+            flusher.join(timeout=5)
+            if own_gallery:
+                gal.close()
+            else:
+                gal.flush()
+
+    app = FastAPI(
+        title="MarginFace",
+        version="0.1.0",
+        description="Face detection, verification and open-set identification.",
+        lifespan=lifespan,
+    )
+    for router in (health.router, subjects.router, faces.router, recognize.router):
+        app.include_router(router)
+
+    @app.exception_handler(MarginFaceError)
+    async def domain_error(request: Request, exc: MarginFaceError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        message = f"{'.'.join(first['loc'])}: {first['msg']}"
+        return error_response(422, "validation_error", message, {"errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            500, "internal_error", "an unexpected error occurred; see the server log"
+        )
+
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
+    return app

@@ -1,0 +1,254 @@
+"""The ``marginface`` command: serve, models, detect, verify, identify.
+
+``--json`` prints exactly one JSON object on stdout; logs go to stderr. Errors exit with status 2
+and print the same error body the API uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from service.errors import MarginFaceError
+from service.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with command-line overrides."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "models_dir", None):
+        overrides["models_dir"] = Path(args.models_dir)
+    if getattr(args, "device", None):
+        overrides["device"] = args.device
+    if getattr(args, "gallery", None):
+        overrides["gallery"] = {"path": Path(args.gallery)}
+    settings = Settings()
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    print(json.dumps(payload) if args.json else text)
+
+
+def _read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the API with uvicorn."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(args)
+    app = create_app(settings)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=settings.log_level.lower(), workers=1
+    )
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    """Fetch every registry model's pinned weights (idempotent)."""
+    from service.models import fetch_all
+
+    settings = _settings(args)
+    results = fetch_all(settings.models_dir)
+    payload = {
+        "models": [
+            {
+                "name": m.name,
+                "file": str(settings.models_dir / m.name / m.file),
+                "sha256": m.sha256,
+                "fetched": wrote,
+            }
+            for m, wrote in results
+        ]
+    }
+    lines = [
+        f"{m.name}: {'fetched' if wrote else 'already present'}, sha256 {m.sha256[:16]}..."
+        for m, wrote in results
+    ]
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    """List registered models with their licences and whether their weights are present."""
+    from service.models import list_models, sha256_file
+
+    settings = _settings(args)
+    rows = []
+    for m in list_models(settings.models_dir):
+        weights = settings.models_dir / m.name / m.file
+        present = weights.is_file() and sha256_file(weights) == m.sha256
+        rows.append(
+            {
+                "name": m.name,
+                "task": m.task,
+                "licence": m.licence,
+                "model_id": m.model_id,
+                "present": present,
+            }
+        )
+    text = "\n".join(
+        f"{r['name']:<24} {r['task']:<12} {'ok' if r['present'] else 'MISSING':<8} {r['licence']}"
+        for r in rows
+    )
+    _emit(args, {"models": rows}, text)
+    return 0
+
+
+def _recognition(args: argparse.Namespace, *, with_gallery: bool) -> Any:
+    from service.recognition import Recognition, build_pipeline, open_gallery
+
+    settings = _settings(args)
+    pipeline = build_pipeline(settings)
+    gallery = open_gallery(settings, pipeline.embedder.manifest) if with_gallery else None
+    return Recognition(settings, pipeline, gallery)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Detect faces in one image."""
+    from service.api import convert
+
+    rec = _recognition(args, with_gallery=False)
+    image, faces = rec.detect(_read(args.image))
+    payload = {
+        "image": args.image,
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "faces": [convert.box(f).model_dump() for f in faces],
+    }
+    text = f"{len(faces)} face(s) in {args.image}\n" + "\n".join(
+        f"  box={[round(v) for v in f.box]} score={f.score:.3f}" for f in faces
+    )
+    _emit(args, payload, text)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Compare the main faces of two images."""
+    rec = _recognition(args, with_gallery=False)
+    score, threshold, _, _ = rec.verify_images(
+        _read(args.image_a), _read(args.image_b), threshold=args.threshold, aligned=args.aligned
+    )
+    match = score >= threshold.value
+    payload = {
+        "image_a": args.image_a,
+        "image_b": args.image_b,
+        "score": round(score, 6),
+        "threshold": {"value": threshold.value, "source": threshold.source},
+        "match": match,
+        "model_id": rec.pipeline.model_id,
+    }
+    text = f"{'SAME' if match else 'DIFFERENT'} score={score:.4f} threshold={threshold.value:.4f}"
+    _emit(args, payload, text)
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """Identify every face of one image against the local gallery."""
+    from service.api import convert
+
+    rec = _recognition(args, with_gallery=True)
+    try:
+        faces, threshold = rec.identify(
+            _read(args.image), top_k=args.top_k, threshold=args.threshold, aligned=args.aligned
+        )
+    finally:
+        rec.gallery.close()
+    payload = {
+        "image": args.image,
+        "model_id": rec.pipeline.model_id,
+        "threshold": {"value": threshold.value, "source": threshold.source},
+        "faces": [convert.identified(f).model_dump() for f in faces],
+    }
+    text = (
+        "\n".join(
+            f"face {i}: {f.match.subject_id if f.match else 'unknown'}"
+            + (f" ({f.match.score:.3f})" if f.match else "")
+            for i, f in enumerate(faces)
+        )
+        or "no faces"
+    )
+    _emit(args, payload, text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    common.add_argument("--models-dir", help="model registry folder (default: models)")
+    common.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+    parser = argparse.ArgumentParser(prog="marginface", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the REST API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--gallery", help="gallery folder (default: var/gallery)")
+    serve.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", help="the model registry")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("fetch", parents=[common], help="fetch pinned weights").set_defaults(
+        func=cmd_models_fetch
+    )
+    msub.add_parser("list", parents=[common], help="list models").set_defaults(func=cmd_models_list)
+
+    detect = sub.add_parser("detect", parents=[common], help="detect faces in an image")
+    detect.add_argument("image")
+    detect.set_defaults(func=cmd_detect)
+
+    def add_match_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threshold", type=float, help="cosine threshold (default: the model's)")
+        p.add_argument("--aligned", action="store_true", help="inputs are aligned 112x112 crops")
+
+    verify = sub.add_parser("verify", parents=[common], help="same person in two images?")
+    verify.add_argument("image_a")
+    verify.add_argument("image_b")
+    add_match_options(verify)
+    verify.set_defaults(func=cmd_verify)
+
+    identify = sub.add_parser(
+        "identify", parents=[common], help="identify faces against the gallery"
+    )
+    identify.add_argument("image")
+    identify.add_argument("--top-k", type=int, default=None)
+    identify.add_argument("--gallery", help="gallery folder (default: var/gallery)")
+    add_match_options(identify)
+    identify.set_defaults(func=cmd_identify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``marginface`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s"
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MarginFaceError as exc:
+        print(
+            json.dumps(exc.to_dict()) if getattr(args, "json", False) else f"error: {exc.message}",
+            file=sys.stdout if getattr(args, "json", False) else sys.stderr,
+        )
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""The gallery: a durable store (source of truth) and a FAISS index derived from it."""
+
+from service.gallery.gallery import Candidate, Gallery
+from service.gallery.store import FaceRecord, NewFace, Subject
+
+__all__ = ["Candidate", "FaceRecord", "Gallery", "NewFace", "Subject"]

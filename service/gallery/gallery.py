@@ -1,0 +1,207 @@
+"""The gallery: the durable store plus the FAISS index derived from it, kept in step.
+
+Writes go to the store first (committed, acknowledged), then to the in-memory index, under one
+lock, so a search sees the gallery either before or after each write. On start the index is
+loaded from disk if it reflects the store's generation, and rebuilt from the store otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.gallery.index import VectorIndex
+from service.gallery.store import FaceRecord, NewFace, Store, Subject
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "gallery.sqlite3"
+INDEX_FILE = "index.faiss"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A subject that resembles a probe, with its best-matching face."""
+
+    subject_id: str
+    name: str
+    face_id: int
+    score: float
+
+
+class Gallery:
+    """Subjects and faces, searchable by cosine similarity; thread-safe."""
+
+    def __init__(
+        self, directory: Path, *, model_id: str, embedding_dim: int, index_factory: str = "Flat"
+    ) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.store = Store(directory / STORE_FILE, model_id=model_id, embedding_dim=embedding_dim)
+        self.index = VectorIndex(embedding_dim, index_factory)
+        self._lock = threading.RLock()
+        self._index_path = directory / INDEX_FILE
+        self._dirty = False
+        self._sync_index()
+
+    @property
+    def model_id(self) -> str:
+        """The embedding model this gallery is pinned to."""
+        return self.store.model_id
+
+    def _sync_index(self) -> None:
+        """Load the persisted index if current; otherwise rebuild it from the store and save it."""
+        generation = self.store.generation()
+        if self.index.load(self._index_path) and self.index.generation == generation:
+            log.info(
+                "gallery index loaded (%d vectors, generation %d)", self.index.ntotal, generation
+            )
+            return
+        self.rebuild_index()
+
+    def rebuild_index(self) -> None:
+        """Rebuild the index from the store (the source of truth) and persist it."""
+        with self._lock:
+            ids, vectors, generation = self.store.all_embeddings()
+            self.index.rebuild(ids, vectors, generation)
+            self.index.save(self._index_path)
+            self._dirty = False
+            log.info("gallery index rebuilt from the store: %d vectors", len(ids))
+
+    # ---- subjects
+
+    def create_subject(self, subject_id: str, name: str, metadata: dict[str, Any]) -> Subject:
+        """Create a subject (no faces yet)."""
+        with self._lock:
+            self._dirty = True
+            return self.store.create_subject(subject_id, name, metadata)
+
+    def get_subject(self, subject_id: str) -> Subject:
+        """One subject; raises SubjectNotFound."""
+        return self.store.get_subject(subject_id)
+
+    def list_subjects(
+        self, offset: int, limit: int, search: str | None = None
+    ) -> tuple[list[Subject], int]:
+        """A page of subjects and the total."""
+        return self.store.list_subjects(offset, limit, search)
+
+    def update_subject(
+        self, subject_id: str, name: str | None, metadata: dict[str, Any] | None
+    ) -> Subject:
+        """Rename or change metadata."""
+        with self._lock:
+            self._dirty = True
+            return self.store.update_subject(subject_id, name, metadata)
+
+    def delete_subject(self, subject_id: str) -> int:
+        """Erase a subject and all its faces from store and index; returns the faces removed."""
+        with self._lock:
+            face_ids = self.store.delete_subject(subject_id)
+            self.index.remove(face_ids, self.store.generation())
+            self._dirty = True
+            return len(face_ids)
+
+    # ---- faces
+
+    def add_faces(
+        self,
+        subject_id: str,
+        faces: list[NewFace],
+        *,
+        model_id: str,
+        create_name: str | None = None,
+    ) -> list[tuple[int, bool]]:
+        """Enroll faces; returns (face id, created) per face (duplicates are not re-added).
+
+        Raises ModelMismatch when the embeddings come from another model than the gallery's.
+        """
+        self.store.check_model(model_id)
+        with self._lock:
+            results = self.store.add_faces(subject_id, faces, create_name=create_name)
+            new = [
+                (fid, f.embedding)
+                for (fid, created), f in zip(results, faces, strict=True)
+                if created
+            ]
+            generation = self.store.generation()
+            if new:
+                ids = np.array([fid for fid, _ in new], dtype=np.int64)
+                self.index.add(ids, np.stack([v for _, v in new]), generation)
+                self._dirty = True
+            else:
+                self.index.generation = generation
+            return results
+
+    def list_faces(self, subject_id: str) -> list[FaceRecord]:
+        """Faces of one subject."""
+        return self.store.list_faces(subject_id)
+
+    def delete_face(self, face_id: int) -> str:
+        """Erase one face from store and index; returns its subject id."""
+        with self._lock:
+            subject_id = self.store.delete_face(face_id)
+            self.index.remove([face_id], self.store.generation())
+            self._dirty = True
+            return subject_id
+
+    # ---- search
+
+    def search(self, embeddings: np.ndarray, *, top_k: int, model_id: str) -> list[list[Candidate]]:
+        """For each probe, the top-k subjects by their best face's cosine similarity."""
+        self.store.check_model(model_id)
+        if len(embeddings) == 0:
+            return []
+        with self._lock:
+            # Several faces per subject: fetch more than k faces, then keep each subject's best.
+            scores, ids = self.index.search(embeddings, top_k * 4 + 8)
+            owners = self.store.subject_of_faces(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        results = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            best: dict[str, Candidate] = {}
+            for score, fid in zip(row_scores, row_ids, strict=True):
+                if fid < 0 or int(fid) not in owners:
+                    continue
+                sid, name = owners[int(fid)]
+                if sid not in best:
+                    best[sid] = Candidate(sid, name, int(fid), float(score))
+            ranked = sorted(best.values(), key=lambda c: -c.score)[:top_k]
+            results.append(ranked)
+        return results
+
+    def subject_embeddings(
+        self, subject_id: str, *, model_id: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(face ids, embeddings) of one subject; raises SubjectNotFound or ModelMismatch."""
+        self.store.check_model(model_id)
+        self.store.get_subject(subject_id)
+        return self.store.embeddings_of(subject_id)
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes for /readyz."""
+        subjects, faces = self.store.counts()
+        return {
+            "subjects": subjects,
+            "faces": faces,
+            "indexed": self.index.ntotal,
+            "model_id": self.model_id,
+            "index_factory": self.index.factory,
+        }
+
+    def flush(self) -> None:
+        """Persist the index if it changed since the last save (the store is always durable)."""
+        with self._lock:
+            if self._dirty:
+                self.index.generation = self.store.generation()
+                self.index.save(self._index_path)
+                self._dirty = False
+
+    def close(self) -> None:
+        """Save the index and close the store."""
+        self.flush()
+        self.store.close()

@@ -1,0 +1,225 @@
+"""Enroll, verify and identify: the operations behind both the REST API and the CLI.
+
+Routes and CLI commands are thin: they parse input, call one method here, and format the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidRequest, NoFace
+from service.gallery import Candidate, Gallery, NewFace
+from service.models import Manifest, resolve_model
+from service.settings import Settings
+from service.vision.detection import Detector, DetectorOptions
+from service.vision.embedding import Embedder
+from service.vision.image import decode_image
+from service.vision.pipeline import EnrollPolicy, Face, FacePipeline
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A cosine threshold and where it came from (said in every response that uses one)."""
+
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
+class IdentifiedFace:
+    """One face of a probe image, its candidates and the open-set decision."""
+
+    face: Face
+    candidates: list[Candidate]
+    match: Candidate | None
+
+
+def build_pipeline(settings: Settings) -> FacePipeline:
+    """Load detector and recognizer from the registry as the settings say."""
+    det_manifest, det_weights = resolve_model(settings.models_dir, settings.detector.model)
+    rec_manifest, rec_weights = resolve_model(settings.models_dir, settings.embedder.model)
+    options = DetectorOptions(
+        score_threshold=settings.detector.score_threshold,
+        nms_iou=settings.detector.nms_iou,
+        min_face_px=settings.detector.min_face_px,
+        max_side_px=settings.detector.max_side_px,
+        max_faces=settings.detector.max_faces,
+    )
+    detector = Detector(
+        det_manifest,
+        det_weights,
+        device=settings.device,
+        intra_op_threads=settings.intra_op_threads,
+        options=options,
+    )
+    embedder = Embedder(
+        rec_manifest,
+        rec_weights,
+        device=settings.device,
+        intra_op_threads=settings.intra_op_threads,
+        max_batch=settings.embedder.max_batch,
+        flip_tta=settings.embedder.flip_tta,
+    )
+    return FacePipeline(detector, embedder)
+
+
+def open_gallery(settings: Settings, manifest: Manifest) -> Gallery:
+    """Open (or create) the gallery pinned to this recognizer."""
+    assert manifest.embedding_dim is not None
+    return Gallery(
+        Path(settings.gallery.path),
+        model_id=manifest.model_id,
+        embedding_dim=manifest.embedding_dim,
+        index_factory=settings.gallery.index_factory,
+    )
+
+
+class Recognition:
+    """The service's operations over one pipeline and (optionally) one gallery."""
+
+    def __init__(self, settings: Settings, pipeline: FacePipeline, gallery: Gallery | None) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self._gallery = gallery
+
+    @property
+    def gallery(self) -> Gallery:
+        """The gallery; only commands that need one open it."""
+        if self._gallery is None:
+            raise RuntimeError("this Recognition was built without a gallery")
+        return self._gallery
+
+    @property
+    def recognizer(self) -> Manifest:
+        """The recognizer's manifest."""
+        return self.pipeline.embedder.manifest
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode with the configured pixel limit."""
+        return decode_image(data, max_pixels=self.settings.limits.max_image_pixels)
+
+    def threshold(self, threshold: float | None = None) -> Threshold:
+        """The caller's threshold, or the model's recommended one."""
+        if threshold is not None:
+            if not -1.0 <= threshold <= 1.0:
+                raise InvalidRequest(f"threshold must be a cosine in [-1, 1], got {threshold}")
+            return Threshold(float(threshold), "request")
+        recommended = self.recognizer.thresholds
+        if recommended is None:
+            raise InvalidRequest(
+                f"model {self.recognizer.name} has no recommended threshold; pass threshold="
+            )
+        return Threshold(recommended.cosine, f"manifest: {recommended.source}")
+
+    def check_top_k(self, top_k: int | None) -> int:
+        """The caller's top_k within limits, or the default."""
+        k = self.settings.default_top_k if top_k is None else top_k
+        if not 1 <= k <= self.settings.limits.max_top_k:
+            raise InvalidRequest(f"top_k must be in [1, {self.settings.limits.max_top_k}], got {k}")
+        return k
+
+    # ---- detection and embedding
+
+    def detect(self, data: bytes) -> tuple[np.ndarray, list[Any]]:
+        """Decode and detect every face."""
+        image = self.decode(data)
+        return image, self.pipeline.detect(image)
+
+    def embed(self, data: bytes, *, aligned: bool = False) -> list[Face]:
+        """Every face with its embedding (or the whole image as one aligned crop)."""
+        image = self.decode(data)
+        if aligned:
+            return [self.pipeline.embed_aligned(image)]
+        return self.pipeline.analyze(image)
+
+    def one_face(
+        self, data: bytes, *, policy: EnrollPolicy | None = None, aligned: bool = False
+    ) -> Face:
+        """The face to enroll or verify, per the enrollment policy."""
+        image = self.decode(data)
+        return self.pipeline.single_face(
+            image, policy=policy or self.settings.enroll_policy, aligned=aligned
+        )
+
+    # ---- gallery operations
+
+    def enroll(
+        self,
+        subject_id: str,
+        images: list[bytes],
+        *,
+        policy: EnrollPolicy | None = None,
+        aligned: bool = False,
+    ) -> list[tuple[int, bool, Face]]:
+        """Enroll one face per image, all or nothing: any bad image fails the whole request.
+
+        Returns (face id, created, face) per image; created is False for an image already
+        enrolled for this subject (same sha256).
+        """
+        self.gallery.store.check_model(self.pipeline.model_id)
+        self.gallery.get_subject(subject_id)
+        faces = [self.one_face(data, policy=policy, aligned=aligned) for data in images]
+        new = [
+            NewFace(
+                embedding=face.embedding,
+                box=face.box,
+                det_score=face.score,
+                image_sha256=hashlib.sha256(data).hexdigest(),
+            )
+            for face, data in zip(faces, images, strict=True)
+        ]
+        results = self.gallery.add_faces(subject_id, new, model_id=self.pipeline.model_id)
+        return [(fid, created, face) for (fid, created), face in zip(results, faces, strict=True)]
+
+    def verify_images(
+        self, a: bytes, b: bytes, *, threshold: float | None = None, aligned: bool = False
+    ) -> tuple[float, Threshold, Face, Face]:
+        """Cosine similarity of the main faces of two images, and the threshold to judge it by."""
+        chosen = self.threshold(threshold)
+        face_a = self.one_face(a, policy="largest", aligned=aligned)
+        face_b = self.one_face(b, policy="largest", aligned=aligned)
+        return float(face_a.embedding @ face_b.embedding), chosen, face_a, face_b
+
+    def verify_subject(
+        self, a: bytes, subject_id: str, *, threshold: float | None = None, aligned: bool = False
+    ) -> tuple[float, Threshold, Face, int | None]:
+        """Best cosine similarity between the image's main face and the subject's faces."""
+        chosen = self.threshold(threshold)
+        face_ids, vectors = self.gallery.subject_embeddings(
+            subject_id, model_id=self.pipeline.model_id
+        )
+        face = self.one_face(a, policy="largest", aligned=aligned)
+        if len(face_ids) == 0:
+            raise NoFace(f"subject {subject_id!r} has no enrolled faces to verify against")
+        scores = vectors @ face.embedding
+        best = int(np.argmax(scores))
+        return float(scores[best]), chosen, face, int(face_ids[best])
+
+    def identify(
+        self,
+        data: bytes,
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        aligned: bool = False,
+    ) -> tuple[list[IdentifiedFace], Threshold]:
+        """Open-set identification of every face in the image."""
+        chosen = self.threshold(threshold)
+        k = self.check_top_k(top_k)
+        self.gallery.store.check_model(self.pipeline.model_id)
+        faces = self.embed(data, aligned=aligned)
+        if not faces:
+            return [], chosen
+        ranked = self.gallery.search(
+            np.stack([f.embedding for f in faces]), top_k=k, model_id=self.pipeline.model_id
+        )
+        out = []
+        for face, candidates in zip(faces, ranked, strict=True):
+            match = candidates[0] if candidates and candidates[0].score >= chosen.value else None
+            out.append(IdentifiedFace(face, candidates, match))
+        return out, chosen

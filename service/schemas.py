@@ -1,0 +1,187 @@
+"""Request and response models of REST API v1 (they become the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SUBJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
+
+
+class ErrorBody(BaseModel):
+    """The one error format."""
+
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every failure answers with this body."""
+
+    error: ErrorBody
+
+
+class SubjectCreate(BaseModel):
+    """A new subject; the id is generated when omitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, pattern=SUBJECT_ID_PATTERN, description="letters, digits, . _ @ -")
+    name: str = Field(..., min_length=1, max_length=256)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SubjectUpdate(BaseModel):
+    """Fields to change; omitted ones stay."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=256)
+    metadata: dict[str, Any] | None = None
+
+
+class SubjectOut(BaseModel):
+    """A subject as the API returns it."""
+
+    id: str
+    name: str
+    metadata: dict[str, Any]
+    created_at: float
+    face_count: int
+
+
+class SubjectPage(BaseModel):
+    """A page of subjects."""
+
+    items: list[SubjectOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class Box(BaseModel):
+    """A detected face: box (x1, y1, x2, y2), 5 landmarks, detection score."""
+
+    box: list[float]
+    landmarks: list[list[float]]
+    score: float
+
+
+class FaceOut(BaseModel):
+    """An enrolled face."""
+
+    id: int
+    subject_id: str
+    model_id: str
+    box: list[float]
+    det_score: float
+    image_sha256: str
+    created_at: float
+
+
+class EnrolledFace(BaseModel):
+    """The outcome of enrolling one image."""
+
+    face_id: int
+    created: bool = Field(description="false when this image was already enrolled (same sha256)")
+    detection: Box
+
+
+class EnrollResponse(BaseModel):
+    """The outcome of enrolling a batch of images (all or nothing)."""
+
+    subject_id: str
+    model_id: str
+    faces: list[EnrolledFace]
+
+
+class DeleteResponse(BaseModel):
+    """What a delete removed."""
+
+    deleted: str
+    faces_deleted: int
+
+
+class ThresholdOut(BaseModel):
+    """The threshold used and where it came from."""
+
+    value: float
+    source: str
+
+
+class VerifyResponse(BaseModel):
+    """Are these the same person?"""
+
+    score: float = Field(description="cosine similarity in [-1, 1]")
+    threshold: ThresholdOut
+    match: bool
+    model_id: str
+    face_a: Box
+    face_b: Box | None = None
+    subject_id: str | None = None
+    matched_face_id: int | None = None
+
+
+class CandidateOut(BaseModel):
+    """A subject resembling the probe face."""
+
+    subject_id: str
+    name: str
+    face_id: int
+    score: float
+
+
+class IdentifiedFaceOut(BaseModel):
+    """One face of the probe image and the open-set decision."""
+
+    detection: Box
+    decision: Literal["match", "unknown"]
+    match: CandidateOut | None
+    candidates: list[CandidateOut]
+
+
+class IdentifyResponse(BaseModel):
+    """Every face in the image with its candidates."""
+
+    model_id: str
+    threshold: ThresholdOut
+    faces: list[IdentifiedFaceOut]
+
+
+class DetectResponse(BaseModel):
+    """Faces found."""
+
+    width: int
+    height: int
+    faces: list[Box]
+
+
+class EmbeddedFace(Box):
+    """A face with its unit-length embedding."""
+
+    embedding: list[float]
+
+
+class EmbedResponse(BaseModel):
+    """Embeddings of every face."""
+
+    model_id: str
+    embedding_dim: int
+    faces: list[EmbeddedFace]
+
+
+class Health(BaseModel):
+    """Liveness."""
+
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """What is loaded and where it runs."""
+
+    status: Literal["ready"]
+    detector: dict[str, Any]
+    recognizer: dict[str, Any]
+    gallery: dict[str, Any]

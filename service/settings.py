@@ -1,0 +1,80 @@
+"""Service settings: pydantic-settings with the MARGINFACE_ prefix and ``__`` for nesting.
+
+Examples: ``MARGINFACE_DEVICE=cuda``, ``MARGINFACE_DETECTOR__SCORE_THRESHOLD=0.7``,
+``MARGINFACE_AUTH__API_KEYS='["key-1","key-2"]'``. Settings are passed into ``create_app``; nothing
+reads the environment behind its back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DetectorSettings(BaseModel):
+    """Detection knobs."""
+
+    model: str = "retinaface-mnet025"
+    score_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    nms_iou: float = Field(0.4, gt=0.0, le=1.0)
+    min_face_px: float = Field(12.0, ge=0.0)
+    max_side_px: int = Field(960, ge=64, description="longer image side is scaled down to this")
+    max_faces: int = Field(64, ge=1, description="faces per image that are kept (largest scores)")
+
+
+class EmbedderSettings(BaseModel):
+    """Recognition knobs."""
+
+    model: str = "sface-2021dec"
+    max_batch: int = Field(64, ge=1)
+    flip_tta: bool = False
+
+
+class GallerySettings(BaseModel):
+    """Where the gallery lives and how it is indexed."""
+
+    path: Path = Path("var/gallery")
+    index_factory: str = Field(
+        "Flat", description="FAISS factory string: Flat (exact), IVF..., HNSW..."
+    )
+    flush_interval_s: float = Field(30.0, gt=0)
+
+
+class AuthSettings(BaseModel):
+    """API keys for the X-API-Key header."""
+
+    api_keys: list[SecretStr] = []
+    disabled: bool = False
+
+
+class LimitSettings(BaseModel):
+    """Guards against oversized or abusive requests."""
+
+    max_upload_bytes: int = Field(15 * 1024 * 1024, ge=1024, description="per uploaded file")
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body")
+    max_image_pixels: int = Field(40_000_000, ge=256)
+    max_top_k: int = Field(100, ge=1)
+    max_files_per_request: int = Field(32, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything configurable about the service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MARGINFACE_", env_nested_delimiter="__", env_file=None, extra="ignore"
+    )
+
+    models_dir: Path = Path("models")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(0, ge=0, description="0 lets ONNX Runtime choose")
+    detector: DetectorSettings = DetectorSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
+    gallery: GallerySettings = GallerySettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitSettings = LimitSettings()
+    enroll_policy: Literal["largest", "reject"] = "largest"
+    default_top_k: int = Field(5, ge=1)
+    log_level: str = "INFO"

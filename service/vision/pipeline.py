@@ -1,0 +1,118 @@
+"""The face pipeline: decode, detect, align on 5 landmarks, embed, L2-normalise.
+
+Training's data preparation and the service both run faces through this one class, so the crops a
+model was trained on are the crops it is served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from service.errors import MultipleFaces, NoFace
+from service.vision.alignment import align_face
+from service.vision.detection import DetectedFace, Detector, DetectorOptions
+from service.vision.embedding import Embedder
+
+EnrollPolicy = Literal["largest", "reject"]
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected (or given) face with its embedding."""
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray = field(repr=False)
+    score: float
+    embedding: np.ndarray = field(repr=False)
+
+    def to_dict(self, *, with_embedding: bool = False) -> dict[str, object]:
+        """JSON-ready view: box as x1, y1, x2, y2; landmarks as 5 [x, y] pairs."""
+        out: dict[str, object] = {
+            "box": [round(v, 2) for v in self.box],
+            "landmarks": np.round(self.landmarks, 2).tolist(),
+            "score": round(self.score, 4),
+        }
+        if with_embedding:
+            out["embedding"] = self.embedding.tolist()
+        return out
+
+
+class FacePipeline:
+    """Detector plus embedder; stateless apart from the ONNX sessions, safe to share."""
+
+    def __init__(self, detector: Detector, embedder: Embedder) -> None:
+        self.detector = detector
+        self.embedder = embedder
+
+    @property
+    def model_id(self) -> str:
+        """The recognizer's id; embeddings are only comparable within one model id."""
+        return self.embedder.model_id
+
+    def detect(
+        self, image: np.ndarray, options: DetectorOptions | None = None
+    ) -> list[DetectedFace]:
+        """Boxes, landmarks and scores of every face, best score first."""
+        return self.detector.detect(image, options)
+
+    def analyze(self, image: np.ndarray, options: DetectorOptions | None = None) -> list[Face]:
+        """Every face in the image with its embedding (one batched embedder run)."""
+        detections = self.detector.detect(image, options)
+        return self.embed_detections(image, detections)
+
+    def embed_detections(self, image: np.ndarray, detections: list[DetectedFace]) -> list[Face]:
+        """Align and embed given detections in one batch."""
+        if not detections:
+            return []
+        crops = [self.align(image, d.landmarks) for d in detections]
+        vectors = self.embedder.embed(crops)
+        return [
+            Face(box=d.box, landmarks=d.landmarks, score=d.score, embedding=v)
+            for d, v in zip(detections, vectors, strict=True)
+        ]
+
+    def align(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """The aligned crop the recognizer expects (template and size from its manifest)."""
+        return align_face(
+            image, landmarks, template=self.embedder.template, size=self.embedder.input_size
+        )
+
+    def embed_aligned(self, image: np.ndarray) -> Face:
+        """Treat the whole image as an already aligned crop (detection skipped)."""
+        h, w = image.shape[:2]
+        tw, th = self.embedder.input_size
+        sx, sy = w / tw, h / th
+        landmarks = (self.embedder.template * np.array([sx, sy])).astype(np.float32)
+        vector = self.embedder.embed([image])[0]
+        return Face(
+            box=(0.0, 0.0, float(w), float(h)), landmarks=landmarks, score=1.0, embedding=vector
+        )
+
+    def single_face(
+        self,
+        image: np.ndarray,
+        *,
+        policy: EnrollPolicy = "largest",
+        aligned: bool = False,
+        options: DetectorOptions | None = None,
+    ) -> Face:
+        """The one face to enroll or verify: the largest, or an error if the policy is 'reject'.
+
+        Raises NoFace, or MultipleFaces under the 'reject' policy.
+        """
+        if aligned:
+            return self.embed_aligned(image)
+        detections = self.detector.detect(image, options)
+        if not detections:
+            raise NoFace("no face was found in the image")
+        if len(detections) > 1 and policy == "reject":
+            raise MultipleFaces(
+                f"{len(detections)} faces were found and the policy is 'reject'; send a photo "
+                "with one face or use multiple_faces=largest",
+                faces=len(detections),
+            )
+        largest = max(detections, key=lambda d: d.area)
+        return self.embed_detections(image, [largest])[0]
