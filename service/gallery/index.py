@@ -120,10 +120,9 @@ class VectorIndex:
                 "index at %s is unreadable (%s); it will be rebuilt from the store", path, exc
             )
             return False
-        if not isinstance(index, faiss.IndexIDMap2) and index.d != self.dim:
+        # read_index returns the concrete class; a downcast wrapper would not own the object.
+        if not isinstance(index, faiss.IndexIDMap2) or index.d != self.dim:
             return False
-        self._index = faiss.downcast_index(index)
-        if not isinstance(self._index, faiss.IndexIDMap2):
-            return False
+        self._index = index
         self.generation = int(meta.get("generation", -1))
         return True

@@ -40,6 +40,7 @@ class DetectorOptions:
     nms_iou: float = 0.4
     min_face_px: float = 12.0
     max_side_px: int = 960
+    upscale_below_px: int = 0  # small images are enlarged to this long side: finer landmarks
     max_faces: int = 256
 
 
@@ -106,7 +107,7 @@ class Detector:
     ) -> list[DetectedFace]:
         """All faces in an RGB uint8 image, best score first, in original image coordinates."""
         opts = options or self.options
-        tensor, scale = self._preprocess(image, opts.max_side_px)
+        tensor, scale = self._preprocess(image, opts.max_side_px, opts.upscale_below_px)
         outputs = self.session.run(None, {self._input_name: tensor})
         named = dict(zip(self.spec.output_order, outputs, strict=True))
         height, width = tensor.shape[2:]
@@ -149,13 +150,18 @@ class Detector:
                 break
         return faces
 
-    def _preprocess(self, image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    def _preprocess(
+        self, image: np.ndarray, max_side: int, upscale_below: int
+    ) -> tuple[np.ndarray, float]:
         """Resize so the long side fits, pad to the stride multiple, normalise per the manifest."""
         h, w = image.shape[:2]
         scale = min(1.0, max_side / max(h, w))
-        if scale < 1.0:
+        if max(h, w) < upscale_below:
+            scale = upscale_below / max(h, w)
+        if scale != 1.0:
+            interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
             image = cv2.resize(
-                image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+                image, (round(w * scale), round(h * scale)), interpolation=interpolation
             )
         if self.manifest.input.color_order == "BGR":
             image = image[:, :, ::-1]

