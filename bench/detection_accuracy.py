@@ -18,7 +18,7 @@ import numpy as np
 from service.evaluation import interocular_nme, match_detections
 from service.recognition import build_pipeline
 from service.settings import Settings
-from service.vision.detection import DetectorOptions, Detector
+from service.vision.detection import Detector, DetectorOptions
 from service.vision.image import decode_image
 
 

@@ -25,9 +25,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["models_dir"] = Path(args.models_dir)
     if getattr(args, "device", None):
         overrides["device"] = args.device
-    if getattr(args, "gallery", None):
-        overrides["gallery"] = {"path": Path(args.gallery)}
     settings = Settings()
+    if getattr(args, "gallery", None):
+        overrides["gallery"] = settings.gallery.model_copy(update={"path": Path(args.gallery)})
     return settings.model_copy(update=overrides) if overrides else settings
 
 
@@ -136,7 +136,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Compare the main faces of two images."""
     rec = _recognition(args, with_gallery=False)
     score, threshold, _, _ = rec.verify_images(
-        _read(args.image_a), _read(args.image_b), threshold=args.threshold, aligned=args.aligned
+        _read(args.image_a),
+        _read(args.image_b),
+        threshold=args.threshold,
+        far=args.far,
+        aligned=args.aligned,
     )
     match = score >= threshold.value
     payload = {
@@ -159,7 +163,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
     rec = _recognition(args, with_gallery=True)
     try:
         faces, threshold = rec.identify(
-            _read(args.image), top_k=args.top_k, threshold=args.threshold, aligned=args.aligned
+            _read(args.image),
+            top_k=args.top_k,
+            threshold=args.threshold,
+            far=args.far,
+            aligned=args.aligned,
         )
     finally:
         rec.gallery.close()
@@ -177,6 +185,43 @@ def cmd_identify(args: argparse.Namespace) -> int:
         )
         or "no faces"
     )
+    _emit(args, payload, text)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure thresholds by FAR on labelled pairs and write them into the model's manifest."""
+    from service.calibration import calibrate, score_pairs
+    from service.evaluation import read_lfw_pairs
+    from service.models import Thresholds, load_manifest, save_manifest
+    from service.recognition import build_pipeline
+
+    settings = _settings(args)
+    if args.model:
+        settings = settings.model_copy(
+            update={"embedder": settings.embedder.model_copy(update={"model": args.model})}
+        )
+    pipeline = build_pipeline(settings)
+    pairs = read_lfw_pairs(Path(args.pairs), Path(args.images))
+    result = score_pairs(pipeline, pairs, progress=not args.json)
+    dataset = args.dataset or f"{Path(args.pairs).name} ({Path(args.images).parent.name})"
+    calibration = calibrate(result, dataset)
+    model_dir = settings.models_dir / settings.embedder.model
+    manifest = load_manifest(model_dir)
+    best = calibration.best_accuracy_threshold
+    updated = manifest.model_copy(
+        update={
+            "calibration": calibration,
+            "thresholds": Thresholds(
+                cosine=best if best is not None else manifest.thresholds.cosine,  # type: ignore[union-attr]
+                source=f"calibration on {dataset}: best accuracy threshold over "
+                f"{calibration.pairs} pairs",
+            ),
+        }
+    )
+    save_manifest(model_dir, updated)
+    payload = {"model": manifest.name, "calibration": calibration.model_dump()}
+    text = json.dumps(payload, indent=2)
     _emit(args, payload, text)
     return 0
 
@@ -210,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_match_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--threshold", type=float, help="cosine threshold (default: the model's)")
+        p.add_argument("--far", type=float, help="false-accept rate, from the model's calibration")
         p.add_argument("--aligned", action="store_true", help="inputs are aligned 112x112 crops")
 
     verify = sub.add_parser("verify", parents=[common], help="same person in two images?")
@@ -226,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_argument("--gallery", help="gallery folder (default: var/gallery)")
     add_match_options(identify)
     identify.set_defaults(func=cmd_identify)
+    calibrate = sub.add_parser(
+        "calibrate", parents=[common], help="write thresholds by FAR into a model's manifest"
+    )
+    calibrate.add_argument("--model", help="recognizer to calibrate (default: the configured one)")
+    calibrate.add_argument("--images", required=True, help="image root (LFW layout)")
+    calibrate.add_argument("--pairs", required=True, help="pairs file (LFW pairs.txt format)")
+    calibrate.add_argument("--dataset", help="how the manifest names the data")
+    calibrate.set_defaults(func=cmd_calibrate)
     return parser
 
 

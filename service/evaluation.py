@@ -94,15 +94,23 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
 
     Candidates are midpoints between sorted scores, so the choice does not depend on a grid.
     """
-    s = np.sort(np.unique(np.asarray(scores, dtype=np.float64)))
-    candidates = np.concatenate([[s[0] - 1e-6], (s[1:] + s[:-1]) / 2, [s[-1] + 1e-6]])
+    scores = np.asarray(scores, dtype=np.float64)
     same_b = np.asarray(same, dtype=bool)
-    accs = np.array([((scores >= t) == same_b).mean() for t in candidates])
-    i = int(np.argmax(accs))
-    return float(candidates[i]), float(accs[i])
+    order = np.argsort(scores, kind="stable")
+    sorted_scores, sorted_same = scores[order], same_b[order]
+    u = np.unique(sorted_scores)
+    candidates = np.concatenate([[u[0] - 1e-6], (u[1:] + u[:-1]) / 2, [u[-1] + 1e-6]])
+    below = np.searchsorted(sorted_scores, candidates, side="left")  # rejected: scores < t
+    impostors_below = np.concatenate([[0], np.cumsum(~sorted_same)])
+    genuine_below = np.concatenate([[0], np.cumsum(sorted_same)])
+    correct = impostors_below[below] + (sorted_same.sum() - genuine_below[below])
+    i = int(np.argmax(correct))
+    return float(candidates[i]), float(correct[i] / len(scores))
 
 
-def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[float, float, list[float]]:
+def kfold_accuracy(
+    scores: np.ndarray, same: np.ndarray, folds: np.ndarray
+) -> tuple[float, float, list[float]]:
     """LFW protocol: for each fold, pick the threshold on the other folds, test on this one.
 
     Returns mean accuracy, standard deviation, and the per-fold thresholds.
@@ -117,3 +125,32 @@ def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> t
         thresholds.append(t)
         accs.append(accuracy_at(scores[test], same[test], t))
     return float(np.mean(accs)), float(np.std(accs)), thresholds
+
+
+def threshold_at_far(impostor_scores: np.ndarray, far: float) -> float:
+    """The lowest cosine threshold whose false-accept rate on these impostor pairs is <= far.
+
+    Raises ValueError when the data cannot support the FAR: fewer than 1/far impostor pairs means
+    not one false accept can be observed at that rate.
+    """
+    scores = np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
+    n = len(scores)
+    if not 0.0 < far < 1.0:
+        raise ValueError(f"FAR must be in (0, 1), got {far}")
+    if n * far < 1.0:
+        raise ValueError(
+            f"FAR {far:g} needs at least {int(np.ceil(1 / far))} impostor pairs, have {n}"
+        )
+    allowed = int(np.floor(far * n))  # false accepts we may keep
+    # accept score >= t: put t just above the (allowed+1)-th highest impostor score
+    return float(np.nextafter(scores[allowed], np.inf))
+
+
+def far_at(impostor_scores: np.ndarray, threshold: float) -> float:
+    """Fraction of impostor pairs accepted at this threshold."""
+    return float((np.asarray(impostor_scores) >= threshold).mean())
+
+
+def tar_at(genuine_scores: np.ndarray, threshold: float) -> float:
+    """Fraction of genuine pairs accepted at this threshold."""
+    return float((np.asarray(genuine_scores) >= threshold).mean())

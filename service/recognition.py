@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from service.calibration import threshold_for_far
 from service.errors import InvalidRequest, NoFace
 from service.gallery import Candidate, Gallery, NewFace
 from service.models import Manifest, resolve_model
@@ -103,12 +104,37 @@ class Recognition:
         """Decode with the configured pixel limit."""
         return decode_image(data, max_pixels=self.settings.limits.max_image_pixels)
 
-    def threshold(self, threshold: float | None = None) -> Threshold:
-        """The caller's threshold, or the model's recommended one."""
+    def threshold(
+        self,
+        threshold: float | None = None,
+        far: float | None = None,
+        *,
+        purpose: Literal["verify", "identify"] = "verify",
+    ) -> Threshold:
+        """The threshold to decide with, and where it came from.
+
+        A caller's threshold wins; else a caller's FAR, looked up in the model's calibration; else
+        the configured default FAR for this purpose; else the manifest's recommended threshold.
+        """
+        if threshold is not None and far is not None:
+            raise InvalidRequest("send threshold or far, not both")
         if threshold is not None:
             if not -1.0 <= threshold <= 1.0:
                 raise InvalidRequest(f"threshold must be a cosine in [-1, 1], got {threshold}")
             return Threshold(float(threshold), "request")
+        calibration = self.recognizer.calibration
+        if far is not None:
+            value, used = threshold_for_far(calibration, far)
+            dataset = calibration.dataset if calibration else ""
+            return Threshold(value, f"request far={far:g}: calibrated FAR {used:g} on {dataset}")
+        default_far = (
+            self.settings.identify_far if purpose == "identify" else self.settings.verify_far
+        )
+        if default_far is not None and calibration is not None and calibration.thresholds_by_far:
+            value, used = threshold_for_far(calibration, default_far)
+            return Threshold(
+                value, f"default {purpose} far={default_far:g}: calibrated on {calibration.dataset}"
+            )
         recommended = self.recognizer.thresholds
         if recommended is None:
             raise InvalidRequest(
@@ -177,19 +203,31 @@ class Recognition:
         return [(fid, created, face) for (fid, created), face in zip(results, faces, strict=True)]
 
     def verify_images(
-        self, a: bytes, b: bytes, *, threshold: float | None = None, aligned: bool = False
+        self,
+        a: bytes,
+        b: bytes,
+        *,
+        threshold: float | None = None,
+        far: float | None = None,
+        aligned: bool = False,
     ) -> tuple[float, Threshold, Face, Face]:
         """Cosine similarity of the main faces of two images, and the threshold to judge it by."""
-        chosen = self.threshold(threshold)
+        chosen = self.threshold(threshold, far)
         face_a = self.one_face(a, policy="largest", aligned=aligned)
         face_b = self.one_face(b, policy="largest", aligned=aligned)
         return float(face_a.embedding @ face_b.embedding), chosen, face_a, face_b
 
     def verify_subject(
-        self, a: bytes, subject_id: str, *, threshold: float | None = None, aligned: bool = False
+        self,
+        a: bytes,
+        subject_id: str,
+        *,
+        threshold: float | None = None,
+        far: float | None = None,
+        aligned: bool = False,
     ) -> tuple[float, Threshold, Face, int | None]:
         """Best cosine similarity between the image's main face and the subject's faces."""
-        chosen = self.threshold(threshold)
+        chosen = self.threshold(threshold, far)
         face_ids, vectors = self.gallery.subject_embeddings(
             subject_id, model_id=self.pipeline.model_id
         )
@@ -206,10 +244,11 @@ class Recognition:
         *,
         top_k: int | None = None,
         threshold: float | None = None,
+        far: float | None = None,
         aligned: bool = False,
     ) -> tuple[list[IdentifiedFace], Threshold]:
         """Open-set identification of every face in the image."""
-        chosen = self.threshold(threshold)
+        chosen = self.threshold(threshold, far, purpose="identify")
         k = self.check_top_k(top_k)
         self.gallery.store.check_model(self.pipeline.model_id)
         faces = self.embed(data, aligned=aligned)

@@ -77,4 +77,13 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     enroll_policy: Literal["largest", "reject"] = "largest"
     default_top_k: int = Field(5, ge=1)
+    verify_far: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="default verify operating point; None: best-accuracy threshold",
+    )
+    identify_far: float | None = Field(
+        1e-3, gt=0, lt=1, description="default identify operating point (1:N needs a lower FAR)"
+    )
     log_level: str = "INFO"

@@ -70,7 +70,10 @@ def test_blocked_dequantize_matches_reference() -> None:
         "z": numpy_helper.from_array(zero, "z"),
     }
     graph = helper.make_graph(
-        [node], "g", [], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [node],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
         initializer=list(inits.values()),
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])

@@ -20,6 +20,10 @@ from service.schemas import (
 router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[Authorized])
 
 Threshold = Annotated[float | None, Form(ge=-1.0, le=1.0, description="cosine threshold")]
+Far = Annotated[
+    float | None,
+    Form(gt=0.0, lt=1.0, description="false-accept rate; uses the model's calibration"),
+]
 Aligned = Annotated[bool, Form(description="images are aligned 112x112 crops: skip detection")]
 
 
@@ -30,6 +34,7 @@ def verify(
     image_b: Annotated[UploadFile | None, File()] = None,
     subject_id: Annotated[str | None, Form()] = None,
     threshold: Threshold = None,
+    far: Far = None,
     aligned: Aligned = False,
 ) -> VerifyResponse:
     """Same person? Compare two images, or an image with an enrolled subject."""
@@ -39,7 +44,7 @@ def verify(
         raise InvalidRequest("send exactly one of image_b or subject_id")
     if subject_id is not None:
         score, chosen, face, face_id = rec.verify_subject(
-            a, subject_id, threshold=threshold, aligned=aligned
+            a, subject_id, threshold=threshold, far=far, aligned=aligned
         )
         return VerifyResponse(
             score=round(score, 6),
@@ -51,7 +56,9 @@ def verify(
             matched_face_id=face_id,
         )
     b = read_upload(image_b, state, "image_b")
-    score, chosen, face_a, face_b = rec.verify_images(a, b, threshold=threshold, aligned=aligned)
+    score, chosen, face_a, face_b = rec.verify_images(
+        a, b, threshold=threshold, far=far, aligned=aligned
+    )
     return VerifyResponse(
         score=round(score, 6),
         threshold=convert.threshold(chosen),
@@ -68,12 +75,13 @@ def identify(
     image: Annotated[UploadFile, File()],
     top_k: Annotated[int | None, Form(ge=1)] = None,
     threshold: Threshold = None,
+    far: Far = None,
     aligned: Aligned = False,
 ) -> IdentifyResponse:
     """Who is this? For every face: top-k candidates and a match, or unknown (open set)."""
     rec = state.recognition
     data = read_upload(image, state, "image")
-    faces, chosen = rec.identify(data, top_k=top_k, threshold=threshold, aligned=aligned)
+    faces, chosen = rec.identify(data, top_k=top_k, threshold=threshold, far=far, aligned=aligned)
     return IdentifyResponse(
         model_id=rec.pipeline.model_id,
         threshold=convert.threshold(chosen),

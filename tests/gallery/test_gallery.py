@@ -42,7 +42,9 @@ def test_enroll_search_and_erase(tmp_path: Path) -> None:
     vecs = unit(rng, 6)
     for i in range(3):
         g.create_subject(f"s{i}", f"Subject {i}", {})
-        g.add_faces(f"s{i}", [face(vecs[2 * i], f"a{i}"), face(vecs[2 * i + 1], f"b{i}")], model_id=MODEL)
+        g.add_faces(
+            f"s{i}", [face(vecs[2 * i], f"a{i}"), face(vecs[2 * i + 1], f"b{i}")], model_id=MODEL
+        )
     (top,) = g.search(vecs[2:3], top_k=2, model_id=MODEL)
     assert top[0].subject_id == "s1" and top[0].score == pytest.approx(1.0, abs=1e-5)
     assert len({c.subject_id for c in top}) == len(top)  # one entry per subject
@@ -127,7 +129,7 @@ def test_ivf_factory_trains_from_the_store(tmp_path: Path) -> None:
     g.close()
     ivf = open_gallery(tmp_path, factory="IVF4,Flat")
     assert ivf.index.ntotal == 400
-    scores, ids = ivf.index.search(vecs[:1], 1)
+    scores, _ = ivf.index.search(vecs[:1], 1)
     assert scores[0, 0] > 0.99
 
 

@@ -1,0 +1,152 @@
+"""Calibrated operating points: run labelled pairs through the pipeline, measure thresholds by FAR.
+
+``marginface calibrate`` writes the result into the model's manifest, which is then the single
+source of truth for thresholds (the service never hard-codes one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from service.errors import InvalidRequest
+from service.evaluation import Pair, best_threshold, kfold_accuracy, threshold_at_far
+from service.models import Calibration
+from service.vision.detection import DetectorOptions
+from service.vision.image import decode_image
+from service.vision.pipeline import FacePipeline
+
+log = logging.getLogger(__name__)
+
+STANDARD_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
+# Second chance for faces the default detector settings miss (blur, profile): documented, counted.
+FALLBACK_OPTIONS = DetectorOptions(score_threshold=0.2, min_face_px=8, upscale_below_px=500)
+
+
+def far_key(far: float) -> str:
+    """How a FAR is written as a manifest key: '1e-03'."""
+    return f"{far:.0e}"
+
+
+@dataclass
+class PairScores:
+    """Cosine scores of labelled pairs and what the pipeline did to get them."""
+
+    scores: np.ndarray
+    same: np.ndarray
+    folds: np.ndarray
+    images: int
+    fallback_detections: list[str] = field(default_factory=list)
+    no_face: list[str] = field(default_factory=list)
+
+
+def central_face_embedding(
+    pipeline: FacePipeline, image: np.ndarray
+) -> tuple[np.ndarray | None, bool]:
+    """The embedding of the face nearest the image centre (LFW's labelled person).
+
+    Returns (embedding or None, whether the fallback detector settings were needed).
+    """
+    for options, fallback in ((None, False), (FALLBACK_OPTIONS, True)):
+        detections = pipeline.detect(image, options)
+        if detections:
+            centre = np.array([image.shape[1], image.shape[0]]) / 2
+            best = min(
+                detections,
+                key=lambda d: np.linalg.norm(
+                    (np.array(d.box[:2]) + np.array(d.box[2:])) / 2 - centre
+                ),
+            )
+            return pipeline.embed_detections(image, [best])[0].embedding, fallback
+    return None, True
+
+
+def score_pairs(
+    pipeline: FacePipeline,
+    pairs: list[Pair],
+    *,
+    progress: bool = True,
+    embed: Callable[[Path], tuple[np.ndarray | None, bool]] | None = None,
+) -> PairScores:
+    """Embed each image once (cached) and score every pair; a faceless image scores -1."""
+    cache: dict[Path, np.ndarray | None] = {}
+    fallback: list[str] = []
+
+    def default_embed(path: Path) -> tuple[np.ndarray | None, bool]:
+        return central_face_embedding(pipeline, decode_image(path.read_bytes()))
+
+    embed_fn = embed or default_embed
+    unique = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    for path in tqdm(unique, desc="embedding", unit="img", disable=not progress):
+        vector, used_fallback = embed_fn(path)
+        cache[path] = vector
+        if used_fallback and vector is not None:
+            fallback.append(str(path))
+    no_face = [str(p) for p, v in cache.items() if v is None]
+    scores = np.array(
+        [
+            -1.0
+            if cache[p.a] is None or cache[p.b] is None
+            else float(np.dot(cache[p.a], cache[p.b]))  # type: ignore[arg-type]
+            for p in pairs
+        ]
+    )
+    return PairScores(
+        scores=scores,
+        same=np.array([p.same for p in pairs]),
+        folds=np.array([p.fold for p in pairs]),
+        images=len(unique),
+        fallback_detections=fallback,
+        no_face=no_face,
+    )
+
+
+def calibrate(result: PairScores, dataset: str) -> Calibration:
+    """Thresholds for every FAR the impostor pairs can support, plus the best-accuracy one."""
+    impostors = result.scores[~result.same]
+    by_far = {}
+    for far in STANDARD_FARS:
+        try:
+            by_far[far_key(far)] = round(threshold_at_far(impostors, far), 6)
+        except ValueError as exc:
+            log.warning("skipping FAR %g: %s", far, exc)
+    mean, std, _ = kfold_accuracy(result.scores, result.same, result.folds)
+    best, _ = best_threshold(result.scores, result.same)
+    return Calibration(
+        dataset=dataset,
+        pairs=len(result.scores),
+        impostor_pairs=len(impostors),
+        thresholds_by_far=by_far,
+        best_accuracy_threshold=round(best, 6),
+        kfold_accuracy_mean=round(mean, 6),
+        kfold_accuracy_std=round(std, 6),
+        images=result.images,
+        images_without_face=len(result.no_face),
+        images_via_fallback_detection=len(result.fallback_detections),
+    )
+
+
+def threshold_for_far(calibration: Calibration | None, far: float) -> tuple[float, float]:
+    """The calibrated threshold for the strictest calibrated FAR that is <= the requested one.
+
+    Returns (threshold, the calibrated FAR used). Raises an error the API reports as 422 when the
+    model is not calibrated or the FAR is below what the calibration supports.
+    """
+    if not 0.0 < far < 1.0:
+        raise InvalidRequest(f"far must be in (0, 1), got {far}")
+    if calibration is None or not calibration.thresholds_by_far:
+        raise InvalidRequest("this model has no calibration; pass threshold= instead of far=")
+    table = sorted((float(k), v) for k, v in calibration.thresholds_by_far.items())
+    usable = [(f, t) for f, t in table if f <= far * (1 + 1e-9)]
+    if not usable:
+        raise InvalidRequest(
+            f"far={far:g} is below the lowest FAR the calibration supports ({table[0][0]:g}, "
+            f"from {calibration.impostor_pairs} impostor pairs of {calibration.dataset})"
+        )
+    chosen_far, threshold = usable[-1]
+    return float(threshold), chosen_far

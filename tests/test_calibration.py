@@ -1,0 +1,82 @@
+"""Thresholds by FAR: monotone, honest about what the data supports, valid on held-out folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.calibration import PairScores, calibrate, threshold_for_far
+from service.errors import InvalidRequest
+from service.evaluation import far_at, kfold_accuracy, threshold_at_far
+from service.models import load_manifest
+from tests.conftest import ROOT
+
+
+def synthetic(n_genuine: int, n_impostor: int, seed: int = 0) -> PairScores:
+    rng = np.random.default_rng(seed)
+    scores = np.concatenate([rng.normal(0.6, 0.12, n_genuine), rng.normal(0.05, 0.1, n_impostor)])
+    same = np.concatenate([np.ones(n_genuine, bool), np.zeros(n_impostor, bool)])
+    folds = np.arange(len(scores)) % 10
+    return PairScores(scores=scores, same=same, folds=folds, images=0)
+
+
+def test_threshold_at_far_is_exact_on_the_data() -> None:
+    impostors = np.linspace(-1, 1, 1000)
+    for far in (0.1, 0.01, 0.001):
+        t = threshold_at_far(impostors, far)
+        assert far_at(impostors, t) <= far
+        assert far_at(impostors, np.nextafter(t, -np.inf) - 1e-9) > far or far * 1000 < 1
+
+
+def test_unsupported_far_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs at least 10000"):
+        threshold_at_far(np.zeros(3000), 1e-4)
+    calibration = calibrate(synthetic(3000, 3000), "synthetic")
+    assert "1e-04" not in calibration.thresholds_by_far  # 3000 impostors cannot support it
+    with pytest.raises(InvalidRequest, match="below the lowest FAR"):
+        threshold_for_far(calibration, 1e-4)
+    with pytest.raises(InvalidRequest):
+        threshold_for_far(None, 1e-2)
+
+
+def test_lower_far_never_gives_a_lower_threshold() -> None:
+    calibration = calibrate(synthetic(3000, 30000), "synthetic")
+    table = sorted((float(k), v) for k, v in calibration.thresholds_by_far.items())
+    assert [f for f, _ in table] == [1e-4, 1e-3, 1e-2, 1e-1]
+    thresholds = [t for _, t in table]
+    assert thresholds == sorted(thresholds, reverse=True)
+    # a FAR between calibrated ones takes the stricter calibrated point
+    t, used = threshold_for_far(calibration, 5e-3)
+    assert used == 1e-3 and t == calibration.thresholds_by_far["1e-03"]
+
+
+def test_calibrated_far_holds_on_held_out_folds() -> None:
+    """Calibrate on 9 folds, measure the FAR on the 10th: within binomial sampling error."""
+    data = synthetic(5000, 50000, seed=3)
+    impostor_scores, impostor_folds = data.scores[~data.same], data.folds[~data.same]
+    for far in (1e-2, 1e-3):
+        observed = []
+        for fold in range(10):
+            t = threshold_at_far(impostor_scores[impostor_folds != fold], far)
+            observed.append(far_at(impostor_scores[impostor_folds == fold], t))
+        n = int((impostor_folds == 0).sum())
+        sigma = np.sqrt(far * (1 - far) / n)
+        assert abs(np.mean(observed) - far) < 3 * sigma / np.sqrt(10) + far * 0.2
+
+
+def test_kfold_accuracy_uses_thresholds_from_other_folds() -> None:
+    data = synthetic(3000, 3000)
+    mean, std, thresholds = kfold_accuracy(data.scores, data.same, data.folds)
+    assert 0.95 < mean <= 1.0 and std < 0.05 and len(thresholds) == 10
+
+
+def test_default_recognizer_ships_calibrated() -> None:
+    manifest = load_manifest(ROOT / "models" / "sface-2021dec")
+    calibration = manifest.calibration
+    assert (
+        calibration is not None and calibration.pairs == 6000 and calibration.impostor_pairs == 3000
+    )
+    table = sorted((float(k), v) for k, v in calibration.thresholds_by_far.items())
+    assert {f for f, _ in table} == {1e-1, 1e-2, 1e-3}
+    assert [t for _, t in table] == sorted((t for _, t in table), reverse=True)
+    assert manifest.thresholds is not None and "calibration" in manifest.thresholds.source

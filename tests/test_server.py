@@ -1,0 +1,128 @@
+"""Against a real uvicorn process: acknowledged enrollments survive SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from service.gallery import Gallery
+from tests.conftest import API_KEY, DATA, ROOT
+
+HEADERS = {"X-API-Key": API_KEY}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(gallery: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `marginface serve` as a user would, wait until /readyz answers."""
+    env = {
+        **os.environ,
+        "MARGINFACE_AUTH__API_KEYS": json.dumps([API_KEY]),
+        "MARGINFACE_GALLERY__FLUSH_INTERVAL_S": "3600",  # so SIGKILL always finds a stale index
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--gallery",
+        str(gallery),
+        "--models-dir",
+        str(ROOT / "models"),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"server did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
+                )
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_acknowledged_enrollments_survive_sigkill(tmp_path: Path) -> None:
+    gallery = tmp_path / "gallery"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    root = DATA / "glint24_aligned"
+    people = sorted(p.name for p in root.iterdir())[:6]
+
+    def photos(name: str) -> list[Path]:
+        return sorted((root / name).glob("*.jpg"), key=lambda p: int(p.stem))
+
+    acknowledged: dict[str, list[int]] = {}
+    with (
+        server(gallery, port) as proc,
+        httpx.Client(base_url=base, headers=HEADERS, timeout=30) as c,
+    ):
+        for name in people:
+            assert c.post("/v1/subjects", json={"id": name, "name": name}).status_code == 201
+            files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos(name)[:3]]
+            r = c.post(f"/v1/subjects/{name}/faces", files=files, params={"aligned": "true"})
+            assert r.status_code == 201
+            acknowledged[name] = [f["face_id"] for f in r.json()["faces"]]
+        deleted = acknowledged.pop(people[-1])
+        assert c.delete(f"/v1/subjects/{people[-1]}").status_code == 200
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    with server(gallery, port), httpx.Client(base_url=base, headers=HEADERS, timeout=30) as c:
+        ready = c.get("/readyz").json()["gallery"]
+        assert ready["faces"] == ready["indexed"] == sum(len(v) for v in acknowledged.values())
+        for name, face_ids in acknowledged.items():
+            assert [f["id"] for f in c.get(f"/v1/subjects/{name}/faces").json()] == face_ids
+            probe = photos(name)[10].read_bytes()
+            r = c.post(
+                "/v1/identify",
+                files={"image": ("p.jpg", probe, "image/jpeg")},
+                data={"aligned": "true"},
+            )
+            assert r.json()["faces"][0]["match"]["subject_id"] == name
+        assert c.get(f"/v1/subjects/{people[-1]}").status_code == 404
+        r = c.post(
+            "/v1/identify",
+            files={"image": ("p.jpg", photos(people[-1])[0].read_bytes(), "image/jpeg")},
+            data={"aligned": "true"},
+        )
+        assert all(cand["face_id"] not in deleted for cand in r.json()["faces"][0]["candidates"])
+
+    # after a clean shutdown, the saved index holds exactly the store's vectors
+    g = Gallery(gallery, model_id="ignored@x", embedding_dim=128)
+    ids, vecs, _ = g.store.all_embeddings()
+    index_ids, index_vecs = g.index.vectors()
+    np.testing.assert_array_equal(ids, index_ids)
+    np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
+    g.close()
