@@ -104,7 +104,9 @@ def bench_http(requests: int) -> dict[str, object]:
             latencies: list[float] = []
             lock = threading.Lock()
 
-            def worker(n: int) -> None:
+            def worker(
+                n: int, latencies: list[float] = latencies, lock: threading.Lock = lock
+            ) -> None:
                 with httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=60) as c:
                     for _ in range(n):
                         start = time.perf_counter()
@@ -167,7 +169,7 @@ def bench_gallery(sizes: list[int], queries: int) -> dict[str, object]:
             lat = [
                 t
                 for q in probes
-                for t in time_ms(lambda q=q: g.search(q[None], top_k=5, model_id="bench@0"), 1)
+                for t in time_ms(lambda q=q, g=g: g.search(q[None], top_k=5, model_id="bench@0"), 1)
             ]
             out[str(size)] = {
                 "load_and_index_s": round(build_s, 1),
