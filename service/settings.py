@@ -84,6 +84,6 @@ class Settings(BaseSettings):
         description="default verify operating point; None: best-accuracy threshold",
     )
     identify_far: float | None = Field(
-        1e-3, gt=0, lt=1, description="default identify operating point (1:N needs a lower FAR)"
+        1e-4, gt=0, lt=1, description="default identify operating point (1:N needs a lower FAR)"
     )
     log_level: str = "INFO"

@@ -1,0 +1,172 @@
+"""The training loop: real faces, exact resume, NaN guard, 2-process DDP, export and serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.conftest import API_KEY, ROOT, lfw, make_settings
+from training.config import load_config
+from training.engine import train
+from training.export import export_run
+
+pytestmark = pytest.mark.slow
+
+BASE = [
+    "--batch_size=8",
+    "--data.workers=0",
+    "--optim.warmup_steps=2",
+    "--log_every=1",
+    "--model.backbone=mobilefacenet",
+    "--model.embedding_dim=64",
+]
+
+
+def run_config(root: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
+    return load_config(None, [f"--data.root={root}", f"--output_dir={out}", *BASE, *extra])
+
+
+def test_short_run_logs_curves_and_config(aligned_subset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    metrics = train(run_config(aligned_subset, out, "--max_steps=4", "--head.preset=arcface"))
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all({"loss", "accuracy", "lr", "samples_per_s"} <= set(r) for r in rows)
+    assert (out / "curves.png").is_file() and (out / "config.json").is_file()
+    assert metrics["step"] == 4
+    saved = load_config(str(out / "config.json"), [])
+    assert saved.head.preset == "arcface" and saved.max_steps == 4
+
+
+class _Crash(Exception):
+    pass
+
+
+def _train_and_crash_after(config, steps: int) -> None:  # type: ignore[no-untyped-def]
+    """Run the real loop but die inside step ``steps + 1``, after step ``steps``'s checkpoint."""
+    original = torch.optim.lr_scheduler.LambdaLR.step
+    calls = {"n": 0}
+
+    def step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1  # call 1 is the constructor's
+        if calls["n"] > steps + 1:
+            raise _Crash
+        original(self, *args, **kwargs)
+
+    torch.optim.lr_scheduler.LambdaLR.step = step  # type: ignore[method-assign]
+    try:
+        with pytest.raises(_Crash):
+            train(config)
+    finally:
+        torch.optim.lr_scheduler.LambdaLR.step = original  # type: ignore[method-assign]
+
+
+def test_resume_continues_bit_for_bit(aligned_subset: Path, tmp_path: Path) -> None:
+    extra = (
+        "--max_steps=4",
+        "--head.preset=cosface",
+        "--checkpoint_every=2",
+        "--head.sample_rate=0.5",
+    )
+    train(run_config(aligned_subset, tmp_path / "a", *extra))
+    _train_and_crash_after(run_config(aligned_subset, tmp_path / "b", *extra), steps=2)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 2
+    train(run_config(aligned_subset, tmp_path / "b", *extra))
+    sa = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    sb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert sa["step"] == sb["step"] == 4
+    for key, value in sa["backbone"].items():
+        torch.testing.assert_close(sb["backbone"][key], value, rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(sb["head"]["head.weight"], sa["head"]["head.weight"], rtol=0, atol=0)
+
+
+def test_nan_guard_stops_with_a_clear_message(aligned_subset: Path, tmp_path: Path) -> None:
+    config = run_config(
+        aligned_subset,
+        tmp_path / "nan",
+        "--max_steps=6",
+        "--optim.lr=1e30",
+        "--optim.warmup_steps=1",
+        "--optim.grad_clip=1e30",
+        "--head.preset=cosface",
+    )
+    with pytest.raises(RuntimeError, match=r"lower optim\.lr"):
+        train(config)
+
+
+def test_two_process_gloo_ddp_with_partial_fc(aligned_subset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        "--master_port=29517",
+        "-m",
+        "training.train",
+        f"--data.root={aligned_subset}",
+        f"--output_dir={out}",
+        *BASE,
+        "--max_steps=3",
+        "--head.preset=arcface",
+        "--head.sample_rate=0.5",
+        "--device=cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "checkpoint.rank0.pt").is_file() and (out / "checkpoint.rank1.pt").is_file()
+    shard0 = torch.load(out / "checkpoint.rank0.pt", weights_only=False)["head"]["head.weight"]
+    shard1 = torch.load(out / "checkpoint.rank1.pt", weights_only=False)["head"]["head.weight"]
+    assert shard0.shape[0] + shard1.shape[0] == 8  # class centres sharded across the ranks
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3
+
+
+def test_train_export_serve_verify(aligned_subset: Path, tmp_path: Path) -> None:
+    """Train a tiny model on real faces, export it, serve it, enroll and verify through the API."""
+    run = tmp_path / "run"
+    train(run_config(aligned_subset, run, "--max_steps=3", "--head.preset=arcface"))
+    models = tmp_path / "models"
+    for default in ("retinaface-mnet025",):  # the detector comes from the registry as usual
+        (models / default).mkdir(parents=True)
+        for f in (ROOT / "models" / default).iterdir():
+            (models / default / f.name).symlink_to(f)
+    person = next(p for p in aligned_subset.iterdir() if p.is_dir())
+    manifest = export_run(
+        run,
+        models,
+        "tiny-arcface",
+        parity_images=person,
+        data_licence="CelebA: non-commercial research only",
+    )
+    assert manifest.training is not None and manifest.training["parity_min_cosine"] >= 0.9999
+    settings = make_settings(tmp_path, models_dir=models, embedder={"model": "tiny-arcface"})
+    with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as c:
+        ready = c.get("/readyz").json()
+        assert ready["recognizer"]["model_id"] == manifest.model_id
+        assert ready["recognizer"]["embedding_dim"] == 64
+        c.post("/v1/subjects", json={"id": "p", "name": "P"})
+        photo = lfw("Colin_Powell", 1)
+        r = c.post(
+            "/v1/subjects/p/faces",
+            files=[("files", (photo.name, photo.read_bytes(), "image/jpeg"))],
+        )
+        assert r.status_code == 201, r.text
+        r = c.post(
+            "/v1/verify",
+            files={"image_a": (photo.name, photo.read_bytes(), "image/jpeg")},
+            data={"subject_id": "p"},
+        )
+        assert r.status_code == 200 and r.json()["score"] == pytest.approx(1.0, abs=1e-4)
+        assert r.json()["model_id"] == manifest.model_id
