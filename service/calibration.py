@@ -180,3 +180,58 @@ def threshold_for_far(calibration: Calibration | None, far: float) -> tuple[floa
         )
     chosen_far, threshold = usable[-1]
     return float(threshold), chosen_far
+
+
+def read_pairs_csv(path: Path) -> list[Pair]:
+    """A CSV of image_a,image_b,same (1/0, yes/no, true/false); paths relative to the CSV."""
+    import csv
+
+    truthy, falsy = {"1", "yes", "true", "same"}, {"0", "no", "false", "different"}
+    pairs = []
+    with path.open() as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            flag = str(row.get("same", "")).strip().lower()
+            if flag not in truthy | falsy or not row.get("image_a") or not row.get("image_b"):
+                raise ValueError(
+                    f"row {i + 2} of {path}: need image_a,image_b,same (1/0 or yes/no)"
+                )
+            pairs.append(
+                Pair(
+                    path.parent / row["image_a"],
+                    path.parent / row["image_b"],
+                    flag in truthy,
+                    i % 10,
+                )
+            )
+    return pairs
+
+
+def identification_report(
+    mated_top: list[tuple[float, bool]],
+    mated_rank5: list[bool],
+    non_mated_top: list[float],
+    fpirs: tuple[float, ...] = (1e-1, 1e-2),
+) -> dict[str, object]:
+    """Rank-1/rank-5 rates of enrolled people; DIR at FPIR for people who are not enrolled.
+
+    mated_top: (top-1 score, top-1 is the right person) per probe of an enrolled person;
+    non_mated_top: top-1 score per probe of a person who is not enrolled.
+    """
+    scores = np.array([s for s, _ in mated_top])
+    right = np.array([r for _, r in mated_top])
+    report: dict[str, object] = {
+        "mated_probes": len(mated_top),
+        "non_mated_probes": len(non_mated_top),
+        "rank1": float(right.mean()) if len(right) else None,
+        "rank5": float(np.mean(mated_rank5)) if mated_rank5 else None,
+    }
+    dirs: dict[str, dict[str, object]] = {}
+    for fpir in fpirs:
+        try:
+            t = threshold_at_far(np.asarray(non_mated_top), fpir)
+        except ValueError as exc:
+            dirs[f"{fpir:.0e}"] = {"dir": None, "reason": str(exc)}
+            continue
+        dirs[f"{fpir:.0e}"] = {"dir": float((right & (scores >= t)).mean()), "threshold": t}
+    report["dir_at_fpir"] = dirs
+    return report

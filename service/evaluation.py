@@ -154,3 +154,69 @@ def far_at(impostor_scores: np.ndarray, threshold: float) -> float:
 def tar_at(genuine_scores: np.ndarray, threshold: float) -> float:
     """Fraction of genuine pairs accepted at this threshold."""
     return float((np.asarray(genuine_scores) >= threshold).mean())
+
+
+def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(FAR, TAR, threshold) at every distinct score, from strict to lenient."""
+    scores = np.asarray(scores, dtype=np.float64)
+    same = np.asarray(same, dtype=bool)
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], same[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each score value
+    tp = np.cumsum(y)[distinct]
+    fp = np.cumsum(~y)[distinct]
+    tar = np.r_[0.0, tp / max(1, y.sum())]
+    far = np.r_[0.0, fp / max(1, (~y).sum())]
+    thresholds = np.r_[np.inf, s[distinct]]
+    return far, tar, thresholds
+
+
+def roc_auc(scores: np.ndarray, same: np.ndarray) -> float:
+    """Area under the ROC curve."""
+    far, tar, _ = roc_curve(scores, same)
+    return float(np.sum(np.diff(far) * (tar[1:] + tar[:-1]) / 2))
+
+
+def equal_error_rate(scores: np.ndarray, same: np.ndarray) -> float:
+    """The error rate where false accepts and false rejects are equal (interpolated)."""
+    far, tar, _ = roc_curve(scores, same)
+    frr = 1.0 - tar
+    i = int(np.argmax(far >= frr))
+    if i == 0:
+        return float(far[0])
+    # linear interpolation between points i-1 and i of (far - frr)
+    d0, d1 = far[i - 1] - frr[i - 1], far[i] - frr[i]
+    t = d0 / (d0 - d1) if d0 != d1 else 0.0
+    return float(far[i - 1] + t * (far[i] - far[i - 1]))
+
+
+def verification_report(
+    scores: np.ndarray,
+    same: np.ndarray,
+    folds: np.ndarray,
+    fars: tuple[float, ...] = (1e-1, 1e-2, 1e-3),
+) -> dict[str, object]:
+    """The LFW-style report: 10-fold accuracy, best-threshold accuracy, EER, AUC, TAR at FARs."""
+    scores = np.asarray(scores, dtype=np.float64)
+    same = np.asarray(same, dtype=bool)
+    mean, std, fold_thresholds = kfold_accuracy(scores, same, folds)
+    best_t, best_acc = best_threshold(scores, same)
+    impostors, genuine = scores[~same], scores[same]
+    tar: dict[str, object] = {}
+    for far in fars:
+        try:
+            t = threshold_at_far(impostors, far)
+            tar[f"{far:.0e}"] = {"tar": tar_at(genuine, t), "threshold": t}
+        except ValueError as exc:
+            tar[f"{far:.0e}"] = {"tar": None, "reason": str(exc)}
+    return {
+        "pairs": len(scores),
+        "kfold_accuracy_mean": mean,
+        "kfold_accuracy_std": std,
+        "kfold_thresholds": fold_thresholds,
+        "best_threshold": best_t,
+        "best_threshold_accuracy": best_acc,
+        "eer": equal_error_rate(scores, same),
+        "roc_auc": roc_auc(scores, same),
+        "tar_at_far": tar,
+    }

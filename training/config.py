@@ -26,6 +26,7 @@ class DataConfig:
     val_images: str = ""  # LFW-layout image root for verification during training
     val_pairs: str = ""  # pairs.txt
     val_pair_limit: int = 0  # 0: all pairs
+    val_cache: str = ""  # where the aligned validation crops are cached (default: the run dir)
     workers: int = 2
     flip: bool = True
 
@@ -36,6 +37,11 @@ class ModelConfig:
 
     backbone: str = "mobilefacenet"
     embedding_dim: int = 128
+    width: int = 0  # channels of the first stage; 0: the backbone's default
+
+    def kwargs(self) -> dict[str, int]:
+        """Keyword arguments for create_backbone."""
+        return {"width": self.width} if self.width else {}
 
 
 @dataclass

@@ -267,9 +267,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         drop_last=True,
         persistent_workers=False,
     )
-    backbone = create_backbone(config.model.backbone, embedding_dim=config.model.embedding_dim).to(
-        device
-    )
+    backbone = create_backbone(
+        config.model.backbone, embedding_dim=config.model.embedding_dim, **config.model.kwargs()
+    ).to(device)
     margin = config.head.margin()
     head: nn.Module
     if margin.kind == "softmax":
@@ -324,7 +324,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     validator = None
     if world.is_main and config.data.val_pairs:
-        validator = Validator(config, out / "val_crops.npz")
+        cache = Path(config.data.val_cache) if config.data.val_cache else out / "val_crops.npz"
+        validator = Validator(config, cache)
     log_path = out / "log.jsonl"
     batches = infinite_batches(loader, dataset, epoch)
     seen, tick = 0, time.perf_counter()

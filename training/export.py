@@ -79,8 +79,11 @@ def export_run(
         run_dir / "checkpoint.pt", map_location="cpu", weights_only=False
     )
     config = state["config"]
+    width = config["model"].get("width") or 0
     backbone = create_backbone(
-        config["model"]["backbone"], embedding_dim=config["model"]["embedding_dim"]
+        config["model"]["backbone"],
+        embedding_dim=config["model"]["embedding_dim"],
+        **({"width": width} if width else {}),
     )
     backbone.load_state_dict(state["backbone"])
     model_dir = models_dir / name

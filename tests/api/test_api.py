@@ -51,7 +51,7 @@ def test_enroll_then_identify_same_person(client: TestClient) -> None:
     r = client.post("/v1/identify", files={"image": upload(lfw("Colin_Powell", 10))})
     assert r.status_code == 200
     body = r.json()
-    assert body["threshold"]["source"].startswith("manifest")
+    assert body["threshold"]["source"].startswith("default identify far=0.0001")
 
     def area(f: dict) -> float:
         x1, y1, x2, y2 = f["detection"]["box"]
@@ -110,6 +110,21 @@ def test_verify_images_and_subject_with_thresholds(client: TestClient) -> None:
         "/v1/verify", files={"image_a": upload(lfw("Colin_Powell", 5))}, data={"subject_id": "p"}
     )
     assert r.status_code == 200 and r.json()["match"] and r.json()["matched_face_id"] is not None
+
+
+def test_far_chooses_a_calibrated_threshold(client: TestClient) -> None:
+    files = {"image_a": upload(lfw("Colin_Powell", 1)), "image_b": upload(lfw("Colin_Powell", 3))}
+    loose = client.post("/v1/verify", files=files, data={"far": "0.01"}).json()["threshold"]
+    strict = client.post("/v1/verify", files=files, data={"far": "0.0001"}).json()["threshold"]
+    assert strict["value"] > loose["value"] and "calibrated FAR" in strict["source"]
+    default = client.post("/v1/verify", files=files).json()["threshold"]
+    assert "best accuracy" in default["source"]
+    r = client.post("/v1/verify", files=files, data={"far": "1e-9"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    r = client.post("/v1/verify", files=files, data={"far": "0.01", "threshold": "0.3"})
+    assert r.json()["error"]["code"] == "invalid_request"
+    r = client.post("/v1/verify", files=files, data={"far": "1.5"})
+    assert r.json()["error"]["code"] == "validation_error"
 
 
 def test_subject_crud_and_pagination(client: TestClient) -> None:
