@@ -388,7 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--models-dir", help="model registry folder (default: models)")
     common.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
-    parser = argparse.ArgumentParser(prog="marginface", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="marginface",
+        description=__doc__,
+        epilog="marginface train ... runs python -m training.train ... (needs the train extra)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", parents=[common], help="run the REST API")
@@ -472,8 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``marginface`` command."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["train"]:
+        # The service never imports training (or torch): hand over to its own entry point.
+        import subprocess
+
+        return subprocess.call([sys.executable, "-m", "training.train", *args_list[1:]])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s"
     )
