@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 .venv/bin/marginface models fetch
 if [ ! -f .env ]; then
   key=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')
-  printf 'MARGINFACE_AUTH__API_KEYS=["%s"]\n' "$key" > .env
+  printf "MARGINFACE_AUTH__API_KEYS='[\"%s\"]'\n" "$key" > .env
   chmod 600 .env
   echo "Created .env with a new API key: $key  (send it as the X-API-Key header)"
 fi
