@@ -98,3 +98,30 @@ def test_default_recognizer_ships_calibrated() -> None:
     assert [t for _, t in table] == sorted((t for _, t in table), reverse=True)
     assert manifest.thresholds is not None and "calibration" in manifest.thresholds.source
     assert calibration.model_dump()["kfold_accuracy_mean"] >= 0.993
+
+
+def test_pairs_csv_accepts_yes_no_and_rejects_garbage(tmp_path: Path) -> None:
+    from service.calibration import read_pairs_csv
+
+    good = tmp_path / "pairs.csv"
+    good.write_text("image_a,image_b,same\na.jpg,b.jpg,yes\nc.jpg,d.jpg,0\ne.jpg,f.jpg,1\n")
+    pairs = read_pairs_csv(good)
+    assert [p.same for p in pairs] == [True, False, True]
+    assert pairs[0].a == tmp_path / "a.jpg"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image_a,image_b,same\na.jpg,b.jpg,maybe\n")
+    with pytest.raises(ValueError, match="row 2"):
+        read_pairs_csv(bad)
+
+
+def test_identification_report_dir_at_fpir() -> None:
+    from service.calibration import identification_report
+
+    mated = [(0.9, True)] * 90 + [(0.3, True)] * 5 + [(0.8, False)] * 5
+    non_mated = list(np.linspace(0.0, 0.5, 100))
+    report = identification_report(mated, [True] * 100, non_mated)
+    assert report["rank1"] == 0.95 and report["rank5"] == 1.0
+    dirs = report["dir_at_fpir"]
+    assert isinstance(dirs, dict)
+    assert dirs["1e-01"]["dir"] == 0.9  # the five weak genuine matches fall below the threshold
+    assert dirs["1e-02"]["dir"] == 0.9

@@ -13,7 +13,8 @@ def test_service_does_not_import_torch_or_training() -> None:
         "import sys, pkgutil, importlib, service\n"
         "for m in pkgutil.walk_packages(service.__path__, 'service.'):\n"
         "    importlib.import_module(m.name)\n"
-        "bad = sorted(n for n in sys.modules if n == 'torch' or n.startswith(('torch.', 'training')))\n"
+        "bad = sorted(n for n in sys.modules\n"
+        "             if n == 'torch' or n.startswith(('torch.', 'training')))\n"
         "print(','.join(bad))\n"
     )
     proc = subprocess.run(
