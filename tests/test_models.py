@@ -31,13 +31,18 @@ MODELS = ROOT / "models"
 def test_default_manifests_are_complete() -> None:
     names = {m.name: m for m in list_models(MODELS)}
     assert {"retinaface-mnet025", "sface-2021dec"} <= set(names)
-    for m in names.values():
+    for name in ("retinaface-mnet025", "sface-2021dec"):
+        m = names[name]
         assert m.licence and m.sha256 and isinstance(m.source, PackageSource)
         assert m.source.version and m.source.wheel_sha256
     rec = names["sface-2021dec"]
     assert rec.embedding_dim == 128 and rec.input.color_order == "RGB"
     assert rec.thresholds is not None and -1 <= rec.thresholds.cosine <= 1
     assert names["retinaface-mnet025"].input.mean == (104.0, 117.0, 127.0)
+    for m in names.values():  # trained models: their data's licence, and how they were made
+        if not isinstance(m.source, PackageSource):
+            assert m.training is not None and m.licence
+            assert (MODELS / m.name / "MODEL_CARD.md").is_file()
 
 
 def test_fetch_is_idempotent_and_verified(tmp_path: Path) -> None:

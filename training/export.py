@@ -119,4 +119,39 @@ def export_run(
         },
     )
     save_manifest(model_dir, manifest)
+    write_model_card(model_dir, manifest)
     return manifest
+
+
+def write_model_card(model_dir: Path, manifest: Manifest) -> Path:
+    """A short human-readable card: what, how trained, how good, under which licence."""
+    t = manifest.training or {}
+    metrics = t.get("metrics", {})
+    head = t.get("head", {})
+    lines = [
+        f"# {manifest.name}",
+        "",
+        f"{manifest.description}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| model id | `{manifest.model_id}` |",
+        f"| backbone | {t.get('backbone')} |",
+        f"| head | {head.get('preset')} (m1={head.get('m1')}, m2_rad={head.get('m2_rad')}, "
+        f"m3={head.get('m3')}, scale={head.get('scale')}; None = preset default) |",
+        f"| embedding | {manifest.embedding_dim}-d, RGB, (x - 127.5) / 127.5, ArcFace template |",
+        f"| training data | {t.get('data')} ({t.get('num_classes')} identities) |",
+        f"| steps | {t.get('steps')} |",
+        f"| LFW 10-fold accuracy (flip TTA, during training) | {metrics.get('lfw_accuracy')} |",
+        f"| LFW TAR at FAR 1e-2 | {metrics.get('lfw_tar_at_far_1e-2')} |",
+        f"| ONNX vs PyTorch parity (lowest cosine) | {t.get('parity_min_cosine')} |",
+        f"| licence | {manifest.licence} |",
+        "",
+        "The licence of a trained model follows its training data: a model trained on CelebA",
+        "may be used for non-commercial research only. Thresholds are placeholders until",
+        "`marginface calibrate --model " + manifest.name + "` measures them.",
+        "",
+    ]
+    path = model_dir / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -151,6 +151,8 @@ def test_train_export_serve_verify(aligned_subset: Path, tmp_path: Path) -> None
         data_licence="CelebA: non-commercial research only",
     )
     assert manifest.training is not None and manifest.training["parity_min_cosine"] >= 0.9999
+    card = (models / "tiny-arcface" / "MODEL_CARD.md").read_text()
+    assert "non-commercial" in card and manifest.model_id in card
     settings = make_settings(tmp_path, models_dir=models, embedder={"model": "tiny-arcface"})
     with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as c:
         ready = c.get("/readyz").json()
