@@ -13,7 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.conftest import API_KEY, ROOT, lfw, make_settings
+from tests.conftest import API_KEY, DATA, ROOT, lfw, make_settings
 from training.config import load_config
 from training.engine import train
 from training.export import export_run
@@ -36,8 +36,24 @@ def run_config(root: Path, out: Path, *extra: str):  # type: ignore[no-untyped-d
 
 def test_short_run_logs_curves_and_config(aligned_subset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    metrics = train(run_config(aligned_subset, out, "--max_steps=4", "--head.preset=arcface"))
-    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    lfw_root = DATA / "lfw"
+    metrics = train(
+        run_config(
+            aligned_subset,
+            out,
+            "--max_steps=4",
+            "--head.preset=arcface",
+            "--eval_every=2",
+            f"--data.val_images={lfw_root / 'images'}",
+            f"--data.val_pairs={lfw_root / 'pairs.txt'}",
+            "--data.val_pair_limit=20",
+        )
+    )
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in lines if "lfw_accuracy" in r]
+    assert [r["step"] for r in evals] == [2, 4]  # LFW protocol during training, every 2 steps
+    assert all(0.0 <= r["lfw_accuracy"] <= 1.0 for r in evals)
+    rows = [r for r in lines if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all({"loss", "accuracy", "lr", "samples_per_s"} <= set(r) for r in rows)
     assert (out / "curves.png").is_file() and (out / "config.json").is_file()
