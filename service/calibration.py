@@ -17,7 +17,7 @@ from tqdm import tqdm
 from service.errors import InvalidRequest
 from service.evaluation import Pair, best_threshold, kfold_accuracy, threshold_at_far
 from service.models import Calibration
-from service.vision.detection import DetectorOptions
+from service.vision.detection import DetectedFace, DetectorOptions, nearest_to_centre
 from service.vision.image import decode_image
 from service.vision.pipeline import FacePipeline
 
@@ -53,17 +53,21 @@ def central_face_embedding(
 
     Returns (embedding or None, whether the fallback detector settings were needed).
     """
+    face, fallback = central_face(pipeline, image)
+    if face is None:
+        return None, True
+    return pipeline.embed_detections(image, [face])[0].embedding, fallback
+
+
+def central_face(pipeline: FacePipeline, image: np.ndarray) -> tuple[DetectedFace | None, bool]:
+    """The evaluation protocol's face: nearest the centre, with one documented second pass.
+
+    Returns (face or None, whether the fallback detector settings were needed).
+    """
     for options, fallback in ((None, False), (FALLBACK_OPTIONS, True)):
         detections = pipeline.detect(image, options)
         if detections:
-            centre = np.array([image.shape[1], image.shape[0]]) / 2
-            best = min(
-                detections,
-                key=lambda d: np.linalg.norm(
-                    (np.array(d.box[:2]) + np.array(d.box[2:])) / 2 - centre
-                ),
-            )
-            return pipeline.embed_detections(image, [best])[0].embedding, fallback
+            return nearest_to_centre(detections, image.shape[1], image.shape[0]), fallback
     return None, True
 
 

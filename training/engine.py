@@ -136,6 +136,7 @@ class Validator:
             data = np.load(cache, allow_pickle=False)
             if list(data["paths"]) == [str(p) for p in paths]:
                 return data["crops"], {p: i for i, p in enumerate(paths)}
+        from service.calibration import central_face
         from service.recognition import build_pipeline
         from service.settings import Settings
         from service.vision.image import decode_image
@@ -144,15 +145,8 @@ class Validator:
         crops = np.zeros((len(paths), 112, 112, 3), dtype=np.uint8)
         for i, path in enumerate(paths):
             image = decode_image(path.read_bytes())
-            faces = pipeline.detect(image)
-            if faces:
-                centre = np.array([image.shape[1], image.shape[0]]) / 2
-                face = min(
-                    faces,
-                    key=lambda f: np.linalg.norm(
-                        (np.array(f.box[:2]) + np.array(f.box[2:])) / 2 - centre
-                    ),
-                )
+            face, _ = central_face(pipeline, image)  # the same protocol as `marginface eval`
+            if face is not None:
                 crops[i] = pipeline.align(image, face.landmarks)
             else:  # documented fallback: the central 112x112 region, resized
                 h, w = image.shape[:2]

@@ -75,6 +75,17 @@ def make_anchors(spec: DetectorSpec, height: int, width: int) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
+def nearest_to_centre(faces: list[DetectedFace], width: int, height: int) -> DetectedFace:
+    """The face whose box centre is nearest the image centre (LFW's labelled person)."""
+    centre = np.array([width / 2, height / 2])
+    return min(
+        faces,
+        key=lambda f: float(
+            np.linalg.norm((np.array(f.box[:2]) + np.array(f.box[2:])) / 2 - centre)
+        ),
+    )
+
+
 class Detector:
     """An ONNX face detector with 5-point landmarks, configured entirely by its manifest."""
 
