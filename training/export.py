@@ -99,7 +99,8 @@ def export_run(
         file=onnx_path.name,
         sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
         licence=data_licence or "inherits the licence of its training data (see training.data)",
-        description=f"{config['model']['backbone']} trained with {head['preset']} by MarginFace",
+        description=f"{config['model']['backbone']} trained with {head['preset']} by MarginFace "
+        f"(loss study, {state['step']} steps on CelebA-299)",
         source={"kind": "training", "run_dir": str(run_dir), "step": state["step"]},
         input=InputSpec(width=112, height=112, color_order="RGB", mean=(MEAN,) * 3, std=(STD,) * 3),
         alignment_template=ARCFACE_TEMPLATE_112,
@@ -108,7 +109,7 @@ def export_run(
             cosine=0.3, source="placeholder until `marginface calibrate` measures this model"
         ),
         training={
-            "backbone": config["model"]["backbone"],
+            "backbone": config["model"]["backbone"] + (f" (width {width})" if width else ""),
             "head": head,
             "data": {k: v for k, v in config["data"].items() if k in ("root", "rec")},
             "data_licence": data_licence,
