@@ -7,7 +7,6 @@ source of truth for thresholds (the service never hard-codes one).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,19 +75,14 @@ def score_pairs(
     pairs: list[Pair],
     *,
     progress: bool = True,
-    embed: Callable[[Path], tuple[np.ndarray | None, bool]] | None = None,
 ) -> PairScores:
     """Embed each image once (cached) and score every pair; a faceless image scores -1."""
     cache: dict[Path, np.ndarray | None] = {}
     fallback: list[str] = []
 
-    def default_embed(path: Path) -> tuple[np.ndarray | None, bool]:
-        return central_face_embedding(pipeline, decode_image(path.read_bytes()))
-
-    embed_fn = embed or default_embed
     unique = sorted({p.a for p in pairs} | {p.b for p in pairs})
     for path in tqdm(unique, desc="embedding", unit="img", disable=not progress):
-        vector, used_fallback = embed_fn(path)
+        vector, used_fallback = central_face_embedding(pipeline, decode_image(path.read_bytes()))
         cache[path] = vector
         if used_fallback and vector is not None:
             fallback.append(str(path))

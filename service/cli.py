@@ -305,6 +305,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
     import numpy as np
 
     from service.calibration import identification_report
+    from service.errors import NoFace
     from service.gallery import Gallery, NewFace
     from service.recognition import build_pipeline
     from service.vision.image import decode_image
@@ -319,14 +320,10 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
 
     def embed(path: Path) -> np.ndarray | None:
         image = decode_image(path.read_bytes())
-        if args.aligned:
-            return pipeline.embed_aligned(image).embedding
-        faces = pipeline.analyze(image)
-        return (
-            max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).embedding
-            if faces
-            else None
-        )
+        try:  # the pipeline owns which face counts: the largest, as enrollment does
+            return pipeline.single_face(image, policy="largest", aligned=args.aligned).embedding
+        except NoFace:
+            return None
 
     root = Path(args.gallery)
     people = sorted(p.name for p in root.iterdir() if p.is_dir())

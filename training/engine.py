@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -30,7 +31,6 @@ from service.evaluation import kfold_accuracy, read_lfw_pairs, tar_at, threshold
 from training.backbones import create_backbone
 from training.config import TrainConfig
 from training.data import FaceDataset, image_folder, record_dataset, to_tensor
-from training.losses import margin_loss
 from training.partial_fc import PartialFC
 
 log = logging.getLogger(__name__)
@@ -154,13 +154,7 @@ class Validator:
                 crop = image[
                     h // 2 - side // 2 : h // 2 + side // 2, w // 2 - side // 2 : w // 2 + side // 2
                 ]
-                crops[i] = np.asarray(
-                    torch.nn.functional.interpolate(
-                        torch.from_numpy(crop).permute(2, 0, 1)[None].float(), size=(112, 112)
-                    )[0]
-                    .permute(1, 2, 0)
-                    .byte()
-                )
+                crops[i] = cv2.resize(crop, (112, 112), interpolation=cv2.INTER_AREA)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, crops=crops, paths=np.array([str(p) for p in paths]))
         return crops, {p: i for i, p in enumerate(paths)}
@@ -417,4 +411,4 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return metrics
 
 
-__all__ = ["Distributed", "margin_loss", "train"]
+__all__ = ["Distributed", "train"]
