@@ -189,6 +189,41 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    """Enroll a folder per subject in bulk: resumable, idempotent, with a progress bar."""
+    from tqdm import tqdm
+
+    from service.indexer import BatchIndexer
+
+    rec = _recognition(args, with_gallery=True)
+    if args.policy:
+        rec.settings = rec.settings.model_copy(update={"enroll_policy": args.policy})
+    indexer = BatchIndexer(
+        rec.settings, rec.pipeline, rec.gallery, workers=args.workers, batch_size=args.batch_size
+    )
+    bar = tqdm(total=0, unit="img", desc="indexing", disable=args.no_progress, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)  # tqdm throttles the redraws
+
+    try:
+        summary = indexer.run(Path(args.root), progress=progress)
+    finally:
+        bar.close()
+        rec.gallery.close()
+    report = Path(args.report)
+    summary.write(report)
+    payload = summary.to_dict(with_files=False) | {"report": str(report)}
+    counts = ", ".join(f"{k.replace('_', ' ')} {payload[k]}" for k in summary.counts)
+    text = (
+        f"{summary.total} images in {summary.seconds:.1f} s ({payload['images_per_s']} img/s): "
+        f"{counts}; file lists in {report}"
+    )
+    _emit(args, payload, text)
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure thresholds by FAR on labelled pairs and write them into the model's manifest."""
     from service.calibration import calibrate, score_pairs
@@ -428,6 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_argument("--gallery", help="gallery folder (default: var/gallery)")
     add_match_options(identify)
     identify.set_defaults(func=cmd_identify)
+    index = sub.add_parser(
+        "index", parents=[common], help="enroll ROOT/<subject_id>/*.jpg in bulk (resumable)"
+    )
+    index.add_argument("root", help="a folder per subject; folder names are the subject ids")
+    index.add_argument("--gallery", help="gallery folder (default: var/gallery)")
+    index.add_argument("--workers", type=int, default=2, help="decode/detect threads")
+    index.add_argument("--batch-size", type=int, default=64, help="faces per embedding batch")
+    index.add_argument(
+        "--policy", choices=["largest", "reject"], help="several faces in one image (default: "
+        "the enroll_policy setting)"
+    )
+    index.add_argument("--report", default="index-report.json", help="per-file report (JSON)")
+    index.add_argument("--no-progress", action="store_true", help="no progress bar")
+    index.set_defaults(func=cmd_index)
     calibrate = sub.add_parser(
         "calibrate", parents=[common], help="write thresholds by FAR into a model's manifest"
     )

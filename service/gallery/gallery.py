@@ -138,6 +138,33 @@ class Gallery:
                 self.index.generation = generation
             return results
 
+    def add_many(
+        self, items: list[tuple[str, NewFace]], *, model_id: str
+    ) -> list[tuple[str, int, bool]]:
+        """Batch indexing: one transaction for faces of many subjects (created as needed)."""
+        self.store.check_model(model_id)
+        if not items:
+            return []
+        with self._lock:
+            results = self.store.add_faces_many(items)
+            new = [
+                (fid, face.embedding)
+                for (_, fid, created), (_, face) in zip(results, items, strict=True)
+                if created
+            ]
+            generation = self.store.generation()
+            if new:
+                ids = np.array([fid for fid, _ in new], dtype=np.int64)
+                self.index.add(ids, np.stack([v for _, v in new]), generation)
+                self._dirty = True
+            else:
+                self.index.generation = generation
+            return results
+
+    def known_images(self) -> set[tuple[str, str]]:
+        """(subject id, image sha256) of every enrolled face."""
+        return self.store.known_images()
+
     def list_faces(self, subject_id: str) -> list[FaceRecord]:
         """Faces of one subject."""
         return self.store.list_faces(subject_id)

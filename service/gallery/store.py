@@ -267,11 +267,6 @@ class Store:
                     (subject_id, create_name, now),
                 )
             for face in faces:
-                vec = np.ascontiguousarray(face.embedding, dtype=np.float32)
-                if vec.shape != (self.embedding_dim,):
-                    raise ValueError(
-                        f"embedding has shape {vec.shape}, expected ({self.embedding_dim},)"
-                    )
                 row = cur.execute(
                     "SELECT id FROM faces WHERE subject_id=? AND image_sha256=?",
                     (subject_id, face.image_sha256),
@@ -282,19 +277,64 @@ class Store:
                 cur.execute(
                     "INSERT INTO faces(subject_id, embedding, model_id, box, det_score, "
                     "image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        subject_id,
-                        vec.tobytes(),
-                        self.model_id,
-                        json.dumps([round(v, 2) for v in face.box]),
-                        face.det_score,
-                        face.image_sha256,
-                        now,
-                    ),
+                    self._face_row(subject_id, face, now),
                 )
                 results.append((int(cur.lastrowid or 0), True))
             self._bump(cur)
         return results
+
+    def add_faces_many(
+        self, items: list[tuple[str, NewFace]]
+    ) -> list[tuple[str, int, bool]]:
+        """Batch indexing: faces of many subjects in one transaction, subjects created as needed.
+
+        A new subject is named after its id. Returns (subject id, face id, created) per item;
+        an image already enrolled for its subject comes back with created=False.
+        """
+        now = time.time()
+        out: list[tuple[str, int, bool]] = []
+        with self.transaction() as cur:
+            for subject_id, face in items:
+                cur.execute(
+                    "INSERT OR IGNORE INTO subjects(id, name, metadata, created_at) "
+                    "VALUES (?, ?, '{}', ?)",
+                    (subject_id, subject_id, now),
+                )
+                row = cur.execute(
+                    "SELECT id FROM faces WHERE subject_id=? AND image_sha256=?",
+                    (subject_id, face.image_sha256),
+                ).fetchone()
+                if row is not None:
+                    out.append((subject_id, int(row[0]), False))
+                    continue
+                cur.execute(
+                    "INSERT INTO faces(subject_id, embedding, model_id, box, det_score, "
+                    "image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    self._face_row(subject_id, face, now),
+                )
+                out.append((subject_id, int(cur.lastrowid or 0), True))
+            self._bump(cur)
+        return out
+
+    def _face_row(self, subject_id: str, face: NewFace, now: float) -> tuple[Any, ...]:
+        vec = np.ascontiguousarray(face.embedding, dtype=np.float32)
+        if vec.shape != (self.embedding_dim,):
+            raise ValueError(f"embedding has shape {vec.shape}, expected ({self.embedding_dim},)")
+        return (
+            subject_id,
+            vec.tobytes(),
+            self.model_id,
+            json.dumps([round(v, 2) for v in face.box]),
+            face.det_score,
+            face.image_sha256,
+            now,
+        )
+
+    def known_images(self) -> set[tuple[str, str]]:
+        """Every (subject id, image sha256) enrolled: what a resumed batch index skips."""
+        with self._lock:
+            rows = self._conn.execute("SELECT subject_id, image_sha256 FROM faces").fetchall()
+        return {(str(r[0]), str(r[1])) for r in rows}
 
     def list_faces(self, subject_id: str) -> list[FaceRecord]:
         """The faces of a subject; raises SubjectNotFound."""

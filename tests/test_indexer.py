@@ -1,0 +1,165 @@
+"""Batch indexing: every outcome counted, re-runs add nothing, SIGKILL + re-run = a clean run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.gallery import Gallery
+from service.indexer import BatchIndexer, scan
+from service.recognition import open_gallery
+from service.vision.pipeline import FacePipeline
+from tests.conftest import DATA, ROOT, make_settings, png_bytes
+
+LFW = DATA / "lfw" / "images"
+
+
+def make_tree(root: Path, people: list[str], per_person: int) -> None:
+    """A folder per subject with real LFW photos."""
+    for name in people:
+        (root / name).mkdir(parents=True)
+        for photo in sorted((LFW / name).glob("*.jpg"))[:per_person]:
+            shutil.copy(photo, root / name / photo.name)
+
+
+def gallery_content(path: Path) -> dict[tuple[str, str], np.ndarray]:
+    """(subject, image sha256) -> embedding, read straight from the store file."""
+    with sqlite3.connect(path / "gallery.sqlite3") as conn:
+        rows = conn.execute("SELECT subject_id, image_sha256, embedding FROM faces").fetchall()
+    return {(r[0], r[1]): np.frombuffer(r[2], dtype=np.float32) for r in rows}
+
+
+def test_every_outcome_is_counted_and_a_rerun_adds_nothing(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    root = tmp_path / "people"
+    make_tree(root, ["Colin_Powell", "Tony_Blair", "Serena_Williams"], 3)
+    shutil.copy(LFW / "Colin_Powell/Colin_Powell_0001.jpg", root / "Colin_Powell/copy.jpg")
+    (root / "Tony_Blair/notes.jpg").write_bytes(b"not an image at all")
+    (root / "Tony_Blair/wall.png").write_bytes(png_bytes(np.full((200, 200, 3), 128, np.uint8)))
+    (root / "bad id!").mkdir()
+    shutil.copy(LFW / "Colin_Powell/Colin_Powell_0004.jpg", root / "bad id!/x.jpg")
+    (root / "Serena_Williams/readme.txt").write_text("ignored: not an image suffix")
+    group = DATA / "detection/insightface/t1.jpg"
+    shutil.copy(group, root / "Serena_Williams/group.jpg")
+
+    settings = make_settings(tmp_path)
+    gallery = open_gallery(settings, pipeline.embedder.manifest)
+    indexer = BatchIndexer(settings, pipeline, gallery, workers=2, batch_size=4)
+    seen: list[tuple[int, int]] = []
+    first = indexer.run(root, progress=lambda done, total: seen.append((done, total)))
+    assert first.total == 14 == len(scan(root))
+    assert first.counts == {
+        "enrolled": 10,  # 9 portraits + the group photo's largest face (policy: largest)
+        "already_present": 1,  # copy.jpg is Colin_Powell_0001.jpg again
+        "no_face": 1,
+        "several_faces": 0,
+        "unreadable": 1,
+        "invalid_subject": 1,
+    }
+    assert "Serena_Williams/group.jpg" in first.largest_of_several  # LFW photos have bystanders too
+    assert first.subjects_created == 3
+    assert seen[-1] == (14, 14) and all(a <= b for (a, _), (b, _) in itertools.pairwise(seen))
+    assert any("notes.jpg" in f for f in first.files["unreadable"])
+    assert gallery.stats()["faces"] == gallery.stats()["indexed"] == 10
+
+    second = indexer.run(root)
+    assert second.counts["enrolled"] == 0 and second.counts["already_present"] == 11
+    assert gallery.stats()["faces"] == 10
+
+    strict = BatchIndexer(
+        settings.model_copy(update={"enroll_policy": "reject"}), pipeline, gallery
+    )
+    (root / "Tony_Blair/group.jpg").write_bytes(group.read_bytes())
+    third = strict.run(root)
+    assert third.counts["several_faces"] == 1 and third.counts["enrolled"] == 0
+    report = tmp_path / "report.json"
+    third.write(report)
+    assert json.loads(report.read_text())["files"]["several_faces"][0].startswith("Tony_Blair/")
+    gallery.close()
+
+
+def run_index(root: Path, gallery: Path) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "index",
+        str(root),
+        "--gallery",
+        str(gallery),
+        "--models-dir",
+        str(ROOT / "models"),
+        "--device",
+        "cpu",
+        "--json",
+        "--no-progress",
+        "--batch-size",
+        "8",
+        "--report",
+        str(gallery.parent / f"{gallery.name}.json"),
+    ]
+    env = {**os.environ, "MARGINFACE_INTRA_OP_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE)
+
+
+def faces_in(gallery: Path) -> int:
+    try:
+        with sqlite3.connect(gallery / "gallery.sqlite3", timeout=5) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_halfway_then_rerun_equals_one_clean_run(tmp_path: Path) -> None:
+    root = tmp_path / "people"
+    people = sorted(p.name for p in LFW.iterdir() if len(list(p.iterdir())) >= 6)[:12]
+    make_tree(root, people, 6)  # 72 photos
+
+    clean = tmp_path / "clean"
+    proc = run_index(root, clean)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0
+    summary = json.loads(out)
+    assert summary["total"] == 72 and summary["enrolled"] > 60
+
+    killed = tmp_path / "killed"
+    proc = run_index(root, killed)
+    deadline = time.monotonic() + 300
+    while faces_in(killed) < 20:  # a few committed batches, far from done
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    partial = faces_in(killed)
+    assert 20 <= partial < summary["enrolled"]
+
+    proc = run_index(root, killed)
+    out, _ = proc.communicate(timeout=600)
+    resumed = json.loads(out)
+    assert resumed["already_present"] == partial
+    assert resumed["enrolled"] == summary["enrolled"] - partial
+
+    a, b = gallery_content(clean), gallery_content(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+    # the index the re-run left behind agrees with its store
+    g = Gallery(killed, model_id="ignored@x", embedding_dim=128)
+    ids, vecs, _ = g.store.all_embeddings()
+    index_ids, index_vecs = g.index.vectors()
+    np.testing.assert_array_equal(ids, index_ids)
+    np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
+    g.close()
