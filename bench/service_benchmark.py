@@ -49,7 +49,7 @@ def time_ms(fn: object, repeats: int) -> list[float]:
 
 
 def bench_models(repeats: int) -> dict[str, object]:
-    pipeline = build_pipeline(Settings(device="cpu"))
+    pipeline = build_pipeline(Settings(device="cpu"), batching=False)
     images = [
         decode_image(p.read_bytes())
         for p in sorted((DATA / "lfw/images/George_W_Bush").glob("*.jpg"))[:10]

@@ -18,10 +18,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import faces, health, recognize, subjects
+from service.api import faces, health, jobs, recognize, subjects
 from service.api.deps import AppState
 from service.errors import ConfigError, MarginFaceError, PayloadTooLarge
 from service.gallery import Gallery
+from service.indexer import BatchIndexer
+from service.jobs import JobRunner
+from service.metrics import Metrics, RequestContext
 from service.recognition import Recognition, build_pipeline, open_gallery
 from service.settings import Settings
 from service.vision.pipeline import FacePipeline
@@ -40,30 +43,40 @@ _HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
-    """The one error body: {"error": {"code", "message", "details"?}}."""
+    """The one error body: {"error": {"code", "message", "details"?}}.
+
+    A ``retry_after_s`` detail (backpressure) also becomes a Retry-After header.
+    """
     body: dict[str, Any] = {"code": code, "message": message}
+    headers = {}
     if details:
         body["details"] = details
-    return JSONResponse(status_code=status, content={"error": body})
+        if "retry_after_s" in details:
+            headers["Retry-After"] = str(int(details["retry_after_s"]))
+    return JSONResponse(status_code=status, content={"error": body}, headers=headers)
 
 
 class BodyLimit:
     """Reject request bodies over the limit (by Content-Length, or while streaming) with 413."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, overrides: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = overrides or {}  # path -> limit (zip uploads are bigger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.overrides.get(scope.get("path", ""), self.max_bytes)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         too_large = PayloadTooLarge(
-            f"the request body is over the limit of {self.max_bytes} bytes", limit=self.max_bytes
+            f"the request body is over the limit of {limit} bytes", limit=limit
         )
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await _send_error(send, too_large)
             return
         received = 0
@@ -74,7 +87,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     raise too_large
             return message
 
@@ -130,28 +143,38 @@ def create_app(
     """Build the app. Heavy resources are created in the lifespan unless passed in (tests)."""
     settings = settings or Settings()
     _check_settings(settings)
+    metrics = Metrics()  # one registry per app; the lifespan connects the gallery and pipeline
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         pipe = pipeline or build_pipeline(settings)
         own_gallery = gallery is None
         gal = gallery or open_gallery(settings, pipe.embedder.manifest)
+        metrics.gallery_stats = gal.stats
+        pipe.observe = metrics.stage
+        if pipe.batcher is not None:
+            pipe.batcher.on_batch = metrics.batch
         providers = {"detector": pipe.detector.providers, "recognizer": pipe.embedder.providers}
         log.warning("MarginFace ready: providers %s, gallery %s", providers, gal.stats())
+        runner = JobRunner(BatchIndexer(settings, pipe, gal))
         stop = threading.Event()
         flusher = threading.Thread(
             target=_flusher, args=(gal, settings.gallery.flush_interval_s, stop), daemon=True
         )
         flusher.start()
+        recognition = Recognition(settings, pipe, gal, on_faces=metrics.faces)
         try:
-            yield {"app_state": AppState(settings, Recognition(settings, pipe, gal))}
+            yield {"app_state": AppState(settings, recognition, metrics, runner)}
         finally:
+            runner.close()
             stop.set()
             flusher.join(timeout=5)
             if own_gallery:
                 gal.close()
             else:
                 gal.flush()
+            if pipeline is None:
+                pipe.close()
 
     app = FastAPI(
         title="MarginFace",
@@ -159,7 +182,7 @@ def create_app(
         description="Face detection, verification and open-set identification.",
         lifespan=lifespan,
     )
-    for router in (health.router, subjects.router, faces.router, recognize.router):
+    for router in (health.router, subjects.router, faces.router, recognize.router, jobs.router):
         app.include_router(router)
 
     @app.exception_handler(MarginFaceError)
@@ -188,5 +211,10 @@ def create_app(
             500, "internal_error", "an unexpected error occurred; see the server log"
         )
 
-    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.limits.max_request_bytes,
+        overrides={"/v1/jobs/index": settings.jobs.max_archive_bytes},
+    )
+    app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -44,11 +44,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.metrics import configure_logging
 
     settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
+    # uvicorn's own loggers propagate to the root handler (JSON lines); the access log is ours
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level=settings.log_level.lower(), workers=1
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        access_log=False,
+        workers=1,
     )
     return 0
 
@@ -108,7 +117,7 @@ def _recognition(args: argparse.Namespace, *, with_gallery: bool) -> Any:
     from service.recognition import Recognition, build_pipeline, open_gallery
 
     settings = _settings(args)
-    pipeline = build_pipeline(settings)
+    pipeline = build_pipeline(settings, batching=False)
     gallery = open_gallery(settings, pipeline.embedder.manifest) if with_gallery else None
     return Recognition(settings, pipeline, gallery)
 
@@ -236,7 +245,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         settings = settings.model_copy(
             update={"embedder": settings.embedder.model_copy(update={"model": args.model})}
         )
-    pipeline = build_pipeline(settings)
+    pipeline = build_pipeline(settings, batching=False)
     pairs = read_lfw_pairs(Path(args.pairs), Path(args.images))
     result = score_pairs(pipeline, pairs, progress=not args.json)
     dataset = args.dataset or f"{Path(args.pairs).name} ({Path(args.images).parent.name})"
@@ -277,7 +286,7 @@ def _pair_report(args: argparse.Namespace, pairs: list[Any], name: str) -> dict[
         settings = settings.model_copy(
             update={"embedder": settings.embedder.model_copy(update={"flip_tta": True})}
         )
-    pipeline = build_pipeline(settings)
+    pipeline = build_pipeline(settings, batching=False)
     result = score_pairs(pipeline, pairs, progress=not args.json)
     report = verification_report(result.scores, result.same, result.folds)
     manifest = pipeline.embedder.manifest
@@ -346,7 +355,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
     from service.vision.image import decode_image
 
     settings = _settings(args)
-    pipeline = build_pipeline(settings)
+    pipeline = build_pipeline(settings, batching=False)
     suffixes = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
     def photos(folder: Path) -> list[Path]:

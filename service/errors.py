@@ -131,3 +131,31 @@ class InvalidRequest(MarginFaceError):
 
     code = "invalid_request"
     status = 422
+
+
+class Overloaded(MarginFaceError):
+    """The embedding queue is full: back off and retry (sent with a Retry-After header)."""
+
+    code = "overloaded"
+    status = 503
+
+
+class JobNotFound(MarginFaceError):
+    """No batch job with that id (jobs live in memory; a restart forgets them)."""
+
+    code = "job_not_found"
+    status = 404
+
+
+class InvalidArchive(MarginFaceError):
+    """A zip upload that is not a zip, or one we refuse to unpack (bomb, unsafe paths)."""
+
+    code = "invalid_archive"
+    status = 422
+
+
+class Forbidden(MarginFaceError):
+    """The key is valid but may not do this, or a path is outside the allowed roots."""
+
+    code = "forbidden"
+    status = 403

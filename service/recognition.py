@@ -6,6 +6,8 @@ Routes and CLI commands are thin: they parse input, call one method here, and fo
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,7 @@ from service.errors import InvalidRequest, NoFace
 from service.gallery import Candidate, Gallery, NewFace
 from service.models import Manifest, resolve_model
 from service.settings import Settings
+from service.vision.batcher import MicroBatcher
 from service.vision.detection import Detector, DetectorOptions
 from service.vision.embedding import Embedder
 from service.vision.image import decode_image
@@ -40,8 +43,12 @@ class IdentifiedFace:
     match: Candidate | None
 
 
-def build_pipeline(settings: Settings) -> FacePipeline:
-    """Load detector and recognizer from the registry as the settings say."""
+def build_pipeline(settings: Settings, *, batching: bool | None = None) -> FacePipeline:
+    """Load detector and recognizer from the registry as the settings say.
+
+    ``batching`` overrides the setting: the server batches concurrent requests, one-shot CLI
+    commands do not need the worker thread.
+    """
     det_manifest, det_weights = resolve_model(settings.models_dir, settings.detector.model)
     rec_manifest, rec_weights = resolve_model(settings.models_dir, settings.embedder.model)
     options = DetectorOptions(
@@ -66,7 +73,17 @@ def build_pipeline(settings: Settings) -> FacePipeline:
         max_batch=settings.embedder.max_batch,
         flip_tta=settings.embedder.flip_tta,
     )
-    return FacePipeline(detector, embedder)
+    use_batcher = settings.embedder.batching if batching is None else batching
+    batcher = None
+    if use_batcher:
+        batcher = MicroBatcher(
+            embedder.embed,
+            max_batch=settings.embedder.batch_max_size,
+            max_wait_ms=settings.embedder.batch_max_wait_ms,
+            max_queue=settings.embedder.queue_max,
+            timeout_s=settings.embedder.queue_timeout_s,
+        )
+    return FacePipeline(detector, embedder, batcher=batcher)
 
 
 def open_gallery(settings: Settings, manifest: Manifest) -> Gallery:
@@ -83,10 +100,18 @@ def open_gallery(settings: Settings, manifest: Manifest) -> Gallery:
 class Recognition:
     """The service's operations over one pipeline and (optionally) one gallery."""
 
-    def __init__(self, settings: Settings, pipeline: FacePipeline, gallery: Gallery | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: FacePipeline,
+        gallery: Gallery | None,
+        *,
+        on_faces: Callable[[int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self._gallery = gallery
+        self.on_faces = on_faces
 
     @property
     def gallery(self) -> Gallery:
@@ -102,7 +127,14 @@ class Recognition:
 
     def decode(self, data: bytes) -> np.ndarray:
         """Decode with the configured pixel limit."""
-        return decode_image(data, max_pixels=self.settings.limits.max_image_pixels)
+        started = time.perf_counter()
+        image = decode_image(data, max_pixels=self.settings.limits.max_image_pixels)
+        self.pipeline.timed("decode", started)
+        return image
+
+    def _count(self, faces: int) -> None:
+        if self.on_faces is not None:
+            self.on_faces(faces)
 
     def threshold(
         self,
@@ -154,14 +186,18 @@ class Recognition:
     def detect(self, data: bytes) -> tuple[np.ndarray, list[Any]]:
         """Decode and detect every face."""
         image = self.decode(data)
-        return image, self.pipeline.detect(image)
+        detections = self.pipeline.detect(image)
+        self._count(len(detections))
+        return image, detections
 
     def embed(self, data: bytes, *, aligned: bool = False) -> list[Face]:
         """Every face with its embedding (or the whole image as one aligned crop)."""
         image = self.decode(data)
         if aligned:
             return [self.pipeline.embed_aligned(image)]
-        return self.pipeline.analyze(image)
+        faces = self.pipeline.analyze(image)
+        self._count(len(faces))
+        return faces
 
     def one_face(
         self, data: bytes, *, policy: EnrollPolicy | None = None, aligned: bool = False
@@ -254,9 +290,11 @@ class Recognition:
         faces = self.embed(data, aligned=aligned)
         if not faces:
             return [], chosen
+        started = time.perf_counter()
         ranked = self.gallery.search(
             np.stack([f.embedding for f in faces]), top_k=k, model_id=self.pipeline.model_id
         )
+        self.pipeline.timed("search", started)
         out = []
         for face, candidates in zip(faces, ranked, strict=True):
             match = candidates[0] if candidates and candidates[0].score >= chosen.value else None

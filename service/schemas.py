@@ -185,3 +185,28 @@ class Readiness(BaseModel):
     detector: dict[str, Any]
     recognizer: dict[str, Any]
     gallery: dict[str, Any]
+    batching: dict[str, Any] | None = None
+
+
+class JobProgress(BaseModel):
+    """How far a batch job has come."""
+
+    done: int
+    total: int
+    images_per_s: float | None = None
+    eta_s: float | None = None
+
+
+class JobOut(BaseModel):
+    """A batch index job; ``summary`` has the per-outcome counts and file lists when done."""
+
+    id: str
+    kind: Literal["index"]
+    source: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: JobProgress
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    summary: dict[str, Any] | None = None
+    error: str | None = None

@@ -29,8 +29,13 @@ class EmbedderSettings(BaseModel):
     """Recognition knobs."""
 
     model: str = "sface-2021dec"
-    max_batch: int = Field(64, ge=1)
+    max_batch: int = Field(64, ge=1, description="largest batch one ONNX Runtime call gets")
     flip_tta: bool = False
+    batching: bool = Field(True, description="embed concurrent requests' faces together")
+    batch_max_size: int = Field(32, ge=1, description="faces per micro-batch")
+    batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    queue_max: int = Field(256, ge=1, description="requests waiting to embed before 503")
+    queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for an embedding")
 
 
 class GallerySettings(BaseModel):
@@ -41,6 +46,10 @@ class GallerySettings(BaseModel):
         "Flat", description="FAISS factory string: Flat (exact), IVF..., HNSW..."
     )
     flush_interval_s: float = Field(30.0, gt=0)
+    search_params: str = Field(
+        "", description="FAISS search parameters, e.g. 'nprobe=32' (IVF) or 'efSearch=128'"
+    )
+    use_gpu: bool = Field(False, description="search on the GPU when faiss-gpu is installed")
 
 
 class AuthSettings(BaseModel):
@@ -60,6 +69,19 @@ class LimitSettings(BaseModel):
     max_files_per_request: int = Field(32, ge=1)
 
 
+class JobSettings(BaseModel):
+    """Batch indexing over REST: what may be read and how big an archive may be."""
+
+    allowed_roots: list[Path] = Field(
+        [], description="server-side folders a job may index (none: zip uploads only)"
+    )
+    work_dir: Path = Path("var/jobs")
+    max_archive_bytes: int = Field(1024**3, ge=1024, description="zip upload size")
+    max_unpacked_bytes: int = Field(4 * 1024**3, ge=1024, description="sum of the entries")
+    max_entries: int = Field(200_000, ge=1)
+    max_ratio: float = Field(100.0, gt=1, description="largest compression ratio of an entry")
+
+
 class Settings(BaseSettings):
     """Everything configurable about the service."""
 
@@ -75,6 +97,7 @@ class Settings(BaseSettings):
     gallery: GallerySettings = GallerySettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
+    jobs: JobSettings = JobSettings()
     enroll_policy: Literal["largest", "reject"] = "largest"
     default_top_k: int = Field(5, ge=1)
     verify_far: float | None = Field(
@@ -87,3 +110,5 @@ class Settings(BaseSettings):
         1e-4, gt=0, lt=1, description="default identify operating point (1:N needs a lower FAR)"
     )
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")

@@ -141,7 +141,7 @@ class Validator:
         from service.settings import Settings
         from service.vision.image import decode_image
 
-        pipeline = build_pipeline(Settings(device="cpu"))
+        pipeline = build_pipeline(Settings(device="cpu"), batching=False)
         crops = np.zeros((len(paths), 112, 112, 3), dtype=np.uint8)
         for i, path in enumerate(paths):
             image = decode_image(path.read_bytes())

@@ -46,7 +46,7 @@ def _prepare(argv: list[str]) -> int:
     parser.add_argument("output", help="aligned dataset folder (resumable)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    pipeline = build_pipeline(Settings(device="cpu"))
+    pipeline = build_pipeline(Settings(device="cpu"), batching=False)
     report = prepare_dataset(Path(args.source), Path(args.output), pipeline, workers=args.workers)
     summary = {k: (len(v) if isinstance(v, list) else v) for k, v in report.to_dict().items()}
     print(json.dumps(summary))

@@ -10,6 +10,8 @@ from fastapi import Depends, Request, UploadFile
 from fastapi.security import APIKeyHeader
 
 from service.errors import InvalidImage, PayloadTooLarge, Unauthorized
+from service.jobs import JobRunner
+from service.metrics import Metrics
 from service.recognition import Recognition
 from service.settings import Settings
 
@@ -20,6 +22,8 @@ class AppState:
 
     settings: Settings
     recognition: Recognition
+    metrics: Metrics
+    jobs: JobRunner
 
 
 def get_state(request: Request) -> AppState:

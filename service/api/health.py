@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Response
 
 from service.api.deps import State
 from service.schemas import Health, Readiness
@@ -36,4 +36,22 @@ def readyz(state: State) -> Readiness:
             "licence": rec.manifest.licence,
         },
         gallery=state.recognition.gallery.stats(),
+        batching=(
+            {
+                "max_batch": pipeline.batcher.max_batch,
+                "max_wait_ms": pipeline.batcher.max_wait_s * 1000,
+                "queued": pipeline.batcher.queued(),
+            }
+            if pipeline.batcher is not None
+            else None
+        ),
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(state: State) -> Response:
+    """Prometheus exposition: requests, latency, pipeline stages, batch sizes, gallery size."""
+    if not state.settings.metrics_enabled:
+        raise HTTPException(404, "metrics are switched off (MARGINFACE_METRICS_ENABLED)")
+    body, content_type = state.metrics.render()
+    return Response(content=body, media_type=content_type)

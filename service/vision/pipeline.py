@@ -6,6 +6,8 @@ model was trained on are the crops it is served.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -13,10 +15,12 @@ import numpy as np
 
 from service.errors import MultipleFaces, NoFace
 from service.vision.alignment import align_face
+from service.vision.batcher import MicroBatcher
 from service.vision.detection import DetectedFace, Detector, DetectorOptions
 from service.vision.embedding import Embedder
 
 EnrollPolicy = Literal["largest", "reject"]
+StageObserver = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,45 @@ class Face:
 
 
 class FacePipeline:
-    """Detector plus embedder; stateless apart from the ONNX sessions, safe to share."""
+    """Detector plus embedder; stateless apart from the ONNX sessions, safe to share.
 
-    def __init__(self, detector: Detector, embedder: Embedder) -> None:
+    With a ``batcher`` the embedding of concurrent callers is batched; ``observe`` receives
+    (stage, seconds) for detect, align and embed, so metrics stay outside this framework-free
+    package.
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        embedder: Embedder,
+        *,
+        batcher: MicroBatcher | None = None,
+        observe: StageObserver | None = None,
+    ) -> None:
         self.detector = detector
         self.embedder = embedder
+        self.batcher = batcher
+        self.observe = observe
+
+    def timed(self, stage: str, started: float) -> None:
+        """Report a stage's duration to the observer (metrics), if any."""
+        if self.observe is not None:
+            self.observe(stage, time.perf_counter() - started)
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed aligned crops, through the micro-batcher when there is one."""
+        started = time.perf_counter()
+        if self.batcher is not None:
+            vectors = self.batcher.embed(crops)
+        else:
+            vectors = self.embedder.embed(list(crops))
+        self.timed("embed", started)
+        return vectors
+
+    def close(self) -> None:
+        """Stop the batcher's worker thread, if any."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     @property
     def model_id(self) -> str:
@@ -56,19 +94,23 @@ class FacePipeline:
         self, image: np.ndarray, options: DetectorOptions | None = None
     ) -> list[DetectedFace]:
         """Boxes, landmarks and scores of every face, best score first."""
-        return self.detector.detect(image, options)
+        started = time.perf_counter()
+        detections = self.detector.detect(image, options)
+        self.timed("detect", started)
+        return detections
 
     def analyze(self, image: np.ndarray, options: DetectorOptions | None = None) -> list[Face]:
         """Every face in the image with its embedding (one batched embedder run)."""
-        detections = self.detector.detect(image, options)
-        return self.embed_detections(image, detections)
+        return self.embed_detections(image, self.detect(image, options))
 
     def embed_detections(self, image: np.ndarray, detections: list[DetectedFace]) -> list[Face]:
         """Align and embed given detections in one batch."""
         if not detections:
             return []
+        started = time.perf_counter()
         crops = [self.align(image, d.landmarks) for d in detections]
-        vectors = self.embedder.embed(crops)
+        self.timed("align", started)
+        vectors = self.embed_crops(crops)
         return [
             Face(box=d.box, landmarks=d.landmarks, score=d.score, embedding=v)
             for d, v in zip(detections, vectors, strict=True)
@@ -86,7 +128,7 @@ class FacePipeline:
         tw, th = self.embedder.input_size
         sx, sy = w / tw, h / th
         landmarks = (self.embedder.template * np.array([sx, sy])).astype(np.float32)
-        vector = self.embedder.embed([image])[0]
+        vector = self.embed_crops([image])[0]
         return Face(
             box=(0.0, 0.0, float(w), float(h)), landmarks=landmarks, score=1.0, embedding=vector
         )
@@ -105,7 +147,7 @@ class FacePipeline:
         """
         if aligned:
             return self.embed_aligned(image)
-        detections = self.detector.detect(image, options)
+        detections = self.detect(image, options)
         if not detections:
             raise NoFace("no face was found in the image")
         if len(detections) > 1 and policy == "reject":

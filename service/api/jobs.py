@@ -1,0 +1,77 @@
+"""Batch jobs: index a zip upload or a server-side folder; poll for progress and the summary."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from service.api.deps import Authorized, State
+from service.archive import archive_root, extract_zip, remove_tree
+from service.errors import Forbidden, InvalidRequest
+from service.schemas import JobOut
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized])
+
+
+@router.post("/index", status_code=202)
+def submit_index_job(
+    state: State,
+    archive: Annotated[UploadFile | None, File(description="zip of <subject_id>/<image>")] = None,
+    path: Annotated[str | None, Form(description="a folder under an allowed root")] = None,
+) -> JobOut:
+    """Enroll a folder per subject in bulk; answers at once with a job to poll."""
+    if (archive is None) == (path is None):
+        raise InvalidRequest("send either a zip file in 'archive' or a server-side 'path'")
+    jobs = state.jobs
+    settings = state.settings.jobs
+    if path is not None:
+        root = Path(path).resolve()
+        allowed = [Path(r).resolve() for r in settings.allowed_roots]
+        if not any(root == a or a in root.parents for a in allowed):
+            raise Forbidden(
+                f"{path!r} is not under an allowed root; set MARGINFACE_JOBS__ALLOWED_ROOTS",
+                allowed_roots=[str(a) for a in allowed],
+            )
+        if not root.is_dir():
+            raise InvalidRequest(f"{path!r} is not a folder on the server")
+        return JobOut(**jobs.submit(f"path:{root}", root).to_dict())
+    assert archive is not None
+    work = Path(settings.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix=f"upload-{uuid.uuid4().hex[:8]}-", dir=work))
+    try:
+        upload = dest / "upload.zip"
+        with upload.open("wb") as out:
+            shutil.copyfileobj(archive.file, out, 1 << 20)
+        tree = dest / "tree"
+        extract_zip(
+            upload,
+            tree,
+            max_entries=settings.max_entries,
+            max_unpacked_bytes=settings.max_unpacked_bytes,
+            max_ratio=settings.max_ratio,
+        )
+        upload.unlink()
+    except BaseException:
+        remove_tree(dest)
+        raise
+    name = archive.filename or "upload.zip"
+    job = jobs.submit(f"zip:{name}", archive_root(tree), cleanup=lambda: remove_tree(dest))
+    return JobOut(**job.to_dict())
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, state: State) -> JobOut:
+    """Progress (done, total, images/s, ETA) and, when finished, the summary."""
+    return JobOut(**state.jobs.get(job_id).to_dict())
+
+
+@router.get("")
+def list_jobs(state: State) -> list[JobOut]:
+    """Jobs since the service started, newest first."""
+    return [JobOut(**j.to_dict()) for j in state.jobs.list()]
