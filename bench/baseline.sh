@@ -9,4 +9,5 @@ VENV=${BASELINE_VENV:-.venv-baseline}
 # face_recognition pins the source-only dlib; the prebuilt dlib-bin provides the same module
 "$VENV/bin/pip" install -q --no-deps face_recognition==1.3.0
 "$VENV/bin/marginface" models fetch >/dev/null
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 exec "$VENV/bin/python" bench/baseline_face_recognition.py "$@"

@@ -82,6 +82,7 @@ def build_pipeline(settings: Settings, *, batching: bool | None = None) -> FaceP
             max_wait_ms=settings.embedder.batch_max_wait_ms,
             max_queue=settings.embedder.queue_max,
             timeout_s=settings.embedder.queue_timeout_s,
+            workers=settings.embedder.batch_workers,
         )
     return FacePipeline(detector, embedder, batcher=batcher)
 

@@ -34,6 +34,9 @@ class EmbedderSettings(BaseModel):
     batching: bool = Field(True, description="embed concurrent requests' faces together")
     batch_max_size: int = Field(32, ge=1, description="faces per micro-batch")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    batch_workers: int = Field(
+        2, ge=1, description="batches run at once (2 keeps both CPU cores busy; 1 on a GPU)"
+    )
     queue_max: int = Field(256, ge=1, description="requests waiting to embed before 503")
     queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for an embedding")
 

@@ -44,6 +44,7 @@ class MicroBatcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 256,
         timeout_s: float = 30.0,
+        workers: int = 1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._embed = embed
@@ -52,10 +53,13 @@ class MicroBatcher:
         self.timeout_s = timeout_s
         self.on_batch = on_batch
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
-        self._carry: _Request | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="embed-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"embed-batcher-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embed these crops as part of whatever batch is forming; blocks until done.
@@ -86,15 +90,19 @@ class MicroBatcher:
         """Stop the worker after the queued requests are served."""
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
-            self._thread.join(timeout=10)
+            self._queue.put(None)  # each worker passes the sentinel on before it stops
+            for thread in self._threads:
+                thread.join(timeout=10)
 
-    def _next_batch(self) -> list[_Request] | None:
-        """Block for the first request, then gather more until full or the wait is over."""
-        first = self._carry or self._queue.get()
-        self._carry = None
+    def _next_batch(self, carry: _Request | None) -> tuple[list[_Request] | None, _Request | None]:
+        """Block for the first request, then gather more until full or the wait is over.
+
+        Returns the batch (None: stop) and a request that did not fit (it opens the next one).
+        """
+        first = carry or self._queue.get()
         if first is None:
-            return None
+            self._queue.put(None)  # let the other workers see it too
+            return None, None
         batch, size = [first], len(first.crops)
         deadline = time.monotonic() + self.max_wait_s
         while size < self.max_batch:
@@ -111,15 +119,15 @@ class MicroBatcher:
                 self._queue.put(None)  # serve this batch, then stop
                 break
             if size + len(nxt.crops) > self.max_batch:
-                self._carry = nxt  # starts the next batch
-                break
+                return batch, nxt
             batch.append(nxt)
             size += len(nxt.crops)
-        return batch
+        return batch, None
 
     def _loop(self) -> None:
+        carry: _Request | None = None
         while True:
-            batch = self._next_batch()
+            batch, carry = self._next_batch(carry)
             if batch is None:
                 return
             crops = [c for r in batch for c in r.crops]

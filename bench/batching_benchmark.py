@@ -1,0 +1,161 @@
+"""Micro-batching on and off, 1 to 64 concurrent clients, against a real uvicorn process.
+
+Each client posts LFW photos to /v1/embed (decode, detect, align, embed: the identify path
+without the search) in a closed loop for a fixed time. The same server settings are used with
+``MARGINFACE_EMBEDDER__BATCHING`` true and false, one after the other, in one run. Prints JSON:
+requests/s, faces/s, p50 and p99 latency per (mode, clients), and the server's batch sizes
+(from /metrics) with batching on.
+
+Usage: python bench/batching_benchmark.py [--clients 1,4,16,64] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+KEY = "bench-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(batching: bool, gallery: Path, port: int, wait_ms: float) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "MARGINFACE_AUTH__API_KEYS": json.dumps([KEY]),
+        "MARGINFACE_EMBEDDER__BATCHING": "true" if batching else "false",
+        "MARGINFACE_EMBEDDER__BATCH_MAX_WAIT_MS": str(wait_ms),
+        "MARGINFACE_LOG_LEVEL": "WARNING",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--gallery",
+        str(gallery),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def load(port: int, clients: int, seconds: float, photos: list[bytes]) -> dict[str, float]:
+    """Closed-loop clients; returns throughput and latency."""
+    latencies: list[float] = []
+    faces = 0
+    errors = 0
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        nonlocal faces, errors
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, timeout=120
+        ) as c:
+            n = i
+            while time.monotonic() < stop_at:
+                data = photos[n % len(photos)]
+                n += clients
+                t0 = time.perf_counter()
+                r = c.post("/v1/embed", files={"image": ("p.jpg", data, "image/jpeg")})
+                dt = time.perf_counter() - t0
+                with lock:
+                    if r.status_code == 200:
+                        latencies.append(dt)
+                        faces += len(r.json()["faces"])
+                    else:
+                        errors += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    lat = np.asarray(latencies) * 1000
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "requests_per_s": round(len(latencies) / elapsed, 2),
+        "faces_per_s": round(faces / elapsed, 2),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+    }
+
+
+def batch_sizes(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    count = float(re.search(r"^marginface_embed_batch_size_count (\S+)", text, re.M).group(1))
+    total = float(re.search(r"^marginface_embed_batch_size_sum (\S+)", text, re.M).group(1))
+    return {"batches": count, "mean_faces_per_batch": round(total / count, 2) if count else 0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,4,16,64")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--wait-ms", type=float, default=2.0)
+    args = parser.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    photos = [p.read_bytes() for p in sorted((DATA / "lfw/images").glob("A*/*.jpg"))[:200]]
+    out: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "seconds_per_point": args.seconds,
+        "batch_max_wait_ms": args.wait_ms,
+        "request": "POST /v1/embed with an LFW photo (250x250, usually 1 face)",
+    }
+    for batching in (False, True):
+        port = free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = start_server(batching, Path(tmp) / "gallery", port, args.wait_ms)
+            try:
+                load(port, 2, 3, photos)  # warm-up
+                points = [load(port, n, args.seconds, photos) for n in clients]
+                key = "batching_on" if batching else "batching_off"
+                out[key] = points
+                if batching:
+                    out["batches"] = batch_sizes(port)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""Docker deployment without a docker engine: the Dockerfile and docker-compose.yml agree with the
+code (paths, ports, env names, commands), and the container's start command serves outside docker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from service.app import create_app
+from service.cli import build_parser
+from service.settings import Settings
+from tests.conftest import ROOT
+from tests.test_server import free_port
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def stages() -> dict[str, list[str]]:
+    """Dockerfile instructions per build stage (line continuations joined)."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    out: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"FROM\s+\S+\s+AS\s+(\w+)", line, re.I)
+        if m:
+            current = m.group(1)
+            out[current] = []
+        elif current:
+            out[current].append(line)
+    return out
+
+
+def instruction(stage: list[str], name: str) -> list[str]:
+    return [line[len(name) :].strip() for line in stage if line.upper().startswith(name + " ")]
+
+
+def env_of(stage: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for body in instruction(stage, "ENV"):
+        for token in shlex.split(body):
+            key, _, value = token.partition("=")
+            out[key] = value
+    return out
+
+
+def setting_exists(env_name: str) -> bool:
+    """MARGINFACE_A__B names a field b of the nested model a of Settings."""
+    if not env_name.startswith("MARGINFACE_"):
+        return True
+    if env_name == "MARGINFACE_PORT":  # compose's host port, not a service setting
+        return True
+    model: type[BaseModel] = Settings
+    parts = env_name[len("MARGINFACE_") :].lower().split("__")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        if i < len(parts) - 1:
+            annotation = field.annotation
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return False
+            model = annotation
+    return True
+
+
+def dotenv(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = shlex.split(value)[0] if value else ""
+    return out
+
+
+def test_dockerfile_targets_copy_paths_user_and_healthcheck() -> None:
+    parsed = stages()
+    assert set(parsed) == {"cpu", "gpu"}
+    app = create_app(Settings(auth={"disabled": True}))  # type: ignore[arg-type]
+    app_paths = set(app.openapi()["paths"])
+    for name, stage in parsed.items():
+        for body in instruction(stage, "COPY"):
+            *sources, _ = body.split()
+            for src in sources:
+                assert (ROOT / src).exists(), f"{name}: COPY {src} does not exist"
+        assert instruction(stage, "USER") == ["marginface"], name
+        pip = " ".join(instruction(stage, "RUN"))
+        extra = re.search(r'pip install "\.\[(\w+)\]"', pip)
+        assert extra and extra.group(1) == name, f"{name} installs the {name} extra"
+        assert "marginface models fetch" in pip  # weights fetched and checked at build time
+        health = instruction(stage, "HEALTHCHECK")[0]
+        url = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", health)
+        assert url and url.group(2) in app_paths
+        cmd = json.loads(instruction(stage, "CMD")[0])
+        port = cmd[cmd.index("--port") + 1]
+        assert url.group(1) == port == instruction(stage, "EXPOSE")[0]
+        for key in env_of(stage):
+            assert setting_exists(key), f"{name}: ENV {key} is not a setting"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert {"onnxruntime-gpu", "faiss-gpu"} <= {re.split(r"[<>=]", d)[0] for d in extras["gpu"]}
+    assert not {"onnxruntime", "faiss-cpu"} & {re.split(r"[<>=]", d)[0] for d in extras["gpu"]}
+
+
+def test_compose_agrees_with_the_dockerfile_and_the_settings() -> None:
+    services: dict[str, Any] = COMPOSE["services"]
+    parsed = stages()
+    assert set(services) == {"api", "api-gpu"}
+    assert "gpu" in services["api-gpu"]["profiles"] and "profiles" not in services["api"]
+    for name, svc in services.items():
+        target = svc["build"]["target"]
+        assert target in parsed and (ROOT / svc["build"]["context"]).is_dir()
+        stage_env = env_of(parsed[target])
+        cmd = json.loads(instruction(parsed[target], "CMD")[0])
+        container_port = cmd[cmd.index("--port") + 1]
+        assert [p.rsplit(":", 1)[1] for p in svc["ports"]] == [container_port]
+        for key in svc["environment"]:
+            assert setting_exists(key), f"{name}: {key} is not a setting"
+        env = {**stage_env, **{k: str(v) for k, v in svc["environment"].items()}}
+        mounts = dict(v.split(":")[::-1] for v in svc["volumes"])  # container path -> volume
+        assert set(mounts.values()) <= set(COMPOSE["volumes"])
+        for path_key in ("MARGINFACE_GALLERY__PATH", "MARGINFACE_JOBS__WORK_DIR"):
+            assert any(env[path_key].startswith(m + "/") for m in mounts), path_key
+        assert env["MARGINFACE_MODELS_DIR"] in mounts
+        assert svc["env_file"] == [".env"] and (ROOT / ".env.example").is_file()
+        assert "runtime" not in svc
+    devices = services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
+    assert services["api-gpu"]["environment"]["MARGINFACE_DEVICE"] == "cuda"
+    for key in dotenv(ROOT / ".env.example"):
+        assert setting_exists(key), f".env.example: {key} is not a setting"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".env" in ignored and ".venv" in ignored  # never bake keys or a venv into the image
+
+
+@pytest.mark.slow
+def test_the_container_start_command_serves_outside_docker(tmp_path: Path) -> None:
+    """The CPU image's CMD and HEALTHCHECK, run here with the image's and compose's environment
+    (paths moved under tmp_path, since /data is the container's)."""
+    stage = stages()["cpu"]
+    cmd = json.loads(instruction(stage, "CMD")[0])
+    assert build_parser().parse_args(cmd[1:]).func.__name__ == "cmd_serve"
+    port = str(free_port())
+    cmd = [sys.executable, "-m", "service.cli", *cmd[1:]]
+    cmd[cmd.index("--port") + 1] = port
+    cmd[cmd.index("--host") + 1] = "127.0.0.1"
+    env = {
+        **os.environ,
+        **env_of(stage),
+        **{k: str(v) for k, v in COMPOSE["services"]["api"]["environment"].items()},
+        **dotenv(ROOT / ".env.example"),
+        "MARGINFACE_MODELS_DIR": str(ROOT / "models"),
+        "MARGINFACE_GALLERY__PATH": str(tmp_path / "data/gallery"),
+        "MARGINFACE_JOBS__WORK_DIR": str(tmp_path / "data/jobs"),
+    }
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+    health = json.loads(instruction(stage, "HEALTHCHECK")[0].split("CMD", 1)[1])
+    health = [sys.executable if h == "python" else h.replace(":8000/", f":{port}/") for h in health]
+    try:
+        deadline = time.monotonic() + 90
+        while subprocess.run(health, capture_output=True).returncode != 0:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the HEALTHCHECK never passed"
+            time.sleep(0.5)
+        key = json.loads(dotenv(ROOT / ".env.example")["MARGINFACE_AUTH__API_KEYS"])[0]
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()
+        assert ready["recognizer"]["providers"] == ["CPUExecutionProvider"]
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/subjects", headers={"X-API-Key": key})
+        assert r.status_code == 200
+        assert (tmp_path / "data/gallery/gallery.sqlite3").is_file()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    # the logs are JSON lines, as the image's default says
+    lines = [ln for ln in err.decode().splitlines() if ln.startswith("{")]
+    assert lines and all("level" in json.loads(ln) for ln in lines)
