@@ -95,6 +95,8 @@ def open_gallery(settings: Settings, manifest: Manifest) -> Gallery:
         model_id=manifest.model_id,
         embedding_dim=manifest.embedding_dim,
         index_factory=settings.gallery.index_factory,
+        search_params=settings.gallery.search_params,
+        use_gpu=settings.gallery.use_gpu,
     )
 
 

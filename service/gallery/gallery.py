@@ -38,12 +38,21 @@ class Gallery:
     """Subjects and faces, searchable by cosine similarity; thread-safe."""
 
     def __init__(
-        self, directory: Path, *, model_id: str, embedding_dim: int, index_factory: str = "Flat"
+        self,
+        directory: Path,
+        *,
+        model_id: str,
+        embedding_dim: int,
+        index_factory: str = "Flat",
+        search_params: str = "",
+        use_gpu: bool = False,
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.store = Store(directory / STORE_FILE, model_id=model_id, embedding_dim=embedding_dim)
-        self.index = VectorIndex(embedding_dim, index_factory)
+        self.index = VectorIndex(
+            embedding_dim, index_factory, search_params=search_params, use_gpu=use_gpu
+        )
         self._lock = threading.RLock()
         self._index_path = directory / INDEX_FILE
         self._dirty = False
@@ -129,13 +138,7 @@ class Gallery:
                 for (fid, created), f in zip(results, faces, strict=True)
                 if created
             ]
-            generation = self.store.generation()
-            if new:
-                ids = np.array([fid for fid, _ in new], dtype=np.int64)
-                self.index.add(ids, np.stack([v for _, v in new]), generation)
-                self._dirty = True
-            else:
-                self.index.generation = generation
+            self._index_new(new)
             return results
 
     def add_many(
@@ -152,14 +155,22 @@ class Gallery:
                 for (_, fid, created), (_, face) in zip(results, items, strict=True)
                 if created
             ]
-            generation = self.store.generation()
-            if new:
-                ids = np.array([fid for fid, _ in new], dtype=np.int64)
-                self.index.add(ids, np.stack([v for _, v in new]), generation)
-                self._dirty = True
-            else:
-                self.index.generation = generation
+            self._index_new(new)
             return results
+
+    def _index_new(self, new: list[tuple[int, np.ndarray]]) -> None:
+        """After a committed store write (lock held): add its new vectors to the index, and
+        switch from exact search to the configured factory once there are enough to train it."""
+        generation = self.store.generation()
+        if not new:
+            self.index.generation = generation
+            return
+        ids = np.array([fid for fid, _ in new], dtype=np.int64)
+        self.index.add(ids, np.stack([v for _, v in new]), generation)
+        self._dirty = True
+        if self.index.wants_rebuild:
+            log.info("gallery has %d faces: training %s", self.index.ntotal, self.index.factory)
+            self.rebuild_index()
 
     def known_images(self) -> set[tuple[str, str]]:
         """(subject id, image sha256) of every enrolled face."""
@@ -217,7 +228,8 @@ class Gallery:
             "faces": faces,
             "indexed": self.index.ntotal,
             "model_id": self.model_id,
-            "index_factory": self.index.factory,
+            "index_factory": self.index.describe(),
+            "index_on_gpu": self.index.use_gpu,
         }
 
     def flush(self) -> None:

@@ -283,9 +283,7 @@ class Store:
             self._bump(cur)
         return results
 
-    def add_faces_many(
-        self, items: list[tuple[str, NewFace]]
-    ) -> list[tuple[str, int, bool]]:
+    def add_faces_many(self, items: list[tuple[str, NewFace]]) -> list[tuple[str, int, bool]]:
         """Batch indexing: faces of many subjects in one transaction, subjects created as needed.
 
         A new subject is named after its id. Returns (subject id, face id, created) per item;

@@ -1,0 +1,95 @@
+"""Index factories: exact until trainable, then IVF/PQ trained from the store; HNSW; search
+parameters; and the device-copy search path (a CPU clone stands in for the GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from service.gallery import Gallery
+from service.gallery.index import VectorIndex, min_train_size
+from tests.gallery.test_gallery import DIM, MODEL, assert_index_equals_store, face, unit
+
+
+def test_min_train_sizes() -> None:
+    assert min_train_size("Flat") == 0 and min_train_size("HNSW32") == 0
+    assert min_train_size("IVF4,Flat") == 156
+    assert min_train_size("IVF1024,PQ32") == 39 * 1024
+    assert min_train_size("IVF16,PQ16") == 9_984
+    assert min_train_size("IVF16,PQ16x4") == 624
+
+
+def test_ivf_searches_exactly_until_it_can_train_then_switches(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    g = Gallery(
+        tmp_path,
+        model_id=MODEL,
+        embedding_dim=DIM,
+        index_factory="IVF4,Flat",
+        search_params="nprobe=4",
+    )
+    g.create_subject("s", "S", {})
+    vecs = unit(rng, 200)
+    g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[:100])], model_id=MODEL)
+    assert g.index.active_factory == "Flat"
+    assert "exact until 156" in g.stats()["index_factory"]
+    g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[100:], 100)], model_id=MODEL)
+    assert g.index.active_factory == "IVF4,Flat" and g.stats()["index_factory"] == "IVF4,Flat"
+    inner = faiss.downcast_index(g.index._index.index)
+    assert isinstance(inner, faiss.IndexIVFFlat) and inner.nprobe == 4  # all lists: exact
+    assert_index_equals_store(g)
+    scores, ids = g.index.search(vecs[150:151], 1)
+    assert scores[0, 0] > 0.999
+    g.close()
+    again = Gallery(
+        tmp_path,
+        model_id=MODEL,
+        embedding_dim=DIM,
+        index_factory="IVF4,Flat",
+        search_params="nprobe=4",
+    )
+    assert again.index.active_factory == "IVF4,Flat"  # loaded, not rebuilt
+    assert faiss.downcast_index(again.index._index.index).nprobe == 4
+    again.close()
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF2,PQ32x4"])
+def test_other_factories_find_the_enrolled_vectors(tmp_path: Path, factory: str) -> None:
+    rng = np.random.default_rng(2)
+    g = Gallery(tmp_path, model_id=MODEL, embedding_dim=DIM, index_factory=factory)
+    g.create_subject("s", "S", {})
+    n = max(min_train_size(factory), 300)
+    vecs = unit(rng, n)
+    g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs)], model_id=MODEL)
+    assert g.index.active_factory == factory
+    _, ids = g.index.search(vecs[:50], 1)
+    stored, _, _ = g.store.all_embeddings()
+    recall = float(np.mean(ids[:, 0] == stored[:50]))
+    assert recall >= 0.9, recall
+    g.close()
+
+
+def test_device_copy_search_maps_positions_to_face_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With faiss-gpu the copy lives on the GPU; here a CPU clone checks our id mapping,
+    including after removals (which renumber positions) and additions."""
+    rng = np.random.default_rng(3)
+    index = VectorIndex(DIM, "Flat")
+    monkeypatch.setattr(index, "_to_device", lambda inner: faiss.clone_index(inner))
+    vecs = unit(rng, 50)
+    ids = np.arange(1000, 1050, dtype=np.int64)
+    index.add(ids, vecs, 1)
+    expected = index.search(vecs[:10], 3)
+    index.use_gpu = True
+    got = index.search(vecs[:10], 3)
+    np.testing.assert_array_equal(got[1], expected[1])
+    index.remove([1000, 1003, 1007], 2)
+    index.add(np.array([5000], dtype=np.int64), vecs[:1], 3)
+    _, found = index.search(vecs[:10], 1)
+    assert found[0, 0] == 5000 and found[3, 0] not in (1003,) and found[9, 0] == 1009
+    index.use_gpu = False
+    np.testing.assert_array_equal(index.search(vecs[:10], 1)[1], found)
