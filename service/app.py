@@ -148,6 +148,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         pipe = pipeline or build_pipeline(settings)
+        pipe.self_check()
         own_gallery = gallery is None
         gal = gallery or open_gallery(settings, pipe.embedder.manifest)
         metrics.gallery_stats = gal.stats

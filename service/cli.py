@@ -45,10 +45,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.metrics import configure_logging
+    from service.recognition import build_pipeline
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    # Load and self-check the models before uvicorn starts, so that a device that cannot run
+    # them (device=cuda without a working CUDA provider) stops here with a clear message.
+    pipeline = build_pipeline(settings)
+    pipeline.self_check()
+    app = create_app(settings, pipeline=pipeline)
     # uvicorn's own loggers propagate to the root handler (JSON lines); the access log is ours
     uvicorn.run(
         app,
@@ -59,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         workers=1,
     )
+    pipeline.close()
     return 0
 
 

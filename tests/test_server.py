@@ -126,3 +126,31 @@ def test_acknowledged_enrollments_survive_sigkill(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ids, index_ids)
     np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
     g.close()
+
+
+def test_device_cuda_without_a_cuda_provider_refuses_to_start(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    import pytest
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has a CUDA provider; the refusal cannot be shown here")
+    env = {**os.environ, "MARGINFACE_AUTH__API_KEYS": json.dumps([API_KEY])}
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--port",
+        str(free_port()),
+        "--gallery",
+        str(tmp_path / "g"),
+        "--models-dir",
+        str(ROOT / "models"),
+        "--device",
+        "cuda",
+    ]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=120)
+    assert done.returncode == 2
+    message = done.stderr.decode()
+    assert "device=cuda" in message and "onnxruntime-gpu" in message
+    assert not (tmp_path / "g").exists()  # nothing was started or created

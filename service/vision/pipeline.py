@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from service.errors import MultipleFaces, NoFace
+from service.errors import ModelError, MultipleFaces, NoFace
 from service.vision.alignment import align_face
 from service.vision.batcher import MicroBatcher
 from service.vision.detection import DetectedFace, Detector, DetectorOptions
@@ -79,6 +79,20 @@ class FacePipeline:
             vectors = self.embedder.embed(list(crops))
         self.timed("embed", started)
         return vectors
+
+    def self_check(self) -> None:
+        """Run both models once (a blank image, a blank crop) so that a device that loads a model
+        but cannot run it fails at start-up, not on the first request. Raises ModelError."""
+        try:
+            self.detector.detect(np.zeros((64, 64, 3), dtype=np.uint8))
+            w, h = self.embedder.input_size
+            vector = self.embedder.embed([np.zeros((h, w, 3), dtype=np.uint8)])
+        except Exception as exc:  # ORT raises untyped errors
+            raise ModelError(
+                f"start-up self-check failed on {self.embedder.providers[0]}: {exc}"
+            ) from exc
+        if vector.shape != (1, self.embedder.embedding_dim) or not np.isfinite(vector).all():
+            raise ModelError(f"start-up self-check: the recognizer returned {vector.shape}")
 
     def close(self) -> None:
         """Stop the batcher's worker thread, if any."""

@@ -41,7 +41,7 @@ def test_ivf_searches_exactly_until_it_can_train_then_switches(tmp_path: Path) -
     inner = faiss.downcast_index(g.index._index.index)
     assert isinstance(inner, faiss.IndexIVFFlat) and inner.nprobe == 4  # all lists: exact
     assert_index_equals_store(g)
-    scores, ids = g.index.search(vecs[150:151], 1)
+    scores, _ = g.index.search(vecs[150:151], 1)
     assert scores[0, 0] > 0.999
     g.close()
     again = Gallery(
