@@ -24,6 +24,7 @@ from service.errors import ConfigError, MarginFaceError, PayloadTooLarge
 from service.gallery import Gallery
 from service.indexer import BatchIndexer
 from service.jobs import JobRunner
+from service.keys import KeyRing
 from service.metrics import Metrics, RequestContext
 from service.recognition import Recognition, build_pipeline, open_gallery
 from service.settings import Settings
@@ -118,9 +119,10 @@ async def _send_error(send: Send, exc: MarginFaceError) -> None:
 
 def _check_settings(settings: Settings) -> None:
     """Refuse to start with settings that cannot be right."""
-    if not settings.auth.disabled and not settings.auth.api_keys:
+    if not settings.auth.disabled and not settings.auth.api_keys and not settings.auth.keys_file:
         raise ConfigError(
-            "no API keys are configured: set MARGINFACE_AUTH__API_KEYS='[\"...\"]', or set "
+            "no API keys are configured: set MARGINFACE_AUTH__API_KEYS='[\"...\"]' or "
+            "MARGINFACE_AUTH__KEYS_FILE (see `marginface keys create`), or set "
             "MARGINFACE_AUTH__DISABLED=true to run without authentication on a trusted network"
         )
 
@@ -144,6 +146,7 @@ def create_app(
     settings = settings or Settings()
     _check_settings(settings)
     metrics = Metrics()  # one registry per app; the lifespan connects the gallery and pipeline
+    keys = KeyRing([k.get_secret_value() for k in settings.auth.api_keys], settings.auth.keys_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
@@ -165,7 +168,7 @@ def create_app(
         flusher.start()
         recognition = Recognition(settings, pipe, gal, on_faces=metrics.faces)
         try:
-            yield {"app_state": AppState(settings, recognition, metrics, runner)}
+            yield {"app_state": AppState(settings, recognition, metrics, runner, keys)}
         finally:
             runner.close()
             stop.set()

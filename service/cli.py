@@ -239,6 +239,64 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_file(args: argparse.Namespace) -> Path:
+    if args.file:
+        return Path(args.file)
+    configured = Settings().auth.keys_file
+    return configured if configured is not None else Path("var/keys.json")
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Add a scoped key to the keys file; the key is printed once and stored only as sha256."""
+    from service.keys import create_key
+
+    path = _keys_file(args)
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    try:
+        key = create_key(path, args.id, scopes)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    payload = {"id": args.id, "scopes": sorted(scopes), "key": key, "file": str(path)}
+    _emit(
+        args,
+        payload,
+        f"{key}\n(id {args.id}, scopes {','.join(sorted(scopes))}, in {path}; "
+        "shown once, only its sha256 is stored)",
+    )
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """Key ids and scopes (never the keys)."""
+    from service.keys import read_keys_file
+
+    path = _keys_file(args)
+    entries = read_keys_file(path) if path.exists() else []
+    rows = [
+        {"id": e["id"], "scopes": e["scopes"], "created_at": e.get("created_at")} for e in entries
+    ]
+    _emit(
+        args,
+        {"file": str(path), "keys": rows},
+        "\n".join(f"{r['id']}: {','.join(r['scopes'])}" for r in rows) or "no keys",
+    )
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Remove a key; a running service stops accepting it within a second."""
+    from service.keys import revoke_key
+
+    removed = revoke_key(_keys_file(args), args.id)
+    _emit(
+        args,
+        {"id": args.id, "revoked": removed},
+        f"revoked {args.id}" if removed else f"no key with id {args.id}",
+    )
+    return 0 if removed else 2
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure thresholds by FAR on labelled pairs and write them into the model's manifest."""
     from service.calibration import calibrate, score_pairs
@@ -486,12 +544,29 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--workers", type=int, default=2, help="decode/detect threads")
     index.add_argument("--batch-size", type=int, default=64, help="faces per embedding batch")
     index.add_argument(
-        "--policy", choices=["largest", "reject"], help="several faces in one image (default: "
-        "the enroll_policy setting)"
+        "--policy",
+        choices=["largest", "reject"],
+        help="several faces in one image (default: the enroll_policy setting)",
     )
     index.add_argument("--report", default="index-report.json", help="per-file report (JSON)")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.set_defaults(func=cmd_index)
+    keys = sub.add_parser("keys", help="scoped API keys (hashed keys file)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    kcreate = ksub.add_parser("create", parents=[common], help="add a key; prints it once")
+    kcreate.add_argument("--id", required=True, help="a name for the key (who uses it)")
+    kcreate.add_argument("--scopes", default="read", help="comma list of read,write,admin")
+    kcreate.set_defaults(func=cmd_keys_create)
+    klist = ksub.add_parser("list", parents=[common], help="key ids and scopes")
+    klist.set_defaults(func=cmd_keys_list)
+    krevoke = ksub.add_parser("revoke", parents=[common], help="remove a key")
+    krevoke.add_argument("id")
+    krevoke.set_defaults(func=cmd_keys_revoke)
+    for p in (kcreate, klist, krevoke):
+        p.add_argument(
+            "--file", help="keys file (default: MARGINFACE_AUTH__KEYS_FILE or var/keys.json)"
+        )
+
     calibrate = sub.add_parser(
         "calibrate", parents=[common], help="write thresholds by FAR into a model's manifest"
     )

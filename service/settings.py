@@ -58,7 +58,12 @@ class GallerySettings(BaseModel):
 class AuthSettings(BaseModel):
     """API keys for the X-API-Key header."""
 
-    api_keys: list[SecretStr] = []
+    api_keys: list[SecretStr] = Field(
+        [], description="plain keys with every scope (simple deployments)"
+    )
+    keys_file: Path | None = Field(
+        None, description="hashed, scoped keys managed with `marginface keys`; re-read on change"
+    )
     disabled: bool = False
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, UploadFile
 from fastapi.security import APIKeyHeader
 
-from service.errors import InvalidImage, PayloadTooLarge, Unauthorized
+from service.errors import InvalidImage, PayloadTooLarge
 from service.jobs import JobRunner
+from service.keys import KeyRing, Scope
 from service.metrics import Metrics
 from service.recognition import Recognition
 from service.settings import Settings
@@ -24,6 +25,7 @@ class AppState:
     recognition: Recognition
     metrics: Metrics
     jobs: JobRunner
+    keys: KeyRing
 
 
 def get_state(request: Request) -> AppState:
@@ -37,22 +39,19 @@ State = Annotated[AppState, Depends(get_state)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def require_api_key(state: State, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
-    """Reject the request unless it carries a configured API key (constant-time comparison)."""
-    auth = state.settings.auth
-    if auth.disabled:
-        return
-    if not key:
-        raise Unauthorized("missing API key: send it in the X-API-Key header")
-    given = key.encode()
-    ok = False
-    for configured in auth.api_keys:
-        ok |= hmac.compare_digest(given, configured.get_secret_value().encode())
-    if not ok:
-        raise Unauthorized("the API key is not valid")
+def _scoped(scope: Scope) -> Callable[..., None]:
+    def check(state: State, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+        """Reject the request unless its key is valid (401) and holds the scope (403)."""
+        if state.settings.auth.disabled:
+            return
+        state.keys.require(state.keys.authenticate(key), scope)
+
+    return check
 
 
-Authorized = Depends(require_api_key)
+CanRead = Depends(_scoped("read"))
+CanWrite = Depends(_scoped("write"))
+IsAdmin = Depends(_scoped("admin"))
 
 
 def read_upload(upload: UploadFile | None, state: AppState, field: str) -> bytes:

@@ -7,14 +7,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Query, UploadFile
 
 from service.api import convert
-from service.api.deps import Authorized, State, read_upload
+from service.api.deps import CanRead, CanWrite, State, read_upload
 from service.errors import InvalidRequest
 from service.schemas import DeleteResponse, EnrolledFace, EnrollResponse, FaceOut
 
-router = APIRouter(prefix="/v1", tags=["faces"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1", tags=["faces"])
 
 
-@router.post("/subjects/{subject_id}/faces", status_code=201)
+@router.post("/subjects/{subject_id}/faces", status_code=201, dependencies=[CanWrite])
 def add_faces(
     subject_id: str,
     state: State,
@@ -39,13 +39,13 @@ def add_faces(
     )
 
 
-@router.get("/subjects/{subject_id}/faces")
+@router.get("/subjects/{subject_id}/faces", dependencies=[CanRead])
 def list_faces(subject_id: str, state: State) -> list[FaceOut]:
     """The faces enrolled for a subject (no embeddings)."""
     return [convert.face_record(f) for f in state.recognition.gallery.list_faces(subject_id)]
 
 
-@router.delete("/faces/{face_id}")
+@router.delete("/faces/{face_id}", dependencies=[CanWrite])
 def delete_face(face_id: int, state: State) -> DeleteResponse:
     """Erase one face from the store and the index."""
     state.recognition.gallery.delete_face(face_id)

@@ -10,12 +10,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from service.api.deps import Authorized, State
+from service.api.deps import IsAdmin, State
 from service.archive import archive_root, extract_zip, remove_tree
 from service.errors import Forbidden, InvalidRequest
 from service.schemas import JobOut
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[IsAdmin])
 
 
 @router.post("/index", status_code=202)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from service.api import convert
-from service.api.deps import Authorized, State, read_upload
+from service.api.deps import CanRead, State, read_upload
 from service.errors import InvalidRequest
 from service.schemas import (
     DetectResponse,
@@ -17,7 +17,7 @@ from service.schemas import (
     VerifyResponse,
 )
 
-router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[CanRead])
 
 Threshold = Annotated[float | None, Form(ge=-1.0, le=1.0, description="cosine threshold")]
 Far = Annotated[

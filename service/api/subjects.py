@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.api import convert
-from service.api.deps import Authorized, State
+from service.api.deps import CanRead, CanWrite, State
 from service.schemas import DeleteResponse, SubjectCreate, SubjectOut, SubjectPage, SubjectUpdate
 
-router = APIRouter(prefix="/v1/subjects", tags=["subjects"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, dependencies=[CanWrite])
 def create_subject(body: SubjectCreate, state: State) -> SubjectOut:
     """Create a subject (a person); faces are added separately."""
     subject_id = body.id or uuid.uuid4().hex
@@ -23,7 +23,7 @@ def create_subject(body: SubjectCreate, state: State) -> SubjectOut:
     )
 
 
-@router.get("")
+@router.get("", dependencies=[CanRead])
 def list_subjects(
     state: State,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -37,13 +37,13 @@ def list_subjects(
     )
 
 
-@router.get("/{subject_id}")
+@router.get("/{subject_id}", dependencies=[CanRead])
 def get_subject(subject_id: str, state: State) -> SubjectOut:
     """One subject with its face count."""
     return convert.subject(state.recognition.gallery.get_subject(subject_id))
 
 
-@router.patch("/{subject_id}")
+@router.patch("/{subject_id}", dependencies=[CanWrite])
 def update_subject(subject_id: str, body: SubjectUpdate, state: State) -> SubjectOut:
     """Rename a subject or replace its metadata."""
     return convert.subject(
@@ -51,7 +51,7 @@ def update_subject(subject_id: str, body: SubjectUpdate, state: State) -> Subjec
     )
 
 
-@router.delete("/{subject_id}")
+@router.delete("/{subject_id}", dependencies=[CanWrite])
 def delete_subject(subject_id: str, state: State) -> DeleteResponse:
     """Erase a subject and every face of it from the store and the index."""
     removed = state.recognition.gallery.delete_subject(subject_id)
