@@ -186,7 +186,8 @@ def create_app(
         description="Face detection, verification and open-set identification.",
         lifespan=lifespan,
     )
-    for router in (health.router, subjects.router, faces.router, recognize.router, jobs.router):
+    routers = (health.router, subjects.router, faces.router, recognize.router, jobs.router)
+    for router in (*routers, jobs.export_router):
         app.include_router(router)
 
     @app.exception_handler(MarginFaceError)

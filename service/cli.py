@@ -297,6 +297,29 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0 if removed else 2
 
 
+def cmd_gallery_export(args: argparse.Namespace) -> int:
+    """Back up the gallery's store (consistent while the server runs)."""
+    from service.gallery import export_store
+
+    info = export_store(_settings(args).gallery.path, Path(args.file))
+    _emit(args, info, f"exported {info['subjects']} subjects, {info['faces']} faces to {args.file}")
+    return 0
+
+
+def cmd_gallery_import(args: argparse.Namespace) -> int:
+    """Restore a backup into the gallery folder (stop the server first)."""
+    from service.gallery import import_store
+
+    info = import_store(Path(args.file), _settings(args).gallery.path, replace=args.replace)
+    _emit(
+        args,
+        info,
+        f"imported {info['subjects']} subjects, {info['faces']} faces into "
+        f"{info['gallery']}; the index is rebuilt at the next start",
+    )
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure thresholds by FAR on labelled pairs and write them into the model's manifest."""
     from service.calibration import calibrate, score_pairs
@@ -551,6 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--report", default="index-report.json", help="per-file report (JSON)")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.set_defaults(func=cmd_index)
+    gal = sub.add_parser("gallery", help="back up and restore the gallery")
+    gsub = gal.add_subparsers(dest="gallery_command", required=True)
+    gexport = gsub.add_parser("export", parents=[common], help="consistent backup, server running")
+    gexport.add_argument("file")
+    gexport.set_defaults(func=cmd_gallery_export)
+    gimport = gsub.add_parser("import", parents=[common], help="restore (server stopped)")
+    gimport.add_argument("file")
+    gimport.add_argument("--replace", action="store_true", help="overwrite a non-empty gallery")
+    gimport.set_defaults(func=cmd_gallery_import)
+    for p in (gexport, gimport):
+        p.add_argument("--gallery", help="gallery folder (default: var/gallery)")
+
     keys = sub.add_parser("keys", help="scoped API keys (hashed keys file)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     kcreate = ksub.add_parser("create", parents=[common], help="add a key; prints it once")

@@ -1,4 +1,4 @@
-"""Batch jobs: index a zip upload or a server-side folder; poll for progress and the summary."""
+"""Admin routes: batch index jobs (a zip upload or a server-side folder), and gallery export."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from service.api.deps import IsAdmin, State
 from service.archive import archive_root, extract_zip, remove_tree
 from service.errors import Forbidden, InvalidRequest
+from service.gallery import export_store
 from service.schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[IsAdmin])
@@ -75,3 +78,21 @@ def get_job(job_id: str, state: State) -> JobOut:
 def list_jobs(state: State) -> list[JobOut]:
     """Jobs since the service started, newest first."""
     return [JobOut(**j.to_dict()) for j in state.jobs.list()]
+
+
+export_router = APIRouter(prefix="/v1/gallery", tags=["gallery"], dependencies=[IsAdmin])
+
+
+@export_router.get("/export", response_class=FileResponse)
+def export_gallery(state: State) -> FileResponse:
+    """A consistent backup of the gallery's store (SQLite), taken while the service runs."""
+    work = Path(state.settings.jobs.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    target = work / f"export-{uuid.uuid4().hex}.sqlite3"
+    export_store(Path(state.settings.gallery.path), target)
+    return FileResponse(
+        target,
+        media_type="application/vnd.sqlite3",
+        filename="marginface-gallery.sqlite3",
+        background=BackgroundTask(target.unlink, missing_ok=True),
+    )

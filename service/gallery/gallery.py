@@ -8,6 +8,7 @@ loaded from disk if it reflects the store's generation, and rebuilt from the sto
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from service.errors import GalleryCorrupted, InvalidRequest
 from service.gallery.index import VectorIndex
 from service.gallery.store import FaceRecord, NewFace, Store, Subject
 
@@ -114,7 +116,14 @@ class Gallery:
             face_ids = self.store.delete_subject(subject_id)
             self.index.remove(face_ids, self.store.generation())
             self._dirty = True
+            self._erase_on_disk()
             return len(face_ids)
+
+    def _erase_on_disk(self) -> None:
+        """After a delete: no copy of the erased embeddings may stay in the WAL or the saved
+        index file (the store's rows are zeroed by secure_delete)."""
+        self.store.purge_wal()
+        self.flush()
 
     # ---- faces
 
@@ -186,6 +195,7 @@ class Gallery:
             subject_id = self.store.delete_face(face_id)
             self.index.remove([face_id], self.store.generation())
             self._dirty = True
+            self._erase_on_disk()
             return subject_id
 
     # ---- search
@@ -244,3 +254,88 @@ class Gallery:
         """Save the index and close the store."""
         self.flush()
         self.store.close()
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+
+
+def describe_store(path: Path) -> dict[str, Any]:
+    """Check a store file (integrity, model pin) and count it; raises GalleryCorrupted."""
+    if not path.is_file():
+        raise GalleryCorrupted(f"{path} does not exist")
+    try:
+        conn = _open_readonly(path)
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            subjects = conn.execute("SELECT COUNT(*) FROM subjects").fetchone()[0]
+            faces = conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise GalleryCorrupted(f"{path} is not a readable MarginFace gallery ({exc})") from exc
+    if "model_id" not in meta:
+        raise GalleryCorrupted(f"{path} has no model pin: not a MarginFace gallery")
+    return {
+        "model_id": meta["model_id"],
+        "embedding_dim": int(meta.get("embedding_dim", 0)),
+        "subjects": int(subjects),
+        "faces": int(faces),
+    }
+
+
+def export_store(directory: Path, target: Path) -> dict[str, Any]:
+    """A consistent backup of a gallery's store, safe while a server writes to it (SQLite's
+    backup API reads one snapshot); the index is not exported: it is rebuilt from the store."""
+    source = directory / STORE_FILE
+    describe_store(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    src = _open_readonly(source)
+    try:
+        dest = sqlite3.connect(str(tmp))
+        try:
+            src.backup(dest)
+            dest.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dest.close()
+    finally:
+        src.close()
+    tmp.replace(target)
+    return {"file": str(target), **describe_store(target)}
+
+
+def import_store(source: Path, directory: Path, *, replace: bool = False) -> dict[str, Any]:
+    """Restore a backup into a gallery folder (with the service stopped). Refuses to overwrite
+    a gallery that holds faces unless ``replace``; the index is rebuilt at the next start."""
+    info = describe_store(source)
+    directory.mkdir(parents=True, exist_ok=True)
+    store = directory / STORE_FILE
+    if store.exists() and describe_store(store)["faces"] and not replace:
+        raise InvalidRequest(
+            f"the gallery at {directory} is not empty; pass --replace to overwrite it"
+        )
+    tmp = directory / (STORE_FILE + ".import")
+    tmp.unlink(missing_ok=True)
+    src = _open_readonly(source)
+    try:
+        dest = sqlite3.connect(str(tmp))
+        try:
+            src.backup(dest)
+        finally:
+            dest.close()
+    finally:
+        src.close()
+    for stale in (
+        directory / INDEX_FILE,
+        (directory / INDEX_FILE).with_suffix(".json"),
+        directory / (STORE_FILE + "-wal"),
+        directory / (STORE_FILE + "-shm"),
+    ):
+        stale.unlink(missing_ok=True)
+    tmp.replace(store)
+    return {"gallery": str(directory), **info}

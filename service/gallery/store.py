@@ -100,6 +100,8 @@ class Store:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
+            # erasure: deleted rows are overwritten with zeros, not left in free pages
+            self._conn.execute("PRAGMA secure_delete=ON")
             check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(check)
@@ -397,6 +399,12 @@ class Store:
             return ids, np.zeros((0, self.embedding_dim), dtype=np.float32)
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
         return ids, vecs.reshape(len(rows), self.embedding_dim).copy()
+
+    def purge_wal(self) -> None:
+        """Copy the WAL into the database and truncate it, so that the old page images in it
+        (which still hold a deleted face's embedding) are gone from disk too."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         """Checkpoint the WAL and close."""

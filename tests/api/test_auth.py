@@ -34,6 +34,7 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/jobs/index"): "admin",
     ("GET", "/v1/jobs/{job_id}"): "admin",
     ("GET", "/v1/jobs"): "admin",
+    ("GET", "/v1/gallery/export"): "admin",
 }
 
 
