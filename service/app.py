@@ -6,6 +6,7 @@ flushes and closes them on shutdown. Errors map to HTTP in this one module.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import faces, health, jobs, recognize, subjects
 from service.api.deps import AppState
-from service.errors import ConfigError, MarginFaceError, PayloadTooLarge
+from service.errors import ConfigError, MarginFaceError, PayloadTooLarge, RequestTimeout
 from service.gallery import Gallery
 from service.indexer import BatchIndexer
 from service.jobs import JobRunner
@@ -103,6 +104,41 @@ class BodyLimit:
         except PayloadTooLarge as exc:
             if not started:
                 await _send_error(send, exc)
+
+
+class Deadline:
+    """Answer 503 ``timeout`` when a request runs past the limit, instead of hanging the client.
+
+    The worker thread of a sync route cannot be killed, but writes are single transactions, so
+    an abandoned request either committed or left nothing behind.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, receive, tracking_send), self.seconds)
+        except TimeoutError:
+            if not started:
+                await _send_error(
+                    send,
+                    RequestTimeout(
+                        f"the request took longer than {self.seconds:g} s", retry_after_s=5
+                    ),
+                )
 
 
 async def _send_error(send: Send, exc: MarginFaceError) -> None:
@@ -221,5 +257,6 @@ def create_app(
         max_bytes=settings.limits.max_request_bytes,
         overrides={"/v1/jobs/index": settings.jobs.max_archive_bytes},
     )
+    app.add_middleware(Deadline, seconds=settings.limits.request_timeout_s)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -159,3 +159,10 @@ class Forbidden(MarginFaceError):
 
     code = "forbidden"
     status = 403
+
+
+class RequestTimeout(MarginFaceError):
+    """The request ran past the configured limit; the work is abandoned, nothing half-written."""
+
+    code = "timeout"
+    status = 503

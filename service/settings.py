@@ -75,6 +75,9 @@ class LimitSettings(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=256)
     max_top_k: int = Field(100, ge=1)
     max_files_per_request: int = Field(32, ge=1)
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="a request still running after this answers 503 timeout"
+    )
 
 
 class JobSettings(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import Path as PathParam
 
 from service.api import convert
 from service.api.deps import CanRead, CanWrite, State, read_upload
@@ -46,7 +47,10 @@ def list_faces(subject_id: str, state: State) -> list[FaceOut]:
 
 
 @router.delete("/faces/{face_id}", dependencies=[CanWrite])
-def delete_face(face_id: int, state: State) -> DeleteResponse:
+def delete_face(
+    face_id: Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a face id")],
+    state: State,
+) -> DeleteResponse:
     """Erase one face from the store and the index."""
     state.recognition.gallery.delete_face(face_id)
     return DeleteResponse(deleted=str(face_id), faces_deleted=1)

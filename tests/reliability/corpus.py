@@ -1,0 +1,364 @@
+"""A corpus of hostile and broken requests, generated here (never downloaded).
+
+Each case is a request and the answers it may get: a documented 4xx code, or a correct 200
+(an image without faces is not an error for identify or detect). Used by the replay test against
+a real server and by bench/hostile_replay.py (memory over 100 replays).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+FACE = DATA / "lfw/images/Colin_Powell/Colin_Powell_0001.jpg"
+
+
+@dataclass
+class Case:
+    """One request and what a correct service may answer."""
+
+    name: str
+    method: str
+    path: str
+    expect: set[int]
+    codes: set[str] = field(default_factory=set)  # stable error codes allowed (empty: any 4xx)
+    files: Any = None
+    data: dict[str, str] | None = None
+    json: Any = None
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def request(self) -> dict[str, Any]:
+        """Keyword arguments for httpx / TestClient ``request``."""
+        kwargs: dict[str, Any] = {"headers": self.headers}
+        for key in ("files", "data", "json", "content"):
+            value = getattr(self, key)
+            if value is not None:
+                kwargs[key] = value
+        return kwargs
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb's header)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real JPEG whose SOF0 dimensions were rewritten to width x height."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 90, 90)).save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def encode(img: Image.Image, fmt: str, **kwargs: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def bitflip(data: bytes, every: int = 97) -> bytes:
+    out = bytearray(data)
+    for i in range(len(out) // 3, len(out), every):
+        out[i] ^= 0x5A
+    return bytes(out)
+
+
+def fifty_faces() -> bytes:
+    face = Image.open(FACE).convert("RGB").crop((60, 50, 190, 200)).resize((110, 126))
+    sheet = Image.new("RGB", (110 * 10, 126 * 5), (255, 255, 255))
+    for i in range(50):
+        sheet.paste(face, ((i % 10) * 110, (i // 10) * 126))
+    return encode(sheet, "JPEG", quality=92)
+
+
+def image_cases() -> dict[str, tuple[bytes, set[str]]]:
+    """Upload bodies and the error codes they may get when a face is required."""
+    face = Image.open(FACE).convert("RGB")
+    jpeg = FACE.read_bytes()
+    png = encode(face, "PNG")
+    zip_buf = io.BytesIO()
+    with zipfile.ZipFile(zip_buf, "w") as zf:
+        zf.writestr("a.txt", "hello")
+    gif_frames = [face.convert("P"), face.rotate(8).convert("P")]
+    apng = encode(face, "PNG", save_all=True, append_images=[face.rotate(8)])
+    sixteen = Image.fromarray(np.asarray(face.convert("L"), dtype=np.uint16) * 257)  # I;16
+    invalid = {"invalid_image"}
+    return {
+        "zero_bytes": (b"", invalid),
+        "text_named_jpg": (b"hello, I am not an image\n" * 10, invalid),
+        "pdf_named_jpg": (b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n%%EOF\n", invalid),
+        "zip_named_jpg": (zip_buf.getvalue(), invalid),
+        "truncated_jpeg": (jpeg[: len(jpeg) // 3], invalid),
+        "truncated_png": (png[: len(png) // 2], invalid),
+        "bitflipped_jpeg": (bitflip(jpeg), {"invalid_image", "no_face"}),
+        "bitflipped_png": (bitflip(png), invalid),
+        "png_bomb_header": (png_claiming(100_000, 100_000), {"image_too_large"}),
+        "jpeg_bomb_header": (jpeg_claiming(60_000, 60_000), {"image_too_large"}),
+        "one_by_one": (encode(Image.new("RGB", (1, 1)), "PNG"), {"unsupported_image"}),
+        "ten_thousand_by_one": (
+            encode(Image.new("RGB", (10_000, 1)), "PNG"),
+            {"unsupported_image"},
+        ),
+        "twenty_thousand_square": (
+            encode(Image.new("1", (20_000, 20_000)), "PNG"),
+            {"image_too_large"},
+        ),
+        "animated_gif": (
+            encode(gif_frames[0], "GIF", save_all=True, append_images=gif_frames[1:]),
+            {"unsupported_image"},
+        ),
+        "animated_png": (apng, {"unsupported_image"}),
+        "cmyk_jpeg": (encode(face.convert("CMYK"), "JPEG"), set()),
+        "sixteen_bit_png": (encode(sixteen, "PNG"), set()),
+        "no_face": (encode(Image.new("RGB", (300, 300), (120, 130, 140)), "PNG"), {"no_face"}),
+    }
+
+
+def corpus() -> list[Case]:
+    """Every hostile request, with the answers allowed."""
+    cases: list[Case] = []
+    for name, (body, codes) in image_cases().items():
+        ok_or = {200} if not codes or codes == {"no_face"} else set()
+        for content_type in ("image/jpeg", "application/octet-stream"):
+            suffix = "" if content_type == "image/jpeg" else "_octet"
+            cases.append(
+                Case(
+                    f"detect_{name}{suffix}",
+                    "POST",
+                    "/v1/detect",
+                    ok_or | {413, 422},
+                    codes - {"no_face"},
+                    files={"image": ("x.jpg", body, content_type)},
+                )
+            )
+        cases.append(
+            Case(
+                f"enroll_{name}",
+                "POST",
+                "/v1/subjects/victim/faces",
+                {201} if not codes else {413, 422},
+                codes,
+                files=[("files", ("x.jpg", body, "image/jpeg"))],
+            )
+        )
+        cases.append(
+            Case(
+                f"identify_{name}",
+                "POST",
+                "/v1/identify",
+                ok_or | {413, 422},
+                codes - {"no_face"},
+                files={"image": ("x.jpg", body, "image/jpeg")},
+            )
+        )
+    face = FACE.read_bytes()
+    photo = {"image": ("p.jpg", face, "image/jpeg")}
+    long_id = "a" * 5000
+    bad_ids = {
+        "long": long_id,
+        "unicode": "Zoë_Ünïcødé_名前",
+        "control": "bad\x00id\x07",
+        "newline": "two\nlines",
+        "slashes": "..%2F..%2Fetc",
+        "emoji": "😀",
+        "empty": "",
+        "spaces": "   ",
+    }
+    for label, subject_id in bad_ids.items():
+        cases.append(
+            Case(
+                f"create_id_{label}",
+                "POST",
+                "/v1/subjects",
+                {422},
+                {"validation_error"},
+                json={"id": subject_id, "name": "x"},
+            )
+        )
+    for label, name in {"long": "n" * 100_000, "empty": "", "control": "\x00" * 10}.items():
+        cases.append(
+            Case(
+                f"create_name_{label}",
+                "POST",
+                "/v1/subjects",
+                {201, 422},
+                {"validation_error"},
+                json={"id": f"name-{label}", "name": name},
+            )
+        )
+    cases += [
+        Case("get_long_id", "GET", "/v1/subjects/" + long_id, {404}, {"subject_not_found"}),
+        Case("get_unicode_id", "GET", "/v1/subjects/Zo%C3%AB", {404}, {"subject_not_found"}),
+        Case(
+            "malformed_json",
+            "POST",
+            "/v1/subjects",
+            {422},
+            {"validation_error"},
+            content=b'{"id": "x", "name":',
+            headers={"content-type": "application/json"},
+        ),
+        Case("json_array", "POST", "/v1/subjects", {422}, {"validation_error"}, json=[1, 2]),
+        Case(
+            "json_nested_deep",
+            "POST",
+            "/v1/subjects",
+            {400, 422},
+            {"validation_error", "bad_request"},
+            content=b'{"id": ' + b"[" * 5000 + b"]" * 5000 + b', "name": "x"}',
+            headers={"content-type": "application/json"},
+        ),
+        Case(
+            "unknown_field",
+            "POST",
+            "/v1/subjects",
+            {422},
+            {"validation_error"},
+            json={"id": "u", "name": "u", "admin": True},
+        ),
+        Case(
+            "wrong_content_type_json",
+            "POST",
+            "/v1/subjects",
+            {422},
+            {"validation_error"},
+            content=b"id=x&name=y",
+            headers={"content-type": "text/plain"},
+        ),
+        Case(
+            "form_instead_of_file",
+            "POST",
+            "/v1/identify",
+            {422},
+            {"validation_error"},
+            data={"image": "not a file"},
+        ),
+        Case(
+            "json_to_multipart_route",
+            "POST",
+            "/v1/identify",
+            {422},
+            {"validation_error"},
+            json={"image": "x"},
+        ),
+        Case(
+            "oversized_body",
+            "POST",
+            "/v1/detect",
+            {413},
+            {"payload_too_large"},
+            files={"image": ("big.jpg", b"\xff\xd8" + b"\0" * (70 * 1024 * 1024), "image/jpeg")},
+        ),
+        Case(
+            "fifty_faces",
+            "POST",
+            "/v1/detect",
+            {200},
+            files={"image": ("f.jpg", fifty_faces(), "image/jpeg")},
+        ),
+    ]
+    for label, value in {
+        "negative": "-1",
+        "zero": "0",
+        "huge": "1000000000",
+        "text": "many",
+        "float": "2.5",
+    }.items():
+        cases.append(
+            Case(
+                f"top_k_{label}",
+                "POST",
+                "/v1/identify",
+                {422},
+                {"validation_error", "invalid_request"},
+                files=photo,
+                data={"top_k": value},
+            )
+        )
+    for label, value in {
+        "above": "1.5",
+        "below": "-1.01",
+        "nan": "nan",
+        "inf": "inf",
+        "text": "high",
+    }.items():
+        cases.append(
+            Case(
+                f"threshold_{label}",
+                "POST",
+                "/v1/identify",
+                {422},
+                {"validation_error", "invalid_request"},
+                files=photo,
+                data={"threshold": value},
+            )
+        )
+    for label, value in {
+        "zero": "0",
+        "one": "1",
+        "negative": "-0.1",
+        "big": "3",
+        "tiny": "1e-30",
+        "nan": "nan",
+    }.items():
+        cases.append(
+            Case(
+                f"far_{label}",
+                "POST",
+                "/v1/verify",
+                {422},
+                {"validation_error", "invalid_request"},
+                files={"image_a": photo["image"], "image_b": photo["image"]},
+                data={"far": value},
+            )
+        )
+    cases.append(
+        Case(
+            "threshold_and_far",
+            "POST",
+            "/v1/identify",
+            {422},
+            {"invalid_request"},
+            files=photo,
+            data={"threshold": "0.3", "far": "0.001"},
+        )
+    )
+    cases.append(
+        Case("offset_negative", "GET", "/v1/subjects?offset=-5", {422}, {"validation_error"})
+    )
+    cases.append(
+        Case("limit_huge", "GET", "/v1/subjects?limit=100000000", {422}, {"validation_error"})
+    )
+    cases.append(Case("face_id_text", "DELETE", "/v1/faces/abc", {422}, {"validation_error"}))
+    cases.append(
+        Case(
+            "face_id_huge",
+            "DELETE",
+            "/v1/faces/99999999999999999999999",
+            {404, 422},
+            {"validation_error", "face_not_found"},
+        )
+    )
+    return cases
