@@ -1,0 +1,170 @@
+"""SIGKILL at random moments during enrolls, deletes and a batch index job, 20 rounds: every
+acknowledged write survives, unacknowledged ones are all or nothing, deleted subjects never come
+back, and the FAISS index equals the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.gallery import Gallery
+from tests.conftest import API_KEY, DATA, ROOT
+from tests.test_server import HEADERS, free_port
+
+GLINT = DATA / "glint24_aligned"
+
+
+def start(gallery: Path, port: int, allowed: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MARGINFACE_AUTH__API_KEYS": json.dumps([API_KEY]),
+        "MARGINFACE_GALLERY__FLUSH_INTERVAL_S": "0.5",  # index files are written often too
+        "MARGINFACE_JOBS__ALLOWED_ROOTS": json.dumps([str(allowed)]),
+        "MARGINFACE_JOBS__WORK_DIR": str(gallery.parent / "jobs"),
+        "MARGINFACE_INTRA_OP_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--gallery",
+        str(gallery),
+        "--models-dir",
+        str(ROOT / "models"),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_twenty_sigkills_lose_nothing_acknowledged(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    gallery = tmp_path / "gallery"
+    people = sorted(p.name for p in GLINT.iterdir() if p.is_dir())
+    crops = {p: sorted((GLINT / p).glob("*.jpg"), key=lambda f: int(f.stem)) for p in people}
+    # a folder for the batch index job: 4 people x 5 crops
+    allowed = tmp_path / "incoming"
+    for p in people[:4]:
+        (allowed / "batch" / f"job-{p}").mkdir(parents=True)
+        for f in crops[p][:5]:
+            (allowed / "batch" / f"job-{p}" / f.name).write_bytes(f.read_bytes())
+
+    acknowledged: dict[str, list[int]] = {}  # subject -> face ids acknowledged
+    deleted: set[str] = set()  # acknowledged deletes
+    attempted: dict[str, int] = {}  # subject -> files in its one enroll request
+    port = free_port()
+    counter = 0
+    for round_ in range(20):
+        proc = start(gallery, port, allowed)
+        stop = threading.Event()
+
+        def stream(round_: int, stop: threading.Event) -> None:
+            nonlocal counter
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=30
+            ) as c:
+                if round_ % 5 == 0:
+                    c.post("/v1/jobs/index", data={"path": str(allowed / "batch")})
+                while not stop.is_set():
+                    counter += 1
+                    subject = f"s{counter}"
+                    person = people[counter % len(people)]
+                    try:
+                        if (
+                            c.post("/v1/subjects", json={"id": subject, "name": person}).status_code
+                            != 201
+                        ):
+                            continue
+                        files = [
+                            ("files", (f.name, f.read_bytes(), "image/jpeg"))
+                            for f in crops[person][counter % 10 : counter % 10 + 3]
+                        ]
+                        attempted[subject] = len(files)
+                        r = c.post(
+                            f"/v1/subjects/{subject}/faces", files=files, params={"aligned": "true"}
+                        )
+                        if r.status_code == 201:
+                            acknowledged[subject] = [f["face_id"] for f in r.json()["faces"]]
+                        if counter % 4 == 0 and acknowledged:
+                            victim = rng.choice(sorted(set(acknowledged) - deleted))
+                            if c.delete(f"/v1/subjects/{victim}").status_code == 200:
+                                deleted.add(victim)
+                    except httpx.TransportError:
+                        return
+
+        worker = threading.Thread(target=stream, args=(round_, stop))
+        worker.start()
+        time.sleep(rng.uniform(0.3, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        stop.set()
+        worker.join(timeout=30)
+
+    proc = start(gallery, port, allowed)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=30) as c:
+            ready = c.get("/readyz").json()["gallery"]
+            assert ready["faces"] == ready["indexed"]
+            subjects = {
+                s["id"]: s["face_count"]
+                for s in c.get("/v1/subjects", params={"limit": 500}).json()["items"]
+            }
+            total = c.get("/v1/subjects", params={"limit": 1}).json()["total"]
+            page, offset = subjects, 500
+            while len(subjects) < total:
+                page = {
+                    s["id"]: s["face_count"]
+                    for s in c.get("/v1/subjects", params={"limit": 500, "offset": offset}).json()[
+                        "items"
+                    ]
+                }
+                subjects.update(page)
+                offset += 500
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert len(acknowledged) > 20, "the stream did too little to prove anything"
+    for subject, face_ids in acknowledged.items():
+        if subject in deleted:
+            assert subject not in subjects, f"deleted {subject} came back"
+        else:
+            assert subjects.get(subject) == len(face_ids), subject
+    for subject, n in attempted.items():
+        if subject in subjects and subject not in acknowledged:
+            assert subjects[subject] in (0, n), f"{subject}: half an enrollment"
+    job_subjects = [s for s in subjects if s.startswith("job-")]
+    assert all(subjects[s] <= 5 for s in job_subjects)  # re-runs never duplicate
+    g = Gallery(gallery, model_id="x@y", embedding_dim=128)
+    try:
+        ids, vecs, _ = g.store.all_embeddings()
+        index_ids, index_vecs = g.index.vectors()
+        np.testing.assert_array_equal(ids, index_ids)
+        np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
+    finally:
+        g.close()
