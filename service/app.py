@@ -164,12 +164,18 @@ def _check_settings(settings: Settings) -> None:
 
 
 def _flusher(gallery: Gallery, interval_s: float, stop: threading.Event) -> None:
-    """Persist the index now and then so a restart after a crash rebuilds less often."""
-    while not stop.wait(interval_s):
+    """Persist the index now and then so a restart after a crash rebuilds less often; wake at
+    once after a delete, so erased embeddings leave the disk within moments."""
+    while not stop.is_set():
+        gallery.wait_for_work(interval_s)
+        if stop.is_set():
+            return
         try:
             gallery.flush()
         except Exception:  # keep serving; the store stays the source of truth
             log.exception("periodic index flush failed")
+        if gallery.erasure_pending.is_set():
+            stop.wait(0.2)  # the WAL was busy: try again shortly, without spinning
 
 
 def create_app(
@@ -208,6 +214,7 @@ def create_app(
         finally:
             runner.close()
             stop.set()
+            gal.erasure_pending.set()  # wake the flusher so that it sees stop
             flusher.join(timeout=5)
             if own_gallery:
                 gal.close()

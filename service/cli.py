@@ -41,6 +41,9 @@ def _read(path: str) -> bytes:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the API with uvicorn."""
+    import faulthandler
+    import signal
+
     import uvicorn
 
     from service.app import create_app
@@ -49,6 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr (what is a stuck server doing?)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Load and self-check the models before uvicorn starts, so that a device that cannot run
     # them (device=cuda without a working CUDA provider) stops here with a clear message.
     pipeline = build_pipeline(settings)

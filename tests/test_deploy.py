@@ -171,13 +171,15 @@ def test_the_container_start_command_serves_outside_docker(tmp_path: Path) -> No
         "MARGINFACE_GALLERY__PATH": str(tmp_path / "data/gallery"),
         "MARGINFACE_JOBS__WORK_DIR": str(tmp_path / "data/jobs"),
     }
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=log_file)
     health = json.loads(instruction(stage, "HEALTHCHECK")[0].split("CMD", 1)[1])
     health = [sys.executable if h == "python" else h.replace(":8000/", f":{port}/") for h in health]
     try:
         deadline = time.monotonic() + 90
         while subprocess.run(health, capture_output=True).returncode != 0:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, "the HEALTHCHECK never passed"
             time.sleep(0.5)
         key = json.loads(dotenv(ROOT / ".env.example")["MARGINFACE_AUTH__API_KEYS"])[0]
@@ -188,7 +190,7 @@ def test_the_container_start_command_serves_outside_docker(tmp_path: Path) -> No
         assert (tmp_path / "data/gallery/gallery.sqlite3").is_file()
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     # the logs are JSON lines, as the image's default says
-    lines = [ln for ln in err.decode().splitlines() if ln.startswith("{")]
+    lines = [ln for ln in log_path.read_text().splitlines() if ln.startswith("{")]
     assert lines and all("level" in json.loads(ln) for ln in lines)

@@ -50,9 +50,10 @@ def server(gallery: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         "--device",
         "cpu",
     ]
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    # the log goes to a file: a pipe nobody reads fills up and blocks the server's logging
+    log_path = gallery.parent / f"server-{port}.log"
+    log_file = log_path.open("ab")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -62,15 +63,14 @@ def server(gallery: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"server did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
-                )
+                raise RuntimeError(f"server did not start: {log_path.read_text()[-3000:]}")
             time.sleep(0.2)
         yield proc
     finally:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
+        log_file.close()
 
 
 def test_acknowledged_enrollments_survive_sigkill(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ class Gallery:
         self._lock = threading.RLock()
         self._index_path = directory / INDEX_FILE
         self._dirty = False
+        self.erasure_pending = threading.Event()
         self._sync_index()
 
     @property
@@ -120,10 +121,14 @@ class Gallery:
             return len(face_ids)
 
     def _erase_on_disk(self) -> None:
-        """After a delete: no copy of the erased embeddings may stay in the WAL or the saved
-        index file (the store's rows are zeroed by secure_delete)."""
-        self.store.purge_wal()
-        self.flush()
+        """After a delete: ask for the erased embeddings to leave the WAL and the saved index
+        file soon (the store's rows are already zeroed by secure_delete). The server's flusher
+        wakes on this and does it within moments, off the request path; ``close`` does it too."""
+        self.erasure_pending.set()
+
+    def wait_for_work(self, timeout_s: float) -> None:
+        """Block until an erasure is pending or the timeout passes (the flusher's sleep)."""
+        self.erasure_pending.wait(timeout_s)
 
     # ---- faces
 
@@ -243,12 +248,15 @@ class Gallery:
         }
 
     def flush(self) -> None:
-        """Persist the index if it changed since the last save (the store is always durable)."""
+        """Persist the index if it changed since the last save (the store is always durable),
+        and after deletes, truncate the WAL so no old page with an erased embedding stays."""
         with self._lock:
             if self._dirty:
                 self.index.generation = self.store.generation()
                 self.index.save(self._index_path)
                 self._dirty = False
+            if self.erasure_pending.is_set() and self.store.purge_wal():
+                self.erasure_pending.clear()
 
     def close(self) -> None:
         """Save the index and close the store."""

@@ -400,11 +400,22 @@ class Store:
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
         return ids, vecs.reshape(len(rows), self.embedding_dim).copy()
 
-    def purge_wal(self) -> None:
+    def purge_wal(self) -> bool:
         """Copy the WAL into the database and truncate it, so that the old page images in it
-        (which still hold a deleted face's embedding) are gone from disk too."""
+        (which still hold a deleted face's embedding) are gone from disk too.
+
+        Never waits for other connections (a backup reading, say): returns False when the
+        checkpoint could not complete now, and the caller tries again later.
+        """
         with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("PRAGMA busy_timeout=0")
+            try:
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.OperationalError:
+                busy = 1
+            finally:
+                self._conn.execute("PRAGMA busy_timeout=30000")
+        return not busy
 
     def close(self) -> None:
         """Checkpoint the WAL and close."""
