@@ -11,12 +11,15 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import faces, health, jobs, recognize, subjects
@@ -153,6 +156,24 @@ async def _send_error(send: Send, exc: MarginFaceError) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
+CONSOLE_DIR = Path(__file__).parent / "console"
+CONSOLE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
+)
+
+
+class ConsoleFiles(StaticFiles):
+    """The console's static files, with a policy that lets the page load nothing from elsewhere."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Content-Security-Policy"] = CONSOLE_CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+
 def _check_settings(settings: Settings) -> None:
     """Refuse to start with settings that cannot be right."""
     if not settings.auth.disabled and not settings.auth.api_keys and not settings.auth.keys_file:
@@ -232,6 +253,8 @@ def create_app(
     routers = (health.router, subjects.router, faces.router, recognize.router, jobs.router)
     for router in (*routers, jobs.export_router):
         app.include_router(router)
+    if settings.console_enabled:
+        app.mount("/console", ConsoleFiles(directory=CONSOLE_DIR, html=True), name="console")
 
     @app.exception_handler(MarginFaceError)
     async def domain_error(request: Request, exc: MarginFaceError) -> JSONResponse:

@@ -210,3 +210,24 @@ class JobOut(BaseModel):
     finished_at: float | None = None
     summary: dict[str, Any] | None = None
     error: str | None = None
+
+
+class OperatingPoint(BaseModel):
+    """A calibrated FAR and the cosine threshold that gives it."""
+
+    far: float
+    threshold: float
+
+
+class ModelInfo(BaseModel):
+    """The recognizer in use and its calibrated operating points (for clients and the console)."""
+
+    model_id: str
+    name: str
+    licence: str
+    embedding_dim: int
+    recommended_threshold: ThresholdOut | None
+    calibration_dataset: str | None
+    operating_points: list[OperatingPoint]
+    default_verify_far: float | None
+    default_identify_far: float | None

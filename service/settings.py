@@ -123,3 +123,4 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
+    console_enabled: bool = Field(True, description="serve the web console at /console")

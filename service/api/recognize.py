@@ -14,6 +14,9 @@ from service.schemas import (
     EmbeddedFace,
     EmbedResponse,
     IdentifyResponse,
+    ModelInfo,
+    OperatingPoint,
+    ThresholdOut,
     VerifyResponse,
 )
 
@@ -112,4 +115,32 @@ def embed(
             EmbeddedFace(**convert.box(f).model_dump(), embedding=[float(v) for v in f.embedding])
             for f in faces
         ],
+    )
+
+
+@router.get("/model")
+def model(state: State) -> ModelInfo:
+    """The recognizer, its licence, and the FARs it is calibrated for (pick one as `far=`)."""
+    manifest = state.recognition.recognizer
+    calibration = manifest.calibration
+    points = sorted(
+        (
+            OperatingPoint(far=float(k), threshold=v)
+            for k, v in (calibration.thresholds_by_far if calibration else {}).items()
+        ),
+        key=lambda p: -p.far,
+    )
+    recommended = manifest.thresholds
+    return ModelInfo(
+        model_id=manifest.model_id,
+        name=manifest.name,
+        licence=manifest.licence,
+        embedding_dim=manifest.embedding_dim or 0,
+        recommended_threshold=ThresholdOut(value=recommended.cosine, source=recommended.source)
+        if recommended
+        else None,
+        calibration_dataset=calibration.dataset if calibration else None,
+        operating_points=points,
+        default_verify_far=state.settings.verify_far,
+        default_identify_far=state.settings.identify_far,
     )

@@ -31,6 +31,7 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/identify"): "read",
     ("POST", "/v1/detect"): "read",
     ("POST", "/v1/embed"): "read",
+    ("GET", "/v1/model"): "read",
     ("POST", "/v1/jobs/index"): "admin",
     ("GET", "/v1/jobs/{job_id}"): "admin",
     ("GET", "/v1/jobs"): "admin",

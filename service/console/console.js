@@ -1,0 +1,376 @@
+// MarginFace console: plain JavaScript, no network but this service, no build step.
+"use strict";
+
+const KEY = "marginface.apiKey";
+const PAGE = 20;
+const $ = (id) => document.getElementById(id);
+const state = { offset: 0, total: 0, search: "", subject: null, faces: [], model: null, stream: null };
+
+// ---------------------------------------------------------------- API
+
+function apiKey() { return sessionStorage.getItem(KEY) || ""; }
+
+function messageOf(body, status) {
+  const err = body && body.error;
+  if (!err) return `The service answered ${status}.`;
+  const readable = {
+    unauthorized: "The API key was not accepted. Sign in again with a valid key.",
+    forbidden: "This key may not do that (its scope is too small).",
+    invalid_image: "That file is not an image the service can read.",
+    unsupported_image: "That image is not supported (animated, or too small).",
+    image_too_large: "That image has too many pixels.",
+    payload_too_large: "That upload is too large.",
+    no_face: "No face was found in that photo.",
+    multiple_faces: "Several faces were found; send a photo with one face.",
+    subject_exists: "A subject with that id already exists.",
+    subject_not_found: "That subject does not exist (any more).",
+    overloaded: "The service is busy; try again in a moment.",
+  }[err.code];
+  return `${readable || err.message} (${err.code})`;
+}
+
+async function api(method, path, body, onProgress) {
+  const headers = { "X-API-Key": apiKey() };
+  if (onProgress) return upload(method, path, body, headers, onProgress);
+  let payload = body;
+  if (body && !(body instanceof FormData)) {
+    headers["Content-Type"] = "application/json";
+    payload = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body: payload });
+  } catch (e) {
+    throw new Error("The service cannot be reached.");
+  }
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+  if (!res.ok) {
+    if (res.status === 401) signOut(false);
+    throw new Error(messageOf(data, res.status));
+  }
+  return data;
+}
+
+function upload(method, path, form, headers, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open(method, path);
+    for (const [k, v] of Object.entries(headers)) xhr.setRequestHeader(k, v);
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
+    xhr.onerror = () => reject(new Error("The service cannot be reached."));
+    xhr.onload = () => {
+      let data = null;
+      try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(data);
+      else reject(new Error(messageOf(data, xhr.status)));
+    };
+    xhr.send(form);
+  });
+}
+
+// ---------------------------------------------------------------- messages
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+}
+function clearError() { $("error").hidden = true; $("error").textContent = ""; }
+function say(message) { $("status").textContent = message; }
+
+async function guarded(fn) {
+  clearError();
+  try { await fn(); } catch (e) { showError(e.message || String(e)); }
+}
+
+// ---------------------------------------------------------------- sign-in and routing
+
+function signOut(clearMessage = true) {
+  sessionStorage.removeItem(KEY);
+  stopCamera();
+  if (clearMessage) clearError();
+  route();
+}
+
+function route() {
+  const signedIn = Boolean(apiKey());
+  const view = signedIn ? (location.hash.slice(1) || "gallery") : "signin";
+  for (const name of ["signin", "gallery", "identify", "verify"]) {
+    $(`view-${name}`).hidden = name !== view;
+  }
+  $("tabs").hidden = !signedIn;
+  for (const name of ["gallery", "identify", "verify"]) {
+    const tab = $(`tab-${name}`);
+    if (name === view) tab.setAttribute("aria-current", "page");
+    else tab.removeAttribute("aria-current");
+  }
+  if (view === "gallery") guarded(loadSubjects);
+  if (view === "identify" || view === "verify") guarded(loadModel);
+  if (view === "signin") $("api-key").focus();
+}
+
+$("signin-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(KEY, $("api-key").value.trim());
+  $("api-key").value = "";
+  guarded(async () => {
+    await api("GET", "/v1/subjects?limit=1");  // proves the key before showing anything
+    say("Signed in.");
+    if (!location.hash) location.hash = "#gallery"; else route();
+  });
+});
+$("sign-out").addEventListener("click", () => signOut());
+window.addEventListener("hashchange", route);
+
+// ---------------------------------------------------------------- gallery
+
+function cell(row, text) { const td = document.createElement("td"); td.textContent = text; row.append(td); return td; }
+function button(label, cls, onClick) {
+  const b = document.createElement("button");
+  b.type = "button"; b.textContent = label; if (cls) b.className = cls;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+async function loadSubjects() {
+  const q = new URLSearchParams({ offset: state.offset, limit: PAGE });
+  if (state.search) q.set("search", state.search);
+  const page = await api("GET", `/v1/subjects?${q}`);
+  state.total = page.total;
+  const body = $("subjects").querySelector("tbody");
+  body.replaceChildren();
+  for (const s of page.items) {
+    const row = document.createElement("tr");
+    row.dataset.subject = s.id;
+    cell(row, s.id);
+    cell(row, s.name);
+    cell(row, String(s.face_count));
+    cell(row, new Date(s.created_at * 1000).toLocaleString());
+    const actions = cell(row, "");
+    actions.append(
+      button("Open", "secondary", () => guarded(() => openSubject(s))),
+      button("Rename", "secondary", () => guarded(() => renameSubject(s))),
+      button("Delete", "danger", () => guarded(() => deleteSubject(s))),
+    );
+    body.append(row);
+  }
+  const last = Math.min(state.offset + PAGE, state.total);
+  $("page-info").textContent = state.total ? `${state.offset + 1}–${last} of ${state.total}` : "No subjects";
+  $("prev").disabled = state.offset === 0;
+  $("next").disabled = last >= state.total;
+}
+
+$("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); guarded(loadSubjects); });
+$("next").addEventListener("click", () => { state.offset += PAGE; guarded(loadSubjects); });
+$("search-form").addEventListener("submit", (e) => {
+  e.preventDefault(); state.search = $("search").value.trim(); state.offset = 0; guarded(loadSubjects);
+});
+$("create-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  guarded(async () => {
+    const body = { name: $("new-name").value.trim() };
+    const id = $("new-id").value.trim();
+    if (id) body.id = id;
+    const s = await api("POST", "/v1/subjects", body);
+    $("new-id").value = ""; $("new-name").value = "";
+    say(`Created ${s.id}.`);
+    await loadSubjects();
+    await openSubject(s);
+  });
+});
+
+async function renameSubject(s) {
+  const name = prompt(`New name for ${s.id}`, s.name);
+  if (!name) return;
+  await api("PATCH", `/v1/subjects/${encodeURIComponent(s.id)}`, { name });
+  say(`Renamed ${s.id}.`);
+  await loadSubjects();
+}
+
+async function deleteSubject(s) {
+  if (!confirm(`Delete ${s.id} (${s.name}) and all ${s.face_count} faces? This cannot be undone.`)) return;
+  await api("DELETE", `/v1/subjects/${encodeURIComponent(s.id)}`);
+  say(`Deleted ${s.id}.`);
+  if (state.subject && state.subject.id === s.id) { state.subject = null; $("subject-detail").hidden = true; }
+  await loadSubjects();
+}
+
+async function openSubject(s) {
+  state.subject = s;
+  $("detail-title").textContent = `${s.name} (${s.id})`;
+  $("subject-detail").hidden = false;
+  await loadFaces();
+  $("face-files").focus();
+}
+
+async function loadFaces() {
+  const faces = await api("GET", `/v1/subjects/${encodeURIComponent(state.subject.id)}/faces`);
+  const list = $("faces");
+  list.replaceChildren();
+  for (const f of faces) {
+    const li = document.createElement("li");
+    li.textContent = `Face ${f.id} (score ${f.det_score.toFixed(2)}) `;
+    li.append(button("Delete face", "danger", () => guarded(async () => {
+      if (!confirm(`Delete face ${f.id}?`)) return;
+      await api("DELETE", `/v1/faces/${f.id}`);
+      say(`Deleted face ${f.id}.`);
+      await loadFaces(); await loadSubjects();
+    })));
+    list.append(li);
+  }
+}
+
+async function addFaces(files) {
+  if (!state.subject || !files.length) return;
+  const form = new FormData();
+  for (const f of files) form.append("files", f, f.name || "photo.jpg");
+  const bar = $("upload-progress");
+  bar.hidden = false; bar.value = 0;
+  try {
+    const res = await api("POST", `/v1/subjects/${encodeURIComponent(state.subject.id)}/faces`, form,
+      (p) => { bar.value = Math.round(p * 100); });
+    const added = res.faces.filter((f) => f.created).length;
+    say(`Added ${added} face(s) to ${state.subject.id}.`);
+  } finally {
+    bar.hidden = true;
+  }
+  $("face-files").value = "";
+  await loadFaces(); await loadSubjects();
+}
+
+$("upload-faces").addEventListener("click", () => guarded(() => addFaces([...$("face-files").files])));
+
+async function startCamera() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Error("This browser offers no camera here (a camera needs https or localhost).");
+  }
+  state.stream = await navigator.mediaDevices.getUserMedia({ video: true });
+  $("camera").srcObject = state.stream;
+  $("camera").hidden = false; $("camera-capture").hidden = false;
+}
+function stopCamera() {
+  if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
+  state.stream = null; $("camera").hidden = true; $("camera-capture").hidden = true;
+}
+async function captureFrame() {
+  const video = $("camera");
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth; canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  const blob = await new Promise((r) => canvas.toBlob(r, "image/jpeg", 0.92));
+  return new File([blob], "webcam.jpg", { type: "image/jpeg" });
+}
+$("camera-start").addEventListener("click", () => guarded(startCamera));
+$("camera-capture").addEventListener("click", () => guarded(async () => addFaces([await captureFrame()])));
+
+// ---------------------------------------------------------------- operating point
+
+async function loadModel() {
+  if (state.model) return;
+  state.model = await api("GET", "/v1/model");
+  const select = $("identify-far");
+  select.replaceChildren();
+  for (const p of state.model.operating_points) {
+    const o = document.createElement("option");
+    o.value = String(p.far);
+    o.textContent = `${p.far.toExponential(0)} (cosine ${p.threshold.toFixed(3)})`;
+    if (p.far === state.model.default_identify_far) o.selected = true;
+    select.append(o);
+  }
+  if (state.model.recommended_threshold) {
+    $("identify-threshold").value = state.model.recommended_threshold.value.toFixed(3);
+  }
+}
+
+// ---------------------------------------------------------------- identify
+
+function showCandidates(face, index) {
+  const list = $("candidate-list");
+  list.replaceChildren();
+  for (const c of face.candidates) {
+    const li = document.createElement("li");
+    li.textContent = `${c.name} (${c.subject_id}): ${c.score.toFixed(3)}`;
+    list.append(li);
+  }
+  if (!face.candidates.length) list.append(Object.assign(document.createElement("li"), { textContent: "No candidates: the gallery is empty." }));
+  $("candidates-title").textContent = `Candidates for face ${index + 1}`;
+  $("candidates").hidden = false;
+}
+
+function drawFaces(result, img) {
+  const layer = $("boxes");
+  layer.replaceChildren();
+  const sx = img.clientWidth / img.naturalWidth, sy = img.clientHeight / img.naturalHeight;
+  result.faces.forEach((face, i) => {
+    const [x1, y1, x2, y2] = face.detection.box;
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "face-box" + (face.decision === "match" ? " match" : "");
+    Object.assign(b.style, { left: `${x1 * sx}px`, top: `${y1 * sy}px`, width: `${(x2 - x1) * sx}px`, height: `${(y2 - y1) * sy}px` });
+    const label = face.match ? `${face.match.name} ${face.match.score.toFixed(2)}`
+      : `unknown${face.candidates[0] ? " " + face.candidates[0].score.toFixed(2) : ""}`;
+    const tag = document.createElement("span");
+    tag.textContent = label;
+    b.append(tag);
+    b.setAttribute("aria-label", `Face ${i + 1}: ${label}. Show candidates.`);
+    b.addEventListener("click", () => showCandidates(face, i));
+    layer.append(b);
+  });
+}
+
+$("identify-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  guarded(async () => {
+    const file = $("identify-file").files[0];
+    if (!file) throw new Error("Choose a photo first.");
+    const form = new FormData();
+    form.append("image", file);
+    form.append("top_k", "5");
+    const kind = document.querySelector('input[name="op-kind"]:checked').value;
+    if (kind === "far") form.append("far", $("identify-far").value);
+    else form.append("threshold", $("identify-threshold").value);
+    $("candidates").hidden = true;
+    $("boxes").replaceChildren();
+    say("Identifying…");
+    const result = await api("POST", "/v1/identify", form);
+    const img = $("identify-image");
+    img.src = URL.createObjectURL(file);
+    img.hidden = false;
+    await img.decode();
+    drawFaces(result, img);
+    const known = result.faces.filter((f) => f.decision === "match").length;
+    $("identify-summary").textContent = `${result.faces.length} face(s), ${known} known. Threshold ${result.threshold.value.toFixed(3)} (${result.threshold.source}).`;
+    say("");
+  });
+});
+window.addEventListener("resize", () => { /* boxes follow the image on the next identify */ });
+
+// ---------------------------------------------------------------- verify
+
+for (const side of ["a", "b"]) {
+  $(`verify-${side}`).addEventListener("change", () => {
+    const f = $(`verify-${side}`).files[0];
+    if (!f) return;
+    $(`verify-${side}-preview`).src = URL.createObjectURL(f);
+    $(`verify-${side}-preview`).hidden = false;
+  });
+}
+$("verify-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  guarded(async () => {
+    const form = new FormData();
+    form.append("image_a", $("verify-a").files[0]);
+    form.append("image_b", $("verify-b").files[0]);
+    const r = await api("POST", "/v1/verify", form);
+    $("verify-decision").textContent = r.match ? "Same person" : "Different people";
+    $("verify-decision").className = r.match ? "decision-match" : "decision-no";
+    $("verify-score").textContent = r.score.toFixed(4);
+    $("verify-threshold").textContent = r.threshold.value.toFixed(4);
+    $("verify-source").textContent = r.threshold.source;
+    $("verify-result").hidden = false;
+  });
+});
+
+route();

@@ -1,0 +1,205 @@
+"""The web console in headless Chromium (Debian's, driven by Playwright), against a real server."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.vision.pipeline import FacePipeline
+from tests.conftest import API_KEY, DATA, ROOT, lfw, make_settings
+from tests.test_server import free_port, server
+
+playwright = pytest.importorskip("playwright.sync_api")
+expect = playwright.expect
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+GLINT = DATA / "glint24_aligned"
+GROUP = DATA / "detection/insightface/t1.jpg"
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    with server(tmp_path_factory.mktemp("console") / "gallery", port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: .ci/run installs the Debian package 'chromium'")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, base_url: str):  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    outside: list[str] = []
+    pg.on(
+        "request",
+        lambda r: (
+            None
+            if r.url.startswith(base_url) or r.url.startswith(("blob:", "data:"))
+            else outside.append(r.url)
+        ),
+    )
+    pg.on("dialog", lambda d: d.accept())  # confirmations and the rename prompt
+    pg.goto(f"{base_url}/console/")
+    yield pg
+    assert not outside, f"the console loaded something from elsewhere: {outside}"
+    context.close()
+
+
+def sign_in(pg, key: str = API_KEY) -> None:  # type: ignore[no-untyped-def]
+    pg.get_by_label("API key").fill(key)
+    pg.get_by_label("API key").press("Enter")  # the keyboard alone
+
+
+def shot(pg, name: str) -> None:  # type: ignore[no-untyped-def]
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def create_and_enroll(pg, subject: str, name: str, photos: list[Path]) -> None:  # type: ignore[no-untyped-def]
+    pg.goto(pg.url.split("#")[0] + "#gallery")
+    pg.get_by_label("Id", exact=True).fill(subject)
+    pg.get_by_label("Name", exact=True).fill(name)
+    pg.get_by_role("button", name="Create subject").click()
+    pg.wait_for_selector(f"#detail-title:has-text('{subject}')")
+    pg.set_input_files("#face-files", [str(p) for p in photos])
+    pg.get_by_role("button", name="Upload").click()
+    pg.wait_for_selector(f"#faces li >> nth={len(photos) - 1}")
+    row = pg.locator(f"tr[data-subject='{subject}'] td").nth(2)
+    assert row.inner_text() == str(len(photos))
+
+
+def test_wrong_key_shows_a_readable_error(page) -> None:  # type: ignore[no-untyped-def]
+    sign_in(page, "not-the-key")
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "API key was not accepted" in alert.inner_text()
+    assert page.locator("#view-signin").is_visible()
+
+
+def test_enroll_identify_verify_delete(page) -> None:  # type: ignore[no-untyped-def]
+    sign_in(page)
+    page.wait_for_selector("#view-gallery:not([hidden])")
+    people = sorted(p.name for p in GLINT.iterdir() if p.is_dir())[:2]
+    for person in people:
+        photos = sorted((GLINT / person).glob("*.jpg"), key=lambda f: int(f.stem))[:3]
+        create_and_enroll(page, person.lower().replace(" ", "_")[:40] or "p", person, photos)
+    create_and_enroll(
+        page, "powell", "Colin Powell", [lfw("Colin_Powell", 1), lfw("Colin_Powell", 3)]
+    )
+    shot(page, "console-gallery")
+
+    # the group photo: every face boxed
+    page.get_by_role("link", name="Identify").click()
+    page.set_input_files("#identify-file", str(GROUP))
+    page.get_by_role("button", name="Identify", exact=True).click()
+    page.wait_for_selector(".face-box")
+    assert page.locator(".face-box").count() == 6
+    assert "6 face(s)" in page.locator("#identify-summary").inner_text()
+    shot(page, "console-identify-group")
+
+    # a known face: labelled, and its candidates a keypress away
+    page.set_input_files("#identify-file", str(lfw("Colin_Powell", 2)))
+    page.get_by_role("button", name="Identify", exact=True).click()
+    page.wait_for_selector(".face-box.match")
+    assert "Colin Powell" in page.locator(".face-box.match").inner_text()
+    page.locator(".face-box.match").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#candidates:not([hidden])")
+    assert "powell" in page.locator("#candidate-list li").first.inner_text()
+    shot(page, "console-identify")
+
+    # a raw threshold instead of a FAR
+    page.get_by_role("radio", name="Threshold").check()
+    page.get_by_label("Cosine threshold").fill("0.99")
+    page.get_by_role("button", name="Identify", exact=True).click()
+    expect(page.locator("#identify-summary")).to_contain_text("0.990")
+    assert page.locator(".face-box.match").count() == 0
+
+    # verify: same person, then different people
+    page.get_by_role("link", name="Verify").click()
+    for a, b, decision in (
+        (lfw("Colin_Powell", 1), lfw("Colin_Powell", 4), "Same person"),
+        (lfw("Colin_Powell", 1), lfw("Tony_Blair", 1), "Different people"),
+    ):
+        page.set_input_files("#verify-a", str(a))
+        page.set_input_files("#verify-b", str(b))
+        page.get_by_role("button", name="Verify", exact=True).click()
+        expect(page.locator("#verify-decision")).to_have_text(decision)
+        assert "calibrat" in page.locator("#verify-source").inner_text()
+    shot(page, "console-verify")
+
+    # delete powell (the confirmation is accepted): he no longer matches
+    page.get_by_role("link", name="Gallery").click()
+    page.locator("tr[data-subject='powell']").get_by_role("button", name="Delete").click()
+    page.wait_for_selector("tr[data-subject='powell']", state="detached")
+    page.get_by_role("link", name="Identify").click()
+    page.get_by_role("radio", name="FAR").check()
+    page.set_input_files("#identify-file", str(lfw("Colin_Powell", 2)))
+    page.get_by_role("button", name="Identify", exact=True).click()
+    page.wait_for_selector(".face-box")
+    assert page.locator(".face-box.match").count() == 0
+    assert "unknown" in page.locator(".face-box").first.inner_text()
+
+    # a file that is not an image: a readable message, not a blank page
+    page.set_input_files(
+        "#identify-file",
+        files=[{"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"hello"}],
+    )
+    page.get_by_role("button", name="Identify", exact=True).click()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "not an image" in alert.inner_text() and "invalid_image" in alert.inner_text()
+
+
+def test_phone_width_and_keyboard(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    pg = context.new_page()
+    pg.goto(f"{base_url}/console/")
+    expect(pg.get_by_label("API key")).to_be_focused()  # the keyboard alone from here
+    pg.keyboard.type(API_KEY)
+    pg.keyboard.press("Enter")
+    pg.wait_for_selector("#view-gallery:not([hidden])")
+    width = pg.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, f"the page is {width}px wide at a phone's 375px"
+    key_in_url = API_KEY in pg.url
+    stored = pg.evaluate("sessionStorage.getItem('marginface.apiKey')")
+    shot(pg, "console-phone")
+    context.close()
+    assert not key_in_url and stored == API_KEY
+
+
+def test_console_can_be_switched_off(tmp_path: Path, pipeline: FacePipeline) -> None:
+    app = create_app(make_settings(tmp_path, console_enabled=False), pipeline=pipeline)
+    with TestClient(app) as c:
+        assert c.get("/console").status_code == 404
+        assert c.get("/console/").status_code == 404
+        assert c.get("/console/console.js").status_code == 404
+    app = create_app(make_settings(tmp_path), pipeline=pipeline)
+    with TestClient(app) as c:
+        r = c.get("/console/")
+        assert r.status_code == 200 and "default-src 'self'" in r.headers["content-security-policy"]
