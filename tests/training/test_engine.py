@@ -188,3 +188,47 @@ def test_train_export_serve_verify(aligned_subset: Path, tmp_path: Path) -> None
         )
         assert r.status_code == 200 and r.json()["score"] == pytest.approx(1.0, abs=1e-4)
         assert r.json()["model_id"] == manifest.model_id
+
+
+def test_two_nodes_one_process_each_through_the_nnodes_path(
+    aligned_subset: Path, tmp_path: Path
+) -> None:
+    """torchrun --nnodes=2 as two separate launches (node 0 and node 1) on one machine, with
+    static rendezvous on node 0's address: what docs/scaling.md runs across real nodes."""
+    out = tmp_path / "multinode"
+    port = 29000 + os.getpid() % 1000
+
+    def launch(node_rank: int) -> subprocess.Popen[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            f"--node_rank={node_rank}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            "-m",
+            "training.train",
+            f"--data.root={aligned_subset}",
+            f"--output_dir={out}",
+            *BASE,
+            "--max_steps=3",
+            "--head.preset=cosface",
+            "--head.sample_rate=1.0",
+            "--device=cpu",
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    nodes = [launch(0), launch(1)]
+    outputs = [p.communicate(timeout=600)[0] for p in nodes]
+    for p, text in zip(nodes, outputs, strict=True):
+        assert p.returncode == 0, text[-3000:]
+    shard0 = torch.load(out / "checkpoint.rank0.pt", weights_only=False)["head"]["head.weight"]
+    shard1 = torch.load(out / "checkpoint.rank1.pt", weights_only=False)["head"]["head.weight"]
+    assert shard0.shape[0] + shard1.shape[0] == 8
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3
