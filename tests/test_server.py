@@ -29,12 +29,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(gallery: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def server(
+    gallery: Path, port: int, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start `marginface serve` as a user would, wait until /readyz answers."""
     env = {
         **os.environ,
         "MARGINFACE_AUTH__API_KEYS": json.dumps([API_KEY]),
         "MARGINFACE_GALLERY__FLUSH_INTERVAL_S": "3600",  # so SIGKILL always finds a stale index
+        **(extra_env or {}),
     }
     cmd = [
         sys.executable,

@@ -112,3 +112,39 @@ def test_concurrent_enroll_delete_identify(tmp_path: Path) -> None:
             }
         )
     )
+
+
+@pytest.mark.slow
+def test_a_full_embedding_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
+    """Backpressure: a tiny queue and a slow batch fill up; the overflow gets 503 overloaded
+    with Retry-After at once instead of queueing without bound."""
+    port = free_port()
+    env = {
+        "MARGINFACE_EMBEDDER__QUEUE_MAX": "1",
+        "MARGINFACE_EMBEDDER__BATCH_WORKERS": "1",
+        "MARGINFACE_EMBEDDER__BATCH_MAX_SIZE": "1",
+    }
+    photo = (DATA / "lfw/images/Colin_Powell/Colin_Powell_0001.jpg").read_bytes()
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=60) as c:
+            for _ in range(3):
+                r = c.post("/v1/embed", files={"image": ("p.jpg", photo, "image/jpeg")})
+                with lock:
+                    results.append(r)
+
+    with server(tmp_path / "gallery", port, env):
+        threads = [threading.Thread(target=client) for _ in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    statuses = {r.status_code for r in results}
+    assert statuses <= {200, 503}, statuses
+    overloaded = [r for r in results if r.status_code == 503]
+    assert overloaded, "24 clients never filled a queue of 1"
+    assert sum(r.status_code == 200 for r in results) > 0
+    for r in overloaded:
+        assert r.json()["error"]["code"] == "overloaded" and int(r.headers["retry-after"]) >= 1
