@@ -38,9 +38,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(batching: bool, gallery: Path, port: int, wait_ms: float) -> subprocess.Popen:
+def start_server(
+    batching: bool, gallery: Path, port: int, wait_ms: float, intra_op: int
+) -> subprocess.Popen:
     env = {
         **os.environ,
+        "MARGINFACE_INTRA_OP_THREADS": str(intra_op),
         "MARGINFACE_AUTH__API_KEYS": json.dumps([KEY]),
         "MARGINFACE_EMBEDDER__BATCHING": "true" if batching else "false",
         "MARGINFACE_EMBEDDER__BATCH_MAX_WAIT_MS": str(wait_ms),
@@ -130,6 +133,7 @@ def main() -> int:
     parser.add_argument("--clients", default="1,4,16,64")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--wait-ms", type=float, default=2.0)
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="0: ONNX Runtime's choice")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     photos = [p.read_bytes() for p in sorted((DATA / "lfw/images").glob("A*/*.jpg"))[:200]]
@@ -137,12 +141,15 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "seconds_per_point": args.seconds,
         "batch_max_wait_ms": args.wait_ms,
+        "intra_op_threads": args.intra_op_threads,
         "request": "POST /v1/embed with an LFW photo (250x250, usually 1 face)",
     }
     for batching in (False, True):
         port = free_port()
         with tempfile.TemporaryDirectory() as tmp:
-            proc = start_server(batching, Path(tmp) / "gallery", port, args.wait_ms)
+            proc = start_server(
+                batching, Path(tmp) / "gallery", port, args.wait_ms, args.intra_op_threads
+            )
             try:
                 load(port, 2, 3, photos)  # warm-up
                 points = [load(port, n, args.seconds, photos) for n in clients]
