@@ -302,10 +302,18 @@ def export_store(directory: Path, target: Path) -> dict[str, Any]:
     describe_store(source)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
+    _copy_store(source, tmp)
+    tmp.replace(target)
+    return {"file": str(target), **describe_store(target)}
+
+
+def _copy_store(source: Path, target: Path) -> None:
+    """One consistent snapshot of ``source`` into a fresh file ``target`` (a rollback journal,
+    so the copy is a single self-contained file)."""
+    target.unlink(missing_ok=True)
     src = _open_readonly(source)
     try:
-        dest = sqlite3.connect(str(tmp))
+        dest = sqlite3.connect(str(target))
         try:
             src.backup(dest)
             dest.execute("PRAGMA journal_mode=DELETE")
@@ -313,8 +321,6 @@ def export_store(directory: Path, target: Path) -> dict[str, Any]:
             dest.close()
     finally:
         src.close()
-    tmp.replace(target)
-    return {"file": str(target), **describe_store(target)}
 
 
 def import_store(source: Path, directory: Path, *, replace: bool = False) -> dict[str, Any]:
@@ -328,16 +334,7 @@ def import_store(source: Path, directory: Path, *, replace: bool = False) -> dic
             f"the gallery at {directory} is not empty; pass --replace to overwrite it"
         )
     tmp = directory / (STORE_FILE + ".import")
-    tmp.unlink(missing_ok=True)
-    src = _open_readonly(source)
-    try:
-        dest = sqlite3.connect(str(tmp))
-        try:
-            src.backup(dest)
-        finally:
-            dest.close()
-    finally:
-        src.close()
+    _copy_store(source, tmp)
     for stale in (
         directory / INDEX_FILE,
         (directory / INDEX_FILE).with_suffix(".json"),

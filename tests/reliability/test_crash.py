@@ -5,11 +5,8 @@ back, and the FAISS index equals the store."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,47 +16,20 @@ import numpy as np
 import pytest
 
 from service.gallery import Gallery
-from tests.conftest import API_KEY, DATA, ROOT
-from tests.test_server import HEADERS, free_port
+from tests.conftest import DATA
+from tests.test_server import HEADERS, free_port, server
 
 GLINT = DATA / "glint24_aligned"
 
 
-def start(gallery: Path, port: int, allowed: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "MARGINFACE_AUTH__API_KEYS": json.dumps([API_KEY]),
-        "MARGINFACE_GALLERY__FLUSH_INTERVAL_S": "0.5",  # index files are written often too
+def crash_env(gallery: Path, allowed: Path) -> dict[str, str]:
+    """Index files written often (so kills land during saves too), a folder a job may index."""
+    return {
+        "MARGINFACE_GALLERY__FLUSH_INTERVAL_S": "0.5",
         "MARGINFACE_JOBS__ALLOWED_ROOTS": json.dumps([str(allowed)]),
         "MARGINFACE_JOBS__WORK_DIR": str(gallery.parent / "jobs"),
         "MARGINFACE_INTRA_OP_THREADS": "1",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--gallery",
-        str(gallery),
-        "--models-dir",
-        str(ROOT / "models"),
-        "--device",
-        "cpu",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -80,8 +50,8 @@ def test_twenty_sigkills_lose_nothing_acknowledged(tmp_path: Path) -> None:
     attempted: dict[str, int] = {}  # subject -> files in its one enroll request
     port = free_port()
     counter = 0
+    env = crash_env(gallery, allowed)
     for round_ in range(20):
-        proc = start(gallery, port, allowed)
         stop = threading.Event()
 
         def stream(round_: int, stop: threading.Event) -> None:
@@ -118,37 +88,36 @@ def test_twenty_sigkills_lose_nothing_acknowledged(tmp_path: Path) -> None:
                     except httpx.TransportError:
                         return
 
-        worker = threading.Thread(target=stream, args=(round_, stop))
-        worker.start()
-        time.sleep(rng.uniform(0.3, 2.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        stop.set()
-        worker.join(timeout=30)
+        with server(gallery, port, env) as proc:
+            worker = threading.Thread(target=stream, args=(round_, stop))
+            worker.start()
+            time.sleep(rng.uniform(0.3, 2.0))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            stop.set()
+            worker.join(timeout=30)
 
-    proc = start(gallery, port, allowed)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=30) as c:
-            ready = c.get("/readyz").json()["gallery"]
-            assert ready["faces"] == ready["indexed"]
-            subjects = {
+    with (
+        server(gallery, port, env),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=30) as c,
+    ):
+        ready = c.get("/readyz").json()["gallery"]
+        assert ready["faces"] == ready["indexed"]
+        subjects = {
+            s["id"]: s["face_count"]
+            for s in c.get("/v1/subjects", params={"limit": 500}).json()["items"]
+        }
+        total = c.get("/v1/subjects", params={"limit": 1}).json()["total"]
+        page, offset = subjects, 500
+        while len(subjects) < total:
+            page = {
                 s["id"]: s["face_count"]
-                for s in c.get("/v1/subjects", params={"limit": 500}).json()["items"]
+                for s in c.get("/v1/subjects", params={"limit": 500, "offset": offset}).json()[
+                    "items"
+                ]
             }
-            total = c.get("/v1/subjects", params={"limit": 1}).json()["total"]
-            page, offset = subjects, 500
-            while len(subjects) < total:
-                page = {
-                    s["id"]: s["face_count"]
-                    for s in c.get("/v1/subjects", params={"limit": 500, "offset": offset}).json()[
-                        "items"
-                    ]
-                }
-                subjects.update(page)
-                offset += 500
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+            subjects.update(page)
+            offset += 500
     assert len(acknowledged) > 20, "the stream did too little to prove anything"
     for subject, face_ids in acknowledged.items():
         if subject in deleted:
