@@ -74,6 +74,8 @@ def build_pipeline(settings: Settings, *, batching: bool | None = None) -> FaceP
         flip_tta=settings.embedder.flip_tta,
     )
     use_batcher = settings.embedder.batching if batching is None else batching
+    if use_batcher is None:  # auto: a GPU gains from batches, a small CPU does not
+        use_batcher = embedder.providers[0] == "CUDAExecutionProvider"
     batcher = None
     if use_batcher:
         batcher = MicroBatcher(

@@ -31,7 +31,11 @@ class EmbedderSettings(BaseModel):
     model: str = "sface-2021dec"
     max_batch: int = Field(64, ge=1, description="largest batch one ONNX Runtime call gets")
     flip_tta: bool = False
-    batching: bool = Field(True, description="embed concurrent requests' faces together")
+    batching: bool | None = Field(
+        None,
+        description="embed concurrent requests' faces together; None (auto): on when the "
+        "recognizer runs on CUDA, off on a CPU, where it measured slower (docs/benchmarks.md)",
+    )
     batch_max_size: int = Field(32, ge=1, description="faces per micro-batch")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
     batch_workers: int = Field(

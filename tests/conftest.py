@@ -55,8 +55,10 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def pipeline() -> FacePipeline:
-    """The default detector and recognizer, loaded once."""
-    return build_pipeline(Settings(models_dir=ROOT / "models", device="cpu"))
+    """The default detector and recognizer, loaded once; with the micro-batcher, so the API
+    tests go through it as a GPU deployment does (real servers in the tests use the CPU default:
+    no batcher)."""
+    return build_pipeline(Settings(models_dir=ROOT / "models", device="cpu"), batching=True)
 
 
 @pytest.fixture

@@ -120,6 +120,7 @@ def test_a_full_embedding_queue_answers_503_with_retry_after(tmp_path: Path) -> 
     with Retry-After at once instead of queueing without bound."""
     port = free_port()
     env = {
+        "MARGINFACE_EMBEDDER__BATCHING": "true",
         "MARGINFACE_EMBEDDER__QUEUE_MAX": "1",
         "MARGINFACE_EMBEDDER__BATCH_WORKERS": "1",
         "MARGINFACE_EMBEDDER__BATCH_MAX_SIZE": "1",
