@@ -91,7 +91,13 @@ def test_twenty_sigkills_lose_nothing_acknowledged(tmp_path: Path) -> None:
         with server(gallery, port, env) as proc:
             worker = threading.Thread(target=stream, args=(round_, stop))
             worker.start()
-            time.sleep(rng.uniform(0.3, 2.0))
+            # kill at a random moment, but only once this round has done some writes, so that a
+            # slow or busy machine still exercises every round
+            before = len(acknowledged)
+            deadline = time.monotonic() + 60
+            while len(acknowledged) < before + 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 1.0))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             stop.set()
