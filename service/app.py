@@ -24,7 +24,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import faces, health, jobs, recognize, subjects
 from service.api.deps import AppState
-from service.errors import ConfigError, MarginFaceError, PayloadTooLarge, RequestTimeout
+from service.errors import (
+    ConfigError,
+    MarginFaceError,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from service.gallery import Gallery
 from service.indexer import BatchIndexer
 from service.jobs import JobRunner
@@ -142,6 +148,38 @@ class Deadline:
                         f"the request took longer than {self.seconds:g} s", retry_after_s=5
                     ),
                 )
+
+
+class InflightLimit:
+    """Backpressure for the whole API: past ``limit`` requests in flight, answer 503
+    ``overloaded`` with Retry-After at once instead of queueing without bound (health, readiness
+    and metrics are exempt, so that probes still see the service)."""
+
+    EXEMPT = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.limit:
+            await _send_error(
+                send,
+                Overloaded(
+                    f"{self.inflight} requests are in flight (the limit); retry shortly",
+                    retry_after_s=1,
+                ),
+            )
+            return
+        self.inflight += 1  # one event loop: no lock needed
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
 
 
 async def _send_error(send: Send, exc: MarginFaceError) -> None:
@@ -288,5 +326,6 @@ def create_app(
         overrides={"/v1/jobs/index": settings.jobs.max_archive_bytes},
     )
     app.add_middleware(Deadline, seconds=settings.limits.request_timeout_s)
+    app.add_middleware(InflightLimit, limit=settings.limits.max_inflight_requests)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -79,6 +79,11 @@ class LimitSettings(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=256)
     max_top_k: int = Field(100, ge=1)
     max_files_per_request: int = Field(32, ge=1)
+    max_inflight_requests: int = Field(
+        64,
+        ge=1,
+        description="requests handled at once; more get 503 overloaded with Retry-After at once",
+    )
     request_timeout_s: float = Field(
         120.0, gt=0, description="a request still running after this answers 503 timeout"
     )

@@ -149,3 +149,35 @@ def test_a_full_embedding_queue_answers_503_with_retry_after(tmp_path: Path) -> 
     assert sum(r.status_code == 200 for r in results) > 0
     for r in overloaded:
         assert r.json()["error"]["code"] == "overloaded" and int(r.headers["retry-after"]) >= 1
+
+
+@pytest.mark.slow
+def test_too_many_requests_in_flight_get_503_and_probes_still_answer(tmp_path: Path) -> None:
+    """Backpressure without the batcher (the CPU default): past the in-flight limit the API
+    answers 503 overloaded with Retry-After at once; /healthz stays reachable."""
+    port = free_port()
+    photo = (DATA / "detection/insightface/t1.jpg").read_bytes()
+    results: list[httpx.Response] = []
+    health: list[int] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=60) as c:
+            for _ in range(2):
+                r = c.post("/v1/detect", files={"image": ("t1.jpg", photo, "image/jpeg")})
+                with lock:
+                    results.append(r)
+                health.append(c.get("/healthz").status_code)
+
+    with server(tmp_path / "gallery", port, {"MARGINFACE_LIMITS__MAX_INFLIGHT_REQUESTS": "2"}):
+        threads = [threading.Thread(target=client) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert {r.status_code for r in results} <= {200, 503}
+    overloaded = [r for r in results if r.status_code == 503]
+    assert overloaded and any(r.status_code == 200 for r in results)
+    assert all(r.json()["error"]["code"] == "overloaded" for r in overloaded)
+    assert all(int(r.headers["retry-after"]) >= 1 for r in overloaded)
+    assert set(health) == {200}
