@@ -58,7 +58,7 @@ def server(
     log_file = log_path.open("ab")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # generous: a busy CI machine loads models slowly
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
