@@ -26,7 +26,7 @@ def create_subject(body: SubjectCreate, state: State) -> SubjectOut:
 @router.get("", dependencies=[CanRead])
 def list_subjects(
     state: State,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,  # SQLite integers are 64-bit
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     search: Annotated[str | None, Query(max_length=128)] = None,
 ) -> SubjectPage:
