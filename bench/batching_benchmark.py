@@ -16,8 +16,6 @@ import json
 import os
 import platform
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,50 +27,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-KEY = "bench-key"
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(
-    batching: bool, gallery: Path, port: int, wait_ms: float, intra_op: int
-) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "MARGINFACE_INTRA_OP_THREADS": str(intra_op),
-        "MARGINFACE_AUTH__API_KEYS": json.dumps([KEY]),
-        "MARGINFACE_EMBEDDER__BATCHING": "true" if batching else "false",
-        "MARGINFACE_EMBEDDER__BATCH_MAX_WAIT_MS": str(wait_ms),
-        "MARGINFACE_LOG_LEVEL": "WARNING",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--gallery",
-        str(gallery),
-        "--device",
-        "cpu",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not start")
+from tests.test_server import HEADERS, free_port, server  # noqa: E402
 
 
 def load(port: int, clients: int, seconds: float, photos: list[bytes]) -> dict[str, float]:
@@ -85,9 +42,7 @@ def load(port: int, clients: int, seconds: float, photos: list[bytes]) -> dict[s
 
     def client(i: int) -> None:
         nonlocal faces, errors
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, timeout=120
-        ) as c:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=120) as c:
             n = i
             while time.monotonic() < stop_at:
                 data = photos[n % len(photos)]
@@ -146,20 +101,19 @@ def main() -> int:
     }
     for batching in (False, True):
         port = free_port()
-        with tempfile.TemporaryDirectory() as tmp:
-            proc = start_server(
-                batching, Path(tmp) / "gallery", port, args.wait_ms, args.intra_op_threads
-            )
-            try:
-                load(port, 2, 3, photos)  # warm-up
-                points = [load(port, n, args.seconds, photos) for n in clients]
-                key = "batching_on" if batching else "batching_off"
-                out[key] = points
-                if batching:
-                    out["batches"] = batch_sizes(port)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+        env = {
+            "MARGINFACE_INTRA_OP_THREADS": str(args.intra_op_threads),
+            "MARGINFACE_EMBEDDER__BATCHING": "true" if batching else "false",
+            "MARGINFACE_EMBEDDER__BATCH_MAX_WAIT_MS": str(args.wait_ms),
+            "MARGINFACE_LOG_LEVEL": "WARNING",
+        }
+        with tempfile.TemporaryDirectory() as tmp, server(Path(tmp) / "gallery", port, env):
+            load(port, 2, 3, photos)  # warm-up
+            out["batching_on" if batching else "batching_off"] = [
+                load(port, n, args.seconds, photos) for n in clients
+            ]
+            if batching:
+                out["batches"] = batch_sizes(port)
     print(json.dumps(out, indent=2))
     return 0
 

@@ -67,6 +67,20 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
     return JSONResponse(status_code=status, content={"error": body}, headers=headers)
 
 
+class _StartTracker:
+    """Wraps ``send`` to know whether the response has begun (an error body can only be sent
+    before it has)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
 class BodyLimit:
     """Reject request bodies over the limit (by Content-Length, or while streaming) with 413."""
 
@@ -91,7 +105,7 @@ class BodyLimit:
             await _send_error(send, too_large)
             return
         received = 0
-        started = False
+        tracker = _StartTracker(send)
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -102,16 +116,10 @@ class BodyLimit:
                     raise too_large
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracker.send)
         except PayloadTooLarge as exc:
-            if not started:
+            if not tracker.started:
                 await _send_error(send, exc)
 
 
@@ -130,18 +138,11 @@ class Deadline:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracker = _StartTracker(send)
         try:
-            await asyncio.wait_for(self.app(scope, receive, tracking_send), self.seconds)
+            await asyncio.wait_for(self.app(scope, receive, tracker.send), self.seconds)
         except TimeoutError:
-            if not started:
+            if not tracker.started:
                 await _send_error(
                     send,
                     RequestTimeout(
@@ -251,8 +252,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
-        pipe = pipeline or build_pipeline(settings)
-        pipe.self_check()
+        pipe = pipeline
+        if pipe is None:  # a pipeline passed in was built (and checked) by the caller
+            pipe = build_pipeline(settings)
+            pipe.self_check()
         own_gallery = gallery is None
         gal = gallery or open_gallery(settings, pipe.embedder.manifest)
         metrics.gallery_stats = gal.stats
