@@ -145,7 +145,7 @@ def bench_gallery(sizes: list[int], queries: int) -> dict[str, object]:
     out: dict[str, object] = {}
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            g = Gallery(Path(tmp), model_id="bench@0", embedding_dim=128)
+            g = Gallery.embedded(Path(tmp), model_id="bench@0", embedding_dim=128)
             start = time.perf_counter()
             with g.store.transaction() as cur:  # bulk load: the benchmark is about search
                 cur.executemany(

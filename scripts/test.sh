@@ -4,11 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# The console's browser tests drive Debian's Chromium (browsers are never downloaded by Playwright).
-if ! command -v chromium >/dev/null 2>&1; then
+# The console's browser tests drive Debian's Chromium (browsers are never downloaded by Playwright);
+# the distributed gallery's tests start Debian's PostgreSQL server on a free port (and stop it).
+NEED=()
+command -v chromium >/dev/null 2>&1 || NEED+=(chromium)
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    || NEED+=(postgresql)
+if [ ${#NEED[@]} -gt 0 ]; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${NEED[@]}" >/dev/null
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check 'torch==2.13.0'

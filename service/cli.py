@@ -305,8 +305,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 def cmd_gallery_export(args: argparse.Namespace) -> int:
     """Back up the gallery's store (consistent while the server runs)."""
     from service.gallery import export_store
+    from service.gallery.backends import embedded_folder
 
-    info = export_store(_settings(args).gallery.path, Path(args.file))
+    info = export_store(embedded_folder(_settings(args).gallery), Path(args.file))
     _emit(args, info, f"exported {info['subjects']} subjects, {info['faces']} faces to {args.file}")
     return 0
 
@@ -314,14 +315,97 @@ def cmd_gallery_export(args: argparse.Namespace) -> int:
 def cmd_gallery_import(args: argparse.Namespace) -> int:
     """Restore a backup into the gallery folder (stop the server first)."""
     from service.gallery import import_store
+    from service.gallery.backends import embedded_folder
 
-    info = import_store(Path(args.file), _settings(args).gallery.path, replace=args.replace)
+    info = import_store(
+        Path(args.file), embedded_folder(_settings(args).gallery), replace=args.replace
+    )
     _emit(
         args,
         info,
         f"imported {info['subjects']} subjects, {info['faces']} faces into "
         f"{info['gallery']}; the index is rebuilt at the next start",
     )
+    return 0
+
+
+def _recognizer_pin(settings: Settings) -> tuple[str, int]:
+    """(model id, embedding size) of the configured recognizer, from its manifest alone."""
+    from service.models import resolve_model
+
+    manifest, _ = resolve_model(settings.models_dir, settings.embedder.model)
+    assert manifest.embedding_dim is not None
+    return manifest.model_id, manifest.embedding_dim
+
+
+def cmd_gallery_reconcile(args: argparse.Namespace) -> int:
+    """Replay faces the index lacks from the store, and drop ids the store no longer has."""
+    from service.gallery import backends
+
+    settings = _settings(args)
+    model_id, dim = _recognizer_pin(settings)
+    gallery = backends.open_gallery(
+        settings.gallery, model_id=model_id, embedding_dim=dim, check_shared_index=False
+    )
+    try:
+        info = gallery.reconcile()
+    finally:
+        gallery.close()
+    _emit(
+        args,
+        info,
+        f"{info['faces']} faces in the store: {info['replayed']} replayed into the index, "
+        f"{info['removed']} removed from it",
+    )
+    return 0
+
+
+def cmd_gallery_migrate(args: argparse.Namespace) -> int:
+    """Copy the gallery of one backend into the (empty) other, then compare them."""
+    from service.gallery import backends
+    from service.gallery.transfer import compare_galleries, copy_gallery
+
+    settings = _settings(args)
+    source_backend = "embedded" if args.to == "distributed" else "distributed"
+    model_id, dim = _recognizer_pin(settings)
+    source = backends.open_gallery(
+        settings.gallery, model_id=model_id, embedding_dim=dim, backend=source_backend
+    )
+    try:
+        target = backends.open_gallery(
+            settings.gallery,
+            model_id=source.model_id,
+            embedding_dim=source.store.embedding_dim,
+            backend=args.to,
+        )
+        try:
+            copied = copy_gallery(source, target, batch=args.batch)
+            check = compare_galleries(source, target, probes=args.probes)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    info = {"from": source_backend, "to": args.to, "copied": copied, "check": check}
+    _emit(
+        args,
+        info,
+        f"copied {copied['subjects']} subjects and {copied['faces']} faces from {source_backend} "
+        f"to {args.to} in {copied['seconds']} s; {check['identical_searches']}/{check['probes']} "
+        f"sampled searches identical; {'OK' if check['ok'] else 'MISMATCH'}",
+    )
+    return 0 if check["ok"] else 1
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Bring the distributed gallery's PostgreSQL schema to this release's version."""
+    from service.gallery.backends import postgres_dsn
+    from service.gallery.postgres import upgrade
+
+    settings = _settings(args)
+    dsn = args.dsn or postgres_dsn(settings.gallery)
+    info = upgrade(dsn)
+    applied = ", ".join(f"{v:04d}" for v in info["applied"]) or "none (already current)"
+    _emit(args, info, f"schema at version {info['to']}; applied: {applied}")
     return 0
 
 
@@ -480,7 +564,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
         }
     with tempfile.TemporaryDirectory() as tmp:
         manifest = pipeline.embedder.manifest
-        gallery = Gallery(
+        gallery = Gallery.embedded(
             Path(tmp), model_id=manifest.model_id, embedding_dim=pipeline.embedder.embedding_dim
         )
         for name in enrolled:
@@ -579,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--report", default="index-report.json", help="per-file report (JSON)")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.set_defaults(func=cmd_index)
-    gal = sub.add_parser("gallery", help="back up and restore the gallery")
+    gal = sub.add_parser("gallery", help="back up, restore, reconcile and migrate the gallery")
     gsub = gal.add_subparsers(dest="gallery_command", required=True)
     gexport = gsub.add_parser("export", parents=[common], help="consistent backup, server running")
     gexport.add_argument("file")
@@ -588,8 +672,27 @@ def build_parser() -> argparse.ArgumentParser:
     gimport.add_argument("file")
     gimport.add_argument("--replace", action="store_true", help="overwrite a non-empty gallery")
     gimport.set_defaults(func=cmd_gallery_import)
-    for p in (gexport, gimport):
+    greconcile = gsub.add_parser(
+        "reconcile", parents=[common], help="repair the index from the store (either backend)"
+    )
+    greconcile.set_defaults(func=cmd_gallery_reconcile)
+    gmigrate = gsub.add_parser(
+        "migrate",
+        parents=[common],
+        help="copy the gallery to the other backend (API stopped) and compare the two",
+    )
+    gmigrate.add_argument("--to", required=True, choices=["distributed", "embedded"])
+    gmigrate.add_argument("--probes", type=int, default=100, help="sampled searches to compare")
+    gmigrate.add_argument("--batch", type=int, default=2000, help="rows per transaction")
+    gmigrate.set_defaults(func=cmd_gallery_migrate)
+    for p in (gexport, gimport, greconcile, gmigrate):
         p.add_argument("--gallery", help="gallery folder (default: var/gallery)")
+
+    db = sub.add_parser("db", help="the distributed gallery's PostgreSQL schema")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    dbup = dbsub.add_parser("upgrade", parents=[common], help="apply pending schema migrations")
+    dbup.add_argument("--dsn", help="connection string (default: gallery.postgres_dsn)")
+    dbup.set_defaults(func=cmd_db_upgrade)
 
     keys = sub.add_parser("keys", help="scoped API keys (hashed keys file)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)

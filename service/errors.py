@@ -166,3 +166,27 @@ class RequestTimeout(MarginFaceError):
 
     code = "timeout"
     status = 503
+
+
+class BackendUnavailable(MarginFaceError):
+    """The shared database or vector engine (distributed gallery) cannot be reached right now;
+    nothing was half-written. Retry after a moment."""
+
+    code = "backend_unavailable"
+    status = 503
+
+
+class SchemaOutdated(MarginFaceError):
+    """The PostgreSQL schema is older (or newer) than this MarginFace; run `marginface db
+    upgrade` (with the new release) before serving."""
+
+    code = "schema_outdated"
+    status = 503
+
+
+class UnsupportedByBackend(MarginFaceError):
+    """The configured gallery backend does not offer this operation (the message says what
+    does the same job there)."""
+
+    code = "unsupported_by_backend"
+    status = 409

@@ -9,14 +9,13 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from service.calibration import threshold_for_far
 from service.errors import InvalidRequest, NoFace
-from service.gallery import Candidate, Gallery, NewFace
+from service.gallery import Candidate, Gallery, NewFace, backends
 from service.models import Manifest, resolve_model
 from service.settings import Settings
 from service.vision.batcher import MicroBatcher
@@ -90,15 +89,10 @@ def build_pipeline(settings: Settings, *, batching: bool | None = None) -> FaceP
 
 
 def open_gallery(settings: Settings, manifest: Manifest) -> Gallery:
-    """Open (or create) the gallery pinned to this recognizer."""
+    """Open (or create) the configured gallery, pinned to this recognizer."""
     assert manifest.embedding_dim is not None
-    return Gallery(
-        Path(settings.gallery.path),
-        model_id=manifest.model_id,
-        embedding_dim=manifest.embedding_dim,
-        index_factory=settings.gallery.index_factory,
-        search_params=settings.gallery.search_params,
-        use_gpu=settings.gallery.use_gpu,
+    return backends.open_gallery(
+        settings.gallery, model_id=manifest.model_id, embedding_dim=manifest.embedding_dim
     )
 
 

@@ -57,6 +57,33 @@ class GallerySettings(BaseModel):
         "", description="FAISS search parameters, e.g. 'nprobe=32' (IVF) or 'efSearch=128'"
     )
     use_gpu: bool = Field(False, description="search on the GPU when faiss-gpu is installed")
+    backend: Literal["embedded", "distributed"] = Field(
+        "embedded",
+        description="embedded: SQLite + FAISS under `path` (one process); distributed: "
+        "PostgreSQL (source of truth) + Milvus, shared by several API replicas",
+    )
+    postgres_dsn: SecretStr | None = Field(
+        None,
+        description="distributed: libpq connection string, e.g. postgresql://u:p@db/marginface",
+    )
+    milvus_uri: str = Field(
+        "http://127.0.0.1:19530", description="distributed: Milvus address (standalone or cluster)"
+    )
+    milvus_token: SecretStr | None = Field(None, description="distributed: Milvus user:password")
+    milvus_collection: str = Field(
+        "marginface",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$",
+        description="distributed: collection name prefix; the model pin is appended",
+    )
+    milvus_index_type: str = Field(
+        "FLAT", description="distributed: Milvus index type (FLAT exact, HNSW, IVF_FLAT, ...)"
+    )
+    milvus_index_params: dict[str, int | float | str] = Field(
+        {}, description='distributed: build parameters, e.g. {"M": 32, "efConstruction": 200}'
+    )
+    milvus_search_params: dict[str, int | float | str] = Field(
+        {}, description='distributed: search parameters, e.g. {"ef": 128} or {"nprobe": 32}'
+    )
 
 
 class AuthSettings(BaseModel):

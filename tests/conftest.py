@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from service.app import create_app
 from service.recognition import build_pipeline
 from service.settings import Settings
 from service.vision.pipeline import FacePipeline
+from tests.backends import Distributed, Postgres, milvus_server, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -73,3 +75,38 @@ def client(settings: Settings, pipeline: FacePipeline) -> Iterator[TestClient]:
     app = create_app(settings, pipeline=pipeline)
     with TestClient(app, headers={"X-API-Key": API_KEY}, raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One real PostgreSQL server for the session (each test takes its own database)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def milvus_uri() -> Iterator[str]:
+    """One real milvus-lite server process for the session (each test its own collections)."""
+    with milvus_server() as uri:
+        yield uri
+
+
+@pytest.fixture
+def distributed(postgres: Postgres, milvus_uri: str) -> Distributed:
+    """A fresh distributed gallery location: a new database at the current schema (upgraded
+    the way `marginface db upgrade` does it) and a collection prefix of its own."""
+    from service.gallery.postgres import upgrade
+
+    dsn = postgres.new_database()
+    upgrade(dsn)
+    return Distributed(dsn, milvus_uri, "t" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def gallery_backend(request: pytest.FixtureRequest) -> Distributed | None:
+    """Runs a test on both gallery backends: None for the embedded one (the server's own
+    folder), or a fresh distributed location (real PostgreSQL + milvus-lite)."""
+    if request.param == "embedded":
+        return None
+    result: Distributed = request.getfixturevalue("distributed")
+    return result

@@ -40,7 +40,7 @@ def test_a_deleted_person_is_gone_everywhere(client: TestClient, tmp_path: Path)
     powell = [lfw("Colin_Powell", n) for n in (1, 2, 3)]
     enroll(client, "powell", powell)
     enroll(client, "blair", [lfw("Tony_Blair", 1)])
-    g = Gallery(gallery_dir, model_id="x@y", embedding_dim=128)  # a second reader of the store
+    g = Gallery.embedded(gallery_dir, model_id="x@y", embedding_dim=128)  # a second reader
     _, powell_vectors = g.store.embeddings_of("powell")
     _, blair_vectors = g.store.embeddings_of("blair")
     g.store.close()
@@ -103,8 +103,8 @@ def test_export_while_serving_then_import_round_trip(tmp_path: Path) -> None:
     again = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=120)
     assert again.returncode == 2 and b"not empty" in again.stdout + again.stderr
 
-    a = Gallery(source, model_id="x@y", embedding_dim=128)
-    b = Gallery(restored, model_id="x@y", embedding_dim=128)
+    a = Gallery.embedded(source, model_id="x@y", embedding_dim=128)
+    b = Gallery.embedded(restored, model_id="x@y", embedding_dim=128)
     try:
         for subject in people:
             ids_a, vecs_a = a.store.embeddings_of(subject)

@@ -157,7 +157,7 @@ def test_sigkill_halfway_then_rerun_equals_one_clean_run(tmp_path: Path) -> None
     for key in a:
         np.testing.assert_allclose(a[key], b[key], atol=1e-5)
     # the index the re-run left behind agrees with its store
-    g = Gallery(killed, model_id="ignored@x", embedding_dim=128)
+    g = Gallery.embedded(killed, model_id="ignored@x", embedding_dim=128)
     ids, vecs, _ = g.store.all_embeddings()
     index_ids, index_vecs = g.index.vectors()
     np.testing.assert_array_equal(ids, index_ids)

@@ -125,7 +125,7 @@ def test_acknowledged_enrollments_survive_sigkill(tmp_path: Path) -> None:
         assert all(cand["face_id"] not in deleted for cand in r.json()["faces"][0]["candidates"])
 
     # after a clean shutdown, the saved index holds exactly the store's vectors
-    g = Gallery(gallery, model_id="ignored@x", embedding_dim=128)
+    g = Gallery.embedded(gallery, model_id="ignored@x", embedding_dim=128)
     ids, vecs, _ = g.store.all_embeddings()
     index_ids, index_vecs = g.index.vectors()
     np.testing.assert_array_equal(ids, index_ids)

@@ -16,6 +16,7 @@ from service.api.deps import IsAdmin, State
 from service.archive import archive_root, extract_zip, remove_tree
 from service.errors import Forbidden, InvalidRequest
 from service.gallery import export_store
+from service.gallery.backends import embedded_folder
 from service.schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[IsAdmin])
@@ -89,7 +90,7 @@ def export_gallery(state: State) -> FileResponse:
     work = Path(state.settings.jobs.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     target = work / f"export-{uuid.uuid4().hex}.sqlite3"
-    export_store(Path(state.settings.gallery.path), target)
+    export_store(embedded_folder(state.settings.gallery), target)
     return FileResponse(
         target,
         media_type="application/vnd.sqlite3",

@@ -10,20 +10,24 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.errors import GalleryCorrupted, InvalidRequest
+from service.errors import BackendUnavailable, GalleryCorrupted, InvalidRequest
 from service.gallery.index import VectorIndex
-from service.gallery.store import FaceRecord, NewFace, Store, Subject
+from service.gallery.protocols import FaceIndex, FaceStore
+from service.gallery.records import FaceRecord, NewFace, Subject
+from service.gallery.store import SqliteStore
 
 log = logging.getLogger(__name__)
 
 STORE_FILE = "gallery.sqlite3"
 INDEX_FILE = "index.faiss"
+FULL_CHECK_FACES = 200_000  # up to this size a start-up compares a shared index id by id
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,39 @@ class Candidate:
 
 
 class Gallery:
-    """Subjects and faces, searchable by cosine similarity; thread-safe."""
+    """Subjects and faces, searchable by cosine similarity; thread-safe.
+
+    One store (the source of truth) and one index derived from it, of either backend: SQLite +
+    FAISS in this process (``Gallery.embedded``), or PostgreSQL + Milvus shared by several API
+    replicas (``service.gallery.backends.open_gallery``).
+    """
 
     def __init__(
         self,
+        store: FaceStore,
+        index: FaceIndex,
+        *,
+        index_path: Path | None = None,
+        check_shared_index: bool = True,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self._lock = threading.RLock()
+        self._index_path = index_path
+        self._dirty = False
+        self._index_behind = False  # a shared index missed a write: reconcile at next flush
+        self.erasure_pending = threading.Event()
+        try:
+            if check_shared_index or not index.shared:
+                self._sync_index()
+        except BaseException:
+            index.close()
+            store.close()
+            raise
+
+    @classmethod
+    def embedded(
+        cls,
         directory: Path,
         *,
         model_id: str,
@@ -48,18 +81,14 @@ class Gallery:
         index_factory: str = "Flat",
         search_params: str = "",
         use_gpu: bool = False,
-    ) -> None:
-        self.directory = directory
+    ) -> Gallery:
+        """The single-process gallery: SQLite and a FAISS index file in ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.store = Store(directory / STORE_FILE, model_id=model_id, embedding_dim=embedding_dim)
-        self.index = VectorIndex(
+        store = SqliteStore(directory / STORE_FILE, model_id=model_id, embedding_dim=embedding_dim)
+        index = VectorIndex(
             embedding_dim, index_factory, search_params=search_params, use_gpu=use_gpu
         )
-        self._lock = threading.RLock()
-        self._index_path = directory / INDEX_FILE
-        self._dirty = False
-        self.erasure_pending = threading.Event()
-        self._sync_index()
+        return cls(store, index, index_path=directory / INDEX_FILE)
 
     @property
     def model_id(self) -> str:
@@ -67,7 +96,23 @@ class Gallery:
         return self.store.model_id
 
     def _sync_index(self) -> None:
-        """Load the persisted index if current; otherwise rebuild it from the store and save it."""
+        """Load the persisted index if current; otherwise rebuild it from the store and save it.
+
+        A shared index (Milvus) is never rebuilt at start (other replicas use it): it is
+        reconciled with the store, id by id up to FULL_CHECK_FACES faces, and above that when
+        the counts differ (`marginface gallery reconcile` always compares ids)."""
+        if self.index.shared:
+            faces = self.store.counts()[1]
+            if faces <= FULL_CHECK_FACES:
+                self.reconcile()  # compares the id sets: cheap at this size
+            elif self.index.ntotal != faces:
+                log.warning(
+                    "the index holds %d faces, the store %d: reconciling",
+                    self.index.ntotal,
+                    faces,
+                )
+                self.reconcile()
+            return
         generation = self.store.generation()
         if self.index.load(self._index_path) and self.index.generation == generation:
             log.info(
@@ -75,6 +120,28 @@ class Gallery:
             )
             return
         self.rebuild_index()
+
+    def reconcile(self, batch: int = 2000) -> dict[str, int]:
+        """Bring the index in line with the store: replay faces it lacks, drop ids the store no
+        longer has (a crash between the store's commit and the index write leaves either)."""
+        with self._lock:
+            # the index first: a face another replica adds in between then looks missing (a
+            # harmless re-upsert), never extra (which would remove a live face's vector)
+            indexed = self.index.ids()
+            stored = self.store.face_ids()
+            missing = np.setdiff1d(stored, indexed).tolist()
+            extra = np.setdiff1d(indexed, stored).tolist()
+            generation = self.store.generation()
+            for start in range(0, len(missing), batch):
+                ids, vectors = self.store.embeddings_by_id(missing[start : start + batch])
+                if len(ids):
+                    self.index.add(ids, vectors, generation)
+            if extra:
+                self.index.remove(extra, generation)
+            self.index.save(self._index_path)
+            if missing or extra:
+                log.info("gallery reconciled: %d replayed, %d removed", len(missing), len(extra))
+            return {"replayed": len(missing), "removed": len(extra), "faces": len(stored)}
 
     def rebuild_index(self) -> None:
         """Rebuild the index from the store (the source of truth) and persist it."""
@@ -115,7 +182,7 @@ class Gallery:
         """Erase a subject and all its faces from store and index; returns the faces removed."""
         with self._lock:
             face_ids = self.store.delete_subject(subject_id)
-            self.index.remove(face_ids, self.store.generation())
+            self._index_write(lambda: self.index.remove(face_ids, self.store.generation()))
             self._dirty = True
             self._erase_on_disk()
             return len(face_ids)
@@ -180,11 +247,26 @@ class Gallery:
             self.index.generation = generation
             return
         ids = np.array([fid for fid, _ in new], dtype=np.int64)
-        self.index.add(ids, np.stack([v for _, v in new]), generation)
+        vectors = np.stack([v for _, v in new])
+        self._index_write(lambda: self.index.add(ids, vectors, generation))
         self._dirty = True
         if self.index.wants_rebuild:
-            log.info("gallery has %d faces: training %s", self.index.ntotal, self.index.factory)
+            log.info("gallery has %d faces: training %s", self.index.ntotal, self.index.describe())
             self.rebuild_index()
+
+    def _index_write(self, write: Callable[[], None]) -> None:
+        """Apply a committed store write to the index. When a shared index (Milvus) is
+        unreachable the write stays acknowledged (the store holds it) and the flusher replays
+        it later; searches never return a face the store no longer has (they are joined with
+        the store), and a missing one is only missing until the replay."""
+        if not self.index.shared:
+            write()
+            return
+        try:
+            write()
+        except BackendUnavailable as exc:
+            log.warning("index write failed (%s); it will be reconciled from the store", exc)
+            self._index_behind = True
 
     def known_images(self) -> set[tuple[str, str]]:
         """(subject id, image sha256) of every enrolled face."""
@@ -198,7 +280,7 @@ class Gallery:
         """Erase one face from store and index; returns its subject id."""
         with self._lock:
             subject_id = self.store.delete_face(face_id)
-            self.index.remove([face_id], self.store.generation())
+            self._index_write(lambda: self.index.remove([face_id], self.store.generation()))
             self._dirty = True
             self._erase_on_disk()
             return subject_id
@@ -249,19 +331,28 @@ class Gallery:
 
     def flush(self) -> None:
         """Persist the index if it changed since the last save (the store is always durable),
-        and after deletes, truncate the WAL so no old page with an erased embedding stays."""
+        and after deletes, purge the store's logs so no old page with an erased embedding stays
+        (outside the gallery lock: a long VACUUM must not hold up enrollments)."""
         with self._lock:
+            if self._index_behind:
+                self.reconcile()
+                self._index_behind = False
             if self._dirty:
                 self.index.generation = self.store.generation()
                 self.index.save(self._index_path)
                 self._dirty = False
-            if self.erasure_pending.is_set() and self.store.purge_wal():
-                self.erasure_pending.clear()
+        if self.erasure_pending.is_set():
+            self.erasure_pending.clear()  # a delete from now on sets it again
+            if not self.store.purge_wal():
+                self.erasure_pending.set()
 
     def close(self) -> None:
         """Save the index and close the store."""
-        self.flush()
-        self.store.close()
+        try:
+            self.flush()
+        finally:
+            self.index.close()
+            self.store.close()
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:

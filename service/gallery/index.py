@@ -59,6 +59,7 @@ class VectorIndex:
         self._device_copy: Any = None
         self._index: Any = self._new(self.active_factory)
         self.generation = -1
+        self.shared = False  # in-process: rebuilt from the store whenever its file is stale
 
     def _new(self, factory: str) -> Any:
         base = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -165,8 +166,17 @@ class VectorIndex:
         order = np.argsort(ids)
         return ids[order], vecs[order]
 
-    def save(self, path: Path) -> None:
+    def ids(self) -> np.ndarray:
+        """Every face id in the index, sorted."""
+        return np.sort(faiss.vector_to_array(self._index.id_map).astype(np.int64))
+
+    def close(self) -> None:
+        """Nothing to release (the gallery saves the index before closing)."""
+
+    def save(self, path: Path | None) -> None:
         """Write the index and its generation atomically (temp file, fsync, rename)."""
+        if path is None:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         faiss.write_index(self._index, str(tmp))
@@ -184,8 +194,10 @@ class VectorIndex:
         meta_tmp.write_text(json.dumps(meta))
         meta_tmp.replace(meta_path)
 
-    def load(self, path: Path) -> bool:
+    def load(self, path: Path | None) -> bool:
         """Load a saved index if it exists, is readable and was built with this factory."""
+        if path is None:
+            return False
         meta_path = path.with_suffix(".json")
         if not path.is_file() or not meta_path.is_file():
             return False

@@ -1,4 +1,4 @@
-"""The durable store: SQLite (WAL) holding subjects and faces, the gallery's source of truth.
+"""The embedded backend's store: SQLite (WAL) holding subjects and faces, the source of truth.
 
 Every write bumps a ``generation`` counter in the same transaction; the FAISS index records the
 generation it reflects, so a stale or missing index is detected and rebuilt from here.
@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from service.errors import (
     SubjectExists,
     SubjectNotFound,
 )
+from service.gallery.records import FaceRecord, NewFace, Subject
 
 SCHEMA_VERSION = 1
 
@@ -51,41 +51,7 @@ CREATE INDEX IF NOT EXISTS faces_subject ON faces(subject_id);
 """
 
 
-@dataclass(frozen=True)
-class Subject:
-    """A person in the gallery."""
-
-    id: str
-    name: str
-    metadata: dict[str, Any]
-    created_at: float
-    face_count: int = 0
-
-
-@dataclass(frozen=True)
-class FaceRecord:
-    """One enrolled face (its embedding is loaded only when asked for)."""
-
-    id: int
-    subject_id: str
-    model_id: str
-    box: list[float]
-    det_score: float
-    image_sha256: str
-    created_at: float
-
-
-@dataclass(frozen=True)
-class NewFace:
-    """A face to enroll."""
-
-    embedding: np.ndarray
-    box: tuple[float, float, float, float]
-    det_score: float
-    image_sha256: str
-
-
-class Store:
+class SqliteStore:
     """SQLite store; one connection guarded by a lock (the gallery serialises writes anyway)."""
 
     def __init__(self, path: Path, *, model_id: str, embedding_dim: int) -> None:
@@ -373,6 +339,87 @@ class Store:
         ids, vecs = self._unpack(rows)
         return ids, vecs, gen
 
+    def face_ids(self) -> np.ndarray:
+        """Every face id, sorted."""
+        with self._lock:
+            rows = self._conn.execute("SELECT id FROM faces ORDER BY id").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def embeddings_by_id(self, face_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(face ids, embeddings) of those ids that still exist, sorted by id."""
+        rows: list[Any] = []
+        with self._lock:
+            for start in range(0, len(face_ids), 500):
+                chunk = face_ids[start : start + 500]
+                rows += self._conn.execute(
+                    f"SELECT id, embedding FROM faces WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+        rows.sort(key=lambda r: r[0])
+        return self._unpack(rows)
+
+    def iter_subjects(self, batch: int) -> Iterator[list[Subject]]:
+        """Every subject (face counts included), a page at a time."""
+        offset = 0
+        while True:
+            page, _ = self.list_subjects(offset, batch)
+            if not page:
+                return
+            yield page
+            offset += len(page)
+
+    def iter_faces(self, batch: int) -> Iterator[list[tuple[FaceRecord, np.ndarray]]]:
+        """Every face with its embedding, in id order (keyset pages: stable under writes)."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT id, subject_id, model_id, box, det_score, image_sha256, created_at, "
+                    "embedding FROM faces WHERE id > ? ORDER BY id LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            yield [
+                (
+                    FaceRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]),
+                    np.frombuffer(r[7], dtype=np.float32).copy(),
+                )
+                for r in rows
+            ]
+            last = int(rows[-1][0])
+
+    def import_subjects(self, subjects: list[Subject]) -> None:
+        """Insert subjects as they are (migration between backends)."""
+        with self.transaction() as cur:
+            cur.executemany(
+                "INSERT INTO subjects(id, name, metadata, created_at) VALUES (?, ?, ?, ?)",
+                [(s.id, s.name, json.dumps(s.metadata), s.created_at) for s in subjects],
+            )
+            self._bump(cur)
+
+    def import_faces(self, faces: list[tuple[FaceRecord, np.ndarray]]) -> None:
+        """Insert faces under their own ids (migration between backends)."""
+        with self.transaction() as cur:
+            cur.executemany(
+                "INSERT INTO faces(id, subject_id, embedding, model_id, box, det_score, "
+                "image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        f.id,
+                        f.subject_id,
+                        np.ascontiguousarray(v, dtype=np.float32).tobytes(),
+                        f.model_id,
+                        json.dumps(f.box),
+                        f.det_score,
+                        f.image_sha256,
+                        f.created_at,
+                    )
+                    for f, v in faces
+                ],
+            )
+            self._bump(cur)
+
     def subject_of_faces(self, face_ids: list[int]) -> dict[int, tuple[str, str]]:
         """face id -> (subject id, subject name) for search results."""
         if not face_ids:
@@ -424,3 +471,6 @@ class Store:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._conn.close()
+
+
+Store = SqliteStore  # the name earlier releases used

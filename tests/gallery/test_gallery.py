@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.errors import GalleryCorrupted, ModelMismatch, SubjectNotFound
-from service.gallery import Gallery, NewFace
+from service.gallery import Gallery, NewFace, backends
 from service.gallery.gallery import INDEX_FILE, STORE_FILE
+from service.settings import GallerySettings
 
 DIM = 128
 MODEL = "test-model@000000000000"
@@ -26,7 +29,31 @@ def face(vec: np.ndarray, sha: str) -> NewFace:
 
 
 def open_gallery(path: Path, model: str = MODEL, factory: str = "Flat") -> Gallery:
-    return Gallery(path, model_id=model, embedding_dim=DIM, index_factory=factory)
+    return Gallery.embedded(path, model_id=model, embedding_dim=DIM, index_factory=factory)
+
+
+Opener = Callable[..., Gallery]
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens the gallery of one test on either backend: SQLite + FAISS in a folder, or a real
+    PostgreSQL database + a real Milvus (milvus-lite server) collection. Closes what it opened."""
+    opened: list[Gallery] = []
+    if request.param == "embedded":
+        settings = GallerySettings(path=tmp_path)
+    else:
+        settings = GallerySettings(**request.getfixturevalue("distributed").settings())
+
+    def open_(model: str = MODEL) -> Gallery:
+        g = backends.open_gallery(settings, model_id=model, embedding_dim=DIM)
+        opened.append(g)
+        return g
+
+    yield open_
+    for g in opened:
+        with contextlib.suppress(Exception):  # already closed by the test
+            g.close()
 
 
 def assert_index_equals_store(g: Gallery) -> None:
@@ -36,9 +63,9 @@ def assert_index_equals_store(g: Gallery) -> None:
     np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
 
 
-def test_enroll_search_and_erase(tmp_path: Path) -> None:
+def test_enroll_search_and_erase(opener: Opener) -> None:
     rng = np.random.default_rng(1)
-    g = open_gallery(tmp_path)
+    g = opener()
     vecs = unit(rng, 6)
     for i in range(3):
         g.create_subject(f"s{i}", f"Subject {i}", {})
@@ -57,9 +84,9 @@ def test_enroll_search_and_erase(tmp_path: Path) -> None:
     g.close()
 
 
-def test_same_image_twice_is_a_noop(tmp_path: Path) -> None:
+def test_same_image_twice_is_a_noop(opener: Opener) -> None:
     rng = np.random.default_rng(2)
-    g = open_gallery(tmp_path)
+    g = opener()
     g.create_subject("s", "S", {})
     v = unit(rng)[0]
     [(fid, created)] = g.add_faces("s", [face(v, "same")], model_id=MODEL)
@@ -93,13 +120,13 @@ def test_persisted_index_is_reused_and_stale_or_corrupt_ones_rebuilt(tmp_path: P
     assert open_gallery(tmp_path).index.ntotal == 6
 
 
-def test_gallery_is_pinned_to_its_model(tmp_path: Path) -> None:
+def test_gallery_is_pinned_to_its_model(opener: Opener) -> None:
     rng = np.random.default_rng(4)
-    g = open_gallery(tmp_path)
+    g = opener()
     g.create_subject("s", "S", {})
     g.add_faces("s", [face(unit(rng)[0], "a")], model_id=MODEL)
     g.close()
-    other = open_gallery(tmp_path, model="other@111111111111")
+    other = opener(model="other@111111111111")
     assert other.model_id == MODEL  # the recorded model wins
     with pytest.raises(ModelMismatch):
         other.add_faces("s", [face(unit(rng)[0], "b")], model_id="other@111111111111")
@@ -133,8 +160,8 @@ def test_ivf_factory_trains_from_the_store(tmp_path: Path) -> None:
     assert scores[0, 0] > 0.99
 
 
-def test_concurrent_enroll_delete_and_search(tmp_path: Path) -> None:
-    g = open_gallery(tmp_path)
+def test_concurrent_enroll_delete_and_search(opener: Opener) -> None:
+    g = opener()
     errors: list[BaseException] = []
     n_threads, per_thread = 6, 25
 
@@ -160,3 +187,29 @@ def test_concurrent_enroll_delete_and_search(tmp_path: Path) -> None:
     expected = n_threads * (per_thread - per_thread // 5)
     assert g.stats()["faces"] == expected == g.index.ntotal
     assert_index_equals_store(g)
+
+
+def test_reconcile_replays_what_the_index_missed_and_drops_what_the_store_lost(
+    opener: Opener,
+) -> None:
+    """A crash between the store's commit and the index write leaves the index behind (or,
+    for a delete, ahead): opening the gallery again, or `marginface gallery reconcile`, repairs
+    it from the store."""
+    rng = np.random.default_rng(6)
+    g = opener()
+    g.create_subject("s", "S", {})
+    vecs = unit(rng, 4)
+    results = g.add_faces("s", [face(v, f"r{i}") for i, v in enumerate(vecs)], model_id=MODEL)
+    ids = np.array([fid for fid, _ in results], dtype=np.int64)
+    # what a crash leaves: two committed faces never reached the index, and a stray vector
+    # (a deleted face's) is still there
+    g.index.remove(ids[:2].tolist(), g.store.generation())
+    g.index.add(np.array([10**9]), unit(rng), g.store.generation())
+    g.index.save(None)
+    g.store.close()
+    g.index.close()
+    again = opener()  # the start-up check
+    assert_index_equals_store(again)
+    (top,) = again.search(vecs[:1], top_k=1, model_id=MODEL)
+    assert top[0].face_id == ids[0]
+    assert again.reconcile() == {"replayed": 0, "removed": 0, "faces": 4}

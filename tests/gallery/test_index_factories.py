@@ -24,7 +24,7 @@ def test_min_train_sizes() -> None:
 
 def test_ivf_searches_exactly_until_it_can_train_then_switches(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    g = Gallery(
+    g = Gallery.embedded(
         tmp_path,
         model_id=MODEL,
         embedding_dim=DIM,
@@ -44,7 +44,7 @@ def test_ivf_searches_exactly_until_it_can_train_then_switches(tmp_path: Path) -
     scores, _ = g.index.search(vecs[150:151], 1)
     assert scores[0, 0] > 0.999
     g.close()
-    again = Gallery(
+    again = Gallery.embedded(
         tmp_path,
         model_id=MODEL,
         embedding_dim=DIM,
@@ -59,7 +59,7 @@ def test_ivf_searches_exactly_until_it_can_train_then_switches(tmp_path: Path) -
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF2,PQ32x4"])
 def test_other_factories_find_the_enrolled_vectors(tmp_path: Path, factory: str) -> None:
     rng = np.random.default_rng(2)
-    g = Gallery(tmp_path, model_id=MODEL, embedding_dim=DIM, index_factory=factory)
+    g = Gallery.embedded(tmp_path, model_id=MODEL, embedding_dim=DIM, index_factory=factory)
     g.create_subject("s", "S", {})
     n = max(min_train_size(factory), 300)
     vecs = unit(rng, n)

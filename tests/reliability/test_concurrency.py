@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.backends import Distributed, backend_env
 from tests.conftest import DATA
 from tests.test_server import HEADERS, free_port, server
 
@@ -19,7 +20,9 @@ GLINT = DATA / "glint24_aligned"
 
 
 @pytest.mark.slow
-def test_concurrent_enroll_delete_identify(tmp_path: Path) -> None:
+def test_concurrent_enroll_delete_identify(
+    tmp_path: Path, gallery_backend: Distributed | None
+) -> None:
     people = sorted(p.name for p in GLINT.iterdir() if p.is_dir())
     crops = {p: sorted((GLINT / p).glob("*.jpg"), key=lambda f: int(f.stem)) for p in people}
     port = free_port()
@@ -82,7 +85,7 @@ def test_concurrent_enroll_delete_identify(tmp_path: Path) -> None:
                     if cand["subject_id"] in gone:
                         errors.append(f"identify returned {cand['subject_id']}, deleted before")
 
-    with server(tmp_path / "gallery", port):
+    with server(tmp_path / "gallery", port, backend_env(gallery_backend)):
         started = time.perf_counter()
         threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
         threads += [threading.Thread(target=reader, args=(i,)) for i in range(4)]
@@ -109,6 +112,7 @@ def test_concurrent_enroll_delete_identify(tmp_path: Path) -> None:
                 "p99_ms": round(float(np.percentile(lat, 99)), 1),
                 "requests": len(lat),
                 "clients": 8,
+                "backend": "distributed" if gallery_backend else "embedded",
             }
         )
     )

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.gallery import Gallery
+from tests.backends import Distributed, backend_env, open_backend_gallery
 from tests.conftest import DATA
 from tests.test_server import HEADERS, free_port, server
 
@@ -33,7 +33,9 @@ def crash_env(gallery: Path, allowed: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_twenty_sigkills_lose_nothing_acknowledged(tmp_path: Path) -> None:
+def test_twenty_sigkills_lose_nothing_acknowledged(
+    tmp_path: Path, gallery_backend: Distributed | None
+) -> None:
     rng = random.Random(7)
     gallery = tmp_path / "gallery"
     people = sorted(p.name for p in GLINT.iterdir() if p.is_dir())
@@ -53,7 +55,7 @@ def test_twenty_sigkills_lose_nothing_acknowledged(tmp_path: Path) -> None:
     attempted: dict[str, int] = {}  # subject -> files in its one enroll request
     port = free_port()
     counter = 0
-    env = crash_env(gallery, allowed)
+    env = {**crash_env(gallery, allowed), **backend_env(gallery_backend)}
     for round_ in range(20):
         stop = threading.Event()
 
@@ -142,7 +144,7 @@ def test_twenty_sigkills_lose_nothing_acknowledged(tmp_path: Path) -> None:
             assert subjects[subject] in (0, n), f"{subject}: half an enrollment"
     job_subjects = [s for s in subjects if s.startswith("job-")]
     assert all(subjects[s] <= 5 for s in job_subjects)  # re-runs never duplicate
-    g = Gallery(gallery, model_id="x@y", embedding_dim=128)
+    g = open_backend_gallery(gallery_backend, gallery)
     try:
         ids, vecs, _ = g.store.all_embeddings()
         index_ids, index_vecs = g.index.vectors()

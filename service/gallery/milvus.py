@@ -1,0 +1,236 @@
+"""The distributed backend's index: a Milvus collection of (face id, unit embedding), searched
+by inner product (= cosine), shared by every API replica.
+
+The collection's name carries a hash of the embedding model, so a gallery of another model can
+never be searched with these embeddings; its description records the model id. Milvus shards and
+replicates it; PostgreSQL stays the source of truth, and ``Gallery.reconcile`` repairs the
+collection from it. Searches ask for strong consistency: a face one replica enrolled is found
+through every other replica at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from service.errors import BackendUnavailable, GalleryCorrupted
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _ClientClockNotice(logging.Filter):
+    """milvus-lite gives iterators no MVCC timestamp; pymilvus then uses the client's clock
+    (harmless for a full scan) and warns on every scan. Only that notice is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "mvccTs" not in record.getMessage()
+
+
+logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_ClientClockNotice())
+_WRITE_BATCH = 1000  # rows per insert: well inside gRPC's message limit for 512-d floats
+_MAX_TOPK = 16384  # Milvus's limit on k
+
+
+def collection_name(prefix: str, model_id: str) -> str:
+    """The collection of one model's embeddings: ``<prefix>_<12 hex of sha256(model id)>``."""
+    return f"{prefix}_{hashlib.sha256(model_id.encode()).hexdigest()[:12]}"
+
+
+class MilvusIndex:
+    """A Milvus collection as the gallery's index (``protocols.FaceIndex``)."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        model_id: str,
+        dim: int,
+        prefix: str = "marginface",
+        token: str = "",
+        index_type: str = "FLAT",
+        index_params: dict[str, Any] | None = None,
+        search_params: dict[str, Any] | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.shared = True
+        self.use_gpu = False  # GPU index types (GPU_CAGRA, ...) are chosen on the Milvus side
+        self.generation = -1
+        self.dim = dim
+        self.model_id = model_id
+        self.name = collection_name(prefix, model_id)
+        self.index_type = index_type
+        self.index_params = dict(index_params or {})
+        self.search_params = dict(search_params or {})
+        self._timeout = timeout_s
+        try:
+            self._client = MilvusClient(uri=uri, token=token, timeout=timeout_s)
+        except MilvusException as exc:
+            raise BackendUnavailable(f"Milvus at {uri} cannot be reached: {exc}") from exc
+        self._call(self._ensure_collection)
+
+    def _call(self, work: Callable[[], T]) -> T:
+        """Milvus failures (unreachable, timed out) become 503 backend_unavailable."""
+        try:
+            return work()
+        except MilvusException as exc:
+            raise BackendUnavailable(
+                f"Milvus failed ({exc.__class__.__name__}: {exc}); retry", retry_after_s=1
+            ) from exc
+
+    def _ensure_collection(self) -> None:
+        """Create the collection (with its index) if missing; check its dimension if present."""
+        c = self._client
+        if c.has_collection(self.name):
+            fields = c.describe_collection(self.name)["fields"]
+            vector = next(f for f in fields if f["name"] == "embedding")
+            if int(vector["params"]["dim"]) != self.dim:
+                raise GalleryCorrupted(
+                    f"Milvus collection {self.name} holds {vector['params']['dim']}-d vectors, "
+                    f"the gallery's model {self.model_id} makes {self.dim}-d ones"
+                )
+            c.load_collection(self.name)
+            return
+        schema = MilvusClient.create_schema(
+            auto_id=False, enable_dynamic_field=False, description=f"MarginFace {self.model_id}"
+        )
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)
+        params = c.prepare_index_params()
+        params.add_index(
+            field_name="embedding",
+            index_type=self.index_type,
+            metric_type="IP",
+            params=self.index_params,
+        )
+        c.create_collection(
+            self.name, schema=schema, index_params=params, consistency_level="Strong"
+        )
+        log.info("Milvus collection %s created (%s, IP)", self.name, self.index_type)
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors in the collection (a strongly consistent count)."""
+        rows = self._call(
+            lambda: self._client.query(
+                self.name, filter="", output_fields=["count(*)"], consistency_level="Strong"
+            )
+        )
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    @property
+    def wants_rebuild(self) -> bool:
+        """Milvus builds and rebuilds its index segments itself."""
+        return False
+
+    def describe(self) -> str:
+        """Where the vectors are, for /readyz."""
+        return f"milvus:{self.name} ({self.index_type}, IP)"
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, generation: int) -> None:
+        """Upsert vectors under their face ids (a replay of one already there is harmless)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        for start in range(0, len(ids), _WRITE_BATCH):
+            rows = [
+                {"id": int(i), "embedding": v.tolist()}
+                for i, v in zip(
+                    ids[start : start + _WRITE_BATCH],
+                    vectors[start : start + _WRITE_BATCH],
+                    strict=True,
+                )
+            ]
+            self._call(partial(self._client.upsert, self.name, rows))
+        self.generation = generation
+
+    def remove(self, ids: list[int], generation: int) -> None:
+        """Delete face ids (absent ones are ignored)."""
+        for start in range(0, len(ids), _WRITE_BATCH):
+            chunk = [int(i) for i in ids[start : start + _WRITE_BATCH]]
+            self._call(partial(self._client.delete, self.name, ids=chunk))
+        self.generation = generation
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query; missing slots have id -1 and score -inf."""
+        k = max(1, min(k, _MAX_TOPK))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n = len(queries)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        ids = np.full((n, k), -1, dtype=np.int64)
+        if n == 0:
+            return scores, ids
+        hits = self._call(
+            lambda: self._client.search(
+                self.name,
+                data=queries.tolist(),
+                limit=k,
+                anns_field="embedding",
+                search_params={"metric_type": "IP", "params": self.search_params},
+                consistency_level="Strong",
+            )
+        )
+        for row, found in enumerate(hits):
+            for col, hit in enumerate(list(found)[:k]):
+                ids[row, col] = int(hit["id"])
+                scores[row, col] = float(hit["distance"])
+        return scores, ids
+
+    def _iterate(self, fields: list[str], batch: int = 4000) -> Iterator[list[dict[str, Any]]]:
+        it = self._call(
+            lambda: self._client.query_iterator(
+                self.name, batch_size=batch, filter="", output_fields=fields
+            )
+        )
+        try:
+            while True:
+                page = self._call(it.next)
+                if not page:
+                    return
+                yield list(page)
+        finally:
+            it.close()
+
+    def ids(self) -> np.ndarray:
+        """Every face id in the collection, sorted."""
+        found = [int(r["id"]) for page in self._iterate(["id"]) for r in page]
+        return np.sort(np.array(found, dtype=np.int64))
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (id, vector), sorted by id."""
+        rows = [r for page in self._iterate(["id", "embedding"]) for r in page]
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32)
+        ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
+        vecs = np.array([r["embedding"] for r in rows], dtype=np.float32)
+        order = np.argsort(ids)
+        return ids[order], vecs[order]
+
+    def rebuild(self, ids: np.ndarray, vectors: np.ndarray, generation: int) -> None:
+        """Drop the collection and load exactly these vectors (every replica sees the change)."""
+        self._call(lambda: self._client.drop_collection(self.name))
+        self._call(self._ensure_collection)
+        self.add(ids, vectors, generation)
+        self.save(None)
+
+    def load(self, path: Path | None) -> bool:
+        """Nothing to load: Milvus keeps the collection."""
+        return True
+
+    def save(self, path: Path | None) -> None:
+        """Seal written segments (Milvus searches sealed, indexed segments fastest)."""
+        self._call(lambda: self._client.flush(self.name))
+
+    def drop(self) -> None:
+        """Delete the collection (tests, and `gallery migrate --replace`)."""
+        self._call(lambda: self._client.drop_collection(self.name))
+
+    def close(self) -> None:
+        """Close the client connection."""
+        self._client.close()

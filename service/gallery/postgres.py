@@ -1,0 +1,548 @@
+"""The distributed backend's store: PostgreSQL holds subjects and faces for every API replica.
+
+Same contract as the SQLite store (``protocols.FaceStore``). The schema is versioned SQL under
+``migrations/`` applied by ``marginface db upgrade`` (``upgrade``); a store refuses to open a
+database whose schema is not the one this release expects, rather than guess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import psycopg
+from psycopg import errors as pg_errors
+
+from service.errors import (
+    BackendUnavailable,
+    FaceNotFound,
+    ModelMismatch,
+    SchemaOutdated,
+    SubjectExists,
+    SubjectNotFound,
+)
+from service.gallery.records import FaceRecord, NewFace, Subject
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_LOCK_KEY = 0x4D46_6462  # pg_advisory_lock key: one `db upgrade` at a time
+T = TypeVar("T")
+
+
+def migrations() -> list[tuple[int, str]]:
+    """(version, SQL) of every migration shipped with this release, in order."""
+    out = []
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        out.append((int(path.name.split("_", 1)[0]), path.read_text()))
+    return out
+
+
+def latest_version() -> int:
+    """The schema version this release expects."""
+    return migrations()[-1][0]
+
+
+def _connect(dsn: str) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise BackendUnavailable(f"PostgreSQL cannot be reached: {exc}".strip()) from exc
+
+
+def _applied(conn: psycopg.Connection[Any]) -> int:
+    """The schema version of a database (0: never upgraded)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+    )
+    row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def upgrade(dsn: str) -> dict[str, Any]:
+    """Apply the migrations a database lacks, each in its own transaction, under an advisory
+    lock (replicas starting together cannot apply one twice). Idempotent."""
+    with _connect(dsn) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            before = _applied(conn)
+            if before > latest_version():
+                raise SchemaOutdated(
+                    f"the database schema is at version {before}, newer than this release's "
+                    f"{latest_version()}: upgrade MarginFace instead",
+                    database=before,
+                    expected=latest_version(),
+                )
+            applied = []
+            for version, sql in migrations():
+                if version <= before:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations(version, applied_at) VALUES (%s, %s)",
+                        (version, time.time()),
+                    )
+                applied.append(version)
+                log.info("schema migration %04d applied", version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return {"from": before, "to": latest_version(), "applied": applied}
+
+
+class PostgresStore:
+    """A PostgreSQL store; one connection per store, serialised by a lock (writes are short
+    transactions; a lost connection answers 503 backend_unavailable and is reopened next time)."""
+
+    def __init__(self, dsn: str, *, model_id: str, embedding_dim: int) -> None:
+        self._dsn = dsn
+        self.embedding_dim = embedding_dim
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[Any] | None = _connect(dsn)
+        version = _applied(self._conn)
+        if version != latest_version():
+            self._conn.close()
+            raise SchemaOutdated(
+                f"the database schema is at version {version}; this release needs "
+                f"{latest_version()}: run `marginface db upgrade`",
+                database=version,
+                expected=latest_version(),
+            )
+        self.model_id = self._pin_model(model_id, embedding_dim)
+
+    # ---- connection
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The open connection (lock held), reopened when a failure closed it."""
+        if self._conn is None or self._conn.closed:
+            self._conn = _connect(self._dsn)
+        return self._conn
+
+    def _lost(self, exc: Exception) -> BackendUnavailable:
+        """Forget a failed connection; the caller raises what this returns (a 503)."""
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        return BackendUnavailable(
+            f"PostgreSQL failed during the request ({exc.__class__.__name__}); "
+            "nothing was half-written, retry",
+            retry_after_s=1,
+        )
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run one read (autocommit) on the connection; a lost connection becomes a 503."""
+        with self._lock:
+            try:
+                return work(self._connection())
+            except psycopg.OperationalError as exc:
+                raise self._lost(exc) from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        """One transaction on the locked connection; commits or rolls back as a whole."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield cur
+            except psycopg.OperationalError as exc:
+                raise self._lost(exc) from exc
+
+    def _pin_model(self, model_id: str, embedding_dim: int) -> str:
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO meta(key, value) VALUES ('model_id', %s), ('embedding_dim', %s) "
+                "ON CONFLICT (key) DO NOTHING",
+                (model_id, str(embedding_dim)),
+            )
+            row = cur.execute("SELECT value FROM meta WHERE key='model_id'").fetchone()
+            dim = cur.execute("SELECT value FROM meta WHERE key='embedding_dim'").fetchone()
+        assert row is not None and dim is not None
+        self.embedding_dim = int(dim[0])
+        return str(row[0])
+
+    def check_model(self, model_id: str) -> None:
+        """Raise ModelMismatch unless embeddings of ``model_id`` belong in this gallery."""
+        if model_id != self.model_id:
+            raise ModelMismatch(
+                f"this gallery holds embeddings of {self.model_id}; the service runs {model_id}. "
+                "Embeddings of different models are not comparable: use another database or "
+                "re-enroll with the gallery's model.",
+                gallery_model=self.model_id,
+                service_model=model_id,
+            )
+
+    @staticmethod
+    def _bump(cur: psycopg.Cursor[Any]) -> None:
+        cur.execute("SELECT nextval('generation_seq')")
+
+    def generation(self) -> int:
+        """The write counter (a sequence: never rolled back, so it only ever grows)."""
+        row = self._run(lambda c: c.execute("SELECT last_value FROM generation_seq").fetchone())
+        return int(row[0]) if row else 0
+
+    # ---- subjects
+
+    def create_subject(self, subject_id: str, name: str, metadata: dict[str, Any]) -> Subject:
+        """Insert a subject; raises SubjectExists if the id is taken (by any replica)."""
+        now = time.time()
+        try:
+            with self._transaction() as cur:
+                cur.execute(
+                    "INSERT INTO subjects(id, name, metadata, created_at) VALUES (%s, %s, %s, %s)",
+                    (subject_id, name, json.dumps(metadata), now),
+                )
+                self._bump(cur)
+        except pg_errors.UniqueViolation as exc:
+            raise SubjectExists(f"subject {subject_id!r} already exists") from exc
+        return Subject(subject_id, name, metadata, now, 0)
+
+    def get_subject(self, subject_id: str) -> Subject:
+        """The subject with its face count; raises SubjectNotFound."""
+        row = self._run(
+            lambda c: c.execute(
+                "SELECT s.id, s.name, s.metadata, s.created_at, "
+                "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) "
+                "FROM subjects s WHERE s.id = %s",
+                (subject_id,),
+            ).fetchone()
+        )
+        if row is None:
+            raise SubjectNotFound(f"no subject with id {subject_id!r}")
+        return Subject(row[0], row[1], json.loads(row[2]), row[3], int(row[4]))
+
+    def list_subjects(
+        self, offset: int, limit: int, search: str | None = None
+    ) -> tuple[list[Subject], int]:
+        """A page of subjects ordered by creation, and the total count."""
+        where, args = "", []
+        if search:
+            where = "WHERE s.id ILIKE %s ESCAPE '\\' OR s.name ILIKE %s ESCAPE '\\'"
+            pattern = (
+                "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            )
+            args = [pattern, pattern]
+
+        def page(c: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
+            total = c.execute(f"SELECT COUNT(*) FROM subjects s {where}", args).fetchone()
+            rows = c.execute(
+                "SELECT s.id, s.name, s.metadata, s.created_at, "
+                "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) "
+                f"FROM subjects s {where} ORDER BY s.created_at, s.id LIMIT %s OFFSET %s",
+                [*args, limit, offset],
+            ).fetchall()
+            return total, rows
+
+        total, rows = self._run(page)
+        subjects = [Subject(r[0], r[1], json.loads(r[2]), r[3], int(r[4])) for r in rows]
+        return subjects, int(total[0])
+
+    def update_subject(
+        self, subject_id: str, name: str | None, metadata: dict[str, Any] | None
+    ) -> Subject:
+        """Change a subject's name and/or metadata; raises SubjectNotFound."""
+        with self._transaction() as cur:
+            if (
+                cur.execute(
+                    "SELECT 1 FROM subjects WHERE id=%s FOR UPDATE", (subject_id,)
+                ).fetchone()
+                is None
+            ):
+                raise SubjectNotFound(f"no subject with id {subject_id!r}")
+            if name is not None:
+                cur.execute("UPDATE subjects SET name=%s WHERE id=%s", (name, subject_id))
+            if metadata is not None:
+                cur.execute(
+                    "UPDATE subjects SET metadata=%s WHERE id=%s",
+                    (json.dumps(metadata), subject_id),
+                )
+            self._bump(cur)
+        return self.get_subject(subject_id)
+
+    def delete_subject(self, subject_id: str) -> list[int]:
+        """Delete a subject and its faces; returns the deleted face ids."""
+        with self._transaction() as cur:
+            if (
+                cur.execute(
+                    "SELECT 1 FROM subjects WHERE id=%s FOR UPDATE", (subject_id,)
+                ).fetchone()
+                is None
+            ):
+                raise SubjectNotFound(f"no subject with id {subject_id!r}")
+            ids = [
+                int(r[0])
+                for r in cur.execute(
+                    "DELETE FROM faces WHERE subject_id=%s RETURNING id", (subject_id,)
+                ).fetchall()
+            ]
+            cur.execute("DELETE FROM subjects WHERE id=%s", (subject_id,))
+            self._bump(cur)
+        return sorted(ids)
+
+    # ---- faces
+
+    def _insert_face(
+        self, cur: psycopg.Cursor[Any], subject_id: str, face: NewFace, now: float
+    ) -> tuple[int, bool]:
+        """Insert unless this image is already enrolled for the subject (by any replica)."""
+        row = cur.execute(
+            "INSERT INTO faces(subject_id, embedding, model_id, box, det_score, image_sha256, "
+            "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (subject_id, image_sha256) DO NOTHING RETURNING id",
+            self._face_row(subject_id, face, now),
+        ).fetchone()
+        if row is not None:
+            return int(row[0]), True
+        existing = cur.execute(
+            "SELECT id FROM faces WHERE subject_id=%s AND image_sha256=%s",
+            (subject_id, face.image_sha256),
+        ).fetchone()
+        assert existing is not None
+        return int(existing[0]), False
+
+    def add_faces(
+        self, subject_id: str, faces: list[NewFace], *, create_name: str | None = None
+    ) -> list[tuple[int, bool]]:
+        """Insert faces in one transaction; (face id, created) per face. The subject row is
+        locked (FOR SHARE) so a delete on another replica waits for this enrollment or wins."""
+        now = time.time()
+        with self._transaction() as cur:
+            if create_name is not None:
+                cur.execute(
+                    "INSERT INTO subjects(id, name, metadata, created_at) "
+                    "VALUES (%s, %s, '{}', %s) ON CONFLICT (id) DO NOTHING",
+                    (subject_id, create_name, now),
+                )
+            if (
+                cur.execute(
+                    "SELECT 1 FROM subjects WHERE id=%s FOR SHARE", (subject_id,)
+                ).fetchone()
+                is None
+            ):
+                raise SubjectNotFound(f"no subject with id {subject_id!r}")
+            results = [self._insert_face(cur, subject_id, face, now) for face in faces]
+            self._bump(cur)
+        return results
+
+    def add_faces_many(self, items: list[tuple[str, NewFace]]) -> list[tuple[str, int, bool]]:
+        """Batch indexing: faces of many subjects in one transaction, subjects created as needed."""
+        now = time.time()
+        out: list[tuple[str, int, bool]] = []
+        with self._transaction() as cur:
+            for subject_id, face in items:
+                cur.execute(
+                    "INSERT INTO subjects(id, name, metadata, created_at) "
+                    "VALUES (%s, %s, '{}', %s) ON CONFLICT (id) DO NOTHING",
+                    (subject_id, subject_id, now),
+                )
+                fid, created = self._insert_face(cur, subject_id, face, now)
+                out.append((subject_id, fid, created))
+            self._bump(cur)
+        return out
+
+    def _face_row(self, subject_id: str, face: NewFace, now: float) -> tuple[Any, ...]:
+        vec = np.ascontiguousarray(face.embedding, dtype=np.float32)
+        if vec.shape != (self.embedding_dim,):
+            raise ValueError(f"embedding has shape {vec.shape}, expected ({self.embedding_dim},)")
+        return (
+            subject_id,
+            vec.tobytes(),
+            self.model_id,
+            json.dumps([round(v, 2) for v in face.box]),
+            face.det_score,
+            face.image_sha256,
+            now,
+        )
+
+    def known_images(self) -> set[tuple[str, str]]:
+        """Every (subject id, image sha256) enrolled."""
+        rows = self._run(
+            lambda c: c.execute("SELECT subject_id, image_sha256 FROM faces").fetchall()
+        )
+        return {(str(r[0]), str(r[1])) for r in rows}
+
+    def list_faces(self, subject_id: str) -> list[FaceRecord]:
+        """The faces of a subject; raises SubjectNotFound."""
+        self.get_subject(subject_id)
+        rows = self._run(
+            lambda c: c.execute(
+                "SELECT id, subject_id, model_id, box, det_score, image_sha256, created_at "
+                "FROM faces WHERE subject_id=%s ORDER BY id",
+                (subject_id,),
+            ).fetchall()
+        )
+        return [FaceRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def delete_face(self, face_id: int) -> str:
+        """Delete one face; returns its subject id. Raises FaceNotFound."""
+        if not -(2**63) <= face_id < 2**63:
+            raise FaceNotFound(f"no face with id {face_id}")
+        with self._transaction() as cur:
+            row = cur.execute(
+                "DELETE FROM faces WHERE id=%s RETURNING subject_id", (face_id,)
+            ).fetchone()
+            if row is None:
+                raise FaceNotFound(f"no face with id {face_id}")
+            self._bump(cur)
+        return str(row[0])
+
+    def embeddings_of(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(face ids, embeddings) of one subject."""
+        rows = self._run(
+            lambda c: c.execute(
+                "SELECT id, embedding FROM faces WHERE subject_id=%s ORDER BY id", (subject_id,)
+            ).fetchall()
+        )
+        return self._unpack(rows)
+
+    def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every (face id, embedding) and the generation, from one snapshot."""
+        with self._transaction() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            gen = cur.execute("SELECT last_value FROM generation_seq").fetchone()
+            rows = cur.execute("SELECT id, embedding FROM faces ORDER BY id").fetchall()
+        ids, vecs = self._unpack(rows)
+        return ids, vecs, int(gen[0]) if gen else 0
+
+    def face_ids(self) -> np.ndarray:
+        """Every face id, sorted."""
+        rows = self._run(lambda c: c.execute("SELECT id FROM faces ORDER BY id").fetchall())
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def embeddings_by_id(self, face_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(face ids, embeddings) of those ids that still exist, sorted by id."""
+        if not face_ids:
+            return self._unpack([])
+        rows = self._run(
+            lambda c: c.execute(
+                "SELECT id, embedding FROM faces WHERE id = ANY(%s) ORDER BY id", (face_ids,)
+            ).fetchall()
+        )
+        return self._unpack(rows)
+
+    def subject_of_faces(self, face_ids: list[int]) -> dict[int, tuple[str, str]]:
+        """face id -> (subject id, subject name) for search results."""
+        if not face_ids:
+            return {}
+        rows = self._run(
+            lambda c: c.execute(
+                "SELECT f.id, s.id, s.name FROM faces f JOIN subjects s ON s.id = f.subject_id "
+                "WHERE f.id = ANY(%s)",
+                (face_ids,),
+            ).fetchall()
+        )
+        return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
+
+    def counts(self) -> tuple[int, int]:
+        """(subjects, faces)."""
+        row = self._run(
+            lambda c: c.execute(
+                "SELECT (SELECT COUNT(*) FROM subjects), (SELECT COUNT(*) FROM faces)"
+            ).fetchone()
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    def iter_subjects(self, batch: int) -> Iterator[list[Subject]]:
+        """Every subject (face counts included), a page at a time."""
+        offset = 0
+        while True:
+            page, _ = self.list_subjects(offset, batch)
+            if not page:
+                return
+            yield page
+            offset += len(page)
+
+    def iter_faces(self, batch: int) -> Iterator[list[tuple[FaceRecord, np.ndarray]]]:
+        """Every face with its embedding, in id order (keyset pages)."""
+        last = -(2**63)
+        while True:
+            rows = self._run(partial(self._faces_after, last, batch))
+            if not rows:
+                return
+            yield [
+                (
+                    FaceRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]),
+                    np.frombuffer(r[7], dtype=np.float32).copy(),
+                )
+                for r in rows
+            ]
+            last = int(rows[-1][0])
+
+    @staticmethod
+    def _faces_after(last: int, batch: int, conn: psycopg.Connection[Any]) -> list[Any]:
+        return conn.execute(
+            "SELECT id, subject_id, model_id, box, det_score, image_sha256, created_at, "
+            "embedding FROM faces WHERE id > %s ORDER BY id LIMIT %s",
+            (last, batch),
+        ).fetchall()
+
+    def import_subjects(self, subjects: list[Subject]) -> None:
+        """Insert subjects as they are (migration between backends)."""
+        with self._transaction() as cur:
+            cur.executemany(
+                "INSERT INTO subjects(id, name, metadata, created_at) VALUES (%s, %s, %s, %s)",
+                [(s.id, s.name, json.dumps(s.metadata), s.created_at) for s in subjects],
+            )
+            self._bump(cur)
+
+    def import_faces(self, faces: list[tuple[FaceRecord, np.ndarray]]) -> None:
+        """Insert faces under their own ids, then move the id sequence past them."""
+        with self._transaction() as cur:
+            cur.executemany(
+                "INSERT INTO faces(id, subject_id, embedding, model_id, box, det_score, "
+                "image_sha256, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        f.id,
+                        f.subject_id,
+                        np.ascontiguousarray(v, dtype=np.float32).tobytes(),
+                        f.model_id,
+                        json.dumps(f.box),
+                        f.det_score,
+                        f.image_sha256,
+                        f.created_at,
+                    )
+                    for f, v in faces
+                ],
+            )
+            cur.execute(
+                "SELECT setval(pg_get_serial_sequence('faces', 'id'), "
+                "GREATEST((SELECT MAX(id) FROM faces), 1))"
+            )
+            self._bump(cur)
+
+    def _unpack(self, rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, self.embedding_dim), dtype=np.float32)
+        vecs = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype=np.float32)
+        return ids, vecs.reshape(len(rows), self.embedding_dim).copy()
+
+    def purge_wal(self) -> bool:
+        """After deletes: VACUUM the tables (on a connection of its own, so requests are not
+        held up) so the erased rows' space is reclaimed; PostgreSQL keeps dead row versions
+        until then. Not a byte-level wipe of the disk: see docs/security.md."""
+        try:
+            with _connect(self._dsn) as conn:
+                conn.execute("VACUUM faces, subjects")
+        except (BackendUnavailable, psycopg.Error) as exc:
+            log.warning("VACUUM after a delete failed (%s); retrying later", exc)
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,235 @@
+"""Real servers for the distributed gallery's tests: PostgreSQL (Debian's package, started on a
+free port in a throwaway cluster) and Milvus (milvus-lite's gRPC server in its own process, the
+same client API as a Milvus cluster). Both are started once per test session and stopped after.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from service.gallery import Gallery, backends
+from service.settings import GallerySettings
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited at start:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on {port} within 60 s:\n{log.read_text()[-3000:]}")
+
+
+def _pg_binary(name: str) -> str:
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
+    )
+    if found is None:  # fail, not skip: these tests are the proof the backend works
+        raise RuntimeError(
+            f"PostgreSQL's {name} is not installed; `apt-get install postgresql` "
+            "(scripts/test.sh does it)"
+        )
+    return found
+
+
+@dataclass
+class Postgres:
+    """A running PostgreSQL server; ``new_database`` gives each test its own database."""
+
+    port: int
+
+    def dsn(self, database: str = "postgres") -> str:
+        """Connection string of one database (trust authentication on loopback)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """Create an empty database; returns its DSN."""
+        name = "t_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """initdb + postgres on a free port, as the `postgres` user when we are root (PostgreSQL
+    refuses to run as root); fsync off (the tests kill our server, never PostgreSQL)."""
+    root = Path(tempfile.mkdtemp(prefix="marginface-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    log = root / "postgres.log"
+    subprocess.run(
+        [
+            *as_user,
+            _pg_binary("initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [
+                *as_user,
+                _pg_binary("postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-k",
+                str(sock),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_for_port(port, proc, "postgres", log)
+        server = Postgres(port)
+        deadline = time.monotonic() + 30
+        while True:  # listening precedes accepting connections during start-up
+            try:
+                psycopg.connect(server.dsn(), connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield server
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # fast shutdown
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def milvus_server() -> Iterator[str]:
+    """milvus-lite's gRPC server in its own process; yields its URI (http://127.0.0.1:PORT)."""
+    root = Path(tempfile.mkdtemp(prefix="marginface-milvus-"))
+    port = free_port()
+    log = root / "milvus.log"
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "milvus_lite",
+                "server",
+                "--data-dir",
+                str(root / "data"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--max-workers",
+                "32",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_for_port(port, proc, "milvus-lite", log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Distributed:
+    """Where one test's distributed gallery lives: its own database and collection prefix."""
+
+    dsn: str
+    milvus_uri: str
+    collection: str
+
+    def settings(self) -> dict[str, object]:
+        """The `gallery` settings fields of the distributed backend."""
+        return {
+            "backend": "distributed",
+            "postgres_dsn": self.dsn,
+            "milvus_uri": self.milvus_uri,
+            "milvus_collection": self.collection,
+        }
+
+    def env(self) -> dict[str, str]:
+        """The same, as a server process's environment."""
+        return {
+            "MARGINFACE_GALLERY__BACKEND": "distributed",
+            "MARGINFACE_GALLERY__POSTGRES_DSN": self.dsn,
+            "MARGINFACE_GALLERY__MILVUS_URI": self.milvus_uri,
+            "MARGINFACE_GALLERY__MILVUS_COLLECTION": self.collection,
+        }
+
+
+def backend_env(backend: Distributed | None) -> dict[str, str]:
+    """Server environment for a backend (nothing extra for the embedded one)."""
+    return backend.env() if backend else {}
+
+
+def open_backend_gallery(backend: Distributed | None, folder: Path) -> Gallery:
+    """Open what a test server wrote: the embedded gallery in ``folder``, or the distributed
+    one (its pinned model and size are read from PostgreSQL, so the arguments do not matter)."""
+    if backend is None:
+        return Gallery.embedded(folder, model_id="ignored@x", embedding_dim=128)
+    return backends.open_gallery(
+        GallerySettings(**backend.settings()), model_id="ignored@x", embedding_dim=128
+    )

@@ -1,0 +1,285 @@
+"""The distributed backend with real parts: a PostgreSQL server, a milvus-lite server process,
+the real CLI, two real API processes. What the parametrised gallery suite cannot show."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.errors import SchemaOutdated
+from service.gallery import Gallery, backends
+from service.gallery.postgres import PostgresStore, latest_version
+from service.gallery.records import FaceRecord, Subject
+from service.settings import GallerySettings
+from service.vision.pipeline import FacePipeline
+from tests.backends import Distributed, Postgres
+from tests.conftest import API_KEY, DATA, ROOT, lfw, make_settings, read
+from tests.test_server import HEADERS, free_port, server
+
+MODEL = "sface-2021dec@test"
+DIM = 128
+GLINT = DATA / "glint24_aligned"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `marginface ...` as a user would (models from the repo)."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args, "--models-dir", str(ROOT / "models")],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_db_upgrade_is_needed_idempotent_and_refuses_a_newer_schema(postgres: Postgres) -> None:
+    dsn = postgres.new_database()
+    with pytest.raises(SchemaOutdated, match="marginface db upgrade"):
+        PostgresStore(dsn, model_id=MODEL, embedding_dim=DIM)
+    first = cli("db", "upgrade", "--dsn", dsn, "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"from": 0, "to": latest_version(), "applied": [1]}
+    again = cli("db", "upgrade", "--dsn", dsn, "--json")
+    assert json.loads(again.stdout)["applied"] == []
+    PostgresStore(dsn, model_id=MODEL, embedding_dim=DIM).close()  # now it opens
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (99, 0)")
+    newer = cli("db", "upgrade", "--dsn", dsn, "--json")
+    assert newer.returncode == 2 and "schema_outdated" in newer.stdout + newer.stderr
+    with pytest.raises(SchemaOutdated, match="version 99"):
+        PostgresStore(dsn, model_id=MODEL, embedding_dim=DIM)
+
+
+def clustered_gallery(g: Gallery, subjects: int, per_subject: int, seed: int = 0) -> None:
+    """Bulk-load people whose faces cluster around a centre (like real embeddings do)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((subjects, DIM)).astype(np.float32)
+    g.store.import_subjects(
+        [Subject(f"p{i:05d}", f"Person {i}", {"i": i}, 1000.0 + i) for i in range(subjects)]
+    )
+    rows = []
+    for i in range(subjects):
+        for j in range(per_subject):
+            v = centres[i] + rng.normal(0, 0.6, DIM).astype(np.float32)
+            v /= np.linalg.norm(v)
+            face = FaceRecord(
+                i * per_subject + j + 1, f"p{i:05d}", MODEL, [0, 0, 1, 1], 0.9, f"h{i}-{j}", 1.0
+            )
+            rows.append((face, v))
+    for start in range(0, len(rows), 5000):
+        g.store.import_faces(rows[start : start + 5000])
+    g.rebuild_index()
+
+
+@pytest.mark.slow
+def test_migrate_round_trips_10k_faces_with_identical_searches(
+    tmp_path: Path, distributed: Distributed
+) -> None:
+    source_dir, back_dir = tmp_path / "source", tmp_path / "back"
+    source = Gallery.embedded(source_dir, model_id=MODEL, embedding_dim=DIM)
+    clustered_gallery(source, subjects=2000, per_subject=5)
+    source.close()
+    env = distributed.env()
+    to_distributed = ["gallery", "migrate", "--to", "distributed", "--gallery", str(source_dir)]
+    there = cli(*to_distributed, "--json", env=env)
+    assert there.returncode == 0, there.stdout + there.stderr
+    report = json.loads(there.stdout)
+    assert (report["copied"]["subjects"], report["copied"]["faces"]) == (2000, 10_000)
+    assert report["check"]["ok"] and report["check"]["identical_searches"] == 100
+    again = cli(*to_distributed, "--json", env=env)
+    assert again.returncode == 2 and "not empty" in again.stdout + again.stderr  # never merges
+    to_embedded = ["gallery", "migrate", "--to", "embedded", "--gallery", str(back_dir)]
+    back = cli(*to_embedded, "--probes", "200", "--json", env=env)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert json.loads(back.stdout)["check"]["identical_searches"] == 200
+
+    a = Gallery.embedded(source_dir, model_id=MODEL, embedding_dim=DIM)
+    b = Gallery.embedded(back_dir, model_id=MODEL, embedding_dim=DIM)
+    try:  # the round trip kept everything: subjects, metadata, face ids, embeddings bit for bit
+        assert [s for p in a.store.iter_subjects(500) for s in p] == [
+            s for p in b.store.iter_subjects(500) for s in p
+        ]
+        ids_a, vecs_a, _ = a.store.all_embeddings()
+        ids_b, vecs_b, _ = b.store.all_embeddings()
+        np.testing.assert_array_equal(ids_a, ids_b)
+        assert vecs_a.tobytes() == vecs_b.tobytes()
+        probes = vecs_a[::97] + 0.01
+        probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+        assert a.search(probes, top_k=5, model_id=MODEL) == b.search(
+            probes, top_k=5, model_id=MODEL
+        )
+    finally:
+        a.close()
+        b.close()
+
+
+def test_reconcile_command_repairs_the_shared_index(distributed: Distributed) -> None:
+    settings = GallerySettings(**distributed.settings())
+    g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
+    clustered_gallery(g, subjects=20, per_subject=3)
+    g.index.remove([1, 2, 3, 4], g.store.generation())  # what a lost index write leaves
+    g.close()
+    r = cli("gallery", "reconcile", "--json", env=distributed.env())
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"replayed": 4, "removed": 0, "faces": 60}
+
+
+def test_export_of_a_distributed_gallery_says_what_to_use_instead(
+    tmp_path: Path, distributed: Distributed, pipeline: FacePipeline
+) -> None:
+    settings = make_settings(tmp_path, gallery=distributed.settings())
+    app = create_app(settings, pipeline=pipeline)
+    with TestClient(app, headers={"X-API-Key": API_KEY}) as c:
+        r = c.get("/v1/gallery/export")
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "unsupported_by_backend"
+        assert "pg_dump" in r.json()["error"]["message"]
+        assert c.get("/readyz").json()["gallery"]["index_factory"].startswith("milvus:")
+
+
+def test_erasure_reaches_postgres_and_milvus(
+    tmp_path: Path, distributed: Distributed, pipeline: FacePipeline
+) -> None:
+    """The logical half of erasure on the distributed backend (byte-level wiping of
+    PostgreSQL's WAL and Milvus's segments is not promised: docs/security.md)."""
+    settings = make_settings(tmp_path, gallery=distributed.settings())
+    app = create_app(settings, pipeline=pipeline)
+    with TestClient(app, headers={"X-API-Key": API_KEY}) as c:
+        for subject, photos in {
+            "powell": [lfw("Colin_Powell", n) for n in (1, 2, 3)],
+            "blair": [lfw("Tony_Blair", 1)],
+        }.items():
+            assert c.post("/v1/subjects", json={"id": subject, "name": subject}).status_code == 201
+            files = [("files", (p.name, read(p), "image/jpeg")) for p in photos]
+            assert c.post(f"/v1/subjects/{subject}/faces", files=files).status_code == 201
+        powell_ids = [f["id"] for f in c.get("/v1/subjects/powell/faces").json()]
+        assert c.delete("/v1/subjects/powell").status_code == 200
+        for n in (1, 4):
+            r = c.post(
+                "/v1/identify",
+                files={"image": ("p.jpg", read(lfw("Colin_Powell", n)), "image/jpeg")},
+            )
+            assert all(
+                cand["subject_id"] != "powell"
+                for f in r.json()["faces"]
+                for cand in f["candidates"]
+            )
+    g = backends.open_gallery(
+        GallerySettings(**distributed.settings()), model_id="x", embedding_dim=1
+    )
+    try:
+        assert not set(powell_ids) & set(g.store.face_ids().tolist())
+        assert not set(powell_ids) & set(g.index.ids().tolist())
+        assert len(g.index.ids()) == 1  # blair's face stays
+    finally:
+        g.close()
+
+
+def send(client: httpx.Client, path: str, files: list[Any], into: list[httpx.Response]) -> None:
+    """POST aligned crops (from a thread), keeping the response."""
+    into.append(client.post(path, files=files, params={"aligned": "true"}))
+
+
+@pytest.mark.slow
+def test_two_replicas_share_one_gallery(tmp_path: Path, distributed: Distributed) -> None:
+    """Two API processes on different ports, one PostgreSQL and one Milvus: a face enrolled
+    through one replica is found through the other, and a mixed load loses or duplicates
+    nothing."""
+    people = sorted(p.name for p in GLINT.iterdir() if p.is_dir())
+    crops = {p: sorted((GLINT / p).glob("*.jpg"), key=lambda f: int(f.stem)) for p in people}
+    ports = [free_port(), free_port()]
+    env = {**distributed.env(), "MARGINFACE_INTRA_OP_THREADS": "1"}
+    errors: list[str] = []
+    acknowledged: dict[str, int] = {}
+    lock = threading.Lock()
+    with (
+        server(tmp_path / "gallery-a", ports[0], env),
+        server(tmp_path / "gallery-b", ports[1], env),
+    ):
+        clients = [
+            httpx.Client(base_url=f"http://127.0.0.1:{p}", headers=HEADERS, timeout=60)
+            for p in ports
+        ]
+
+        def enroll(worker: int) -> None:
+            """Each person enrolled through one replica, checked through the other; the same
+            photo is also sent through both at once (enrolled once)."""
+            mine = people[worker::4]
+            for n, person in enumerate(mine):
+                via, other = clients[(worker + n) % 2], clients[(worker + n + 1) % 2]
+                r = via.post("/v1/subjects", json={"id": person, "name": person})
+                if r.status_code != 201:
+                    errors.append(f"create {r.status_code}")
+                    continue
+                files = [
+                    ("files", (f.name, f.read_bytes(), "image/jpeg")) for f in crops[person][:3]
+                ]
+                first = crops[person][0]
+                same = [("files", (first.name, first.read_bytes(), "image/jpeg"))]
+                results: list[httpx.Response] = []
+                t = threading.Thread(
+                    target=send, args=(other, f"/v1/subjects/{person}/faces", same, results)
+                )
+                t.start()
+                r = via.post(
+                    f"/v1/subjects/{person}/faces", files=files, params={"aligned": "true"}
+                )
+                t.join()
+                if r.status_code != 201 or results[0].status_code != 201:
+                    errors.append(f"enroll {r.status_code} {results[0].status_code}")
+                    continue
+                with lock:
+                    acknowledged[person] = 3
+                # one of the photos just enrolled through the other replica: its own face must
+                # come back first (a recognition miss cannot hide a consistency miss)
+                probe = crops[person][1].read_bytes()
+                found = other.post(
+                    "/v1/identify",
+                    files={"image": ("p.jpg", probe, "image/jpeg")},
+                    data={"aligned": "true"},
+                ).json()["faces"][0]
+                top = found["candidates"][0] if found["candidates"] else {}
+                if top.get("subject_id") != person or top.get("score", 0) < 0.999:
+                    errors.append(f"{person} enrolled through one replica, not via other: {found}")
+
+        workers = [threading.Thread(target=enroll, args=(w,)) for w in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert not errors, errors[:5]
+        assert len(acknowledged) == len(people)
+        for c in clients:
+            subjects = c.get("/v1/subjects", params={"limit": 100}).json()["items"]
+            assert {s["id"]: s["face_count"] for s in subjects} == acknowledged
+            ready = c.get("/readyz").json()["gallery"]
+            assert ready["faces"] == ready["indexed"] == sum(acknowledged.values())
+        # a delete through one replica is seen by the other at once
+        victim = people[0]
+        assert clients[0].delete(f"/v1/subjects/{victim}").status_code == 200
+        assert clients[1].get(f"/v1/subjects/{victim}").status_code == 404
+        r = (
+            clients[1]
+            .post(
+                "/v1/identify",
+                files={"image": ("p.jpg", crops[victim][10].read_bytes(), "image/jpeg")},
+                data={"aligned": "true"},
+            )
+            .json()["faces"][0]
+        )
+        assert all(c["subject_id"] != victim for c in r["candidates"])
+        for c in clients:
+            c.close()
