@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import faces, health, jobs, recognize, subjects
 from service.api.deps import AppState
+from service.audit import AuditTrail
 from service.errors import (
     ConfigError,
     MarginFaceError,
@@ -330,5 +332,14 @@ def create_app(
     )
     app.add_middleware(Deadline, seconds=settings.limits.request_timeout_s)
     app.add_middleware(InflightLimit, limit=settings.limits.max_inflight_requests)
+    app.add_middleware(AuditTrail, path=settings.privacy.audit_log_path)
     app.add_middleware(RequestContext, metrics=metrics)
+    if settings.cors_allow_origins:  # off by default: browsers on other origins are refused
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     return app

@@ -272,6 +272,15 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_images_key(args: argparse.Namespace) -> int:
+    """Print a new key for privacy.images_key (encrypts kept photos at rest)."""
+    from service.images import new_key
+
+    key = new_key()
+    _emit(args, {"images_key": key}, key)
+    return 0
+
+
 def cmd_keys_list(args: argparse.Namespace) -> int:
     """Key ids and scopes (never the keys)."""
     from service.keys import read_keys_file
@@ -705,6 +714,10 @@ def build_parser() -> argparse.ArgumentParser:
     krevoke = ksub.add_parser("revoke", parents=[common], help="remove a key")
     krevoke.add_argument("id")
     krevoke.set_defaults(func=cmd_keys_revoke)
+    kimages = ksub.add_parser(
+        "images-key", parents=[common], help="print a new key for privacy.images_key"
+    )
+    kimages.set_defaults(func=cmd_keys_images_key)
     for p in (kcreate, klist, krevoke):
         p.add_argument(
             "--file", help="keys file (default: MARGINFACE_AUTH__KEYS_FILE or var/keys.json)"

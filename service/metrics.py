@@ -138,7 +138,7 @@ class RequestContext:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the request id of the request being served."""
 
-    _FIELDS = ("method", "route", "status", "duration_ms")
+    _FIELDS = ("method", "route", "status", "duration_ms", "audit")
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {

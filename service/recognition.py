@@ -14,8 +14,9 @@ from typing import Any, Literal
 import numpy as np
 
 from service.calibration import threshold_for_far
-from service.errors import InvalidRequest, NoFace
+from service.errors import FaceNotFound, InvalidRequest, NoFace
 from service.gallery import Candidate, Gallery, NewFace, backends
+from service.images import ImageVault
 from service.models import Manifest, resolve_model
 from service.settings import Settings
 from service.vision.batcher import MicroBatcher
@@ -111,6 +112,11 @@ class Recognition:
         self.pipeline = pipeline
         self._gallery = gallery
         self.on_faces = on_faces
+        self.images = (
+            ImageVault(settings.privacy)
+            if settings.privacy.keep_images and gallery is not None
+            else None
+        )
 
     @property
     def gallery(self) -> Gallery:
@@ -235,7 +241,33 @@ class Recognition:
             for face, data in zip(faces, images, strict=True)
         ]
         results = self.gallery.add_faces(subject_id, new, model_id=self.pipeline.model_id)
+        if self.images is not None:
+            for (fid, created), data in zip(results, images, strict=True):
+                if created:
+                    self.images.put(fid, data)
         return [(fid, created, face) for (fid, created), face in zip(results, faces, strict=True)]
+
+    def delete_subject(self, subject_id: str) -> int:
+        """Erase a subject: its faces in the store and index, and any kept photos."""
+        face_ids = self.gallery.erase_subject(subject_id)
+        if self.images is not None:
+            self.images.delete(face_ids)
+        return len(face_ids)
+
+    def delete_face(self, face_id: int) -> str:
+        """Erase one face (and its kept photo); returns its subject id."""
+        subject_id = self.gallery.delete_face(face_id)
+        if self.images is not None:
+            self.images.delete([face_id])
+        return subject_id
+
+    def face_image(self, face_id: int) -> bytes:
+        """The kept photo of a face; FaceNotFound when photos are not kept or this one is not."""
+        if self.images is None:
+            raise FaceNotFound(
+                f"no photo is kept for face {face_id}: privacy.keep_images is off (the default)"
+            )
+        return self.images.get(face_id)
 
     def verify_images(
         self,

@@ -129,6 +129,27 @@ class JobSettings(BaseModel):
     max_ratio: float = Field(100.0, gt=1, description="largest compression ratio of an entry")
 
 
+class PrivacySettings(BaseModel):
+    """What is kept besides embeddings, and the record of who changed the gallery."""
+
+    keep_images: bool = Field(
+        False, description="keep each enrolled photo (REST enrollments); off: embeddings only"
+    )
+    images_dir: Path = Field(
+        Path("var/images"), description="where kept photos go (shared storage for replicas)"
+    )
+    images_key: SecretStr | None = Field(
+        None,
+        description="Fernet key (urlsafe base64, 32 bytes) that encrypts kept photos at rest; "
+        "generate one with `marginface keys images-key`",
+    )
+    audit_log_path: Path | None = Field(
+        None,
+        description="append one JSON line per write or admin request (who, what, when, "
+        "outcome); the `marginface.audit` logger always gets it too",
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable about the service."""
 
@@ -145,6 +166,10 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
     jobs: JobSettings = JobSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    cors_allow_origins: list[str] = Field(
+        [], description="origins allowed to call the API from a browser; empty: CORS off"
+    )
     enroll_policy: Literal["largest", "reject"] = "largest"
     default_top_k: int = Field(5, ge=1)
     verify_far: float | None = Field(

@@ -40,11 +40,19 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 def _scoped(scope: Scope) -> Callable[..., None]:
-    def check(state: State, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
-        """Reject the request unless its key is valid (401) and holds the scope (403)."""
+    def check(
+        request: Request, state: State, key: Annotated[str | None, Depends(_api_key_header)]
+    ) -> None:
+        """Reject the request unless its key is valid (401) and holds the scope (403); note
+        who asked for what, for the audit trail of write and admin requests."""
+        request.state.audit_scope = scope
         if state.settings.auth.disabled:
+            request.state.audit_who = "auth-disabled"
             return
-        state.keys.require(state.keys.authenticate(key), scope)
+        request.state.audit_who = "unknown-key"
+        principal = state.keys.authenticate(key)
+        request.state.audit_who = principal.key_id
+        state.keys.require(principal, scope)
 
     return check
 

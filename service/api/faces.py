@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Response, UploadFile
 from fastapi import Path as PathParam
 
 from service.api import convert
 from service.api.deps import CanRead, CanWrite, State, read_upload
 from service.errors import InvalidRequest
+from service.images import media_type
 from service.schemas import DeleteResponse, EnrolledFace, EnrollResponse, FaceOut
 
 router = APIRouter(prefix="/v1", tags=["faces"])
@@ -51,6 +52,26 @@ def delete_face(
     face_id: Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a face id")],
     state: State,
 ) -> DeleteResponse:
-    """Erase one face from the store and the index."""
-    state.recognition.gallery.delete_face(face_id)
+    """Erase one face from the store and the index (and its kept photo, if any)."""
+    state.recognition.delete_face(face_id)
     return DeleteResponse(deleted=str(face_id), faces_deleted=1)
+
+
+@router.get(
+    "/faces/{face_id}/image",
+    dependencies=[CanRead],
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def face_image(
+    face_id: Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a face id")],
+    state: State,
+) -> Response:
+    """The photo a face was enrolled from, when the service keeps photos (privacy.keep_images;
+    off by default: then 404 face_not_found)."""
+    data = state.recognition.face_image(face_id)
+    return Response(
+        data,
+        media_type=media_type(data),
+        headers={"Cache-Control": "no-store", "Content-Disposition": f"inline; filename={face_id}"},
+    )

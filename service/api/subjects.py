@@ -54,5 +54,5 @@ def update_subject(subject_id: str, body: SubjectUpdate, state: State) -> Subjec
 @router.delete("/{subject_id}", dependencies=[CanWrite])
 def delete_subject(subject_id: str, state: State) -> DeleteResponse:
     """Erase a subject and every face of it from the store and the index."""
-    removed = state.recognition.gallery.delete_subject(subject_id)
+    removed = state.recognition.delete_subject(subject_id)
     return DeleteResponse(deleted=subject_id, faces_deleted=removed)

@@ -180,12 +180,16 @@ class Gallery:
 
     def delete_subject(self, subject_id: str) -> int:
         """Erase a subject and all its faces from store and index; returns the faces removed."""
+        return len(self.erase_subject(subject_id))
+
+    def erase_subject(self, subject_id: str) -> list[int]:
+        """Erase a subject and all its faces from store and index; returns their face ids."""
         with self._lock:
             face_ids = self.store.delete_subject(subject_id)
             self._index_write(lambda: self.index.remove(face_ids, self.store.generation()))
             self._dirty = True
             self._erase_on_disk()
-            return len(face_ids)
+            return face_ids
 
     def _erase_on_disk(self) -> None:
         """After a delete: ask for the erased embeddings to leave the WAL and the saved index

@@ -27,6 +27,7 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/subjects/{subject_id}/faces"): "write",
     ("GET", "/v1/subjects/{subject_id}/faces"): "read",
     ("DELETE", "/v1/faces/{face_id}"): "write",
+    ("GET", "/v1/faces/{face_id}/image"): "read",
     ("POST", "/v1/verify"): "read",
     ("POST", "/v1/identify"): "read",
     ("POST", "/v1/detect"): "read",
