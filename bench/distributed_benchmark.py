@@ -124,7 +124,8 @@ def main() -> None:
         "results": [],
     }
     rng = np.random.default_rng(1)
-    with postgres_server() as pg, milvus_server() as milvus_uri:
+    with postgres_server() as pg, milvus_server() as milvus:
+        milvus_uri = milvus.uri
         with psycopg.connect(pg.dsn()) as conn:
             out["postgres"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         for n in args.sizes:
@@ -145,8 +146,13 @@ def main() -> None:
                         )
                     g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
                     row: dict[str, object] = {"backend": backend, "faces": n}
+                    rss_before = milvus.rss_bytes()
                     row.update(load(g, vectors))
                     g.flush()
+                    if backend == "distributed":
+                        row["milvus_rss_mb_per_million"] = round(
+                            (milvus.rss_bytes() - rss_before) / n * 1e6 / 2**20
+                        )
                     row.update(search_figures(g, probes, args.threads))
                     row["enrollments_per_s"] = enroll_rate(g, rng)
                     if backend == "distributed":

@@ -154,9 +154,24 @@ def postgres_server() -> Iterator[Postgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass
+class MilvusServer:
+    """A running milvus-lite server process."""
+
+    uri: str
+    pid: int
+
+    def rss_bytes(self) -> int:
+        """The server's resident memory (what its vectors and indexes cost)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+
 @contextmanager
-def milvus_server() -> Iterator[str]:
-    """milvus-lite's gRPC server in its own process; yields its URI (http://127.0.0.1:PORT)."""
+def milvus_server() -> Iterator[MilvusServer]:
+    """milvus-lite's gRPC server in its own process (http://127.0.0.1:PORT)."""
     root = Path(tempfile.mkdtemp(prefix="marginface-milvus-"))
     port = free_port()
     log = root / "milvus.log"
@@ -182,7 +197,7 @@ def milvus_server() -> Iterator[str]:
         )
     try:
         _wait_for_port(port, proc, "milvus-lite", log)
-        yield f"http://127.0.0.1:{port}"
+        yield MilvusServer(f"http://127.0.0.1:{port}", proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

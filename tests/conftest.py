@@ -87,8 +87,8 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture(scope="session")
 def milvus_uri() -> Iterator[str]:
     """One real milvus-lite server process for the session (each test its own collections)."""
-    with milvus_server() as uri:
-        yield uri
+    with milvus_server() as server:
+        yield server.uri
 
 
 @pytest.fixture
