@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SUBJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
+# a name is free text, but without NUL (no database text type holds it; it is never meant)
+NAME_PATTERN = r"^[^\x00]*$"
 
 
 class ErrorBody(BaseModel):
@@ -29,7 +31,7 @@ class SubjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(None, pattern=SUBJECT_ID_PATTERN, description="letters, digits, . _ @ -")
-    name: str = Field(..., min_length=1, max_length=256)
+    name: str = Field(..., min_length=1, max_length=256, pattern=NAME_PATTERN)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -38,7 +40,7 @@ class SubjectUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, min_length=1, max_length=256)
+    name: str | None = Field(None, min_length=1, max_length=256, pattern=NAME_PATTERN)
     metadata: dict[str, Any] | None = None
 
 

@@ -24,6 +24,7 @@ from psycopg import errors as pg_errors
 from service.errors import (
     BackendUnavailable,
     FaceNotFound,
+    InvalidRequest,
     ModelMismatch,
     SchemaOutdated,
     SubjectExists,
@@ -49,6 +50,11 @@ def migrations() -> list[tuple[int, str]]:
 def latest_version() -> int:
     """The schema version this release expects."""
     return migrations()[-1][0]
+
+
+def _unstorable(exc: psycopg.DataError) -> InvalidRequest:
+    """A value PostgreSQL refuses (NUL in text, ...): the caller's input, so a 422."""
+    return InvalidRequest(f"a value in the request cannot be stored: {exc}".strip())
 
 
 def _connect(dsn: str) -> psycopg.Connection[Any]:
@@ -139,12 +145,15 @@ class PostgresStore:
         )
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run one read (autocommit) on the connection; a lost connection becomes a 503."""
+        """Run one read (autocommit) on the connection; a lost connection becomes a 503, a value
+        PostgreSQL cannot hold (NUL in text) a 422."""
         with self._lock:
             try:
                 return work(self._connection())
             except psycopg.OperationalError as exc:
                 raise self._lost(exc) from exc
+            except psycopg.DataError as exc:
+                raise _unstorable(exc) from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
@@ -156,6 +165,8 @@ class PostgresStore:
                     yield cur
             except psycopg.OperationalError as exc:
                 raise self._lost(exc) from exc
+            except psycopg.DataError as exc:
+                raise _unstorable(exc) from exc
 
     def _pin_model(self, model_id: str, embedding_dim: int) -> str:
         with self._transaction() as cur:
@@ -341,9 +352,9 @@ class PostgresStore:
             for subject_id, face in items:
                 cur.execute(
                     "INSERT INTO subjects(id, name, metadata, created_at) "
-                    "VALUES (%s, %s, '{}', %s) ON CONFLICT (id) DO NOTHING",
+                    "VALUES (%s, %s, '{}', %s) ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id",
                     (subject_id, subject_id, now),
-                )
+                )  # DO UPDATE (a no-op) locks the row: a delete elsewhere waits for this batch
                 fid, created = self._insert_face(cur, subject_id, face, now)
                 out.append((subject_id, fid, created))
             self._bump(cur)

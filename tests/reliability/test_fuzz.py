@@ -8,6 +8,7 @@ Longer run (documented in docs/benchmarks.md):
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from service.app import create_app
+from service.gallery.postgres import upgrade
 from service.settings import Settings
+from tests.backends import Distributed, Postgres
 from tests.test_server import HEADERS, free_port, server
 
 EXAMPLES = int(os.environ.get("MARGINFACE_FUZZ_EXAMPLES", "25"))
@@ -26,11 +29,22 @@ schema = schemathesis.openapi.from_dict(
 )
 
 
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["embedded", "distributed"])
+def base_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real server on either gallery backend (the distributed one on the session's
+    PostgreSQL and milvus-lite servers)."""
     root: Path = tmp_path_factory.mktemp("fuzz")
     port = free_port()
-    with server(root / "gallery", port):
+    env: dict[str, str] = {}
+    if request.param == "distributed":
+        postgres: Postgres = request.getfixturevalue("postgres")
+        dsn = postgres.new_database()
+        upgrade(dsn)
+        milvus_uri: str = request.getfixturevalue("milvus_uri")
+        env = Distributed(dsn, milvus_uri, "fuzz" + uuid.uuid4().hex[:8]).env()
+    with server(root / "gallery", port, env):
         yield f"http://127.0.0.1:{port}"
 
 

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests.backends import Distributed, backend_env
 from tests.conftest import lfw, read
 from tests.reliability.corpus import FACE, corpus
 from tests.test_server import HEADERS, free_port, server
@@ -28,12 +29,14 @@ def state(c: httpx.Client) -> tuple[object, ...]:
 
 
 @pytest.mark.slow
-def test_hostile_corpus_against_a_real_server(tmp_path: Path) -> None:
+def test_hostile_corpus_against_a_real_server(
+    tmp_path: Path, gallery_backend: Distributed | None
+) -> None:
     port = free_port()
     cases = corpus()
     assert len(cases) > 100
     with (
-        server(tmp_path / "gallery", port),
+        server(tmp_path / "gallery", port, backend_env(gallery_backend)),
         httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=60) as c,
     ):
         assert c.post("/v1/subjects", json={"id": "victim", "name": "V"}).status_code == 201
