@@ -7,6 +7,7 @@ loaded from disk if it reflects the store's generation, and rebuilt from the sto
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -296,9 +297,12 @@ class Gallery:
         self.store.check_model(model_id)
         if len(embeddings) == 0:
             return []
-        with self._lock:
+        # An in-process index is searched under the gallery lock (a write changes it in place);
+        # a shared one (Milvus) is consistent on its own, and other replicas write it anyway.
+        with contextlib.nullcontext() if self.index.shared else self._lock:
             # Several faces per subject: fetch more than k faces, then keep each subject's best.
             scores, ids = self.index.search(embeddings, top_k * 4 + 8)
+            # joined with the store: a face it no longer has is never returned
             owners = self.store.subject_of_faces(sorted({int(i) for i in ids.ravel() if i >= 0}))
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
