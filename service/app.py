@@ -320,10 +320,20 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(
-            500, "internal_error", "an unexpected error occurred; see the server log"
+        rid = str(request.scope.get("marginface.request_id", "-"))
+        log.exception(
+            "unhandled error on %s %s",
+            request.method,
+            request.url.path,
+            extra={"request_id": rid},
         )
+        response = error_response(
+            500,
+            "internal_error",
+            f"an unexpected error occurred; see the server log (request id {rid})",
+        )
+        response.headers["X-Request-ID"] = rid
+        return response
 
     app.add_middleware(
         BodyLimit,

@@ -102,6 +102,9 @@ class RequestContext:
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         token = request_id.set(rid)
+        # also in the scope: the catch-all error handler runs outside this middleware, after
+        # the context variable is reset, and still needs the id for its log line and header
+        scope["marginface.request_id"] = rid
         status = 500
         started = time.perf_counter()
 
@@ -146,7 +149,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
-            "request_id": request_id.get(),
+            "request_id": getattr(record, "request_id", None) or request_id.get(),
         }
         for key in self._FIELDS:
             if hasattr(record, key):

@@ -98,3 +98,30 @@ def test_metrics_can_be_switched_off(tmp_path, pipeline: FacePipeline) -> None: 
     with TestClient(app) as c:
         r = c.get("/metrics")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_an_unexpected_error_is_logged_and_answered_with_its_request_id(
+    client: TestClient, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The catch-all 500 handler runs outside the request-context middleware; its log line and
+    its response still carry the request id, so an operator can find the traceback."""
+    from service.recognition import Recognition
+
+    def broken(self, subject_id: str):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Recognition, "delete_subject", broken)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    app_log = logging.getLogger("marginface")
+    app_log.addHandler(handler)
+    try:
+        r = client.delete("/v1/subjects/anyone", headers={"X-Request-ID": "trace-500"})
+    finally:
+        app_log.removeHandler(handler)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert r.headers["x-request-id"] == "trace-500" and "trace-500" in r.json()["error"]["message"]
+    errors = [json.loads(line) for line in stream.getvalue().splitlines()]
+    logged = [e for e in errors if e["msg"].startswith("unhandled error")]
+    assert logged and logged[0]["request_id"] == "trace-500" and "a bug" in logged[0]["exc"]
