@@ -45,6 +45,17 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Pat
     raise RuntimeError(f"{what} did not listen on {port} within 60 s:\n{log.read_text()[-3000:]}")
 
 
+def _stop(proc: subprocess.Popen[bytes], sig: int, root: Path) -> None:
+    """Stop a server's process group (SIGKILL after 30 s) and remove its files."""
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def _pg_binary(name: str) -> str:
     found = shutil.which(name) or next(
         iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
@@ -145,13 +156,7 @@ def postgres_server() -> Iterator[Postgres]:
                 time.sleep(0.2)
         yield server
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # fast shutdown
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        _stop(proc, signal.SIGINT, root)  # PostgreSQL's fast shutdown
 
 
 @dataclass
@@ -199,13 +204,7 @@ def milvus_server() -> Iterator[MilvusServer]:
         _wait_for_port(port, proc, "milvus-lite", log)
         yield MilvusServer(f"http://127.0.0.1:{port}", proc.pid)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        _stop(proc, signal.SIGTERM, root)
 
 
 @dataclass

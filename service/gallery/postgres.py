@@ -30,6 +30,7 @@ from service.errors import (
     SubjectExists,
     SubjectNotFound,
 )
+from service.gallery import rows
 from service.gallery.records import FaceRecord, NewFace, Subject
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,15 @@ class PostgresStore:
             )
 
     @staticmethod
+    def _lock_subject(cur: psycopg.Cursor[Any], subject_id: str, mode: str) -> None:
+        """Lock a subject's row for this transaction (UPDATE: to change or delete it; SHARE: to
+        add faces, so that a delete on another replica waits); SubjectNotFound if absent."""
+        lock = {"UPDATE": "FOR UPDATE", "SHARE": "FOR SHARE"}[mode]
+        found = cur.execute(f"SELECT 1 FROM subjects WHERE id=%s {lock}", (subject_id,))
+        if found.fetchone() is None:
+            raise SubjectNotFound(f"no subject with id {subject_id!r}")
+
+    @staticmethod
     def _bump(cur: psycopg.Cursor[Any]) -> None:
         cur.execute("SELECT nextval('generation_seq')")
 
@@ -221,15 +231,13 @@ class PostgresStore:
         """The subject with its face count; raises SubjectNotFound."""
         row = self._run(
             lambda c: c.execute(
-                "SELECT s.id, s.name, s.metadata, s.created_at, "
-                "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) "
-                "FROM subjects s WHERE s.id = %s",
+                f"SELECT {rows.SUBJECT_COLUMNS} FROM subjects s WHERE s.id = %s",
                 (subject_id,),
             ).fetchone()
         )
         if row is None:
             raise SubjectNotFound(f"no subject with id {subject_id!r}")
-        return Subject(row[0], row[1], json.loads(row[2]), row[3], int(row[4]))
+        return rows.subject(row)
 
     def list_subjects(
         self, offset: int, limit: int, search: str | None = None
@@ -245,16 +253,15 @@ class PostgresStore:
 
         def page(c: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
             total = c.execute(f"SELECT COUNT(*) FROM subjects s {where}", args).fetchone()
-            rows = c.execute(
-                "SELECT s.id, s.name, s.metadata, s.created_at, "
-                "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) "
-                f"FROM subjects s {where} ORDER BY s.created_at, s.id LIMIT %s OFFSET %s",
+            found = c.execute(
+                f"SELECT {rows.SUBJECT_COLUMNS} FROM subjects s {where} "
+                f"ORDER BY s.created_at, s.id LIMIT %s OFFSET %s",
                 [*args, limit, offset],
             ).fetchall()
-            return total, rows
+            return total, found
 
-        total, rows = self._run(page)
-        subjects = [Subject(r[0], r[1], json.loads(r[2]), r[3], int(r[4])) for r in rows]
+        total, found = self._run(page)
+        subjects = [rows.subject(r) for r in found]
         return subjects, int(total[0])
 
     def update_subject(
@@ -262,13 +269,7 @@ class PostgresStore:
     ) -> Subject:
         """Change a subject's name and/or metadata; raises SubjectNotFound."""
         with self._transaction() as cur:
-            if (
-                cur.execute(
-                    "SELECT 1 FROM subjects WHERE id=%s FOR UPDATE", (subject_id,)
-                ).fetchone()
-                is None
-            ):
-                raise SubjectNotFound(f"no subject with id {subject_id!r}")
+            self._lock_subject(cur, subject_id, "UPDATE")
             if name is not None:
                 cur.execute("UPDATE subjects SET name=%s WHERE id=%s", (name, subject_id))
             if metadata is not None:
@@ -282,13 +283,7 @@ class PostgresStore:
     def delete_subject(self, subject_id: str) -> list[int]:
         """Delete a subject and its faces; returns the deleted face ids."""
         with self._transaction() as cur:
-            if (
-                cur.execute(
-                    "SELECT 1 FROM subjects WHERE id=%s FOR UPDATE", (subject_id,)
-                ).fetchone()
-                is None
-            ):
-                raise SubjectNotFound(f"no subject with id {subject_id!r}")
+            self._lock_subject(cur, subject_id, "UPDATE")
             ids = [
                 int(r[0])
                 for r in cur.execute(
@@ -309,7 +304,9 @@ class PostgresStore:
             "INSERT INTO faces(subject_id, embedding, model_id, box, det_score, image_sha256, "
             "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (subject_id, image_sha256) DO NOTHING RETURNING id",
-            self._face_row(subject_id, face, now),
+            rows.new_face_values(
+                subject_id, face, model_id=self.model_id, dim=self.embedding_dim, now=now
+            ),
         ).fetchone()
         if row is not None:
             return int(row[0]), True
@@ -333,13 +330,7 @@ class PostgresStore:
                     "VALUES (%s, %s, '{}', %s) ON CONFLICT (id) DO NOTHING",
                     (subject_id, create_name, now),
                 )
-            if (
-                cur.execute(
-                    "SELECT 1 FROM subjects WHERE id=%s FOR SHARE", (subject_id,)
-                ).fetchone()
-                is None
-            ):
-                raise SubjectNotFound(f"no subject with id {subject_id!r}")
+            self._lock_subject(cur, subject_id, "SHARE")
             results = [self._insert_face(cur, subject_id, face, now) for face in faces]
             self._bump(cur)
         return results
@@ -360,38 +351,23 @@ class PostgresStore:
             self._bump(cur)
         return out
 
-    def _face_row(self, subject_id: str, face: NewFace, now: float) -> tuple[Any, ...]:
-        vec = np.ascontiguousarray(face.embedding, dtype=np.float32)
-        if vec.shape != (self.embedding_dim,):
-            raise ValueError(f"embedding has shape {vec.shape}, expected ({self.embedding_dim},)")
-        return (
-            subject_id,
-            vec.tobytes(),
-            self.model_id,
-            json.dumps([round(v, 2) for v in face.box]),
-            face.det_score,
-            face.image_sha256,
-            now,
-        )
-
     def known_images(self) -> set[tuple[str, str]]:
         """Every (subject id, image sha256) enrolled."""
-        rows = self._run(
+        found = self._run(
             lambda c: c.execute("SELECT subject_id, image_sha256 FROM faces").fetchall()
         )
-        return {(str(r[0]), str(r[1])) for r in rows}
+        return {(str(r[0]), str(r[1])) for r in found}
 
     def list_faces(self, subject_id: str) -> list[FaceRecord]:
         """The faces of a subject; raises SubjectNotFound."""
         self.get_subject(subject_id)
-        rows = self._run(
+        found = self._run(
             lambda c: c.execute(
-                "SELECT id, subject_id, model_id, box, det_score, image_sha256, created_at "
-                "FROM faces WHERE subject_id=%s ORDER BY id",
+                f"SELECT {rows.FACE_COLUMNS} FROM faces WHERE subject_id=%s ORDER BY id",
                 (subject_id,),
             ).fetchall()
         )
-        return [FaceRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+        return [rows.face(r) for r in found]
 
     def delete_face(self, face_id: int) -> str:
         """Delete one face; returns its subject id. Raises FaceNotFound."""
@@ -408,50 +384,50 @@ class PostgresStore:
 
     def embeddings_of(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(face ids, embeddings) of one subject."""
-        rows = self._run(
+        found = self._run(
             lambda c: c.execute(
                 "SELECT id, embedding FROM faces WHERE subject_id=%s ORDER BY id", (subject_id,)
             ).fetchall()
         )
-        return self._unpack(rows)
+        return rows.unpack(found, self.embedding_dim)
 
     def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Every (face id, embedding) and the generation, from one snapshot."""
         with self._transaction() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             gen = cur.execute("SELECT last_value FROM generation_seq").fetchone()
-            rows = cur.execute("SELECT id, embedding FROM faces ORDER BY id").fetchall()
-        ids, vecs = self._unpack(rows)
+            found = cur.execute("SELECT id, embedding FROM faces ORDER BY id").fetchall()
+        ids, vecs = rows.unpack(found, self.embedding_dim)
         return ids, vecs, int(gen[0]) if gen else 0
 
     def face_ids(self) -> np.ndarray:
         """Every face id, sorted."""
-        rows = self._run(lambda c: c.execute("SELECT id FROM faces ORDER BY id").fetchall())
-        return np.array([r[0] for r in rows], dtype=np.int64)
+        found = self._run(lambda c: c.execute("SELECT id FROM faces ORDER BY id").fetchall())
+        return np.array([r[0] for r in found], dtype=np.int64)
 
     def embeddings_by_id(self, face_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(face ids, embeddings) of those ids that still exist, sorted by id."""
         if not face_ids:
-            return self._unpack([])
-        rows = self._run(
+            return rows.unpack([], self.embedding_dim)
+        found = self._run(
             lambda c: c.execute(
                 "SELECT id, embedding FROM faces WHERE id = ANY(%s) ORDER BY id", (face_ids,)
             ).fetchall()
         )
-        return self._unpack(rows)
+        return rows.unpack(found, self.embedding_dim)
 
     def subject_of_faces(self, face_ids: list[int]) -> dict[int, tuple[str, str]]:
         """face id -> (subject id, subject name) for search results."""
         if not face_ids:
             return {}
-        rows = self._run(
+        found = self._run(
             lambda c: c.execute(
                 "SELECT f.id, s.id, s.name FROM faces f JOIN subjects s ON s.id = f.subject_id "
                 "WHERE f.id = ANY(%s)",
                 (face_ids,),
             ).fetchall()
         )
-        return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
+        return {int(r[0]): (str(r[1]), str(r[2])) for r in found}
 
     def counts(self) -> tuple[int, int]:
         """(subjects, faces)."""
@@ -465,35 +441,22 @@ class PostgresStore:
 
     def iter_subjects(self, batch: int) -> Iterator[list[Subject]]:
         """Every subject (face counts included), a page at a time."""
-        offset = 0
-        while True:
-            page, _ = self.list_subjects(offset, batch)
-            if not page:
-                return
-            yield page
-            offset += len(page)
+        return rows.subject_pages(self.list_subjects, batch)
 
     def iter_faces(self, batch: int) -> Iterator[list[tuple[FaceRecord, np.ndarray]]]:
         """Every face with its embedding, in id order (keyset pages)."""
         last = -(2**63)
         while True:
-            rows = self._run(partial(self._faces_after, last, batch))
-            if not rows:
+            found = self._run(partial(self._faces_after, last, batch))
+            if not found:
                 return
-            yield [
-                (
-                    FaceRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]),
-                    np.frombuffer(r[7], dtype=np.float32).copy(),
-                )
-                for r in rows
-            ]
-            last = int(rows[-1][0])
+            yield [rows.face_with_embedding(r) for r in found]
+            last = int(found[-1][0])
 
     @staticmethod
     def _faces_after(last: int, batch: int, conn: psycopg.Connection[Any]) -> list[Any]:
         return conn.execute(
-            "SELECT id, subject_id, model_id, box, det_score, image_sha256, created_at, "
-            "embedding FROM faces WHERE id > %s ORDER BY id LIMIT %s",
+            f"SELECT {rows.FACE_COLUMNS}, embedding FROM faces WHERE id > %s ORDER BY id LIMIT %s",
             (last, batch),
         ).fetchall()
 
@@ -502,7 +465,7 @@ class PostgresStore:
         with self._transaction() as cur:
             cur.executemany(
                 "INSERT INTO subjects(id, name, metadata, created_at) VALUES (%s, %s, %s, %s)",
-                [(s.id, s.name, json.dumps(s.metadata), s.created_at) for s in subjects],
+                [rows.subject_values(s) for s in subjects],
             )
             self._bump(cur)
 
@@ -512,32 +475,13 @@ class PostgresStore:
             cur.executemany(
                 "INSERT INTO faces(id, subject_id, embedding, model_id, box, det_score, "
                 "image_sha256, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        f.id,
-                        f.subject_id,
-                        np.ascontiguousarray(v, dtype=np.float32).tobytes(),
-                        f.model_id,
-                        json.dumps(f.box),
-                        f.det_score,
-                        f.image_sha256,
-                        f.created_at,
-                    )
-                    for f, v in faces
-                ],
+                [rows.imported_face_values(f, v) for f, v in faces],
             )
             cur.execute(
                 "SELECT setval(pg_get_serial_sequence('faces', 'id'), "
                 "GREATEST((SELECT MAX(id) FROM faces), 1))"
             )
             self._bump(cur)
-
-    def _unpack(self, rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        if not rows:
-            return ids, np.zeros((0, self.embedding_dim), dtype=np.float32)
-        vecs = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype=np.float32)
-        return ids, vecs.reshape(len(rows), self.embedding_dim).copy()
 
     def purge_wal(self) -> bool:
         """After deletes: VACUUM the tables (on a connection of its own, so requests are not

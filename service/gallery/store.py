@@ -24,6 +24,7 @@ from service.errors import (
     SubjectExists,
     SubjectNotFound,
 )
+from service.gallery import rows
 from service.gallery.records import FaceRecord, NewFace, Subject
 
 SCHEMA_VERSION = 1
@@ -151,14 +152,12 @@ class SqliteStore:
         """The subject with its face count; raises SubjectNotFound."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT s.id, s.name, s.metadata, s.created_at, "
-                "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) "
-                "FROM subjects s WHERE s.id = ?",
+                f"SELECT {rows.SUBJECT_COLUMNS} FROM subjects s WHERE s.id = ?",
                 (subject_id,),
             ).fetchone()
         if row is None:
             raise SubjectNotFound(f"no subject with id {subject_id!r}")
-        return Subject(row[0], row[1], json.loads(row[2]), row[3], row[4])
+        return rows.subject(row)
 
     def list_subjects(
         self, offset: int, limit: int, search: str | None = None
@@ -175,13 +174,12 @@ class SqliteStore:
             total = self._conn.execute(f"SELECT COUNT(*) FROM subjects s {where}", args).fetchone()[
                 0
             ]
-            rows = self._conn.execute(
-                "SELECT s.id, s.name, s.metadata, s.created_at, "
-                "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) "
-                f"FROM subjects s {where} ORDER BY s.created_at, s.id LIMIT ? OFFSET ?",
+            found = self._conn.execute(
+                f"SELECT {rows.SUBJECT_COLUMNS} FROM subjects s {where} "
+                f"ORDER BY s.created_at, s.id LIMIT ? OFFSET ?",
                 [*args, limit, offset],
             ).fetchall()
-        return [Subject(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows], int(total)
+        return [rows.subject(r) for r in found], int(total)
 
     def update_subject(
         self, subject_id: str, name: str | None, metadata: dict[str, Any] | None
@@ -245,7 +243,9 @@ class SqliteStore:
                 cur.execute(
                     "INSERT INTO faces(subject_id, embedding, model_id, box, det_score, "
                     "image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    self._face_row(subject_id, face, now),
+                    rows.new_face_values(
+                        subject_id, face, model_id=self.model_id, dim=self.embedding_dim, now=now
+                    ),
                 )
                 results.append((int(cur.lastrowid or 0), True))
             self._bump(cur)
@@ -276,42 +276,29 @@ class SqliteStore:
                 cur.execute(
                     "INSERT INTO faces(subject_id, embedding, model_id, box, det_score, "
                     "image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    self._face_row(subject_id, face, now),
+                    rows.new_face_values(
+                        subject_id, face, model_id=self.model_id, dim=self.embedding_dim, now=now
+                    ),
                 )
                 out.append((subject_id, int(cur.lastrowid or 0), True))
             self._bump(cur)
         return out
 
-    def _face_row(self, subject_id: str, face: NewFace, now: float) -> tuple[Any, ...]:
-        vec = np.ascontiguousarray(face.embedding, dtype=np.float32)
-        if vec.shape != (self.embedding_dim,):
-            raise ValueError(f"embedding has shape {vec.shape}, expected ({self.embedding_dim},)")
-        return (
-            subject_id,
-            vec.tobytes(),
-            self.model_id,
-            json.dumps([round(v, 2) for v in face.box]),
-            face.det_score,
-            face.image_sha256,
-            now,
-        )
-
     def known_images(self) -> set[tuple[str, str]]:
         """Every (subject id, image sha256) enrolled: what a resumed batch index skips."""
         with self._lock:
-            rows = self._conn.execute("SELECT subject_id, image_sha256 FROM faces").fetchall()
-        return {(str(r[0]), str(r[1])) for r in rows}
+            found = self._conn.execute("SELECT subject_id, image_sha256 FROM faces").fetchall()
+        return {(str(r[0]), str(r[1])) for r in found}
 
     def list_faces(self, subject_id: str) -> list[FaceRecord]:
         """The faces of a subject; raises SubjectNotFound."""
         self.get_subject(subject_id)
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, subject_id, model_id, box, det_score, image_sha256, created_at "
-                "FROM faces WHERE subject_id=? ORDER BY id",
+            found = self._conn.execute(
+                f"SELECT {rows.FACE_COLUMNS} FROM faces WHERE subject_id=? ORDER BY id",
                 (subject_id,),
             ).fetchall()
-        return [FaceRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+        return [rows.face(r) for r in found]
 
     def delete_face(self, face_id: int) -> str:
         """Delete one face; returns its subject id. Raises FaceNotFound."""
@@ -326,75 +313,63 @@ class SqliteStore:
     def embeddings_of(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(face ids, embeddings) of one subject, for verify-against-subject."""
         with self._lock:
-            rows = self._conn.execute(
+            found = self._conn.execute(
                 "SELECT id, embedding FROM faces WHERE subject_id=? ORDER BY id", (subject_id,)
             ).fetchall()
-        return self._unpack(rows)
+        return rows.unpack(found, self.embedding_dim)
 
     def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Every (face id, embedding) and the generation they belong to, read consistently."""
         with self.transaction() as cur:
             gen = int(cur.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
-            rows = cur.execute("SELECT id, embedding FROM faces ORDER BY id").fetchall()
-        ids, vecs = self._unpack(rows)
+            found = cur.execute("SELECT id, embedding FROM faces ORDER BY id").fetchall()
+        ids, vecs = rows.unpack(found, self.embedding_dim)
         return ids, vecs, gen
 
     def face_ids(self) -> np.ndarray:
         """Every face id, sorted."""
         with self._lock:
-            rows = self._conn.execute("SELECT id FROM faces ORDER BY id").fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+            found = self._conn.execute("SELECT id FROM faces ORDER BY id").fetchall()
+        return np.array([r[0] for r in found], dtype=np.int64)
 
     def embeddings_by_id(self, face_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(face ids, embeddings) of those ids that still exist, sorted by id."""
-        rows: list[Any] = []
+        found: list[Any] = []
         with self._lock:
             for start in range(0, len(face_ids), 500):
                 chunk = face_ids[start : start + 500]
-                rows += self._conn.execute(
+                found += self._conn.execute(
                     f"SELECT id, embedding FROM faces WHERE id IN ({','.join('?' * len(chunk))})",
                     chunk,
                 ).fetchall()
-        rows.sort(key=lambda r: r[0])
-        return self._unpack(rows)
+        found.sort(key=lambda r: r[0])
+        return rows.unpack(found, self.embedding_dim)
 
     def iter_subjects(self, batch: int) -> Iterator[list[Subject]]:
         """Every subject (face counts included), a page at a time."""
-        offset = 0
-        while True:
-            page, _ = self.list_subjects(offset, batch)
-            if not page:
-                return
-            yield page
-            offset += len(page)
+        return rows.subject_pages(self.list_subjects, batch)
 
     def iter_faces(self, batch: int) -> Iterator[list[tuple[FaceRecord, np.ndarray]]]:
         """Every face with its embedding, in id order (keyset pages: stable under writes)."""
         last = -1
         while True:
             with self._lock:
-                rows = self._conn.execute(
-                    "SELECT id, subject_id, model_id, box, det_score, image_sha256, created_at, "
+                found = self._conn.execute(
+                    f"SELECT {rows.FACE_COLUMNS}, "
                     "embedding FROM faces WHERE id > ? ORDER BY id LIMIT ?",
                     (last, batch),
                 ).fetchall()
-            if not rows:
+            if not found:
                 return
-            yield [
-                (
-                    FaceRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]),
-                    np.frombuffer(r[7], dtype=np.float32).copy(),
-                )
-                for r in rows
-            ]
-            last = int(rows[-1][0])
+            yield [rows.face_with_embedding(r) for r in found]
+            last = int(found[-1][0])
 
     def import_subjects(self, subjects: list[Subject]) -> None:
         """Insert subjects as they are (migration between backends)."""
         with self.transaction() as cur:
             cur.executemany(
                 "INSERT INTO subjects(id, name, metadata, created_at) VALUES (?, ?, ?, ?)",
-                [(s.id, s.name, json.dumps(s.metadata), s.created_at) for s in subjects],
+                [rows.subject_values(s) for s in subjects],
             )
             self._bump(cur)
 
@@ -404,19 +379,7 @@ class SqliteStore:
             cur.executemany(
                 "INSERT INTO faces(id, subject_id, embedding, model_id, box, det_score, "
                 "image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        f.id,
-                        f.subject_id,
-                        np.ascontiguousarray(v, dtype=np.float32).tobytes(),
-                        f.model_id,
-                        json.dumps(f.box),
-                        f.det_score,
-                        f.image_sha256,
-                        f.created_at,
-                    )
-                    for f, v in faces
-                ],
+                [rows.imported_face_values(f, v) for f, v in faces],
             )
             self._bump(cur)
 
@@ -426,12 +389,12 @@ class SqliteStore:
             return {}
         marks = ",".join("?" * len(face_ids))
         with self._lock:
-            rows = self._conn.execute(
+            found = self._conn.execute(
                 f"SELECT f.id, s.id, s.name FROM faces f JOIN subjects s ON s.id = f.subject_id "
                 f"WHERE f.id IN ({marks})",
                 face_ids,
             ).fetchall()
-        return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
+        return {int(r[0]): (str(r[1]), str(r[2])) for r in found}
 
     def counts(self) -> tuple[int, int]:
         """(subjects, faces)."""
@@ -439,13 +402,6 @@ class SqliteStore:
             subjects = self._conn.execute("SELECT COUNT(*) FROM subjects").fetchone()[0]
             faces = self._conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
         return int(subjects), int(faces)
-
-    def _unpack(self, rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        if not rows:
-            return ids, np.zeros((0, self.embedding_dim), dtype=np.float32)
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-        return ids, vecs.reshape(len(rows), self.embedding_dim).copy()
 
     def purge_wal(self) -> bool:
         """Copy the WAL into the database and truncate it, so that the old page images in it
