@@ -75,6 +75,9 @@ class GallerySettings(BaseModel):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$",
         description="distributed: collection name prefix; the model pin is appended",
     )
+    milvus_timeout_s: float = Field(
+        10.0, gt=0, description="distributed: longest wait for one Milvus call before 503"
+    )
     milvus_index_type: str = Field(
         "FLAT", description="distributed: Milvus index type (FLAT exact, HNSW, IVF_FLAT, ...)"
     )

@@ -174,34 +174,30 @@ class MilvusServer:
         return 0
 
 
+def start_milvus(root: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start milvus-lite's server on ``port`` with its data in ``root`` (a restart on the same
+    folder finds its collections again); returns once it listens."""
+    log = root / "milvus.log"
+    root.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(root / "data"),
+             "--host", "127.0.0.1", "--port", str(port), "--max-workers", "32"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    _wait_for_port(port, proc, "milvus-lite", log)
+    return proc
+
+
 @contextmanager
 def milvus_server() -> Iterator[MilvusServer]:
     """milvus-lite's gRPC server in its own process (http://127.0.0.1:PORT)."""
     root = Path(tempfile.mkdtemp(prefix="marginface-milvus-"))
     port = free_port()
-    log = root / "milvus.log"
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "milvus_lite",
-                "server",
-                "--data-dir",
-                str(root / "data"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--max-workers",
-                "32",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_milvus(root, port)
     try:
-        _wait_for_port(port, proc, "milvus-lite", log)
         yield MilvusServer(f"http://127.0.0.1:{port}", proc.pid)
     finally:
         _stop(proc, signal.SIGTERM, root)

@@ -59,6 +59,7 @@ def open_distributed_parts(
             index_type=settings.milvus_index_type,
             index_params=settings.milvus_index_params,
             search_params=settings.milvus_search_params,
+            timeout_s=settings.milvus_timeout_s,
         )
     except BaseException:
         store.close()

@@ -38,6 +38,7 @@ class _ClientClockNotice(logging.Filter):
 logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_ClientClockNotice())
 _WRITE_BATCH = 1000  # rows per insert: well inside gRPC's message limit for 512-d floats
 _MAX_TOPK = 16384  # Milvus's limit on k
+_NOT_LOADED = 101  # Milvus's error code for a collection that is not loaded into memory
 
 
 def collection_name(prefix: str, model_id: str) -> str:
@@ -78,9 +79,18 @@ class MilvusIndex:
         self._call(self._ensure_collection)
 
     def _call(self, work: Callable[[], T]) -> T:
-        """Milvus failures (unreachable, timed out) become 503 backend_unavailable."""
+        """Milvus failures (unreachable, timed out) become 503 backend_unavailable. A
+        collection found released (Milvus restarted, or an operator released it) is loaded
+        again and the call retried once."""
         try:
-            return work()
+            try:
+                return work()
+            except MilvusException as exc:
+                if getattr(exc, "code", None) != _NOT_LOADED:
+                    raise
+                log.warning("Milvus collection %s was released; loading it again", self.name)
+                self._client.load_collection(self.name)
+                return work()
         except MilvusException as exc:
             raise BackendUnavailable(
                 f"Milvus failed ({exc.__class__.__name__}: {exc}); retry", retry_after_s=1

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +20,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.errors import SchemaOutdated
-from service.gallery import Gallery, backends
-from service.gallery.postgres import PostgresStore, latest_version
+from service.errors import BackendUnavailable, SchemaOutdated
+from service.gallery import Gallery, NewFace, backends
+from service.gallery.postgres import PostgresStore, latest_version, upgrade
 from service.gallery.records import FaceRecord, Subject
 from service.settings import GallerySettings
 from service.vision.pipeline import FacePipeline
-from tests.backends import Distributed, Postgres
+from tests.backends import Distributed, Postgres, start_milvus
 from tests.conftest import API_KEY, DATA, ROOT, lfw, make_settings, read
 from tests.test_server import HEADERS, free_port, server
 
@@ -135,6 +137,57 @@ def test_reconcile_command_repairs_the_shared_index(distributed: Distributed) ->
     r = cli("gallery", "reconcile", "--json", env=distributed.env())
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"replayed": 4, "removed": 0, "faces": 60}
+
+
+def test_an_enrollment_milvus_missed_is_acknowledged_then_replayed(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """Milvus goes down: an enrollment is still acknowledged (PostgreSQL holds it), searches
+    answer 503 backend_unavailable rather than a wrong answer, and once Milvus is back the
+    flusher replays what it missed."""
+    root, port = tmp_path / "milvus", free_port()
+    milvus = start_milvus(root, port)
+    dsn = postgres.new_database()
+    upgrade(dsn)
+    settings = GallerySettings(
+        backend="distributed",
+        postgres_dsn=dsn,
+        milvus_uri=f"http://127.0.0.1:{port}",
+        milvus_collection="outage",
+        milvus_timeout_s=3,
+    )
+    rng = np.random.default_rng(8)
+    v = rng.standard_normal((2, DIM)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
+    try:
+        g.create_subject("a", "A", {})
+        g.add_faces("a", [NewFace(v[0], (0, 0, 1, 1), 0.9, "one")], model_id=MODEL)
+        os.killpg(milvus.pid, signal.SIGKILL)  # an outage, not a shutdown
+        milvus.wait()
+        [(second, created)] = g.add_faces(
+            "a", [NewFace(v[1], (0, 0, 1, 1), 0.9, "two")], model_id=MODEL
+        )
+        assert created and g.store.counts() == (1, 2)  # acknowledged: the store has it
+        with pytest.raises(BackendUnavailable):
+            g.search(v[1:], top_k=1, model_id=MODEL)
+        milvus = start_milvus(root, port)
+        for _ in range(20):  # what the server's flusher does every flush_interval_s; the
+            try:  # client's first call after the outage may still fail while it reconnects
+                g.flush()
+                break
+            except BackendUnavailable:
+                time.sleep(0.5)
+        ids, vectors, _ = g.store.all_embeddings()
+        index_ids, index_vectors = g.index.vectors()
+        np.testing.assert_array_equal(ids, index_ids)
+        np.testing.assert_allclose(vectors, index_vectors, atol=1e-6)
+        (top,) = g.search(v[1:], top_k=1, model_id=MODEL)
+        assert top[0].face_id == second and top[0].score > 0.999
+    finally:
+        g.close()
+        os.killpg(milvus.pid, signal.SIGTERM)
+        milvus.wait()
 
 
 def test_export_of_a_distributed_gallery_says_what_to_use_instead(
