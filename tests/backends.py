@@ -45,15 +45,16 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Pat
     raise RuntimeError(f"{what} did not listen on {port} within 60 s:\n{log.read_text()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int, root: Path) -> None:
-    """Stop a server's process group (SIGKILL after 30 s) and remove its files."""
+def _stop(proc: subprocess.Popen[bytes], sig: int, root: Path | None) -> None:
+    """Stop a server's process group (SIGKILL after 30 s) and remove its files (``root``)."""
     os.killpg(proc.pid, sig)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    shutil.rmtree(root, ignore_errors=True)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _pg_binary(name: str) -> str:
@@ -70,9 +71,13 @@ def _pg_binary(name: str) -> str:
 
 @dataclass
 class Postgres:
-    """A running PostgreSQL server; ``new_database`` gives each test its own database."""
+    """A PostgreSQL server in a throwaway cluster; ``new_database`` gives each test its own
+    database; ``stop`` and ``start`` simulate an outage (same data, same port)."""
 
+    root: Path
     port: int
+    as_user: list[str]
+    proc: subprocess.Popen[bytes] | None = None
 
     def dsn(self, database: str = "postgres") -> str:
         """Connection string of one database (trust authentication on loopback)."""
@@ -85,78 +90,63 @@ class Postgres:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
 
-
-@contextmanager
-def postgres_server() -> Iterator[Postgres]:
-    """initdb + postgres on a free port, as the `postgres` user when we are root (PostgreSQL
-    refuses to run as root); fsync off (the tests kill our server, never PostgreSQL)."""
-    root = Path(tempfile.mkdtemp(prefix="marginface-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    log = root / "postgres.log"
-    subprocess.run(
-        [
-            *as_user,
-            _pg_binary("initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [
-                *as_user,
-                _pg_binary("postgres"),
-                "-D",
-                str(data),
-                "-p",
-                str(port),
-                "-k",
-                str(sock),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=300",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_for_port(port, proc, "postgres", log)
-        server = Postgres(port)
+    def start(self) -> None:
+        """Start the server (fsync off: the tests kill our server, never PostgreSQL) and wait
+        until it accepts connections."""
+        log = self.root / "postgres.log"
+        settings = ["listen_addresses=127.0.0.1", "fsync=off", "synchronous_commit=off",
+                    "full_page_writes=off", "max_connections=300"]  # fmt: skip
+        with log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [*self.as_user, _pg_binary("postgres"), "-D", str(self.root / "data"),
+                 "-p", str(self.port), "-k", str(self.root / "sock"),
+                 *[arg for s in settings for arg in ("-c", s)]],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        _wait_for_port(self.port, self.proc, "postgres", log)
         deadline = time.monotonic() + 30
         while True:  # listening precedes accepting connections during start-up
             try:
-                psycopg.connect(server.dsn(), connect_timeout=2).close()
-                break
+                psycopg.connect(self.dsn(), connect_timeout=2).close()
+                return
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): open connections are cut, as in an outage."""
+        if self.proc is not None:
+            _stop(self.proc, signal.SIGINT, None)
+            self.proc = None
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """initdb + postgres on a free port, as the `postgres` user when we are root (PostgreSQL
+    refuses to run as root)."""
+    root = Path(tempfile.mkdtemp(prefix="marginface-pg-"))
+    (root / "sock").mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(root / "sock", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_user, _pg_binary("initdb"), "-D", str(root / "data"), "-U", "postgres",
+         "--auth=trust", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server = Postgres(root, free_port(), as_user)
+    try:
+        server.start()
         yield server
     finally:
-        _stop(proc, signal.SIGINT, root)  # PostgreSQL's fast shutdown
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass

@@ -62,7 +62,9 @@ def _connect(dsn: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise BackendUnavailable(f"PostgreSQL cannot be reached: {exc}".strip()) from exc
+        raise BackendUnavailable(
+            f"PostgreSQL cannot be reached: {exc}".strip(), retry_after_s=1
+        ) from exc
 
 
 def _applied(conn: psycopg.Connection[Any]) -> int:

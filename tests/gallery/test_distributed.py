@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from service.gallery.postgres import PostgresStore, latest_version, upgrade
 from service.gallery.records import FaceRecord, Subject
 from service.settings import GallerySettings
 from service.vision.pipeline import FacePipeline
-from tests.backends import Distributed, Postgres, start_milvus
+from tests.backends import Distributed, Postgres, postgres_server, start_milvus
 from tests.conftest import API_KEY, DATA, ROOT, lfw, make_settings, read
 from tests.test_server import HEADERS, free_port, server
 
@@ -188,6 +189,31 @@ def test_an_enrollment_milvus_missed_is_acknowledged_then_replayed(
         g.close()
         os.killpg(milvus.pid, signal.SIGTERM)
         milvus.wait()
+
+
+def test_a_postgres_outage_answers_503_and_the_replica_reconnects(
+    tmp_path: Path, milvus_uri: str, pipeline: FacePipeline
+) -> None:
+    with postgres_server() as pg:  # a server of its own: this test stops it
+        dsn = pg.new_database()
+        upgrade(dsn)
+        gallery = Distributed(dsn, milvus_uri, "pg" + uuid.uuid4().hex[:8]).settings()
+        app = create_app(make_settings(tmp_path, gallery=gallery), pipeline=pipeline)
+        with TestClient(app, headers={"X-API-Key": API_KEY}) as c:
+            assert c.post("/v1/subjects", json={"id": "a", "name": "A"}).status_code == 201
+            pg.stop()
+            for request in (
+                lambda: c.get("/v1/subjects/a"),  # the open connection is gone
+                lambda: c.post("/v1/subjects", json={"id": "b", "name": "B"}),  # refused
+            ):
+                r = request()
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "backend_unavailable"
+                assert r.headers["retry-after"] == "1"
+            pg.start()
+            assert c.get("/v1/subjects/a").json()["name"] == "A"  # reconnected by itself
+            assert c.post("/v1/subjects", json={"id": "b", "name": "B"}).status_code == 201
+            assert c.get("/v1/subjects").json()["total"] == 2  # nothing half-written
 
 
 def test_export_of_a_distributed_gallery_says_what_to_use_instead(
