@@ -54,6 +54,7 @@ def open_distributed_parts(
             settings.milvus_uri,
             model_id=store.model_id,
             dim=store.embedding_dim,
+            gallery_id=store.gallery_id,
             prefix=settings.milvus_collection,
             token=settings.milvus_token.get_secret_value() if settings.milvus_token else "",
             index_type=settings.milvus_index_type,

@@ -1,8 +1,10 @@
 """The distributed backend's index: a Milvus collection of (face id, unit embedding), searched
 by inner product (= cosine), shared by every API replica.
 
-The collection's name carries a hash of the embedding model, so a gallery of another model can
-never be searched with these embeddings; its description records the model id. Milvus shards and
+The collection's name carries a hash of the embedding model and of the gallery's id (a random id
+PostgreSQL records on first use), so embeddings of another model are never searched, and a new
+database never meets an old collection whose face ids would collide with its own; the
+collection's description records both. Milvus shards and
 replicates it; PostgreSQL stays the source of truth, and ``Gallery.reconcile`` repairs the
 collection from it. Searches ask for strong consistency: a face one replica enrolled is found
 through every other replica at once.
@@ -41,9 +43,11 @@ _MAX_TOPK = 16384  # Milvus's limit on k
 _NOT_LOADED = 101  # Milvus's error code for a collection that is not loaded into memory
 
 
-def collection_name(prefix: str, model_id: str) -> str:
-    """The collection of one model's embeddings: ``<prefix>_<12 hex of sha256(model id)>``."""
-    return f"{prefix}_{hashlib.sha256(model_id.encode()).hexdigest()[:12]}"
+def collection_name(prefix: str, model_id: str, gallery_id: str) -> str:
+    """The collection of one gallery's embeddings of one model:
+    ``<prefix>_<12 hex of sha256(model id | gallery id)>``."""
+    key = f"{model_id}|{gallery_id}".encode()
+    return f"{prefix}_{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 class MilvusIndex:
@@ -55,6 +59,7 @@ class MilvusIndex:
         *,
         model_id: str,
         dim: int,
+        gallery_id: str,
         prefix: str = "marginface",
         token: str = "",
         index_type: str = "FLAT",
@@ -67,7 +72,8 @@ class MilvusIndex:
         self.generation = -1
         self.dim = dim
         self.model_id = model_id
-        self.name = collection_name(prefix, model_id)
+        self.gallery_id = gallery_id
+        self.name = collection_name(prefix, model_id, gallery_id)
         self.index_type = index_type
         self.index_params = dict(index_params or {})
         self.search_params = dict(search_params or {})
@@ -110,7 +116,9 @@ class MilvusIndex:
             c.load_collection(self.name)
             return
         schema = MilvusClient.create_schema(
-            auto_id=False, enable_dynamic_field=False, description=f"MarginFace {self.model_id}"
+            auto_id=False,
+            enable_dynamic_field=False,
+            description=f"MarginFace {self.model_id} gallery {self.gallery_id}",
         )
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -172,17 +173,19 @@ class PostgresStore:
                 raise _unstorable(exc) from exc
 
     def _pin_model(self, model_id: str, embedding_dim: int) -> str:
+        """Record the model, the embedding size and a random gallery id on first use (the
+        gallery id names the Milvus collection: a new database never meets an old collection
+        whose face ids would collide with its own)."""
         with self._transaction() as cur:
             cur.execute(
-                "INSERT INTO meta(key, value) VALUES ('model_id', %s), ('embedding_dim', %s) "
-                "ON CONFLICT (key) DO NOTHING",
-                (model_id, str(embedding_dim)),
+                "INSERT INTO meta(key, value) VALUES ('model_id', %s), ('embedding_dim', %s), "
+                "('gallery_id', %s) ON CONFLICT (key) DO NOTHING",
+                (model_id, str(embedding_dim), uuid.uuid4().hex),
             )
-            row = cur.execute("SELECT value FROM meta WHERE key='model_id'").fetchone()
-            dim = cur.execute("SELECT value FROM meta WHERE key='embedding_dim'").fetchone()
-        assert row is not None and dim is not None
-        self.embedding_dim = int(dim[0])
-        return str(row[0])
+            meta = dict(cur.execute("SELECT key, value FROM meta").fetchall())
+        self.embedding_dim = int(meta["embedding_dim"])
+        self.gallery_id = str(meta["gallery_id"])
+        return str(meta["model_id"])
 
     def check_model(self, model_id: str) -> None:
         """Raise ModelMismatch unless embeddings of ``model_id`` belong in this gallery."""

@@ -129,6 +129,35 @@ def test_migrate_round_trips_10k_faces_with_identical_searches(
         b.close()
 
 
+def test_a_new_database_never_meets_an_old_collection(postgres: Postgres, milvus_uri: str) -> None:
+    """Face ids restart at 1 in every new database: two galleries (a recreated database, or two
+    deployments given the same prefix on one Milvus) sharing a collection would overwrite each
+    other's face 1. The gallery id that PostgreSQL records keeps their collections apart."""
+    rng = np.random.default_rng(9)
+    vectors = rng.standard_normal((2, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    galleries = []
+    for _ in range(2):  # both open before either enrolls
+        dsn = postgres.new_database()
+        upgrade(dsn)
+        settings = GallerySettings(**Distributed(dsn, milvus_uri, "samename").settings())
+        galleries.append(backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM))
+    try:
+        for g, vector in zip(galleries, vectors, strict=True):
+            g.create_subject("s", "S", {})
+            [(face_id, _)] = g.add_faces(
+                "s", [NewFace(vector, (0, 0, 1, 1), 0.9, "x")], model_id=MODEL
+            )
+            assert face_id == 1
+        for g, vector in zip(galleries, vectors, strict=True):
+            (top,) = g.search(vector[None], top_k=1, model_id=MODEL)
+            assert top[0].score == pytest.approx(1.0, abs=1e-5)  # its own face 1, intact
+        assert galleries[0].index.describe() != galleries[1].index.describe()
+    finally:
+        for g in galleries:
+            g.close()
+
+
 def test_reconcile_command_repairs_the_shared_index(distributed: Distributed) -> None:
     settings = GallerySettings(**distributed.settings())
     g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
