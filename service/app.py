@@ -33,7 +33,7 @@ from service.errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
-from service.gallery import Gallery
+from service.gallery import Gallery, backends
 from service.indexer import BatchIndexer
 from service.jobs import JobRunner
 from service.keys import KeyRing
@@ -266,7 +266,9 @@ def create_app(
             pipe.batcher.on_batch = metrics.batch
         providers = {"detector": pipe.detector.providers, "recognizer": pipe.embedder.providers}
         log.warning("MarginFace ready: providers %s, gallery %s", providers, gal.stats())
-        runner = JobRunner(BatchIndexer(settings, pipe, gal))
+        runner = JobRunner(
+            BatchIndexer(settings, pipe, gal), board=backends.job_board(settings.gallery)
+        )
         stop = threading.Event()
         flusher = threading.Thread(
             target=_flusher, args=(gal, settings.gallery.flush_interval_s, stop), daemon=True

@@ -1,7 +1,10 @@
 """Batch jobs behind ``POST /v1/jobs/index``: run one at a time in a worker thread.
 
-Jobs live in memory: a restart forgets them, which loses nothing, because batch indexing is
-idempotent: submitting the same folder or zip again finishes the rest and adds no duplicates.
+A job runs on the replica that accepted it. Its record lives in that replica's memory and, with
+the distributed backend, is also published to a shared board (PostgreSQL), so any replica behind
+a load balancer can answer for it. A restart forgets the jobs it was running, which loses nothing:
+batch indexing is idempotent, so submitting the same folder or zip again finishes the rest and
+adds no duplicates (a board record of a job whose replica died stays at its last progress).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from service.errors import JobNotFound
 from service.indexer import BatchIndexer
@@ -66,12 +69,35 @@ class Job:
         }
 
 
+class JobBoard(Protocol):
+    """Where the replicas of a distributed deployment share job records."""
+
+    def publish(self, record: dict[str, Any]) -> None:
+        """Insert or update one job's record."""
+
+    def fetch(self, job_id: str) -> dict[str, Any] | None:
+        """One job's record, or None."""
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The newest records, newest first."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+PUBLISH_EVERY_S = 1.0  # progress reaches the board at most this often per job
+
+
 class JobRunner:
     """A FIFO of index jobs and the thread that runs them against the service's gallery."""
 
-    def __init__(self, indexer: BatchIndexer, *, keep: int = 100) -> None:
+    def __init__(
+        self, indexer: BatchIndexer, *, keep: int = 100, board: JobBoard | None = None
+    ) -> None:
         self.indexer = indexer
         self.keep = keep
+        self.board = board
+        self._published: dict[str, float] = {}
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -89,8 +115,43 @@ class JobRunner:
             )
             while len(self._jobs) > self.keep and finished:
                 del self._jobs[finished.pop(0).id]
+        self._publish(job, force=True)
         self._queue.put(job)
         return job
+
+    def _publish(self, job: Job, *, force: bool = False) -> None:
+        """Share the job's record with the other replicas (throttled; a board that fails is
+        logged, never fails the job: the replica running it still answers for it)."""
+        if self.board is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._published.get(job.id, 0.0) < PUBLISH_EVERY_S:
+            return
+        self._published[job.id] = now
+        try:
+            self.board.publish(job.to_dict())
+        except Exception as exc:
+            log.warning("job %s could not be published to the shared board: %s", job.id, exc)
+
+    def describe(self, job_id: str) -> dict[str, Any]:
+        """A job's record: from this replica if it runs here, else from the shared board;
+        raises JobNotFound."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is not None:
+            return job.to_dict()
+        record = self.board.fetch(job_id) if self.board is not None else None
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id!r} (jobs are forgotten on restart)")
+        return record
+
+    def describe_all(self) -> list[dict[str, Any]]:
+        """Every remembered job (this replica's, and the board's newest), newest first."""
+        records = {j.id: j.to_dict() for j in self.list()}
+        if self.board is not None:
+            for record in self.board.recent(self.keep):
+                records.setdefault(record["id"], record)
+        return sorted(records.values(), key=lambda r: -float(r["created_at"]))
 
     def get(self, job_id: str) -> Job:
         """A job by id; raises JobNotFound."""
@@ -111,6 +172,8 @@ class JobRunner:
             job.cancel.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
+        if self.board is not None:
+            self.board.close()
 
     def _loop(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -120,12 +183,15 @@ class JobRunner:
         if job.cancel.is_set():
             job.status = "cancelled"
             job.finished_at = time.time()
+            self._publish(job, force=True)
             return
         job.status = "running"
         job.started_at = time.time()
+        self._publish(job, force=True)
 
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
+            self._publish(job)
 
         try:
             summary = self.indexer.run(job.root, progress=progress, cancel=job.cancel)
@@ -139,3 +205,4 @@ class JobRunner:
             job.finished_at = time.time()
             if job.cleanup is not None:
                 job.cleanup()
+            self._publish(job, force=True)

@@ -72,13 +72,13 @@ def submit_index_job(
 @router.get("/{job_id}")
 def get_job(job_id: str, state: State) -> JobOut:
     """Progress (done, total, images/s, ETA) and, when finished, the summary."""
-    return JobOut(**state.jobs.get(job_id).to_dict())
+    return JobOut(**state.jobs.describe(job_id))
 
 
 @router.get("")
 def list_jobs(state: State) -> list[JobOut]:
     """Jobs since the service started, newest first."""
-    return [JobOut(**j.to_dict()) for j in state.jobs.list()]
+    return [JobOut(**record) for record in state.jobs.describe_all()]
 
 
 export_router = APIRouter(prefix="/v1/gallery", tags=["gallery"], dependencies=[IsAdmin])

@@ -16,7 +16,7 @@ from service.settings import GallerySettings
 
 if TYPE_CHECKING:
     from service.gallery.milvus import MilvusIndex
-    from service.gallery.postgres import PostgresStore
+    from service.gallery.postgres import PostgresJobBoard, PostgresStore
 
 
 def embedded_folder(settings: GallerySettings) -> Path:
@@ -90,3 +90,13 @@ def open_gallery(
         )
     store, index = open_distributed_parts(settings, model_id=model_id, embedding_dim=embedding_dim)
     return Gallery(store, index, check_shared_index=check_shared_index)
+
+
+def job_board(settings: GallerySettings) -> PostgresJobBoard | None:
+    """Where replicas share batch job records: PostgreSQL for the distributed backend; none for
+    the embedded one (one process)."""
+    if settings.backend != "distributed":
+        return None
+    from service.gallery.postgres import PostgresJobBoard
+
+    return PostgresJobBoard(postgres_dsn(settings))

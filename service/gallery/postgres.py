@@ -78,9 +78,10 @@ def _applied(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def upgrade(dsn: str) -> dict[str, Any]:
-    """Apply the migrations a database lacks, each in its own transaction, under an advisory
-    lock (replicas starting together cannot apply one twice). Idempotent."""
+def upgrade(dsn: str, *, upto: int | None = None) -> dict[str, Any]:
+    """Apply the migrations a database lacks (up to ``upto``, default all), each in its own
+    transaction, under an advisory lock (replicas starting together cannot apply one twice).
+    Idempotent."""
     with _connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
@@ -94,7 +95,7 @@ def upgrade(dsn: str) -> dict[str, Any]:
                 )
             applied = []
             for version, sql in migrations():
-                if version <= before:
+                if version <= before or (upto is not None and version > upto):
                     continue
                 with conn.transaction():
                     conn.execute(sql.encode())
@@ -106,7 +107,7 @@ def upgrade(dsn: str) -> dict[str, Any]:
                 log.info("schema migration %04d applied", version)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
-    return {"from": before, "to": latest_version(), "applied": applied}
+    return {"from": before, "to": max([before, *applied]), "applied": applied}
 
 
 class PostgresStore:
@@ -499,6 +500,64 @@ class PostgresStore:
             log.warning("VACUUM after a delete failed (%s); retrying later", exc)
             return False
         return True
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class PostgresJobBoard:
+    """Batch job records in PostgreSQL (``service.jobs.JobBoard``): every replica publishes its
+    jobs' progress here and answers for jobs another replica runs."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = _connect(self._dsn)
+                return work(self._conn)
+            except psycopg.OperationalError as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                raise BackendUnavailable(
+                    "PostgreSQL failed while reading or writing a job; retry", retry_after_s=1
+                ) from exc
+
+    def publish(self, record: dict[str, Any]) -> None:
+        """Insert or update one job's record."""
+        self._run(
+            lambda c: c.execute(
+                "INSERT INTO jobs(id, record, created_at, updated_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, "
+                "updated_at = EXCLUDED.updated_at",
+                (record["id"], json.dumps(record), record["created_at"], time.time()),
+            )
+        )
+
+    def fetch(self, job_id: str) -> dict[str, Any] | None:
+        """One job's last published record, or None."""
+        row = self._run(
+            lambda c: c.execute("SELECT record FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        )
+        return None if row is None else dict(json.loads(row[0]))
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The newest jobs' records, newest first."""
+        found = self._run(
+            lambda c: c.execute(
+                "SELECT record FROM jobs ORDER BY created_at DESC LIMIT %s", (limit,)
+            ).fetchall()
+        )
+        return [dict(json.loads(r[0])) for r in found]
 
     def close(self) -> None:
         """Close the connection."""

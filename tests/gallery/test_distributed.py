@@ -54,7 +54,8 @@ def test_db_upgrade_is_needed_idempotent_and_refuses_a_newer_schema(postgres: Po
         PostgresStore(dsn, model_id=MODEL, embedding_dim=DIM)
     first = cli("db", "upgrade", "--dsn", dsn, "--json")
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout) == {"from": 0, "to": latest_version(), "applied": [1]}
+    every = list(range(1, latest_version() + 1))
+    assert json.loads(first.stdout) == {"from": 0, "to": latest_version(), "applied": every}
     again = cli("db", "upgrade", "--dsn", dsn, "--json")
     assert json.loads(again.stdout)["applied"] == []
     PostgresStore(dsn, model_id=MODEL, embedding_dim=DIM).close()  # now it opens
@@ -64,6 +65,24 @@ def test_db_upgrade_is_needed_idempotent_and_refuses_a_newer_schema(postgres: Po
     assert newer.returncode == 2 and "schema_outdated" in newer.stdout + newer.stderr
     with pytest.raises(SchemaOutdated, match="version 99"):
         PostgresStore(dsn, model_id=MODEL, embedding_dim=DIM)
+
+
+def test_upgrading_a_version_1_database_keeps_its_data(postgres: Postgres) -> None:
+    dsn = postgres.new_database()
+    assert upgrade(dsn, upto=1)["applied"] == [1]  # what an earlier release left
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO subjects VALUES ('kept', 'Kept', '{\"a\": 1}', 1.0)")
+    with pytest.raises(SchemaOutdated, match="version 1"):
+        PostgresStore(dsn, model_id=MODEL, embedding_dim=DIM)
+    r = cli("db", "upgrade", "--dsn", dsn, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["applied"] == list(range(2, latest_version() + 1))
+    store = PostgresStore(dsn, model_id=MODEL, embedding_dim=DIM)
+    try:
+        kept = store.get_subject("kept")
+        assert (kept.name, kept.metadata, kept.created_at) == ("Kept", {"a": 1}, 1.0)
+    finally:
+        store.close()
 
 
 def clustered_gallery(g: Gallery, subjects: int, per_subject: int, seed: int = 0) -> None:
@@ -309,7 +328,16 @@ def test_two_replicas_share_one_gallery(tmp_path: Path, distributed: Distributed
     people = sorted(p.name for p in GLINT.iterdir() if p.is_dir())
     crops = {p: sorted((GLINT / p).glob("*.jpg"), key=lambda f: int(f.stem)) for p in people}
     ports = [free_port(), free_port()]
-    env = {**distributed.env(), "MARGINFACE_INTRA_OP_THREADS": "1"}
+    incoming = tmp_path / "incoming"
+    for subject, person in (("job-a", "Colin_Powell"), ("job-b", "Tony_Blair")):
+        (incoming / subject).mkdir(parents=True)
+        for n in (1, 2):  # whole LFW photos: the job detects and aligns
+            (incoming / subject / f"{n}.jpg").write_bytes(read(lfw(person, n)))
+    env = {
+        **distributed.env(),
+        "MARGINFACE_INTRA_OP_THREADS": "1",
+        "MARGINFACE_JOBS__ALLOWED_ROOTS": json.dumps([str(incoming)]),
+    }
     errors: list[str] = []
     acknowledged: dict[str, int] = {}
     lock = threading.Lock()
@@ -389,5 +417,19 @@ def test_two_replicas_share_one_gallery(tmp_path: Path, distributed: Distributed
             .json()["faces"][0]
         )
         assert all(c["subject_id"] != victim for c in r["candidates"])
+        # a batch job accepted by one replica is followed (and listed) through the other
+        r = clients[0].post("/v1/jobs/index", data={"path": str(incoming)})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 120
+        while (job := clients[1].get(f"/v1/jobs/{job_id}").json())["status"] in (
+            "queued",
+            "running",
+        ):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert job["status"] == "succeeded" and job["summary"]["enrolled"] == 4, job
+        assert job_id in [j["id"] for j in clients[1].get("/v1/jobs").json()]
+        assert clients[1].get("/v1/subjects/job-a").json()["face_count"] == 2
         for c in clients:
             c.close()
