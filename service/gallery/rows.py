@@ -56,8 +56,8 @@ def imported_face_values(f: FaceRecord, vector: np.ndarray) -> tuple[Any, ...]:
     """Values for INSERT INTO faces(id, subject_id, embedding, model_id, box, det_score,
     image_sha256, created_at): a face copied as it is, id included."""
     blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-    return (f.id, f.subject_id, blob, f.model_id, json.dumps(f.box), f.det_score,
-            f.image_sha256, f.created_at)  # fmt: skip
+    box = json.dumps(f.box)
+    return (f.id, f.subject_id, blob, f.model_id, box, f.det_score, f.image_sha256, f.created_at)
 
 
 def unpack(rows: Sequence[Sequence[Any]], dim: int) -> tuple[np.ndarray, np.ndarray]:
