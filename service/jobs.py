@@ -127,7 +127,10 @@ class JobRunner:
         now = time.monotonic()
         if not force and now - self._published.get(job.id, 0.0) < PUBLISH_EVERY_S:
             return
-        self._published[job.id] = now
+        if job.finished_at is None:
+            self._published[job.id] = now
+        else:  # the last record of this job: nothing to throttle any more
+            self._published.pop(job.id, None)
         try:
             self.board.publish(job.to_dict())
         except Exception as exc:

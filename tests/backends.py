@@ -212,12 +212,7 @@ class Distributed:
 
     def env(self) -> dict[str, str]:
         """The same, as a server process's environment."""
-        return {
-            "MARGINFACE_GALLERY__BACKEND": "distributed",
-            "MARGINFACE_GALLERY__POSTGRES_DSN": self.dsn,
-            "MARGINFACE_GALLERY__MILVUS_URI": self.milvus_uri,
-            "MARGINFACE_GALLERY__MILVUS_COLLECTION": self.collection,
-        }
+        return {f"MARGINFACE_GALLERY__{k.upper()}": str(v) for k, v in self.settings().items()}
 
 
 def backend_env(backend: Distributed | None) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,18 @@ import onnxruntime as ort
 import pytest
 
 from service.gallery import Gallery
+from tests.backends import free_port
 from tests.conftest import API_KEY, DATA, ROOT
 
 HEADERS = {"X-API-Key": API_KEY}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def serve_command(port: int, gallery: Path, device: str = "cpu") -> list[str]:
+    """`marginface serve` as a user runs it, with the repository's models."""
+    models = str(ROOT / "models")
+    cli = [sys.executable, "-m", "service.cli", "serve"]
+    return [*cli, "--port", str(port), "--gallery", str(gallery), "--models-dir", models,
+            "--device", device]  # fmt: skip
 
 
 @contextmanager
@@ -41,20 +43,7 @@ def server(
         "MARGINFACE_GALLERY__FLUSH_INTERVAL_S": "3600",  # so SIGKILL always finds a stale index
         **(extra_env or {}),
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--gallery",
-        str(gallery),
-        "--models-dir",
-        str(ROOT / "models"),
-        "--device",
-        "cpu",
-    ]
+    cmd = serve_command(port, gallery)
     # the log goes to a file: a pipe nobody reads fills up and blocks the server's logging
     log_path = gallery.parent / f"server-{port}.log"
     log_file = log_path.open("ab")
@@ -140,20 +129,7 @@ def test_acknowledged_enrollments_survive_sigkill(tmp_path: Path) -> None:
 )
 def test_device_cuda_without_a_cuda_provider_refuses_to_start(tmp_path: Path) -> None:
     env = {**os.environ, "MARGINFACE_AUTH__API_KEYS": json.dumps([API_KEY])}
-    cmd = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        "--port",
-        str(free_port()),
-        "--gallery",
-        str(tmp_path / "g"),
-        "--models-dir",
-        str(ROOT / "models"),
-        "--device",
-        "cuda",
-    ]
+    cmd = serve_command(free_port(), tmp_path / "g", device="cuda")
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=120)
     assert done.returncode == 2
     message = done.stderr.decode()

@@ -139,8 +139,8 @@ class Gallery:
                     self.index.add(ids, vectors, generation)
             if extra:
                 self.index.remove(extra, generation)
-            self.index.save(self._index_path)
             if missing or extra:
+                self.index.save(self._index_path)
                 log.info("gallery reconciled: %d replayed, %d removed", len(missing), len(extra))
             return {"replayed": len(missing), "removed": len(extra), "faces": len(stored)}
 

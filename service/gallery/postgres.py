@@ -110,49 +110,34 @@ def upgrade(dsn: str, *, upto: int | None = None) -> dict[str, Any]:
     return {"from": before, "to": max([before, *applied]), "applied": applied}
 
 
-class PostgresStore:
-    """A PostgreSQL store; one connection per store, serialised by a lock (writes are short
-    transactions; a lost connection answers 503 backend_unavailable and is reopened next time)."""
+class _Link:
+    """One PostgreSQL connection shared by threads: serialised by a lock, reopened after a
+    failure. A lost connection answers 503 backend_unavailable (PostgreSQL rolls back the open
+    transaction: nothing is half-written); a value PostgreSQL cannot hold (NUL in text) a 422."""
 
-    def __init__(self, dsn: str, *, model_id: str, embedding_dim: int) -> None:
-        self._dsn = dsn
-        self.embedding_dim = embedding_dim
-        self._lock = threading.RLock()
-        self._conn: psycopg.Connection[Any] | None = _connect(dsn)
-        version = _applied(self._conn)
-        if version != latest_version():
-            self._conn.close()
-            raise SchemaOutdated(
-                f"the database schema is at version {version}; this release needs "
-                f"{latest_version()}: run `marginface db upgrade`",
-                database=version,
-                expected=latest_version(),
-            )
-        self.model_id = self._pin_model(model_id, embedding_dim)
-
-    # ---- connection
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.lock = threading.RLock()
+        self._conn: psycopg.Connection[Any] | None = None
 
     def _connection(self) -> psycopg.Connection[Any]:
         """The open connection (lock held), reopened when a failure closed it."""
         if self._conn is None or self._conn.closed:
-            self._conn = _connect(self._dsn)
+            self._conn = _connect(self.dsn)
         return self._conn
 
     def _lost(self, exc: Exception) -> BackendUnavailable:
-        """Forget a failed connection; the caller raises what this returns (a 503)."""
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        """Forget a failed connection; the caller raises what this returns."""
+        self.close()
         return BackendUnavailable(
             f"PostgreSQL failed during the request ({exc.__class__.__name__}); "
             "nothing was half-written, retry",
             retry_after_s=1,
         )
 
-    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run one read (autocommit) on the connection; a lost connection becomes a 503, a value
-        PostgreSQL cannot hold (NUL in text) a 422."""
-        with self._lock:
+    def run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run one autocommit statement (or a few reads) on the connection."""
+        with self.lock:
             try:
                 return work(self._connection())
             except psycopg.OperationalError as exc:
@@ -161,9 +146,9 @@ class PostgresStore:
                 raise _unstorable(exc) from exc
 
     @contextmanager
-    def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+    def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
         """One transaction on the locked connection; commits or rolls back as a whole."""
-        with self._lock:
+        with self.lock:
             conn = self._connection()
             try:
                 with conn.transaction(), conn.cursor() as cur:
@@ -172,6 +157,34 @@ class PostgresStore:
                 raise self._lost(exc) from exc
             except psycopg.DataError as exc:
                 raise _unstorable(exc) from exc
+
+    def close(self) -> None:
+        """Close the connection (the next call opens a new one)."""
+        with self.lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class PostgresStore:
+    """A PostgreSQL store; one connection per store, serialised by a lock (writes are short
+    transactions; a lost connection answers 503 backend_unavailable and is reopened next time)."""
+
+    def __init__(self, dsn: str, *, model_id: str, embedding_dim: int) -> None:
+        self._link = _Link(dsn)
+        self._run = self._link.run
+        self._transaction = self._link.transaction
+        self.embedding_dim = embedding_dim
+        version = self._run(_applied)
+        if version != latest_version():
+            self._link.close()
+            raise SchemaOutdated(
+                f"the database schema is at version {version}; this release needs "
+                f"{latest_version()}: run `marginface db upgrade`",
+                database=version,
+                expected=latest_version(),
+            )
+        self.model_id = self._pin_model(model_id, embedding_dim)
 
     def _pin_model(self, model_id: str, embedding_dim: int) -> str:
         """Record the model, the embedding size and a random gallery id on first use (the
@@ -494,7 +507,7 @@ class PostgresStore:
         held up) so the erased rows' space is reclaimed; PostgreSQL keeps dead row versions
         until then. Not a byte-level wipe of the disk: see docs/security.md."""
         try:
-            with _connect(self._dsn) as conn:
+            with _connect(self._link.dsn) as conn:
                 conn.execute("VACUUM faces, subjects")
         except (BackendUnavailable, psycopg.Error) as exc:
             log.warning("VACUUM after a delete failed (%s); retrying later", exc)
@@ -503,10 +516,7 @@ class PostgresStore:
 
     def close(self) -> None:
         """Close the connection."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._link.close()
 
 
 class PostgresJobBoard:
@@ -514,23 +524,8 @@ class PostgresJobBoard:
     jobs' progress here and answers for jobs another replica runs."""
 
     def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = _connect(self._dsn)
-                return work(self._conn)
-            except psycopg.OperationalError as exc:
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None
-                raise BackendUnavailable(
-                    "PostgreSQL failed while reading or writing a job; retry", retry_after_s=1
-                ) from exc
+        self._link = _Link(dsn)
+        self._run = self._link.run
 
     def publish(self, record: dict[str, Any]) -> None:
         """Insert or update one job's record."""
@@ -561,7 +556,4 @@ class PostgresJobBoard:
 
     def close(self) -> None:
         """Close the connection."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._link.close()
