@@ -202,34 +202,3 @@ def read_pairs_csv(path: Path) -> list[Pair]:
                 )
             )
     return pairs
-
-
-def identification_report(
-    mated_top: list[tuple[float, bool]],
-    mated_rank5: list[bool],
-    non_mated_top: list[float],
-    fpirs: tuple[float, ...] = (1e-1, 1e-2),
-) -> dict[str, object]:
-    """Rank-1/rank-5 rates of enrolled people; DIR at FPIR for people who are not enrolled.
-
-    mated_top: (top-1 score, top-1 is the right person) per probe of an enrolled person;
-    non_mated_top: top-1 score per probe of a person who is not enrolled.
-    """
-    scores = np.array([s for s, _ in mated_top])
-    right = np.array([r for _, r in mated_top])
-    report: dict[str, object] = {
-        "mated_probes": len(mated_top),
-        "non_mated_probes": len(non_mated_top),
-        "rank1": float(right.mean()) if len(right) else None,
-        "rank5": float(np.mean(mated_rank5)) if mated_rank5 else None,
-    }
-    dirs: dict[str, dict[str, object]] = {}
-    for fpir in fpirs:
-        try:
-            t = threshold_at_far(np.asarray(non_mated_top), fpir)
-        except ValueError as exc:
-            dirs[f"{fpir:.0e}"] = {"dir": None, "reason": str(exc)}
-            continue
-        dirs[f"{fpir:.0e}"] = {"dir": float((right & (scores >= t)).mean()), "threshold": t}
-    report["dir_at_fpir"] = dirs
-    return report

@@ -533,8 +533,8 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from service.calibration import identification_report
     from service.errors import NoFace
+    from service.evaluation import identification_report
     from service.gallery import Gallery, NewFace
     from service.recognition import build_pipeline
     from service.vision.image import decode_image

@@ -6,10 +6,14 @@ reverse).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -220,3 +224,87 @@ def verification_report(
         "roc_auc": roc_auc(scores, same),
         "tar_at_far": tar,
     }
+
+
+# ---- open-set identification (1:N with strangers)
+
+
+def open_set_split(
+    people: Mapping[str, Sequence[T]],
+    *,
+    enrolled: int,
+    gallery_photos: int,
+    probes_per_person: int,
+) -> tuple[dict[str, list[T]], list[tuple[str, T]]]:
+    """The usual open-set split of folder-per-person data: the first ``enrolled`` people (in
+    name order) are enrolled with their first ``gallery_photos`` items; every person gives up
+    to ``probes_per_person`` probes from the items not enrolled (strangers: from the start).
+    Returns (gallery: person -> items, probes: (person, item))."""
+    names = sorted(people)
+    gallery = {n: list(people[n][:gallery_photos]) for n in names[:enrolled]}
+    probes: list[tuple[str, T]] = []
+    for name in names:
+        start = gallery_photos if name in gallery else 0
+        probes += [(name, item) for item in people[name][start:][:probes_per_person]]
+    return gallery, probes
+
+
+def open_set_search(
+    gallery: Mapping[str, np.ndarray],
+    probes: Sequence[tuple[str, np.ndarray]],
+    *,
+    top_k: int = 5,
+) -> tuple[list[tuple[float, bool]], list[bool], list[float]]:
+    """Search each probe embedding against the enrolled people (a person's score: their best
+    face's cosine). Returns what ``identification_report`` takes: (top-1 score, top-1 right) and
+    rank-k hit per mated probe, and the top-1 score per non-mated probe. An empty gallery (no
+    enrolled face) gives no mated results and top-1 scores of -1."""
+    names = [n for n, v in gallery.items() if len(v)]
+    mated: list[tuple[float, bool]] = []
+    rank_k: list[bool] = []
+    non_mated: list[float] = []
+    for person, vector in probes:
+        if names:
+            best = np.array([float(np.max(gallery[n] @ vector)) for n in names])
+            order = np.argsort(-best)
+            top_score, top_name = float(best[order[0]]), names[int(order[0])]
+        else:
+            order, top_score, top_name = np.array([], dtype=int), -1.0, ""
+        if person in gallery:
+            mated.append((top_score, top_name == person))
+            rank_k.append(person in {names[int(i)] for i in order[:top_k]})
+        else:
+            non_mated.append(top_score)
+    return mated, rank_k, non_mated
+
+
+def identification_report(
+    mated_top: list[tuple[float, bool]],
+    mated_rank5: list[bool],
+    non_mated_top: list[float],
+    fpirs: tuple[float, ...] = (1e-1, 1e-2),
+) -> dict[str, object]:
+    """Rank-1/rank-5 rates of enrolled people; DIR at FPIR for people who are not enrolled.
+
+    mated_top: (top-1 score, top-1 is the right person) per probe of an enrolled person;
+    non_mated_top: top-1 score per probe of a person who is not enrolled.
+    """
+    scores = np.array([s for s, _ in mated_top])
+    right = np.array([r for _, r in mated_top], dtype=bool)
+    report: dict[str, object] = {
+        "mated_probes": len(mated_top),
+        "non_mated_probes": len(non_mated_top),
+        "rank1": float(right.mean()) if len(right) else None,
+        "rank5": float(np.mean(mated_rank5)) if mated_rank5 else None,
+    }
+    dirs: dict[str, dict[str, object]] = {}
+    for fpir in fpirs:
+        try:
+            t = threshold_at_far(np.asarray(non_mated_top), fpir)
+        except ValueError as exc:
+            dirs[f"{fpir:.0e}"] = {"dir": None, "reason": str(exc)}
+            continue
+        hit = (right & (scores >= t)).mean() if len(right) else float("nan")
+        dirs[f"{fpir:.0e}"] = {"dir": float(hit), "threshold": t}
+    report["dir_at_fpir"] = dirs
+    return report

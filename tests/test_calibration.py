@@ -115,7 +115,7 @@ def test_pairs_csv_accepts_yes_no_and_rejects_garbage(tmp_path: Path) -> None:
 
 
 def test_identification_report_dir_at_fpir() -> None:
-    from service.calibration import identification_report
+    from service.evaluation import identification_report
 
     mated = [(0.9, True)] * 90 + [(0.3, True)] * 5 + [(0.8, False)] * 5
     non_mated = list(np.linspace(0.0, 0.5, 100))

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from training.losses import PRESETS, MarginConfig
+from training.losses import PRESET_SCHEDULES, PRESETS, MarginConfig, MarginSchedule, derived_scale
+
+log = logging.getLogger(__name__)
+#: a set scale more than this many times the derived one is warned about at load
+SCALE_WARN_FACTOR = 2.0
 
 
 @dataclass
@@ -25,8 +30,13 @@ class DataConfig:
     rec: str = ""  # or an insightface RecordIO file (.rec with its .idx)
     val_images: str = ""  # LFW-layout image root for verification during training
     val_pairs: str = ""  # pairs.txt
-    val_pair_limit: int = 0  # 0: all pairs
+    val_pair_limit: int = 0  # 0: all pairs; else this many, half same and half different
     val_cache: str = ""  # where the aligned validation crops are cached (default: the run dir)
+    openset_images: str = ""  # aligned crops, a folder per person (Glint-24): DIR at FPIR at end
+    openset_enrolled: int = 12  # the first N people are enrolled, the others are strangers
+    openset_gallery_photos: int = 5
+    openset_probes_per_person: int = 20
+    max_identities: int = 0  # train on the first N identity folders only (0: all)
     workers: int = 2
     flip: bool = True
 
@@ -38,6 +48,8 @@ class ModelConfig:
     backbone: str = "mobilefacenet"
     embedding_dim: int = 128
     width: int = 0  # channels of the first stage; 0: the backbone's default
+    init: str = ""  # start from a registered ONNX recognizer (e.g. sface-2021dec) instead
+    models_dir: str = "models"  # the registry ``init`` is looked up in
 
     def kwargs(self) -> dict[str, int]:
         """Keyword arguments for create_backbone."""
@@ -49,14 +61,23 @@ class HeadConfig:
     """The margin head (a preset, optionally with explicit margins) and Partial FC."""
 
     preset: str = "arcface"
-    scale: float | None = None
+    scale: float | None = None  # None: derived from the class count (training.losses)
+    adaptive_scale: bool = False  # AdaCos's dynamic scale, updated every step
     m1: int | None = None
     m2_rad: float | None = None
     m3: float | None = None
+    bias: bool | None = None  # softmax baseline only: False drops its bias
+    arcface_fallback: bool = True  # False only for the ablation (ψ no longer monotonic)
+    margin_warmup_steps: int = 0  # m2 and m3 rise linearly from 0 over these steps
+    lambda_base: float | None = None  # SphereFace λ annealing (None: the preset's; 0: off)
+    lambda_gamma: float = 0.12
+    lambda_power: float = 1.0
+    lambda_min: float = 5.0
     sample_rate: float = 1.0  # Partial FC: fraction of class centres per step
 
-    def margin(self) -> MarginConfig:
-        """The validated margin config (preset with overrides)."""
+    def margin(self, num_classes: int | None = None) -> MarginConfig:
+        """The validated margin config (preset with overrides); with ``num_classes`` an unset
+        scale is derived from it."""
         if self.preset not in PRESETS:
             raise ValueError(f"unknown head preset {self.preset!r}; choose from {sorted(PRESETS)}")
         base = PRESETS[self.preset]
@@ -67,10 +88,25 @@ class HeadConfig:
                 "m1": self.m1,
                 "m2_rad": self.m2_rad,
                 "m3": self.m3,
+                "bias": self.bias,
             }.items()
             if v is not None
         }
-        return dataclasses.replace(base, **overrides).validate()
+        overrides["arcface_fallback"] = self.arcface_fallback
+        config = dataclasses.replace(base, **overrides).validate()
+        return config.resolved(num_classes) if num_classes is not None else config
+
+    def schedule(self) -> MarginSchedule:
+        """The margin schedule: the preset's (SphereFace anneals λ) with overrides."""
+        base = PRESET_SCHEDULES.get(self.preset, MarginSchedule())
+        return dataclasses.replace(
+            base,
+            warmup_steps=self.margin_warmup_steps,
+            lambda_base=base.lambda_base if self.lambda_base is None else self.lambda_base,
+            lambda_gamma=self.lambda_gamma,
+            lambda_power=self.lambda_power,
+            lambda_min=self.lambda_min,
+        ).validate()
 
 
 @dataclass
@@ -103,11 +139,36 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 500
+    angle_snapshots: int = 0  # histograms of the target angle at this many evenly spaced steps
+    angle_samples: int = 1024  # training faces those histograms are measured on
     seed: int = 0
 
     def validate(self) -> TrainConfig:
-        """Check combinations; raises ValueError naming the bad key."""
-        self.head.margin()
+        """Check combinations; raises ValueError naming the bad key. Warns when a set scale is
+        far above the one derived from the class count (the softmax saturates from step 0)."""
+        margin = self.head.margin()
+        self.head.schedule()
+        if self.head.adaptive_scale and margin.kind == "softmax":
+            raise ValueError("head.adaptive_scale (AdaCos) needs a normalised head, not softmax")
+        if self.data.val_pair_limit and (
+            self.data.val_pair_limit < 20 or self.data.val_pair_limit % 20
+        ):
+            raise ValueError(
+                "data.val_pair_limit must be a multiple of 20 (10 folds, half same and half "
+                f"different pairs), got {self.data.val_pair_limit}"
+            )
+        classes = self.class_count()
+        if classes and margin.kind != "softmax" and self.head.scale is not None:
+            derived = derived_scale(classes, margin)
+            if self.head.scale > SCALE_WARN_FACTOR * derived:
+                log.warning(
+                    "head.scale=%g is far above the scale derived for %d classes (%.1f: AdaCos's "
+                    "√2·ln(C−1) over ψ(0)); the softmax saturates from the first step and margin "
+                    "heads may not train. Leave head.scale unset to use the derived one.",
+                    self.head.scale,
+                    classes,
+                    derived,
+                )
         if bool(self.data.root) == bool(self.data.rec):
             raise ValueError("set exactly one of data.root (aligned folder) or data.rec (RecordIO)")
         if not 0.0 < self.head.sample_rate <= 1.0:
@@ -118,7 +179,20 @@ class TrainConfig:
             raise ValueError("optim.lr must be positive")
         if self.head.preset == "softmax" and self.head.sample_rate < 1.0:
             raise ValueError("Partial FC needs a normalised head; the softmax baseline has a bias")
+        if self.model.init and (self.model.width or self.model.backbone != "mobilefacenet"):
+            log.info("model.init=%s: backbone and width come from that model", self.model.init)
         return self
+
+    def class_count(self) -> int | None:
+        """Identities in an aligned-folder training set (cheap: counts folders); None for
+        RecordIO or a folder that does not exist yet."""
+        root = Path(self.data.root) if self.data.root else None
+        if root is None or not root.is_dir():
+            return None
+        count = sum(1 for d in root.iterdir() if d.is_dir())
+        if self.data.max_identities:
+            count = min(count, self.data.max_identities)
+        return count or None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, for JSON."""

@@ -30,8 +30,33 @@ from service.vision.pipeline import FacePipeline
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm"}
-# The normalisation the exported manifest declares: RGB, (x - 127.5) / 127.5.
+# The normalisation our own backbones are trained with and their manifests declare:
+# RGB, (x - 127.5) / 127.5.
 MEAN, STD = 127.5, 127.5
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How a crop becomes the network's input: colour order, then (x - mean) / std per channel.
+
+    Our backbones use the default; a model imported from the registry (``model.init``) keeps
+    the one its manifest declares, so fine-tuning and serving feed it alike."""
+
+    mean: tuple[float, float, float] = (MEAN, MEAN, MEAN)
+    std: tuple[float, float, float] = (STD, STD, STD)
+    color_order: str = "RGB"
+
+    def apply(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB to (3, H, W) float."""
+        x = image.astype(np.float32)
+        if self.color_order == "BGR":
+            x = x[..., ::-1]
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray((x - mean) / std)).permute(2, 0, 1)
+
+
+DEFAULT_NORMALISATION = Normalisation()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,9 +183,9 @@ def augment(image: np.ndarray, rng: np.random.Generator, *, flip: bool = True) -
     return image
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
+def to_tensor(image: np.ndarray, norm: Normalisation = DEFAULT_NORMALISATION) -> torch.Tensor:
     """(H, W, 3) uint8 RGB to (3, H, W) float, normalised as the exported manifest declares."""
-    return torch.from_numpy((image.astype(np.float32) - MEAN) / STD).permute(2, 0, 1)
+    return norm.apply(image)
 
 
 class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -175,6 +200,7 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         train: bool = True,
         flip: bool = True,
         seed: int = 0,
+        norm: Normalisation = DEFAULT_NORMALISATION,
     ) -> None:
         self.loaders = loaders
         self.labels = labels
@@ -182,6 +208,7 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         self.train = train
         self.flip = flip
         self.seed = seed
+        self.norm = norm
         self.epoch = 0
 
     @property
@@ -197,7 +224,11 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image = augment(image, rng, flip=self.flip)
-        return to_tensor(image), self.labels[index]
+        return to_tensor(image, self.norm), self.labels[index]
+
+    def image(self, index: int) -> np.ndarray:
+        """The crop at ``index`` as stored (no augmentation): for measurements on the data."""
+        return self.loaders[index]()
 
 
 def _loader(path: Path) -> Callable[[], np.ndarray]:
@@ -210,10 +241,20 @@ def _load_rgb(path: Path) -> np.ndarray:
 
 
 def image_folder(
-    root: Path, *, train: bool = True, flip: bool = True, seed: int = 0
+    root: Path,
+    *,
+    train: bool = True,
+    flip: bool = True,
+    seed: int = 0,
+    max_identities: int = 0,
+    norm: Normalisation = DEFAULT_NORMALISATION,
 ) -> FaceDataset:
-    """An aligned folder: ``root/<identity>/*.jpg``; labels in sorted identity order."""
+    """An aligned folder: ``root/<identity>/*.jpg``; labels in sorted identity order (only the
+    first ``max_identities`` identities when set: the rest stay unseen, for a split by
+    identity)."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if max_identities:
+        classes = classes[:max_identities]
     if not classes:
         raise ValueError(f"no identity folders under {root}")
     loaders, labels = [], []
@@ -222,7 +263,7 @@ def image_folder(
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 loaders.append(_loader(path))
                 labels.append(label)
-    return FaceDataset(loaders, labels, classes, train=train, flip=flip, seed=seed)
+    return FaceDataset(loaders, labels, classes, train=train, flip=flip, seed=seed, norm=norm)
 
 
 # insightface / MXNet RecordIO: records framed by a magic number; each payload starts with an
@@ -313,7 +354,12 @@ def write_record_file(rec: Path, records: Iterator[tuple[RecordHeader, bytes]]) 
 
 
 def record_dataset(
-    rec: Path, *, train: bool = True, flip: bool = True, seed: int = 0
+    rec: Path,
+    *,
+    train: bool = True,
+    flip: bool = True,
+    seed: int = 0,
+    norm: Normalisation = DEFAULT_NORMALISATION,
 ) -> FaceDataset:
     """A dataset over an insightface .rec (MS1MV2, Glint360K, WebFace layout).
 
@@ -349,4 +395,5 @@ def record_dataset(
         train=train,
         flip=flip,
         seed=seed,
+        norm=norm,
     )

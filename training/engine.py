@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -27,11 +26,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from service.evaluation import kfold_accuracy, read_lfw_pairs, tar_at, threshold_at_far
-from training.backbones import create_backbone
 from training.config import TrainConfig
-from training.data import FaceDataset, image_folder, record_dataset, to_tensor
-from training.partial_fc import PartialFC
+from training.data import FaceDataset, Normalisation, image_folder, record_dataset
+from training.losses import MarginHead
+from training.partial_fc import HeadOutput, PartialFC
+from training.pretrained import backbone_for
+from training.validation import (
+    AngleMonitor,
+    OpenSetValidator,
+    Validator,
+    degrees,
+    past_fallback_fraction,
+    snapshot_steps,
+)
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -94,11 +101,17 @@ def lr_lambda(config: TrainConfig) -> Any:
     return factor
 
 
-def build_dataset(config: TrainConfig) -> FaceDataset:
+def build_dataset(config: TrainConfig, norm: Normalisation) -> FaceDataset:
     """The training set the config names."""
     if config.data.root:
-        return image_folder(Path(config.data.root), flip=config.data.flip, seed=config.seed)
-    return record_dataset(Path(config.data.rec), flip=config.data.flip, seed=config.seed)
+        return image_folder(
+            Path(config.data.root),
+            flip=config.data.flip,
+            seed=config.seed,
+            max_identities=config.data.max_identities,
+            norm=norm,
+        )
+    return record_dataset(Path(config.data.rec), flip=config.data.flip, seed=config.seed, norm=norm)
 
 
 def infinite_batches(
@@ -118,72 +131,6 @@ def infinite_batches(
         epoch += 1
 
 
-class Validator:
-    """LFW-protocol verification during training, on crops aligned once by the service pipeline."""
-
-    def __init__(self, config: TrainConfig, cache: Path) -> None:
-        pairs = read_lfw_pairs(Path(config.data.val_pairs), Path(config.data.val_images))
-        if config.data.val_pair_limit:
-            # keep whole folds' balance: an equal share of each fold
-            per_fold = max(2, config.data.val_pair_limit // 10)
-            pairs = [p for f in range(10) for p in [q for q in pairs if q.fold == f][:per_fold]]
-        self.pairs = pairs
-        self.crops, self.index = self._crops(cache)
-
-    def _crops(self, cache: Path) -> tuple[np.ndarray, dict[Path, int]]:
-        paths = sorted({p.a for p in self.pairs} | {p.b for p in self.pairs})
-        if cache.is_file():
-            data = np.load(cache, allow_pickle=False)
-            if list(data["paths"]) == [str(p) for p in paths]:
-                return data["crops"], {p: i for i, p in enumerate(paths)}
-        from service.calibration import central_face
-        from service.recognition import build_pipeline
-        from service.settings import Settings
-        from service.vision.image import decode_image
-
-        pipeline = build_pipeline(Settings(device="cpu"), batching=False)
-        crops = np.zeros((len(paths), 112, 112, 3), dtype=np.uint8)
-        for i, path in enumerate(paths):
-            image = decode_image(path.read_bytes())
-            face, _ = central_face(pipeline, image)  # the same protocol as `marginface eval`
-            if face is not None:
-                crops[i] = pipeline.align(image, face.landmarks)
-            else:  # documented fallback: the central 112x112 region, resized
-                h, w = image.shape[:2]
-                side = min(h, w) // 2
-                crop = image[
-                    h // 2 - side // 2 : h // 2 + side // 2, w // 2 - side // 2 : w // 2 + side // 2
-                ]
-                crops[i] = cv2.resize(crop, (112, 112), interpolation=cv2.INTER_AREA)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, crops=crops, paths=np.array([str(p) for p in paths]))
-        return crops, {p: i for i, p in enumerate(paths)}
-
-    @torch.no_grad()
-    def evaluate(
-        self, backbone: nn.Module, device: torch.device, batch: int = 128
-    ) -> dict[str, float]:
-        """10-fold accuracy and TAR at FAR 1e-2 (flip-averaged embeddings)."""
-        was_training = backbone.training
-        backbone.eval()
-        feats = []
-        for start in range(0, len(self.crops), batch):
-            x = torch.stack([to_tensor(c) for c in self.crops[start : start + batch]]).to(device)
-            f = backbone(x) + backbone(torch.flip(x, dims=[3]))
-            feats.append(torch.nn.functional.normalize(f.float(), dim=1).cpu())
-        backbone.train(was_training)
-        emb = torch.cat(feats).numpy()
-        scores = np.array([float(emb[self.index[p.a]] @ emb[self.index[p.b]]) for p in self.pairs])
-        same = np.array([p.same for p in self.pairs])
-        folds = np.array([p.fold for p in self.pairs])
-        mean, std, _ = kfold_accuracy(scores, same, folds)
-        out = {"lfw_accuracy": mean, "lfw_accuracy_std": std}
-        impostors = scores[~same]
-        if len(impostors) >= 100:
-            out["lfw_tar_at_far_1e-2"] = tar_at(scores[same], threshold_at_far(impostors, 1e-2))
-        return out
-
-
 def write_curves(log_path: Path, out: Path) -> None:
     """Loss and accuracy curves as PNG (matplotlib, from the train extra)."""
     import matplotlib
@@ -197,9 +144,10 @@ def write_curves(log_path: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
     axes[0].set(title="training loss", xlabel="step")
-    axes[1].plot(
-        [r["step"] for r in train], [r["accuracy"] for r in train], label="train (margin logits)"
-    )
+    steps = [r["step"] for r in train]
+    axes[1].plot(steps, [r["accuracy"] for r in train], label="train (margin logits)")
+    if train and "plain_accuracy" in train[0]:
+        axes[1].plot(steps, [r["plain_accuracy"] for r in train], label="train (plain cosines)")
     if val:
         axes[1].plot(
             [r["step"] for r in val], [r["lfw_accuracy"] for r in val], "o-", label="LFW 10-fold"
@@ -240,7 +188,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     np.random.seed(config.seed + world.rank)
     random.seed(config.seed + world.rank)
 
-    dataset = build_dataset(config)
+    backbone, norm, init_manifest = backbone_for(config.model)
+    backbone = backbone.to(device)
+    dataset = build_dataset(config, norm)
     if world.world_size > 1:
         sampler: Any = DistributedSampler(
             dataset, world.world_size, world.rank, shuffle=True, seed=config.seed
@@ -255,14 +205,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         drop_last=True,
         persistent_workers=False,
     )
-    backbone = create_backbone(
-        config.model.backbone, embedding_dim=config.model.embedding_dim, **config.model.kwargs()
-    ).to(device)
-    margin = config.head.margin()
+    margin = config.head.margin(num_classes=dataset.num_classes)
     head: nn.Module
     if margin.kind == "softmax":
-        from training.losses import MarginHead
-
         head = MarginHead(config.model.embedding_dim, dataset.num_classes, margin).to(device)
     else:
         head = PartialFC(
@@ -270,7 +215,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
             dataset.num_classes,
             margin,
             sample_rate=config.head.sample_rate,
+            schedule=config.head.schedule(),
+            adaptive_scale=config.head.adaptive_scale,
         ).to(device)
+    if world.is_main:
+        log.warning(
+            "%s head, %d classes, scale %.3g (%s)%s",
+            margin.kind,
+            dataset.num_classes,
+            margin.scale,
+            "set" if config.head.scale is not None else "derived from the class count",
+            ", AdaCos dynamic" if config.head.adaptive_scale else "",
+        )
     model: nn.Module = backbone
     if world.world_size > 1:
         model = DistributedDataParallel(
@@ -310,10 +266,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
         _set_rng_state(state["rng"])
         log.warning("resumed from %s at step %d", ckpt_path, step)
 
-    validator = None
+    validator = openset = angles = None
     if world.is_main and config.data.val_pairs:
         cache = Path(config.data.val_cache) if config.data.val_cache else out / "val_crops.npz"
-        validator = Validator(config, cache)
+        validator = Validator(config, cache, norm)
+    if world.is_main and config.data.openset_images:
+        openset = OpenSetValidator(config, norm)
+    angle_steps = snapshot_steps(config.max_steps, config.angle_snapshots)
+    if world.is_main and angle_steps:
+        angles = AngleMonitor(dataset, config.angle_samples, out / "angles.jsonl")
     log_path = out / "log.jsonl"
     batches = infinite_batches(loader, dataset, epoch)
     seen, tick = 0, time.perf_counter()
@@ -338,6 +299,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
         torch.save(state, tmp)
         tmp.replace(ckpt_path)
 
+    def class_centres() -> torch.Tensor:
+        inner = head.module if isinstance(head, DistributedDataParallel) else head
+        return inner.weight  # this rank's shard with Partial FC across ranks
+
+    if angles is not None and step == 0 and 0 in angle_steps:
+        angles.snapshot(0, backbone, class_centres(), device)
     model.train()
     head.train()
     # Resuming mid-epoch: skip the batches this epoch already used, so the data order is exact.
@@ -351,11 +318,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
         with context:
             features = model(images)
             if isinstance(head, PartialFC):
-                loss, accuracy = head(features.float(), labels)
+                head.set_step(step)
+                output: HeadOutput = head(features.float(), labels)
             else:
                 logits = head(features.float(), labels)
-                loss = torch.nn.functional.cross_entropy(logits, labels)
+                inner = head.module if isinstance(head, DistributedDataParallel) else head
+                with torch.no_grad():
+                    cos = inner.cosine(features.float())
+                    target_cos = cos.gather(1, labels[:, None])[:, 0]
                 accuracy = (logits.argmax(1) == labels).float().mean()
+                output = HeadOutput(
+                    torch.nn.functional.cross_entropy(logits, labels),
+                    accuracy,
+                    accuracy,  # no margin: the logits' accuracy is the plain one
+                    target_cos,
+                )
+            loss = output.loss
         if not torch.isfinite(loss):
             raise RuntimeError(
                 f"loss is {loss.item()} at step {step} (lr {scheduler.get_last_lr()[0]:.4g}); "
@@ -374,11 +352,19 @@ def train(config: TrainConfig) -> dict[str, Any]:
         seen += len(images) * world.world_size
         if world.is_main and (step % config.log_every == 0 or step == config.max_steps):
             elapsed = time.perf_counter() - tick
+            inner_head = head.module if isinstance(head, DistributedDataParallel) else head
+            current_scale = (
+                inner_head.head.current_scale if isinstance(inner_head, PartialFC) else 1.0
+            )
             row = {
                 "step": step,
                 "epoch": epoch,
                 "loss": float(loss.item()),
-                "accuracy": float(accuracy.item()),
+                "accuracy": float(output.accuracy.item()),
+                "plain_accuracy": float(output.plain_accuracy.item()),
+                "target_angle_deg": float(degrees(output.target_cos).mean()),
+                "past_arcface_fallback": past_fallback_fraction(output.target_cos, margin.m2_rad),
+                "scale": current_scale,
                 "lr": scheduler.get_last_lr()[0],
                 "samples_per_s": seen / max(elapsed, 1e-9),
             }
@@ -386,10 +372,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             log.warning(
-                "step %d loss %.4f acc %.3f lr %.4g %.1f samples/s",
+                "step %d loss %.4f acc %.3f (plain %.3f) lr %.4g %.1f samples/s",
                 step,
                 row["loss"],
                 row["accuracy"],
+                row["plain_accuracy"],
                 row["lr"],
                 row["samples_per_s"],
             )
@@ -401,10 +388,19 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 fh.write(json.dumps({"step": step, **result}) + "\n")
             log.warning("step %d LFW %s", step, result)
             metrics.update(result)
+        if angles is not None and step in angle_steps:
+            angles.snapshot(step, backbone, class_centres(), device)
+        if openset is not None and step == config.max_steps:
+            found = openset.evaluate(backbone, device)
+            with log_path.open("a") as fh:
+                fh.write(json.dumps({"step": step, **found}) + "\n")
+            metrics.update(found)
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             save(step, epoch)
     if world.is_main and log_path.is_file():
         write_curves(log_path, out / "curves.png")
+        metrics["num_classes"] = dataset.num_classes
+        metrics["init"] = init_manifest.model_id if init_manifest is not None else None
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if world.world_size > 1:
         dist.barrier()

@@ -8,6 +8,7 @@ softmax cross-entropy combines the shards (max and sum-exp all-reduced).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from training.losses import MarginConfig, MarginHead
+from training.losses import MarginConfig, MarginHead, MarginSchedule
 
 
 def _world() -> tuple[int, int]:
@@ -80,6 +81,16 @@ class _DistCrossEntropy(torch.autograd.Function):
         return grad_logits * (grad / prob.shape[0]), None
 
 
+@dataclass(frozen=True)
+class HeadOutput:
+    """A training step's loss and what is logged beside it (all over the global batch)."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor  # on the margin logits: right only when the target wins by the margin
+    plain_accuracy: torch.Tensor  # on the plain cosines: what a margin-free head would score
+    target_cos: torch.Tensor  # (N,) cos θ between each feature and its class centre
+
+
 class PartialFC(nn.Module):
     """This rank's shard of class centres and the sampled, distributed margin loss."""
 
@@ -92,6 +103,8 @@ class PartialFC(nn.Module):
         sample_rate: float = 1.0,
         rank: int | None = None,
         world_size: int | None = None,
+        schedule: MarginSchedule | None = None,
+        adaptive_scale: bool = False,
     ) -> None:
         super().__init__()
         default_rank, default_world = _world()
@@ -102,7 +115,15 @@ class PartialFC(nn.Module):
         self.class_end = num_classes * (self.rank + 1) // self.world_size
         self.num_local = self.class_end - self.class_start
         self.sample_rate = sample_rate
-        self.head = MarginHead(embedding_dim, self.num_local, margin)  # holds this shard's weight
+        # holds this shard's weight; the scale follows the global class count
+        self.head = MarginHead(
+            embedding_dim,
+            self.num_local,
+            margin,
+            schedule=schedule,
+            adaptive_scale=adaptive_scale,
+            scale_classes=num_classes,
+        )
 
     @property
     def weight(self) -> nn.Parameter:
@@ -125,10 +146,12 @@ class PartialFC(nn.Module):
         remapped = torch.where(here, lookup[mapped.clamp_min(0)], mapped)
         return index, remapped
 
-    def forward(
-        self, features: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, accuracy) over the global batch; features (B, D), labels (B,) global ids."""
+    def set_step(self, step: int) -> None:
+        """The training step of the next forward (the margin schedule)."""
+        self.head.set_step(step)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+        """Loss and accuracies over the global batch; features (B, D), labels (B,) global ids."""
         if self.world_size > 1:
             features = _AllGather.apply(features)
             gathered = [torch.empty_like(labels) for _ in range(self.world_size)]
@@ -140,12 +163,21 @@ class PartialFC(nn.Module):
         logits = self.head.margin_logits(cos, mapped)  # (N, S_local)
         loss = _DistCrossEntropy.apply(logits, mapped)
         with torch.no_grad():
+            here = mapped >= 0
             best = logits.max(dim=1).values
             target = torch.zeros_like(best)
-            here = mapped >= 0
             target[here] = logits[here, mapped[here]]
+            best_cos = cos.max(dim=1).values
+            target_cos = torch.zeros_like(best_cos)
+            target_cos[here] = cos[here, mapped[here]]
             if self.world_size > 1:
-                dist.all_reduce(best, op=dist.ReduceOp.MAX)
-                dist.all_reduce(target, op=dist.ReduceOp.SUM)
+                for tensor, op in (
+                    (best, dist.ReduceOp.MAX),
+                    (target, dist.ReduceOp.SUM),
+                    (best_cos, dist.ReduceOp.MAX),
+                    (target_cos, dist.ReduceOp.SUM),
+                ):
+                    dist.all_reduce(tensor, op=op)
             accuracy = (target >= best).float().mean()
-        return loss, accuracy
+            plain_accuracy = (target_cos >= best_cos).float().mean()
+        return HeadOutput(loss, accuracy, plain_accuracy, target_cos)

@@ -37,3 +37,41 @@ def test_overrides_are_typed(tmp_path: Path) -> None:
 def test_bad_configs_fail_at_load(overrides: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_config(None, overrides)
+
+
+def test_scale_is_derived_from_the_class_count_when_unset(tmp_path: Path) -> None:
+    """AdaCos's fixed scale √2·ln(C−1), raised so a margin head's best target logit
+    (s·ψ(0)) equals it: with 299 classes s = 64 saturates the softmax from the first step."""
+    import math
+
+    config = load_config(None, [f"--data.root={tmp_path}", "--head.preset=cosface"])
+    assert config.head.scale is None  # the presets no longer pin s = 64
+    cosface = config.head.margin(num_classes=299)
+    assert cosface.scale == pytest.approx(math.sqrt(2) * math.log(298) / (1 - 0.35), rel=1e-6)
+    arcface = load_config(None, [f"--data.root={tmp_path}", "--head.preset=arcface"])
+    assert arcface.head.margin(num_classes=299).scale == pytest.approx(
+        math.sqrt(2) * math.log(298) / math.cos(0.5), rel=1e-6
+    )
+    normface = load_config(None, [f"--data.root={tmp_path}", "--head.preset=normface"])
+    assert normface.head.margin(num_classes=299).scale == pytest.approx(
+        math.sqrt(2) * math.log(298), rel=1e-6
+    )
+    # a scale set by hand is kept
+    fixed = load_config(
+        None, [f"--data.root={tmp_path}", "--head.preset=cosface", "--head.scale=30"]
+    )
+    assert fixed.head.margin(num_classes=299).scale == 30
+
+
+def test_a_scale_far_above_the_derived_one_warns_at_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(299):
+        (tmp_path / str(i)).mkdir()
+    with caplog.at_level("WARNING"):
+        load_config(None, [f"--data.root={tmp_path}", "--head.preset=cosface", "--head.scale=64"])
+    assert "head.scale=64" in caplog.text and "299 classes" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_config(None, [f"--data.root={tmp_path}", "--head.preset=cosface"])
+    assert "head.scale" not in caplog.text

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.app import create_app
 from tests.conftest import API_KEY, DATA, ROOT, lfw, make_settings
@@ -55,7 +57,13 @@ def test_short_run_logs_curves_and_config(aligned_subset: Path, tmp_path: Path) 
     assert all(0.0 <= r["lfw_accuracy"] <= 1.0 for r in evals)
     rows = [r for r in lines if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert all({"loss", "accuracy", "lr", "samples_per_s"} <= set(r) for r in rows)
+    assert all(
+        {"loss", "accuracy", "plain_accuracy", "lr", "samples_per_s"} <= set(r) for r in rows
+    )
+    # a margin head's accuracy on its margin logits never exceeds its plain accuracy
+    assert all(r["accuracy"] <= r["plain_accuracy"] for r in rows)
+    assert all(0.0 <= r["past_arcface_fallback"] <= 1.0 for r in rows)
+    assert all(r["lfw_pairs"] == 20 for r in evals)
     assert (out / "curves.png").is_file() and (out / "config.json").is_file()
     assert metrics["step"] == 4
     saved = load_config(str(out / "config.json"), [])
@@ -91,6 +99,8 @@ def test_resume_continues_bit_for_bit(aligned_subset: Path, tmp_path: Path) -> N
         "--head.preset=cosface",
         "--checkpoint_every=2",
         "--head.sample_rate=0.5",
+        "--head.margin_warmup_steps=3",  # the schedule resumes at its step
+        "--head.adaptive_scale=true",  # and AdaCos's scale with the head's state
     )
     train(run_config(aligned_subset, tmp_path / "a", *extra))
     _train_and_crash_after(run_config(aligned_subset, tmp_path / "b", *extra), steps=2)
@@ -102,6 +112,8 @@ def test_resume_continues_bit_for_bit(aligned_subset: Path, tmp_path: Path) -> N
     for key, value in sa["backbone"].items():
         torch.testing.assert_close(sb["backbone"][key], value, rtol=0, atol=0, msg=key)
     torch.testing.assert_close(sb["head"]["head.weight"], sa["head"]["head.weight"], rtol=0, atol=0)
+    assert float(sb["head"]["head.scale"]) == float(sa["head"]["head.scale"])
+    assert int(sb["head"]["head.step"]) == int(sa["head"]["head.step"]) == 3
 
 
 def test_nan_guard_stops_with_a_clear_message(aligned_subset: Path, tmp_path: Path) -> None:
@@ -167,6 +179,7 @@ def test_train_export_serve_verify(aligned_subset: Path, tmp_path: Path) -> None
         data_licence="CelebA: non-commercial research only",
     )
     assert manifest.training is not None and manifest.training["parity_min_cosine"] >= 0.9999
+    assert manifest.training["exporter"] == "dynamo"  # torch's current exporter, not the legacy one
     card = (models / "tiny-arcface" / "MODEL_CARD.md").read_text()
     assert "non-commercial" in card and manifest.model_id in card
     settings = make_settings(tmp_path, models_dir=models, embedder={"model": "tiny-arcface"})
@@ -232,3 +245,57 @@ def test_two_nodes_one_process_each_through_the_nnodes_path(
     assert shard0.shape[0] + shard1.shape[0] == 8
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3
+
+
+def test_fine_tune_sface_export_serve_verify(aligned_subset: Path, tmp_path: Path) -> None:
+    """Start from the registry's SFace: imported into torch (parity with ONNX Runtime on real
+    aligned faces), two steps with a margin head, exported, served, a pair verified."""
+    from training.pretrained import import_recognizer, normalisation_of, parity_with_onnx
+
+    module, sface, weights = import_recognizer(ROOT / "models", "sface-2021dec")
+    crops = [
+        np.asarray(Image.open(p).convert("RGB"))
+        for p in sorted(next(d for d in aligned_subset.iterdir() if d.is_dir()).iterdir())[:8]
+    ]
+    assert parity_with_onnx(module, weights, crops, normalisation_of(sface)) <= 1e-4
+    run = tmp_path / "finetune"
+    config = load_config(
+        None,
+        [
+            f"--data.root={aligned_subset}",
+            f"--output_dir={run}",
+            "--model.init=sface-2021dec",
+            f"--model.models_dir={ROOT / 'models'}",
+            "--model.embedding_dim=128",
+            "--head.preset=cosface",
+            "--batch_size=8",
+            "--data.workers=0",
+            "--max_steps=2",
+            "--optim.lr=0.001",
+            "--optim.warmup_steps=1",
+        ],
+    )
+    metrics = train(config)
+    assert metrics["step"] == 2 and metrics["init"] == sface.model_id
+    models = tmp_path / "models"
+    (models / "retinaface-mnet025").mkdir(parents=True)
+    for f in (ROOT / "models" / "retinaface-mnet025").iterdir():
+        (models / "retinaface-mnet025" / f.name).symlink_to(f)
+    person = next(p for p in aligned_subset.iterdir() if p.is_dir())
+    manifest = export_run(run, models, "sface-ft", parity_images=person, data_licence="CelebA")
+    assert manifest.input == sface.input  # fed exactly as the original model
+    assert manifest.alignment_template == sface.alignment_template
+    settings = make_settings(tmp_path, models_dir=models, embedder={"model": "sface-ft"})
+    with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as c:
+        a, b = lfw("Colin_Powell", 1), lfw("Colin_Powell", 2)
+        r = c.post(
+            "/v1/verify",
+            files={
+                "image_a": (a.name, a.read_bytes(), "image/jpeg"),
+                "image_b": (b.name, b.read_bytes(), "image/jpeg"),
+            },
+            data={"threshold": "0.3"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["model_id"] == manifest.model_id
+        assert r.json()["match"] is True  # two steps at lr 1e-3 keep SFace's knowledge

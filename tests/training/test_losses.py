@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import PRESETS, MarginConfig, MarginHead, margin_loss, target_psi
+from training.losses import (
+    PRESETS,
+    MarginConfig,
+    MarginHead,
+    MarginSchedule,
+    adacos_dynamic_scale,
+    derived_scale,
+    margin_loss,
+    target_psi,
+)
 
 MARGIN_PRESETS = [k for k in PRESETS if k != "softmax"]
 
@@ -56,7 +65,7 @@ def batch(
 @pytest.mark.parametrize("preset", MARGIN_PRESETS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_logits_and_loss_match_naive_reference_fp32(preset: str, seed: int) -> None:
-    config = PRESETS[preset]
+    config = PRESETS[preset].resolved(10)
     features, weight, labels = batch(seed)
     head = MarginHead(16, 10, config)
     with torch.no_grad():
@@ -69,7 +78,7 @@ def test_logits_and_loss_match_naive_reference_fp32(preset: str, seed: int) -> N
 
 @pytest.mark.parametrize("preset", MARGIN_PRESETS)
 def test_fp16_logits_within_half_precision_tolerance(preset: str) -> None:
-    config = PRESETS[preset]
+    config = PRESETS[preset].resolved(10)
     features, weight, labels = batch(7)
     head = MarginHead(16, 10, config)
     with torch.no_grad():
@@ -157,3 +166,89 @@ def test_sphereface_m4_is_continuous_at_piece_boundaries() -> None:
 def test_unsupported_combinations_fail_at_config_load(config: MarginConfig, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         config.validate()
+
+
+def test_an_unset_scale_is_derived_from_the_class_count() -> None:
+    head = MarginHead(16, 299, PRESETS["cosface"])
+    assert head.current_scale == pytest.approx(math.sqrt(2) * math.log(298) / 0.65)
+    assert derived_scale(299, PRESETS["normface"]) == pytest.approx(math.sqrt(2) * math.log(298))
+    assert MarginHead(16, 10, MarginConfig("cosface", scale=64.0, m3=0.35)).current_scale == 64
+
+
+def naive_scheduled_psi(cos_t: float, c: MarginConfig, s: MarginSchedule, step: int) -> float:
+    """ψ with the margins scaled by the warm-up and SphereFace's λ mixing, per sample."""
+    fraction = min(1.0, step / s.warmup_steps) if s.warmup_steps else 1.0
+    scaled = MarginConfig(c.kind, c.scale, c.m1, c.m2_rad * fraction, c.m3 * fraction)
+    psi = naive_psi(cos_t, scaled)
+    if s.lambda_base > 0:
+        lam = max(s.lambda_min, s.lambda_base * (1 + s.lambda_gamma * step) ** -s.lambda_power)
+        psi = (lam * cos_t + psi) / (1 + lam)
+    return psi
+
+
+@pytest.mark.parametrize(
+    ("preset", "schedule"),
+    [
+        ("arcface", MarginSchedule(warmup_steps=10)),
+        ("cosface", MarginSchedule(warmup_steps=4)),
+        ("sphereface", MarginSchedule(lambda_base=1000.0)),
+        ("combined", MarginSchedule(warmup_steps=7, lambda_base=50.0, lambda_min=1.0)),
+    ],
+)
+@pytest.mark.parametrize("step", [0, 3, 10, 500])
+def test_scheduled_margins_match_the_naive_formula(
+    preset: str, schedule: MarginSchedule, step: int
+) -> None:
+    config = PRESETS[preset].resolved(10)
+    features, weight, labels = batch(11)
+    head = MarginHead(16, 10, config, schedule=schedule)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    head.set_step(step)
+    logits = head(features, labels)
+    f = F.normalize(features.double(), dim=1)
+    w = F.normalize(weight.double(), dim=1)
+    for i, label in enumerate(labels.tolist()):
+        cos_t = float(f[i] @ w[label])
+        expected = config.scale * naive_scheduled_psi(cos_t, config, schedule, step)  # type: ignore[operator]
+        assert float(logits[i, label]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_sphereface_annealing_follows_the_paper() -> None:
+    """λ = max(λ_min, λ0 (1 + γ t)^-p) with the A-Softmax code's λ0 = 1000, γ = 0.12, p = 1."""
+    schedule = MarginSchedule(lambda_base=1000.0)
+    assert schedule.lam(0) == 1000.0
+    assert schedule.lam(100) == pytest.approx(1000.0 / 13.0)
+    assert schedule.lam(100_000) == 5.0
+    assert MarginSchedule(warmup_steps=4).margin_fraction(2) == 0.5
+
+
+def test_adacos_dynamic_scale_matches_its_formula_and_is_kept_in_the_state() -> None:
+    features, weight, labels = batch(12, b=16, c=10)
+    head = MarginHead(16, 10, PRESETS["normface"], adaptive_scale=True)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    cos = head.cosine(features).double()
+    s0 = head.current_scale
+    others = [
+        sum(math.exp(s0 * float(cos[i, j])) for j in range(10) if j != int(labels[i]))
+        for i in range(16)
+    ]
+    theta_med = float(torch.acos(cos[torch.arange(16), labels]).median())
+    expected = math.log(sum(others) / 16) / math.cos(min(math.pi / 4, theta_med))
+    assert adacos_dynamic_scale(cos.float(), labels, s0) == pytest.approx(expected, rel=1e-4)
+    head.train()
+    head(features, labels)
+    assert head.current_scale == pytest.approx(expected, rel=1e-4)
+    assert float(head.state_dict()["scale"]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_arcface_without_its_fallback_is_the_naive_form() -> None:
+    """Only for the ablation: past θ = π − m2 the target logit rises again."""
+    naive = MarginConfig("arcface", scale=1.0, m2_rad=0.5, arcface_fallback=False)
+    theta = torch.tensor([math.pi - 0.2], dtype=torch.float64)
+    assert float(target_psi(torch.cos(theta), naive)) == pytest.approx(math.cos(math.pi + 0.3))
+    fixed = MarginConfig("arcface", scale=1.0, m2_rad=0.5)
+    assert float(target_psi(torch.cos(theta), fixed)) == pytest.approx(
+        math.cos(math.pi - 0.2) - 0.5 * math.sin(0.5)
+    )

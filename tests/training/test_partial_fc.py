@@ -20,7 +20,7 @@ def test_rate_one_matches_the_full_head_loss_and_gradients(preset: str) -> None:
         pfc.weight.copy_(full.weight)
     loss_full = margin_loss(full, features, labels)
     (grad_full,) = torch.autograd.grad(loss_full, features)
-    loss_pfc, _ = pfc(features, labels)
+    loss_pfc = pfc(features, labels).loss
     (grad_pfc,) = torch.autograd.grad(loss_pfc, features)
     torch.testing.assert_close(loss_pfc, loss_full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad_pfc, grad_full, rtol=1e-4, atol=1e-6)
@@ -34,8 +34,8 @@ def test_sampling_keeps_every_positive_and_the_rate() -> None:
     assert index is not None and len(index) == 100
     assert set(labels.tolist()) <= set(index.tolist())
     assert torch.equal(index[mapped], labels)  # labels point at their own centres
-    loss, acc = pfc(torch.randn(4, 16), labels)
-    assert torch.isfinite(loss) and 0 <= float(acc) <= 1
+    out = pfc(torch.randn(4, 16), labels)
+    assert torch.isfinite(out.loss) and 0 <= float(out.accuracy) <= float(out.plain_accuracy) <= 1
 
 
 def test_shards_split_the_classes() -> None:
