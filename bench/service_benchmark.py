@@ -25,7 +25,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.gallery import Gallery
+from service.gallery import FaceRecord, Subject
+from service.gallery.embedded import embedded_gallery
 from service.recognition import build_pipeline
 from service.settings import Settings
 from service.vision.image import decode_image
@@ -145,24 +146,33 @@ def bench_gallery(sizes: list[int], queries: int) -> dict[str, object]:
     out: dict[str, object] = {}
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            g = Gallery.embedded(Path(tmp), model_id="bench@0", embedding_dim=128)
+            g = embedded_gallery(Path(tmp), model_id="bench@0", embedding_dim=128)
             start = time.perf_counter()
-            with g.store.transaction() as cur:  # bulk load: the benchmark is about search
-                cur.executemany(
-                    "INSERT INTO subjects(id, name, metadata, created_at) VALUES (?, ?, '{}', 0)",
-                    ((f"s{i}", f"S{i}") for i in range(size // 2)),
+            # bulk load through the backend (the benchmark is about search)
+            g.backend.import_subjects(
+                [Subject(f"s{i}", f"S{i}", {}, 0.0) for i in range(size // 2)]
+            )
+            for lo in range(0, size, 50_000):
+                n = min(50_000, size - lo)
+                v = rng.standard_normal((n, 128)).astype(np.float32)
+                v /= np.linalg.norm(v, axis=1, keepdims=True)
+                g.backend.import_faces(
+                    [
+                        (
+                            FaceRecord(
+                                lo + i + 1,
+                                f"s{(lo + i) // 2}",
+                                "bench@0",
+                                [],
+                                1.0,
+                                str(lo + i),
+                                0.0,
+                            ),
+                            v[i],
+                        )
+                        for i in range(n)
+                    ]
                 )
-                for lo in range(0, size, 100_000):
-                    n = min(100_000, size - lo)
-                    v = rng.standard_normal((n, 128)).astype(np.float32)
-                    v /= np.linalg.norm(v, axis=1, keepdims=True)
-                    cur.executemany(
-                        "INSERT INTO faces(subject_id, embedding, model_id, box, det_score, "
-                        "image_sha256, created_at) VALUES (?, ?, 'bench@0', '[]', 1, ?, 0)",
-                        ((f"s{(lo + i) // 2}", v[i].tobytes(), str(lo + i)) for i in range(n)),
-                    )
-                cur.execute("UPDATE meta SET value='1' WHERE key='generation'")
-            g.rebuild_index()
             build_s = time.perf_counter() - start
             probes = rng.standard_normal((queries, 128)).astype(np.float32)
             probes /= np.linalg.norm(probes, axis=1, keepdims=True)

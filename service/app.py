@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import faces, health, jobs, recognize, subjects
 from service.api.deps import AppState
-from service.audit import AuditTrail
+from service.audit import AuditTrail, audit_targets
 from service.errors import (
     ConfigError,
     MarginFaceError,
@@ -35,7 +36,7 @@ from service.errors import (
 )
 from service.gallery import Gallery, backends
 from service.indexer import BatchIndexer
-from service.jobs import JobRunner
+from service.jobs import JobRunner, WorkFolders
 from service.keys import KeyRing
 from service.metrics import Metrics, RequestContext
 from service.recognition import Recognition, build_pipeline, open_gallery
@@ -226,17 +227,22 @@ def _check_settings(settings: Settings) -> None:
 
 
 def _flusher(gallery: Gallery, interval_s: float, stop: threading.Event) -> None:
-    """Persist the index now and then so a restart after a crash rebuilds less often; wake at
-    once after a delete, so erased embeddings leave the disk within moments."""
+    """The gallery's upkeep now and then (persist the index so a restart after a crash rebuilds
+    less often); at once after a delete, so erased embeddings leave the disk within moments."""
+    last = time.monotonic()
     while not stop.is_set():
-        gallery.wait_for_work(interval_s)
+        due = gallery.wait_for_work(min(1.0, interval_s))  # wakes at once on an erasure
         if stop.is_set():
             return
+        if not due and time.monotonic() - last < interval_s:
+            continue
+        last = time.monotonic()
         try:
-            gallery.flush()
+            more = gallery.flush()
         except Exception:  # keep serving; the store stays the source of truth
-            log.exception("periodic index flush failed")
-        if gallery.erasure_pending.is_set():
+            log.exception("gallery upkeep failed")
+            more = True
+        if more:
             stop.wait(0.2)  # the WAL was busy: try again shortly, without spinning
 
 
@@ -259,7 +265,7 @@ def create_app(
             pipe = build_pipeline(settings)
             pipe.self_check()
         own_gallery = gallery is None
-        gal = gallery or open_gallery(settings, pipe.embedder.manifest)
+        gal = gallery or open_gallery(settings, pipe.embedder.manifest, on_write=audit_targets)
         metrics.gallery_stats = gal.stats
         pipe.observe = metrics.stage
         if pipe.batcher is not None:
@@ -267,7 +273,9 @@ def create_app(
         providers = {"detector": pipe.detector.providers, "recognizer": pipe.embedder.providers}
         log.warning("MarginFace ready: providers %s, gallery %s", providers, gal.stats())
         runner = JobRunner(
-            BatchIndexer(settings, pipe, gal), board=backends.job_board(settings.gallery)
+            BatchIndexer(settings, pipe, gal),
+            board=backends.job_board(settings.gallery),
+            folders=WorkFolders(Path(settings.jobs.work_dir)),
         )
         stop = threading.Event()
         flusher = threading.Thread(
@@ -280,8 +288,7 @@ def create_app(
         finally:
             runner.close()
             stop.set()
-            gal.erasure_pending.set()  # wake the flusher so that it sees stop
-            flusher.join(timeout=5)
+            flusher.join(timeout=10)  # it sees stop within a second
             if own_gallery:
                 gal.close()
             else:

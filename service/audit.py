@@ -8,6 +8,7 @@ biometric goes in: no images, no embeddings, no names or metadata. Lines go to t
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
@@ -24,6 +25,24 @@ audit_log = logging.getLogger("marginface.audit")
 
 AUDITED_SCOPES = {"write", "admin"}
 _TARGETS = ("subject_id", "face_id", "job_id")
+#: what the gallery's write path reports a request touched (faces created or erased, ...)
+_touched: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "audit_touched", default=None
+)
+
+
+def audit_targets(action: str, targets: dict[str, Any]) -> None:
+    """The gallery's ``on_write`` hook: note what this request's write touched, for its audit
+    line (ids only: never names, metadata or embeddings)."""
+    touched = _touched.get()
+    if touched is None:
+        return
+    face_ids = [int(f) for f in targets.get("face_ids", [])]
+    if "face_id" in targets:
+        face_ids.append(int(targets["face_id"]))
+    touched.setdefault("actions", []).append(action)
+    if face_ids:
+        touched.setdefault("face_ids", []).extend(face_ids)
 
 
 class AuditFile:
@@ -61,14 +80,19 @@ class AuditTrail:
                 status = int(message["status"])
             await send(message)
 
+        touched: dict[str, Any] = {}
+        token = _touched.set(touched)  # routes run in a thread pool with a copy of this context
         try:
             await self.app(scope, receive, record_status)
         finally:
+            _touched.reset(token)
             state = scope.get("state") or {}
             if state.get("audit_scope") in AUDITED_SCOPES:
-                self._record(scope, state, status)
+                self._record(scope, state, status, touched)
 
-    def _record(self, scope: Scope, state: dict[str, Any], status: int) -> None:
+    def _record(
+        self, scope: Scope, state: dict[str, Any], status: int, touched: dict[str, Any]
+    ) -> None:
         route = scope.get("route")
         params = scope.get("path_params") or {}
         entry: dict[str, Any] = {
@@ -81,6 +105,8 @@ class AuditTrail:
             "request_id": request_id.get(),
         }
         entry.update({k: str(params[k]) for k in _TARGETS if k in params})
+        if touched.get("face_ids"):
+            entry["face_ids"] = sorted(set(touched["face_ids"]))
         audit_log.info("audit", extra={"audit": entry})
         if self.file is not None:
             try:

@@ -354,7 +354,7 @@ def cmd_gallery_reconcile(args: argparse.Namespace) -> int:
     settings = _settings(args)
     model_id, dim = _recognizer_pin(settings)
     gallery = backends.open_gallery(
-        settings.gallery, model_id=model_id, embedding_dim=dim, check_shared_index=False
+        settings.gallery, model_id=model_id, embedding_dim=dim, check_index=False
     )
     try:
         info = gallery.reconcile()
@@ -367,6 +367,27 @@ def cmd_gallery_reconcile(args: argparse.Namespace) -> int:
         f"{info['removed']} removed from it",
     )
     return 0
+
+
+def cmd_gallery_verify(args: argparse.Namespace) -> int:
+    """Check every stored embedding (checksum, unit norm) and the index against the store."""
+    from service.gallery import backends
+
+    settings = _settings(args)
+    model_id, dim = _recognizer_pin(settings)
+    gallery = backends.open_gallery(settings.gallery, model_id=model_id, embedding_dim=dim)
+    try:
+        report = gallery.verify()
+    finally:
+        gallery.close()
+    index = report["index"]
+    lines = [
+        f"{index['faces']} usable faces, {index['indexed']} indexed "
+        f"({'consistent' if index['consistent'] else 'INCONSISTENT'}); "
+        f"{len(report['quarantined'])} quarantined"
+    ] + [f"  face {q['face_id']} of {q['subject_id']}: {q['reason']}" for q in report["quarantine"]]
+    _emit(args, report, "\n".join(lines))
+    return 0 if not report["quarantined"] and index["consistent"] else 1
 
 
 def cmd_gallery_migrate(args: argparse.Namespace) -> int:
@@ -384,7 +405,7 @@ def cmd_gallery_migrate(args: argparse.Namespace) -> int:
         target = backends.open_gallery(
             settings.gallery,
             model_id=source.model_id,
-            embedding_dim=source.store.embedding_dim,
+            embedding_dim=source.embedding_dim,
             backend=args.to,
         )
         try:
@@ -535,7 +556,8 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
 
     from service.errors import NoFace
     from service.evaluation import identification_report
-    from service.gallery import Gallery, NewFace
+    from service.gallery import NewFace
+    from service.gallery.embedded import embedded_gallery
     from service.recognition import build_pipeline
     from service.vision.image import decode_image
 
@@ -573,7 +595,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
         }
     with tempfile.TemporaryDirectory() as tmp:
         manifest = pipeline.embedder.manifest
-        gallery = Gallery.embedded(
+        gallery = embedded_gallery(
             Path(tmp), model_id=manifest.model_id, embedding_dim=pipeline.embedder.embedding_dim
         )
         for name in enrolled:
@@ -685,6 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
         "reconcile", parents=[common], help="repair the index from the store (either backend)"
     )
     greconcile.set_defaults(func=cmd_gallery_reconcile)
+    gverify = gsub.add_parser(
+        "verify",
+        parents=[common],
+        help="check every stored embedding and the index; list quarantined faces (exit 1)",
+    )
+    gverify.set_defaults(func=cmd_gallery_verify)
     gmigrate = gsub.add_parser(
         "migrate",
         parents=[common],
@@ -694,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     gmigrate.add_argument("--probes", type=int, default=100, help="sampled searches to compare")
     gmigrate.add_argument("--batch", type=int, default=2000, help="rows per transaction")
     gmigrate.set_defaults(func=cmd_gallery_migrate)
-    for p in (gexport, gimport, greconcile, gmigrate):
+    for p in (gexport, gimport, greconcile, gverify, gmigrate):
         p.add_argument("--gallery", help="gallery folder (default: var/gallery)")
 
     db = sub.add_parser("db", help="the distributed gallery's PostgreSQL schema")

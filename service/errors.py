@@ -177,11 +177,19 @@ class BackendUnavailable(MarginFaceError):
 
 
 class SchemaOutdated(MarginFaceError):
-    """The PostgreSQL schema is older (or newer) than this MarginFace; run `marginface db
-    upgrade` (with the new release) before serving."""
+    """The gallery's schema is older (PostgreSQL: run `marginface db upgrade`) or newer (either
+    backend: a later release wrote it; upgrade MarginFace) than this release expects."""
 
     code = "schema_outdated"
     status = 503
+
+
+class InsufficientStorage(MarginFaceError):
+    """The disk (or the database's) is full: the write was refused and nothing of it is kept;
+    deletes still work. Free space and retry."""
+
+    code = "insufficient_storage"
+    status = 507
 
 
 class UnsupportedByBackend(MarginFaceError):

@@ -8,13 +8,14 @@ face or a subject deletes its photos too.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from service.errors import ConfigError, FaceNotFound, GalleryCorrupted
+from service.errors import ConfigError, FaceNotFound, GalleryCorrupted, InsufficientStorage
 from service.settings import PrivacySettings
 
 log = logging.getLogger(__name__)
@@ -71,15 +72,24 @@ class ImageVault:
         return self.directory / f"{int(face_id)}.{'enc' if self._fernet else 'img'}"
 
     def put(self, face_id: int, data: bytes) -> None:
-        """Keep a face's photo (written to a temp file, then renamed: never half a file)."""
+        """Keep a face's photo (written to a temp file, then renamed: never half a file);
+        InsufficientStorage on a full disk."""
         payload = self._fernet.encrypt(data) if self._fernet else data
         path = self._path(face_id)
         tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno == errno.ENOSPC:
+                raise InsufficientStorage(
+                    f"the disk holding kept photos ({self.directory}) is full: nothing was kept"
+                ) from exc
+            raise
 
     def get(self, face_id: int) -> bytes:
         """A face's kept photo; FaceNotFound when none is kept."""
@@ -99,5 +109,18 @@ class ImageVault:
     def delete(self, face_ids: list[int]) -> None:
         """Erase the photos of these faces (whichever form they were kept in)."""
         for face_id in face_ids:
-            for suffix in ("enc", "img"):
+            for suffix in ("enc", "img", "tmp"):
                 (self.directory / f"{int(face_id)}.{suffix}").unlink(missing_ok=True)
+
+    def sweep(self, face_ids: set[int]) -> int:
+        """Erase every kept photo whose face is not in ``face_ids`` (what a crash between a
+        face's delete and its photo's, or another replica's delete, can leave); the count."""
+        removed = 0
+        for path in self.directory.iterdir():
+            stem, _, suffix = path.name.partition(".")
+            if suffix in ("enc", "img", "tmp") and stem.isdigit() and int(stem) not in face_ids:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.warning("removed %d kept photos of faces the gallery no longer holds", removed)
+        return removed

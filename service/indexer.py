@@ -5,6 +5,10 @@ are read, hashed, decoded and detected in a thread pool (ONNX Runtime releases t
 aligned crops are embedded in large batches, and each batch is written to the gallery in one
 transaction. A re-run skips every (subject, image sha256) already in the gallery, so after an
 interruption, even SIGKILL, it finishes the rest and duplicates nothing.
+
+Subjects: a run creates a subject only if it did not exist when the run started, and only
+once; a subject deleted while the run goes on stays deleted, and its remaining photos are
+counted as ``subject_deleted`` (delete, then run the job again, to re-enroll on purpose).
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ from service.vision.pipeline import FacePipeline
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 Outcome = Literal[
-    "enrolled", "already_present", "no_face", "several_faces", "unreadable", "invalid_subject"
+    "enrolled",
+    "already_present",
+    "no_face",
+    "several_faces",
+    "unreadable",
+    "invalid_subject",
+    "subject_deleted",
 ]
 OUTCOMES: tuple[Outcome, ...] = (
     "enrolled",
@@ -41,6 +51,7 @@ OUTCOMES: tuple[Outcome, ...] = (
     "several_faces",
     "unreadable",
     "invalid_subject",
+    "subject_deleted",
 )
 ProgressFn = Callable[[int, int], None]
 
@@ -135,6 +146,7 @@ class BatchIndexer:
         self.gallery = gallery
         self.workers = max(1, workers)
         self.batch_size = max(1, batch_size)
+        self._creatable: set[str] = set()
 
     def run(
         self,
@@ -148,7 +160,9 @@ class BatchIndexer:
         items = scan(root)
         summary = IndexSummary(root=str(root), total=len(items), policy=self.settings.enroll_policy)
         known = self.gallery.known_images()
-        subjects_before = self.gallery.store.counts()[0]
+        subjects_before = self.gallery.counts()[0]
+        folders = sorted({subject_id for subject_id, _ in items})
+        self._creatable = set(folders) - self.gallery.existing_subjects(folders)
         pending: list[_Prepared] = []
         done = 0
         for prepared in self._prepare_all(root, items, known):
@@ -170,7 +184,7 @@ class BatchIndexer:
         if progress is not None:
             progress(done, len(items))
         self.gallery.flush()
-        summary.subjects_created = self.gallery.store.counts()[0] - subjects_before
+        summary.subjects_created = self.gallery.counts()[0] - subjects_before
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -235,9 +249,14 @@ class BatchIndexer:
             )
             for p, v in zip(batch, vectors, strict=True)
         ]
-        results = self.gallery.add_many(items, model_id=self.pipeline.model_id)
-        for p, (_, _, created) in zip(batch, results, strict=True):
-            if not created:  # the same image twice in one folder
+        results = self.gallery.add_many(
+            items, model_id=self.pipeline.model_id, creatable=frozenset(self._creatable)
+        )
+        self._creatable -= {sid for sid, fid, _ in results if fid is not None}  # made: only once
+        for p, (_, fid, created) in zip(batch, results, strict=True):
+            if fid is None:
+                summary.record("subject_deleted", p.name, "its subject was deleted during the run")
+            elif not created:  # the same image twice in one folder
                 summary.record("already_present", p.name, "duplicate image")
             else:
                 summary.record("enrolled", p.name)

@@ -9,12 +9,16 @@ adds no duplicates (a board record of a job whose replica died stays at its last
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -25,6 +29,69 @@ from service.indexer import BatchIndexer
 log = logging.getLogger(__name__)
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+_OWNER = ".owner"  # a lock file the process that made a working folder holds while it lives
+
+
+class WorkFolder:
+    """A job's private folder (unpacked uploads, exports): held locked by this process, removed
+    with everything in it when the job ends, however it ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path / _OWNER, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def remove(self) -> None:
+        """Delete the folder and release its lock (idempotent)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class WorkFolders:
+    """Where jobs unpack uploads (``jobs.work_dir``). A folder is locked by its process, so at
+    start-up the folders of a process that died (SIGKILL, power loss) are told from the live
+    ones of other replicas sharing the directory, and removed: photos are never kept there."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sweep()
+
+    def create(self, prefix: str) -> WorkFolder:
+        """A new folder ``<prefix>-...`` under the root."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return WorkFolder(
+            Path(tempfile.mkdtemp(prefix=f"{prefix}-{uuid.uuid4().hex[:8]}-", dir=self.root))
+        )
+
+    def sweep(self) -> int:
+        """Remove every folder no live process holds; the number removed."""
+        if not self.root.is_dir():
+            return 0
+        removed = 0
+        for path in self.root.iterdir():
+            if not path.is_dir() or not path.name.startswith(("upload-", "export-", "cluster-")):
+                continue
+            try:
+                fd = os.open(path / _OWNER, os.O_RDWR)
+            except FileNotFoundError:
+                fd = None  # died before taking its lock
+            try:
+                if fd is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live process's folder
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+            finally:
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        if removed:
+            log.warning("removed %d job working folders left by a stopped process", removed)
+        return removed
 
 
 @dataclass
@@ -34,7 +101,7 @@ class Job:
     id: str
     source: str
     root: Path
-    cleanup: Callable[[], None] | None = None
+    folder: WorkFolder | None = None  # removed when the job ends, however it ends
     status: JobStatus = "queued"
     done: int = 0
     total: int = 0
@@ -92,11 +159,17 @@ class JobRunner:
     """A FIFO of index jobs and the thread that runs them against the service's gallery."""
 
     def __init__(
-        self, indexer: BatchIndexer, *, keep: int = 100, board: JobBoard | None = None
+        self,
+        indexer: BatchIndexer,
+        *,
+        keep: int = 100,
+        board: JobBoard | None = None,
+        folders: WorkFolders | None = None,
     ) -> None:
         self.indexer = indexer
         self.keep = keep
         self.board = board
+        self.folders = folders
         self._published: dict[str, float] = {}
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -104,9 +177,9 @@ class JobRunner:
         self._thread = threading.Thread(target=self._loop, name="jobs", daemon=True)
         self._thread.start()
 
-    def submit(self, source: str, root: Path, cleanup: Callable[[], None] | None = None) -> Job:
-        """Queue a folder-per-subject tree for indexing."""
-        job = Job(id=uuid.uuid4().hex, source=source, root=root, cleanup=cleanup)
+    def submit(self, source: str, root: Path, folder: WorkFolder | None = None) -> Job:
+        """Queue a folder-per-subject tree for indexing (``folder``: its working folder)."""
+        job = Job(id=uuid.uuid4().hex, source=source, root=root, folder=folder)
         with self._lock:
             self._jobs[job.id] = job
             finished = sorted(
@@ -170,13 +243,27 @@ class JobRunner:
             return sorted(self._jobs.values(), key=lambda j: -j.created_at)
 
     def close(self) -> None:
-        """Cancel the running job and stop the worker."""
+        """Cancel the running job, cancel the queued ones (their working folders go), stop."""
         for job in self.list():
             job.cancel.set()
+        while True:
+            try:
+                queued = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if queued is not None:
+                self._finish_cancelled(queued)
         self._queue.put(None)
         self._thread.join(timeout=30)
         if self.board is not None:
             self.board.close()
+
+    def _finish_cancelled(self, job: Job) -> None:
+        job.status = "cancelled"
+        job.finished_at = time.time()
+        if job.folder is not None:
+            job.folder.remove()
+        self._publish(job, force=True)
 
     def _loop(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -184,9 +271,7 @@ class JobRunner:
 
     def _run(self, job: Job) -> None:
         if job.cancel.is_set():
-            job.status = "cancelled"
-            job.finished_at = time.time()
-            self._publish(job, force=True)
+            self._finish_cancelled(job)
             return
         job.status = "running"
         job.started_at = time.time()
@@ -206,6 +291,6 @@ class JobRunner:
             job.error = str(exc)
         finally:
             job.finished_at = time.time()
-            if job.cleanup is not None:
-                job.cleanup()
+            if job.folder is not None:
+                job.folder.remove()
             self._publish(job, force=True)

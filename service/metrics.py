@@ -64,6 +64,11 @@ class Metrics:
         self.gallery_subjects = Gauge(
             "marginface_gallery_subjects", "subjects in the gallery", registry=r
         )
+        self.gallery_quarantined = Gauge(
+            "marginface_gallery_quarantined_faces",
+            "stored faces whose embedding failed its checksum or unit-norm check (never matched)",
+            registry=r,
+        )
         self.gallery_stats = gallery_stats
 
     def stage(self, name: str, seconds: float) -> None:
@@ -84,6 +89,7 @@ class Metrics:
             stats = self.gallery_stats()
             self.gallery_faces.set(stats["faces"])
             self.gallery_subjects.set(stats["subjects"])
+            self.gallery_quarantined.set(stats.get("quarantined", 0))
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

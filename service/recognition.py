@@ -14,8 +14,9 @@ from typing import Any, Literal
 import numpy as np
 
 from service.calibration import threshold_for_far
-from service.errors import FaceNotFound, InvalidRequest, NoFace
+from service.errors import InvalidRequest, NoFace
 from service.gallery import Candidate, Gallery, NewFace, backends
+from service.gallery.gallery import WriteObserver
 from service.images import ImageVault
 from service.models import Manifest, resolve_model
 from service.settings import Settings
@@ -89,11 +90,19 @@ def build_pipeline(settings: Settings, *, batching: bool | None = None) -> FaceP
     return FacePipeline(detector, embedder, batcher=batcher)
 
 
-def open_gallery(settings: Settings, manifest: Manifest) -> Gallery:
-    """Open (or create) the configured gallery, pinned to this recognizer."""
+def open_gallery(
+    settings: Settings, manifest: Manifest, *, on_write: WriteObserver | None = None
+) -> Gallery:
+    """Open (or create) the configured gallery, pinned to this recognizer, with the kept-photo
+    vault when privacy.keep_images is on."""
     assert manifest.embedding_dim is not None
+    images = ImageVault(settings.privacy) if settings.privacy.keep_images else None
     return backends.open_gallery(
-        settings.gallery, model_id=manifest.model_id, embedding_dim=manifest.embedding_dim
+        settings.gallery,
+        model_id=manifest.model_id,
+        embedding_dim=manifest.embedding_dim,
+        images=images,
+        on_write=on_write,
     )
 
 
@@ -112,11 +121,6 @@ class Recognition:
         self.pipeline = pipeline
         self._gallery = gallery
         self.on_faces = on_faces
-        self.images = (
-            ImageVault(settings.privacy)
-            if settings.privacy.keep_images and gallery is not None
-            else None
-        )
 
     @property
     def gallery(self) -> Gallery:
@@ -228,7 +232,7 @@ class Recognition:
         Returns (face id, created, face) per image; created is False for an image already
         enrolled for this subject (same sha256).
         """
-        self.gallery.store.check_model(self.pipeline.model_id)
+        self.gallery.check_model(self.pipeline.model_id)
         self.gallery.get_subject(subject_id)
         faces = [self.one_face(data, policy=policy, aligned=aligned) for data in images]
         new = [
@@ -240,34 +244,10 @@ class Recognition:
             )
             for face, data in zip(faces, images, strict=True)
         ]
-        results = self.gallery.add_faces(subject_id, new, model_id=self.pipeline.model_id)
-        if self.images is not None:
-            for (fid, created), data in zip(results, images, strict=True):
-                if created:
-                    self.images.put(fid, data)
+        results = self.gallery.add_faces(
+            subject_id, new, model_id=self.pipeline.model_id, photos=images
+        )
         return [(fid, created, face) for (fid, created), face in zip(results, faces, strict=True)]
-
-    def delete_subject(self, subject_id: str) -> int:
-        """Erase a subject: its faces in the store and index, and any kept photos."""
-        face_ids = self.gallery.erase_subject(subject_id)
-        if self.images is not None:
-            self.images.delete(face_ids)
-        return len(face_ids)
-
-    def delete_face(self, face_id: int) -> str:
-        """Erase one face (and its kept photo); returns its subject id."""
-        subject_id = self.gallery.delete_face(face_id)
-        if self.images is not None:
-            self.images.delete([face_id])
-        return subject_id
-
-    def face_image(self, face_id: int) -> bytes:
-        """The kept photo of a face; FaceNotFound when photos are not kept or this one is not."""
-        if self.images is None:
-            raise FaceNotFound(
-                f"no photo is kept for face {face_id}: privacy.keep_images is off (the default)"
-            )
-        return self.images.get(face_id)
 
     def verify_images(
         self,
@@ -317,7 +297,7 @@ class Recognition:
         """Open-set identification of every face in the image."""
         chosen = self.threshold(threshold, far, purpose="identify")
         k = self.check_top_k(top_k)
-        self.gallery.store.check_model(self.pipeline.model_id)
+        self.gallery.check_model(self.pipeline.model_id)
         faces = self.embed(data, aligned=aligned)
         if not faces:
             return [], chosen

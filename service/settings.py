@@ -57,10 +57,22 @@ class GallerySettings(BaseModel):
         "", description="FAISS search parameters, e.g. 'nprobe=32' (IVF) or 'efSearch=128'"
     )
     use_gpu: bool = Field(False, description="search on the GPU when faiss-gpu is installed")
-    backend: Literal["embedded", "distributed"] = Field(
+    backend: str = Field(
         "embedded",
         description="embedded: SQLite + FAISS under `path` (one process); distributed: "
-        "PostgreSQL (source of truth) + Milvus, shared by several API replicas",
+        "PostgreSQL (source of truth) + Milvus, shared by several API replicas "
+        "(service.gallery.backends registers them)",
+    )
+    verify_on_start: bool = Field(
+        True,
+        description="check every stored embedding (checksum, unit norm) at start-up; a face "
+        "that fails is quarantined. About a second per 200k faces",
+    )
+    erasure_reserve_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="embedded: disk space kept back (a file beside the store) so that deletes "
+        "still succeed on a full disk",
     )
     postgres_dsn: SecretStr | None = Field(
         None,

@@ -20,9 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import psycopg
 
 from service.gallery import Gallery, backends
+from service.gallery.embedded import embedded_gallery
 from service.settings import GallerySettings
 
 
@@ -224,7 +226,18 @@ def open_backend_gallery(backend: Distributed | None, folder: Path) -> Gallery:
     """Open what a test server wrote: the embedded gallery in ``folder``, or the distributed
     one (its pinned model and size are read from PostgreSQL, so the arguments do not matter)."""
     if backend is None:
-        return Gallery.embedded(folder, model_id="ignored@x", embedding_dim=128)
+        return embedded_gallery(folder, model_id="ignored@x", embedding_dim=128)
     return backends.open_gallery(
         GallerySettings(**backend.settings()), model_id="ignored@x", embedding_dim=128
     )
+
+
+def assert_index_equals_store(g: Gallery) -> None:
+    """The index holds exactly the store's usable vectors (both shipped backends pair a SQL
+    store with an index: compared here vector by vector), once no build is pending."""
+    assert g.wait_until_indexed(timeout_s=60)
+    ids, vecs, _ = g.backend.store.all_embeddings()  # type: ignore[attr-defined]
+    index_ids, index_vecs = g.backend.index.vectors()  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(ids, index_ids)
+    np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
+    assert g.integrity()["index"]["consistent"]

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from service.gallery import Gallery
+from service.gallery.embedded import embedded_gallery
 from service.indexer import BatchIndexer, scan
 from service.recognition import open_gallery
 from service.vision.pipeline import FacePipeline
+from tests.backends import assert_index_equals_store
 from tests.conftest import DATA, ROOT, make_settings, png_bytes
 
 LFW = DATA / "lfw" / "images"
@@ -67,6 +69,7 @@ def test_every_outcome_is_counted_and_a_rerun_adds_nothing(
         "several_faces": 0,
         "unreadable": 1,
         "invalid_subject": 1,
+        "subject_deleted": 0,
     }
     assert "Serena_Williams/group.jpg" in first.largest_of_several  # LFW photos have bystanders too
     assert first.subjects_created == 3
@@ -157,9 +160,37 @@ def test_sigkill_halfway_then_rerun_equals_one_clean_run(tmp_path: Path) -> None
     for key in a:
         np.testing.assert_allclose(a[key], b[key], atol=1e-5)
     # the index the re-run left behind agrees with its store
-    g = Gallery.embedded(killed, model_id="ignored@x", embedding_dim=128)
-    ids, vecs, _ = g.store.all_embeddings()
-    index_ids, index_vecs = g.index.vectors()
-    np.testing.assert_array_equal(ids, index_ids)
-    np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
+    g = embedded_gallery(killed, model_id="ignored@x", embedding_dim=128)
+    assert_index_equals_store(g)
     g.close()
+
+
+def test_a_subject_deleted_while_a_job_runs_is_not_recreated(
+    tmp_path: Path, pipeline: FacePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12, finding 5: a bulk job re-created a subject deleted while it ran (deleted with
+    64 faces, back with 56). The rule: a job creates a subject only if it did not exist when
+    the job started, at most once; a subject deleted under it is not brought back, and its
+    remaining photos are reported as `subject_deleted`."""
+    root = tmp_path / "people"
+    make_tree(root, ["Colin_Powell", "Tony_Blair"], 6)
+    settings = make_settings(tmp_path)
+    gallery = open_gallery(settings, pipeline.embedder.manifest)
+    indexer = BatchIndexer(settings, pipeline, gallery, workers=1, batch_size=2)
+    real_add_many = Gallery.add_many
+    calls = {"n": 0}
+
+    def add_then_delete(self: Gallery, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        result = real_add_many(self, *args, **kwargs)  # type: ignore[arg-type]
+        calls["n"] += 1
+        if calls["n"] == 1:  # an operator deletes Colin Powell after the first batch
+            self.delete_subject("Colin_Powell")
+        return result
+
+    monkeypatch.setattr(Gallery, "add_many", add_then_delete)
+    summary = indexer.run(root)
+    subjects = {s.id for s in gallery.list_subjects(0, 10)[0]}
+    assert "Colin_Powell" not in subjects and "Tony_Blair" in subjects
+    assert summary.counts["subject_deleted"] == 4  # 6 photos, 2 enrolled before the delete
+    assert len(gallery.list_faces("Tony_Blair")) == 6
+    gallery.close()

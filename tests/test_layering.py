@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -22,3 +23,30 @@ def test_service_does_not_import_torch_or_training() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Top-level package names a module imports."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_the_gallery_touches_faiss_milvus_and_postgres() -> None:
+    """House rule: service/gallery is the only code that imports the vector engines and the
+    database drivers; the gallery's core (gallery.py, backend.py) imports none of them."""
+    engines = {"faiss", "pymilvus", "psycopg", "sqlite3"}
+    offenders = []
+    for path in sorted((ROOT / "service").rglob("*.py")):
+        used = imported_modules(path) & engines
+        rel = path.relative_to(ROOT).as_posix()
+        core = rel in ("service/gallery/gallery.py", "service/gallery/backend.py")
+        if used and (not rel.startswith("service/gallery/") or core):
+            offenders.append(f"{rel}: {sorted(used)}")
+    assert offenders == []

@@ -13,12 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.gallery import Gallery
-from tests.backends import free_port
+from service.gallery.embedded import embedded_gallery
+from tests.backends import assert_index_equals_store, free_port
 from tests.conftest import API_KEY, DATA, ROOT
 
 HEADERS = {"X-API-Key": API_KEY}
@@ -34,7 +33,11 @@ def serve_command(port: int, gallery: Path, device: str = "cpu") -> list[str]:
 
 @contextmanager
 def server(
-    gallery: Path, port: int, extra_env: dict[str, str] | None = None
+    gallery: Path,
+    port: int,
+    extra_env: dict[str, str] | None = None,
+    *,
+    log_dir: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start `marginface serve` as a user would, wait until /readyz answers."""
     env = {
@@ -45,7 +48,7 @@ def server(
     }
     cmd = serve_command(port, gallery)
     # the log goes to a file: a pipe nobody reads fills up and blocks the server's logging
-    log_path = gallery.parent / f"server-{port}.log"
+    log_path = (log_dir or gallery.parent) / f"server-{port}.log"
     log_file = log_path.open("ab")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
@@ -114,11 +117,8 @@ def test_acknowledged_enrollments_survive_sigkill(tmp_path: Path) -> None:
         assert all(cand["face_id"] not in deleted for cand in r.json()["faces"][0]["candidates"])
 
     # after a clean shutdown, the saved index holds exactly the store's vectors
-    g = Gallery.embedded(gallery, model_id="ignored@x", embedding_dim=128)
-    ids, vecs, _ = g.store.all_embeddings()
-    index_ids, index_vecs = g.index.vectors()
-    np.testing.assert_array_equal(ids, index_ids)
-    np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
+    g = embedded_gallery(gallery, model_id="ignored@x", embedding_dim=128)
+    assert_index_equals_store(g)
     g.close()
 
 

@@ -10,6 +10,7 @@ from fastapi import Depends, Request, UploadFile
 from fastapi.security import APIKeyHeader
 
 from service.errors import InvalidImage, PayloadTooLarge
+from service.gallery import Gallery
 from service.jobs import JobRunner
 from service.keys import KeyRing, Scope
 from service.metrics import Metrics
@@ -26,6 +27,11 @@ class AppState:
     metrics: Metrics
     jobs: JobRunner
     keys: KeyRing
+
+    @property
+    def gallery(self) -> Gallery:
+        """The gallery: every change to it goes through this one object."""
+        return self.recognition.gallery
 
 
 def get_state(request: Request) -> AppState:

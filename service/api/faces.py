@@ -44,7 +44,7 @@ def add_faces(
 @router.get("/subjects/{subject_id}/faces", dependencies=[CanRead])
 def list_faces(subject_id: str, state: State) -> list[FaceOut]:
     """The faces enrolled for a subject (no embeddings)."""
-    return [convert.face_record(f) for f in state.recognition.gallery.list_faces(subject_id)]
+    return [convert.face_record(f) for f in state.gallery.list_faces(subject_id)]
 
 
 @router.delete("/faces/{face_id}", dependencies=[CanWrite])
@@ -53,7 +53,7 @@ def delete_face(
     state: State,
 ) -> DeleteResponse:
     """Erase one face from the store and the index (and its kept photo, if any)."""
-    state.recognition.delete_face(face_id)
+    state.gallery.delete_face(face_id)
     return DeleteResponse(deleted=str(face_id), faces_deleted=1)
 
 
@@ -69,7 +69,7 @@ def face_image(
 ) -> Response:
     """The photo a face was enrolled from, when the service keeps photos (privacy.keep_images;
     off by default: then 404 face_not_found)."""
-    data = state.recognition.face_image(face_id)
+    data = state.gallery.face_photo(face_id)
     return Response(
         data,
         media_type=media_type(data),

@@ -35,7 +35,7 @@ def readyz(state: State) -> Readiness:
             "providers": rec.providers,
             "licence": rec.manifest.licence,
         },
-        gallery=state.recognition.gallery.stats(),
+        gallery=state.gallery.stats(),
         batching=(
             {
                 "max_batch": pipeline.batcher.max_batch,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +11,7 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from service.api.deps import IsAdmin, State
-from service.archive import archive_root, extract_zip, remove_tree
+from service.archive import archive_root, extract_zip
 from service.errors import Forbidden, InvalidRequest
 from service.gallery import export_store
 from service.gallery.backends import embedded_folder
@@ -45,9 +43,10 @@ def submit_index_job(
             raise InvalidRequest(f"{path!r} is not a folder on the server")
         return JobOut(**jobs.submit(f"path:{root}", root).to_dict())
     assert archive is not None
-    work = Path(settings.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    dest = Path(tempfile.mkdtemp(prefix=f"upload-{uuid.uuid4().hex[:8]}-", dir=work))
+    folder = jobs.folders.create("upload") if jobs.folders else None
+    if folder is None:
+        raise InvalidRequest("this service has no working folder for uploads")
+    dest = folder.path
     try:
         upload = dest / "upload.zip"
         with upload.open("wb") as out:
@@ -62,10 +61,10 @@ def submit_index_job(
         )
         upload.unlink()
     except BaseException:
-        remove_tree(dest)
+        folder.remove()
         raise
     name = archive.filename or "upload.zip"
-    job = jobs.submit(f"zip:{name}", archive_root(tree), cleanup=lambda: remove_tree(dest))
+    job = jobs.submit(f"zip:{name}", archive_root(tree), folder=folder)
     return JobOut(**job.to_dict())
 
 
@@ -87,13 +86,19 @@ export_router = APIRouter(prefix="/v1/gallery", tags=["gallery"], dependencies=[
 @export_router.get("/export", response_class=FileResponse)
 def export_gallery(state: State) -> FileResponse:
     """A consistent backup of the gallery's store (SQLite), taken while the service runs."""
-    work = Path(state.settings.jobs.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    target = work / f"export-{uuid.uuid4().hex}.sqlite3"
-    export_store(embedded_folder(state.settings.gallery), target)
+    source = embedded_folder(state.settings.gallery)
+    if state.jobs.folders is None:
+        raise InvalidRequest("this service has no working folder for exports")
+    folder = state.jobs.folders.create("export")  # removed after sending, or at the next start
+    try:
+        target = folder.path / "gallery.sqlite3"
+        export_store(source, target)
+    except BaseException:
+        folder.remove()
+        raise
     return FileResponse(
         target,
         media_type="application/vnd.sqlite3",
         filename="marginface-gallery.sqlite3",
-        background=BackgroundTask(target.unlink, missing_ok=True),
+        background=BackgroundTask(folder.remove),
     )

@@ -18,9 +18,7 @@ router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 def create_subject(body: SubjectCreate, state: State) -> SubjectOut:
     """Create a subject (a person); faces are added separately."""
     subject_id = body.id or uuid.uuid4().hex
-    return convert.subject(
-        state.recognition.gallery.create_subject(subject_id, body.name, body.metadata)
-    )
+    return convert.subject(state.gallery.create_subject(subject_id, body.name, body.metadata))
 
 
 @router.get("", dependencies=[CanRead])
@@ -31,7 +29,7 @@ def list_subjects(
     search: Annotated[str | None, Query(max_length=128)] = None,
 ) -> SubjectPage:
     """List subjects, oldest first, optionally filtered by id or name."""
-    items, total = state.recognition.gallery.list_subjects(offset, limit, search)
+    items, total = state.gallery.list_subjects(offset, limit, search)
     return SubjectPage(
         items=[convert.subject(s) for s in items], total=total, offset=offset, limit=limit
     )
@@ -40,19 +38,17 @@ def list_subjects(
 @router.get("/{subject_id}", dependencies=[CanRead])
 def get_subject(subject_id: str, state: State) -> SubjectOut:
     """One subject with its face count."""
-    return convert.subject(state.recognition.gallery.get_subject(subject_id))
+    return convert.subject(state.gallery.get_subject(subject_id))
 
 
 @router.patch("/{subject_id}", dependencies=[CanWrite])
 def update_subject(subject_id: str, body: SubjectUpdate, state: State) -> SubjectOut:
     """Rename a subject or replace its metadata."""
-    return convert.subject(
-        state.recognition.gallery.update_subject(subject_id, body.name, body.metadata)
-    )
+    return convert.subject(state.gallery.update_subject(subject_id, body.name, body.metadata))
 
 
 @router.delete("/{subject_id}", dependencies=[CanWrite])
 def delete_subject(subject_id: str, state: State) -> DeleteResponse:
     """Erase a subject and every face of it from the store and the index."""
-    removed = state.recognition.delete_subject(subject_id)
+    removed = state.gallery.delete_subject(subject_id)
     return DeleteResponse(deleted=subject_id, faces_deleted=removed)

@@ -1,7 +1,10 @@
-"""The gallery: a durable store (source of truth) and a FAISS index derived from it."""
+"""The gallery: subjects and faces in a durable store (the source of truth) and an index derived
+from it, behind one write path (``Gallery``) and one backend contract (``backend.GalleryBackend``).
+"""
 
-from service.gallery.gallery import Candidate, Gallery, export_store, import_store
-from service.gallery.store import FaceRecord, NewFace, Subject
+from service.gallery.gallery import Candidate, Gallery
+from service.gallery.records import FaceRecord, NewFace, Subject
+from service.gallery.sqlite import export_store, import_store
 
 __all__ = [
     "Candidate",

@@ -1,22 +1,136 @@
-"""Which gallery a deployment runs: the backend chosen in settings, opened for one model.
+"""Which gallery a deployment runs: a registry of backends (register / open / list, loud errors)
+keyed by ``gallery.backend``, and the one function that opens the configured gallery.
 
 Embedded: SQLite + FAISS in one folder, one process. Distributed: PostgreSQL (the source of
-truth) + Milvus (the vectors), shared by every API replica. The database and vector engine
-clients are imported only when the distributed backend is chosen.
+truth) + Milvus (the vectors), shared by every API replica; its clients are imported only when
+it is chosen. A third backend is a module with a ``GalleryBackend`` class and one
+``register_backend`` line below.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.errors import ConfigError, UnsupportedByBackend
-from service.gallery.gallery import Gallery
+from service.gallery.backend import GalleryBackend
+from service.gallery.gallery import Gallery, WriteObserver
+from service.images import ImageVault
 from service.settings import GallerySettings
 
 if TYPE_CHECKING:
+    from service.gallery.postgres import PostgresJobBoard
+
+#: opener(settings, model_id, embedding_dim, check_index) -> backend
+Opener = Callable[[GallerySettings, str, int, bool], GalleryBackend]
+_BACKENDS: dict[str, Opener] = {}
+
+
+def register_backend(name: str, opener: Opener) -> None:
+    """Make a backend available as ``gallery.backend=<name>``; a second opener under one name is
+    a programming error."""
+    if name in _BACKENDS:
+        raise ValueError(f"gallery backend {name!r} is already registered")
+    _BACKENDS[name] = opener
+
+
+def list_backends() -> list[str]:
+    """The registered backend names."""
+    return sorted(_BACKENDS)
+
+
+def open_backend(
+    settings: GallerySettings,
+    *,
+    model_id: str,
+    embedding_dim: int,
+    backend: str | None = None,
+    check_index: bool = True,
+) -> GalleryBackend:
+    """Open (or create) the configured backend (or ``backend``). ConfigError for a name that is
+    not registered."""
+    name = backend or settings.backend
+    opener = _BACKENDS.get(name)
+    if opener is None:
+        raise ConfigError(f"unknown gallery backend {name!r}; choose one of {list_backends()}")
+    return opener(settings, model_id, embedding_dim, check_index)
+
+
+def open_gallery(
+    settings: GallerySettings,
+    *,
+    model_id: str,
+    embedding_dim: int,
+    backend: str | None = None,
+    check_index: bool = True,
+    images: ImageVault | None = None,
+    on_write: WriteObserver | None = None,
+) -> Gallery:
+    """The configured gallery (the one write path) over its backend. ``check_index=False``
+    skips the start-up check of a shared index (the reconcile command reports it itself)."""
+    opened = open_backend(
+        settings,
+        model_id=model_id,
+        embedding_dim=embedding_dim,
+        backend=backend,
+        check_index=check_index,
+    )
+    try:
+        return Gallery(opened, images=images, on_write=on_write)
+    except BaseException:
+        opened.close()
+        raise
+
+
+def _open_embedded(
+    settings: GallerySettings, model_id: str, embedding_dim: int, check_index: bool
+) -> GalleryBackend:
+    from service.gallery.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(
+        settings.path,
+        model_id=model_id,
+        embedding_dim=embedding_dim,
+        index_factory=settings.index_factory,
+        search_params=settings.search_params,
+        use_gpu=settings.use_gpu,
+        verify_on_start=settings.verify_on_start,
+        reserve_bytes=settings.erasure_reserve_bytes,
+    )
+
+
+def _open_distributed(
+    settings: GallerySettings, model_id: str, embedding_dim: int, check_index: bool
+) -> GalleryBackend:
+    from service.gallery.distributed import DistributedBackend
     from service.gallery.milvus import MilvusIndex
-    from service.gallery.postgres import PostgresJobBoard, PostgresStore
+    from service.gallery.postgres import PostgresStore
+
+    store = PostgresStore(postgres_dsn(settings), model_id=model_id, embedding_dim=embedding_dim)
+    try:
+        index = MilvusIndex(
+            settings.milvus_uri,
+            model_id=store.model_id,
+            dim=store.embedding_dim,
+            gallery_id=store.gallery_id,
+            prefix=settings.milvus_collection,
+            token=settings.milvus_token.get_secret_value() if settings.milvus_token else "",
+            index_type=settings.milvus_index_type,
+            index_params=settings.milvus_index_params,
+            search_params=settings.milvus_search_params,
+            timeout_s=settings.milvus_timeout_s,
+        )
+    except BaseException:
+        store.close()
+        raise
+    return DistributedBackend(
+        store, index, check_index=check_index, verify_on_start=settings.verify_on_start
+    )
+
+
+register_backend("embedded", _open_embedded)
+register_backend("distributed", _open_distributed)
 
 
 def embedded_folder(settings: GallerySettings) -> Path:
@@ -39,57 +153,6 @@ def postgres_dsn(settings: GallerySettings) -> str:
             "(MARGINFACE_GALLERY__POSTGRES_DSN=postgresql://user:password@host/db)"
         )
     return settings.postgres_dsn.get_secret_value()
-
-
-def open_distributed_parts(
-    settings: GallerySettings, *, model_id: str, embedding_dim: int
-) -> tuple[PostgresStore, MilvusIndex]:
-    """The PostgreSQL store and the Milvus collection of the store's pinned model."""
-    from service.gallery.milvus import MilvusIndex
-    from service.gallery.postgres import PostgresStore
-
-    store = PostgresStore(postgres_dsn(settings), model_id=model_id, embedding_dim=embedding_dim)
-    try:
-        index = MilvusIndex(
-            settings.milvus_uri,
-            model_id=store.model_id,
-            dim=store.embedding_dim,
-            gallery_id=store.gallery_id,
-            prefix=settings.milvus_collection,
-            token=settings.milvus_token.get_secret_value() if settings.milvus_token else "",
-            index_type=settings.milvus_index_type,
-            index_params=settings.milvus_index_params,
-            search_params=settings.milvus_search_params,
-            timeout_s=settings.milvus_timeout_s,
-        )
-    except BaseException:
-        store.close()
-        raise
-    return store, index
-
-
-def open_gallery(
-    settings: GallerySettings,
-    *,
-    model_id: str,
-    embedding_dim: int,
-    backend: str | None = None,
-    check_shared_index: bool = True,
-) -> Gallery:
-    """Open (or create) the configured gallery (or ``backend``, to migrate between them).
-    ``check_shared_index=False`` skips the start-up reconcile of a Milvus index (the reconcile
-    command does it itself, and reports what it did)."""
-    if (backend or settings.backend) == "embedded":
-        return Gallery.embedded(
-            settings.path,
-            model_id=model_id,
-            embedding_dim=embedding_dim,
-            index_factory=settings.index_factory,
-            search_params=settings.search_params,
-            use_gpu=settings.use_gpu,
-        )
-    store, index = open_distributed_parts(settings, model_id=model_id, embedding_dim=embedding_dim)
-    return Gallery(store, index, check_shared_index=check_shared_index)
 
 
 def job_board(settings: GallerySettings) -> PostgresJobBoard | None:

@@ -16,7 +16,6 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -67,9 +66,6 @@ class MilvusIndex:
         search_params: dict[str, Any] | None = None,
         timeout_s: float = 30.0,
     ) -> None:
-        self.shared = True
-        self.use_gpu = False  # GPU index types (GPU_CAGRA, ...) are chosen on the Milvus side
-        self.generation = -1
         self.dim = dim
         self.model_id = model_id
         self.gallery_id = gallery_id
@@ -144,16 +140,11 @@ class MilvusIndex:
         )
         return int(rows[0]["count(*)"]) if rows else 0
 
-    @property
-    def wants_rebuild(self) -> bool:
-        """Milvus builds and rebuilds its index segments itself."""
-        return False
-
     def describe(self) -> str:
         """Where the vectors are, for /readyz."""
         return f"milvus:{self.name} ({self.index_type}, IP)"
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, generation: int) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Upsert vectors under their face ids (a replay of one already there is harmless)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         for start in range(0, len(ids), _WRITE_BATCH):
@@ -166,14 +157,12 @@ class MilvusIndex:
                 )
             ]
             self._call(partial(self._client.upsert, self.name, rows))
-        self.generation = generation
 
-    def remove(self, ids: list[int], generation: int) -> None:
+    def remove(self, ids: list[int]) -> None:
         """Delete face ids (absent ones are ignored)."""
         for start in range(0, len(ids), _WRITE_BATCH):
             chunk = [int(i) for i in ids[start : start + _WRITE_BATCH]]
             self._call(partial(self._client.delete, self.name, ids=chunk))
-        self.generation = generation
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query; missing slots have id -1 and score -inf."""
@@ -230,18 +219,7 @@ class MilvusIndex:
         order = np.argsort(ids)
         return ids[order], vecs[order]
 
-    def rebuild(self, ids: np.ndarray, vectors: np.ndarray, generation: int) -> None:
-        """Drop the collection and load exactly these vectors (every replica sees the change)."""
-        self._call(lambda: self._client.drop_collection(self.name))
-        self._call(self._ensure_collection)
-        self.add(ids, vectors, generation)
-        self.save(None)
-
-    def load(self, path: Path | None) -> bool:
-        """Nothing to load: Milvus keeps the collection."""
-        return True
-
-    def save(self, path: Path | None) -> None:
+    def flush(self) -> None:
         """Seal written segments (Milvus searches sealed, indexed segments fastest)."""
         self._call(lambda: self._client.flush(self.name))
 

@@ -12,51 +12,44 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from functools import partial
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
-import numpy as np
 import psycopg
 from psycopg import errors as pg_errors
 
 from service.errors import (
     BackendUnavailable,
-    FaceNotFound,
+    InsufficientStorage,
     InvalidRequest,
-    ModelMismatch,
     SchemaOutdated,
-    SubjectExists,
-    SubjectNotFound,
 )
-from service.gallery import rows
-from service.gallery.records import FaceRecord, NewFace, Subject
+from service.gallery.sql import SqlStore, backfill_checksums, migrations, statements
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK_KEY = 0x4D46_6462  # pg_advisory_lock key: one `db upgrade` at a time
 T = TypeVar("T")
-
-
-def migrations() -> list[tuple[int, str]]:
-    """(version, SQL) of every migration shipped with this release, in order."""
-    out = []
-    for path in sorted(MIGRATIONS.glob("*.sql")):
-        out.append((int(path.name.split("_", 1)[0]), path.read_text()))
-    return out
+#: Python steps run after a migration's SQL, in its transaction
+BACKFILLS = {3: backfill_checksums}
 
 
 def latest_version() -> int:
     """The schema version this release expects."""
-    return migrations()[-1][0]
+    return migrations("postgres")[-1][0]
 
 
 def _unstorable(exc: psycopg.DataError) -> InvalidRequest:
     """A value PostgreSQL refuses (NUL in text, ...): the caller's input, so a 422."""
     return InvalidRequest(f"a value in the request cannot be stored: {exc}".strip())
+
+
+def _disk_full(exc: psycopg.Error) -> InsufficientStorage:
+    return InsufficientStorage(
+        "PostgreSQL's disk is full: nothing was written; free space on the database server "
+        "and retry (deletes still work)"
+    )
 
 
 def _connect(dsn: str) -> psycopg.Connection[Any]:
@@ -94,12 +87,16 @@ def upgrade(dsn: str, *, upto: int | None = None) -> dict[str, Any]:
                     expected=latest_version(),
                 )
             applied = []
-            for version, sql in migrations():
+            for version, sql in migrations("postgres"):
                 if version <= before or (upto is not None and version > upto):
                     continue
-                with conn.transaction():
-                    conn.execute(sql.encode())
-                    conn.execute(
+                with conn.transaction(), conn.cursor() as cur:
+                    for statement in statements(sql):
+                        cur.execute(statement.encode())
+                    backfill = BACKFILLS.get(version)
+                    if backfill is not None:
+                        backfill(cur, lambda q: q.replace("?", "%s"))
+                    cur.execute(
                         "INSERT INTO schema_migrations(version, applied_at) VALUES (%s, %s)",
                         (version, time.time()),
                     )
@@ -140,6 +137,8 @@ class _Link:
         with self.lock:
             try:
                 return work(self._connection())
+            except pg_errors.DiskFull as exc:
+                raise _disk_full(exc) from exc
             except psycopg.OperationalError as exc:
                 raise self._lost(exc) from exc
             except psycopg.DataError as exc:
@@ -153,6 +152,8 @@ class _Link:
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     yield cur
+            except pg_errors.DiskFull as exc:
+                raise _disk_full(exc) from exc
             except psycopg.OperationalError as exc:
                 raise self._lost(exc) from exc
             except psycopg.DataError as exc:
@@ -166,16 +167,18 @@ class _Link:
                 self._conn = None
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
     """A PostgreSQL store; one connection per store, serialised by a lock (writes are short
     transactions; a lost connection answers 503 backend_unavailable and is reopened next time)."""
 
+    dialect = "postgres"
+    placeholder = "%s"
+    like = "ILIKE"
+
     def __init__(self, dsn: str, *, model_id: str, embedding_dim: int) -> None:
         self._link = _Link(dsn)
-        self._run = self._link.run
-        self._transaction = self._link.transaction
         self.embedding_dim = embedding_dim
-        version = self._run(_applied)
+        version = self._link.run(_applied)
         if version != latest_version():
             self._link.close()
             raise SchemaOutdated(
@@ -201,314 +204,39 @@ class PostgresStore:
         self.gallery_id = str(meta["gallery_id"])
         return str(meta["model_id"])
 
-    def check_model(self, model_id: str) -> None:
-        """Raise ModelMismatch unless embeddings of ``model_id`` belong in this gallery."""
-        if model_id != self.model_id:
-            raise ModelMismatch(
-                f"this gallery holds embeddings of {self.model_id}; the service runs {model_id}. "
-                "Embeddings of different models are not comparable: use another database or "
-                "re-enroll with the gallery's model.",
-                gallery_model=self.model_id,
-                service_model=model_id,
-            )
+    # ---- dialect hooks
 
-    @staticmethod
-    def _lock_subject(cur: psycopg.Cursor[Any], subject_id: str, mode: str) -> None:
-        """Lock a subject's row for this transaction (UPDATE: to change or delete it; SHARE: to
-        add faces, so that a delete on another replica waits); SubjectNotFound if absent."""
-        lock = {"UPDATE": "FOR UPDATE", "SHARE": "FOR SHARE"}[mode]
-        found = cur.execute(f"SELECT 1 FROM subjects WHERE id=%s {lock}", (subject_id,))
-        if found.fetchone() is None:
-            raise SubjectNotFound(f"no subject with id {subject_id!r}")
+    def _transaction(self) -> AbstractContextManager[psycopg.Cursor[Any]]:
+        return self._link.transaction()
 
-    @staticmethod
-    def _bump(cur: psycopg.Cursor[Any]) -> None:
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        query = self._q(sql)
+        return self._link.run(lambda c: c.execute(query, list(args)).fetchall())
+
+    def _lock_clause(self, mode: str) -> str:
+        return {"UPDATE": "FOR UPDATE", "SHARE": "FOR SHARE"}[mode]
+
+    def _bump(self, cur: psycopg.Cursor[Any]) -> None:
         cur.execute("SELECT nextval('generation_seq')")
 
     def generation(self) -> int:
         """The write counter (a sequence: never rolled back, so it only ever grows)."""
-        row = self._run(lambda c: c.execute("SELECT last_value FROM generation_seq").fetchone())
+        row = self._one("SELECT last_value FROM generation_seq")
         return int(row[0]) if row else 0
 
-    # ---- subjects
-
-    def create_subject(self, subject_id: str, name: str, metadata: dict[str, Any]) -> Subject:
-        """Insert a subject; raises SubjectExists if the id is taken (by any replica)."""
-        now = time.time()
-        try:
-            with self._transaction() as cur:
-                cur.execute(
-                    "INSERT INTO subjects(id, name, metadata, created_at) VALUES (%s, %s, %s, %s)",
-                    (subject_id, name, json.dumps(metadata), now),
-                )
-                self._bump(cur)
-        except pg_errors.UniqueViolation as exc:
-            raise SubjectExists(f"subject {subject_id!r} already exists") from exc
-        return Subject(subject_id, name, metadata, now, 0)
-
-    def get_subject(self, subject_id: str) -> Subject:
-        """The subject with its face count; raises SubjectNotFound."""
-        row = self._run(
-            lambda c: c.execute(
-                f"SELECT {rows.SUBJECT_COLUMNS} FROM subjects s WHERE s.id = %s",
-                (subject_id,),
-            ).fetchone()
+    def _after_import(self, cur: psycopg.Cursor[Any]) -> None:
+        cur.execute(
+            "SELECT setval(pg_get_serial_sequence('faces', 'id'), "
+            "GREATEST((SELECT MAX(id) FROM faces), 1))"
         )
-        if row is None:
-            raise SubjectNotFound(f"no subject with id {subject_id!r}")
-        return rows.subject(row)
 
-    def list_subjects(
-        self, offset: int, limit: int, search: str | None = None
-    ) -> tuple[list[Subject], int]:
-        """A page of subjects ordered by creation, and the total count."""
-        where, args = "", []
-        if search:
-            where = "WHERE s.id ILIKE %s ESCAPE '\\' OR s.name ILIKE %s ESCAPE '\\'"
-            pattern = (
-                "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            )
-            args = [pattern, pattern]
-
-        def page(c: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
-            total = c.execute(f"SELECT COUNT(*) FROM subjects s {where}", args).fetchone()
-            found = c.execute(
-                f"SELECT {rows.SUBJECT_COLUMNS} FROM subjects s {where} "
-                f"ORDER BY s.created_at, s.id LIMIT %s OFFSET %s",
-                [*args, limit, offset],
-            ).fetchall()
-            return total, found
-
-        total, found = self._run(page)
-        subjects = [rows.subject(r) for r in found]
-        return subjects, int(total[0])
-
-    def update_subject(
-        self, subject_id: str, name: str | None, metadata: dict[str, Any] | None
-    ) -> Subject:
-        """Change a subject's name and/or metadata; raises SubjectNotFound."""
-        with self._transaction() as cur:
-            self._lock_subject(cur, subject_id, "UPDATE")
-            if name is not None:
-                cur.execute("UPDATE subjects SET name=%s WHERE id=%s", (name, subject_id))
-            if metadata is not None:
-                cur.execute(
-                    "UPDATE subjects SET metadata=%s WHERE id=%s",
-                    (json.dumps(metadata), subject_id),
-                )
-            self._bump(cur)
-        return self.get_subject(subject_id)
-
-    def delete_subject(self, subject_id: str) -> list[int]:
-        """Delete a subject and its faces; returns the deleted face ids."""
-        with self._transaction() as cur:
-            self._lock_subject(cur, subject_id, "UPDATE")
-            ids = [
-                int(r[0])
-                for r in cur.execute(
-                    "DELETE FROM faces WHERE subject_id=%s RETURNING id", (subject_id,)
-                ).fetchall()
-            ]
-            cur.execute("DELETE FROM subjects WHERE id=%s", (subject_id,))
-            self._bump(cur)
-        return sorted(ids)
-
-    # ---- faces
-
-    def _insert_face(
-        self, cur: psycopg.Cursor[Any], subject_id: str, face: NewFace, now: float
-    ) -> tuple[int, bool]:
-        """Insert unless this image is already enrolled for the subject (by any replica)."""
-        row = cur.execute(
-            "INSERT INTO faces(subject_id, embedding, model_id, box, det_score, image_sha256, "
-            "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (subject_id, image_sha256) DO NOTHING RETURNING id",
-            rows.new_face_values(
-                subject_id, face, model_id=self.model_id, dim=self.embedding_dim, now=now
-            ),
-        ).fetchone()
-        if row is not None:
-            return int(row[0]), True
-        existing = cur.execute(
-            "SELECT id FROM faces WHERE subject_id=%s AND image_sha256=%s",
-            (subject_id, face.image_sha256),
-        ).fetchone()
-        assert existing is not None
-        return int(existing[0]), False
-
-    def add_faces(
-        self, subject_id: str, faces: list[NewFace], *, create_name: str | None = None
-    ) -> list[tuple[int, bool]]:
-        """Insert faces in one transaction; (face id, created) per face. The subject row is
-        locked (FOR SHARE) so a delete on another replica waits for this enrollment or wins."""
-        now = time.time()
-        with self._transaction() as cur:
-            if create_name is not None:
-                cur.execute(
-                    "INSERT INTO subjects(id, name, metadata, created_at) "
-                    "VALUES (%s, %s, '{}', %s) ON CONFLICT (id) DO NOTHING",
-                    (subject_id, create_name, now),
-                )
-            self._lock_subject(cur, subject_id, "SHARE")
-            results = [self._insert_face(cur, subject_id, face, now) for face in faces]
-            self._bump(cur)
-        return results
-
-    def add_faces_many(self, items: list[tuple[str, NewFace]]) -> list[tuple[str, int, bool]]:
-        """Batch indexing: faces of many subjects in one transaction, subjects created as needed."""
-        now = time.time()
-        out: list[tuple[str, int, bool]] = []
-        with self._transaction() as cur:
-            for subject_id, face in items:
-                cur.execute(
-                    "INSERT INTO subjects(id, name, metadata, created_at) "
-                    "VALUES (%s, %s, '{}', %s) ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id",
-                    (subject_id, subject_id, now),
-                )  # DO UPDATE (a no-op) locks the row: a delete elsewhere waits for this batch
-                fid, created = self._insert_face(cur, subject_id, face, now)
-                out.append((subject_id, fid, created))
-            self._bump(cur)
-        return out
-
-    def known_images(self) -> set[tuple[str, str]]:
-        """Every (subject id, image sha256) enrolled."""
-        found = self._run(
-            lambda c: c.execute("SELECT subject_id, image_sha256 FROM faces").fetchall()
-        )
-        return {(str(r[0]), str(r[1])) for r in found}
-
-    def list_faces(self, subject_id: str) -> list[FaceRecord]:
-        """The faces of a subject; raises SubjectNotFound."""
-        self.get_subject(subject_id)
-        found = self._run(
-            lambda c: c.execute(
-                f"SELECT {rows.FACE_COLUMNS} FROM faces WHERE subject_id=%s ORDER BY id",
-                (subject_id,),
-            ).fetchall()
-        )
-        return [rows.face(r) for r in found]
-
-    def delete_face(self, face_id: int) -> str:
-        """Delete one face; returns its subject id. Raises FaceNotFound."""
-        if not -(2**63) <= face_id < 2**63:
-            raise FaceNotFound(f"no face with id {face_id}")
-        with self._transaction() as cur:
-            row = cur.execute(
-                "DELETE FROM faces WHERE id=%s RETURNING subject_id", (face_id,)
-            ).fetchone()
-            if row is None:
-                raise FaceNotFound(f"no face with id {face_id}")
-            self._bump(cur)
-        return str(row[0])
-
-    def embeddings_of(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(face ids, embeddings) of one subject."""
-        found = self._run(
-            lambda c: c.execute(
-                "SELECT id, embedding FROM faces WHERE subject_id=%s ORDER BY id", (subject_id,)
-            ).fetchall()
-        )
-        return rows.unpack(found, self.embedding_dim)
-
-    def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """Every (face id, embedding) and the generation, from one snapshot."""
-        with self._transaction() as cur:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            gen = cur.execute("SELECT last_value FROM generation_seq").fetchone()
-            found = cur.execute("SELECT id, embedding FROM faces ORDER BY id").fetchall()
-        ids, vecs = rows.unpack(found, self.embedding_dim)
-        return ids, vecs, int(gen[0]) if gen else 0
-
-    def face_ids(self) -> np.ndarray:
-        """Every face id, sorted."""
-        found = self._run(lambda c: c.execute("SELECT id FROM faces ORDER BY id").fetchall())
-        return np.array([r[0] for r in found], dtype=np.int64)
-
-    def embeddings_by_id(self, face_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(face ids, embeddings) of those ids that still exist, sorted by id."""
-        if not face_ids:
-            return rows.unpack([], self.embedding_dim)
-        found = self._run(
-            lambda c: c.execute(
-                "SELECT id, embedding FROM faces WHERE id = ANY(%s) ORDER BY id", (face_ids,)
-            ).fetchall()
-        )
-        return rows.unpack(found, self.embedding_dim)
-
-    def subject_of_faces(self, face_ids: list[int]) -> dict[int, tuple[str, str]]:
-        """face id -> (subject id, subject name) for search results."""
-        if not face_ids:
-            return {}
-        found = self._run(
-            lambda c: c.execute(
-                "SELECT f.id, s.id, s.name FROM faces f JOIN subjects s ON s.id = f.subject_id "
-                "WHERE f.id = ANY(%s)",
-                (face_ids,),
-            ).fetchall()
-        )
-        return {int(r[0]): (str(r[1]), str(r[2])) for r in found}
-
-    def counts(self) -> tuple[int, int]:
-        """(subjects, faces)."""
-        row = self._run(
-            lambda c: c.execute(
-                "SELECT (SELECT COUNT(*) FROM subjects), (SELECT COUNT(*) FROM faces)"
-            ).fetchone()
-        )
-        assert row is not None
-        return int(row[0]), int(row[1])
-
-    def iter_subjects(self, batch: int) -> Iterator[list[Subject]]:
-        """Every subject (face counts included), a page at a time."""
-        return rows.subject_pages(self.list_subjects, batch)
-
-    def iter_faces(self, batch: int) -> Iterator[list[tuple[FaceRecord, np.ndarray]]]:
-        """Every face with its embedding, in id order (keyset pages)."""
-        last = -(2**63)
-        while True:
-            found = self._run(partial(self._faces_after, last, batch))
-            if not found:
-                return
-            yield [rows.face_with_embedding(r) for r in found]
-            last = int(found[-1][0])
-
-    @staticmethod
-    def _faces_after(last: int, batch: int, conn: psycopg.Connection[Any]) -> list[Any]:
-        return conn.execute(
-            f"SELECT {rows.FACE_COLUMNS}, embedding FROM faces WHERE id > %s ORDER BY id LIMIT %s",
-            (last, batch),
-        ).fetchall()
-
-    def import_subjects(self, subjects: list[Subject]) -> None:
-        """Insert subjects as they are (migration between backends)."""
-        with self._transaction() as cur:
-            cur.executemany(
-                "INSERT INTO subjects(id, name, metadata, created_at) VALUES (%s, %s, %s, %s)",
-                [rows.subject_values(s) for s in subjects],
-            )
-            self._bump(cur)
-
-    def import_faces(self, faces: list[tuple[FaceRecord, np.ndarray]]) -> None:
-        """Insert faces under their own ids, then move the id sequence past them."""
-        with self._transaction() as cur:
-            cur.executemany(
-                "INSERT INTO faces(id, subject_id, embedding, model_id, box, det_score, "
-                "image_sha256, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                [rows.imported_face_values(f, v) for f, v in faces],
-            )
-            cur.execute(
-                "SELECT setval(pg_get_serial_sequence('faces', 'id'), "
-                "GREATEST((SELECT MAX(id) FROM faces), 1))"
-            )
-            self._bump(cur)
-
-    def purge_wal(self) -> bool:
+    def purge_logs(self) -> bool:
         """After deletes: VACUUM the tables (on a connection of its own, so requests are not
         held up) so the erased rows' space is reclaimed; PostgreSQL keeps dead row versions
         until then. Not a byte-level wipe of the disk: see docs/security.md."""
         try:
             with _connect(self._link.dsn) as conn:
-                conn.execute("VACUUM faces, subjects")
+                conn.execute("VACUUM faces, subjects, quarantine")
         except (BackendUnavailable, psycopg.Error) as exc:
             log.warning("VACUUM after a delete failed (%s); retrying later", exc)
             return False

@@ -1,8 +1,10 @@
-"""Rows <-> records for the two SQL stores (SQLite and PostgreSQL share one table layout), so
-the stores differ only in their SQL dialect and transactions."""
+"""Rows <-> records for the SQL store (SQLite and PostgreSQL share one table layout), and the
+integrity of each stored embedding: a checksum written with it and a unit-norm check wherever it
+is read, so a flipped byte is caught instead of matched."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -18,6 +20,42 @@ SUBJECT_COLUMNS = (
 )
 #: the face columns every read of FaceRecords selects, in this order (then the embedding)
 FACE_COLUMNS = "id, subject_id, model_id, box, det_score, image_sha256, created_at"
+#: what a verified read of embeddings selects
+VECTOR_COLUMNS = "id, subject_id, image_sha256, embedding, checksum"
+#: a stored embedding is a unit vector (the gallery compares by inner product = cosine)
+UNIT_NORM_TOLERANCE = 1e-3
+_DIGEST_MOD = 1 << 64
+
+
+def checksum(subject_id: str, image_sha256: str, embedding: bytes) -> str:
+    """16 hex digits of sha256 over the face's subject, image and embedding bytes: a flipped
+    byte, or a row moved to another subject, no longer matches."""
+    h = hashlib.sha256()
+    for part in (subject_id.encode("utf-8", "surrogatepass"), image_sha256.encode()):
+        h.update(part)
+        h.update(b"\0")
+    h.update(embedding)
+    return h.hexdigest()[:16]
+
+
+def digest_of(checksums: Sequence[str]) -> int:
+    """The store's content digest contribution of these rows (a sum, so deletes subtract)."""
+    return sum(int(c, 16) for c in checksums if c) % _DIGEST_MOD
+
+
+def digest_add(digest: int, delta: int) -> int:
+    """``digest`` with ``delta`` added (or subtracted, when negative), modulo 2**64."""
+    return (digest + delta) % _DIGEST_MOD
+
+
+def vector_problem(vector: np.ndarray) -> str | None:
+    """Why a vector cannot be a stored embedding (None: it can)."""
+    if not np.all(np.isfinite(vector)):
+        return "not finite"
+    norm = float(np.linalg.norm(vector))
+    if abs(norm - 1.0) > UNIT_NORM_TOLERANCE:
+        return f"not a unit vector (norm {norm:.4g})"
+    return None
 
 
 def subject(row: Sequence[Any]) -> Subject:
@@ -40,33 +78,66 @@ def subject_values(s: Subject) -> tuple[Any, ...]:
     return (s.id, s.name, json.dumps(s.metadata), s.created_at)
 
 
+def embedding_bytes(vector: np.ndarray, dim: int) -> bytes:
+    """The stored form of an embedding; ValueError for the wrong size or a non-unit vector."""
+    vec = np.ascontiguousarray(vector, dtype=np.float32)
+    if vec.shape != (dim,):
+        raise ValueError(f"embedding has shape {vec.shape}, expected ({dim},)")
+    problem = vector_problem(vec)
+    if problem is not None:
+        raise ValueError(f"an embedding to store is {problem}: the gallery keeps unit vectors")
+    return vec.tobytes()
+
+
 def new_face_values(
     subject_id: str, new: NewFace, *, model_id: str, dim: int, now: float
 ) -> tuple[Any, ...]:
     """Values for INSERT INTO faces(subject_id, embedding, model_id, box, det_score,
-    image_sha256, created_at); refuses an embedding of the wrong size."""
-    vec = np.ascontiguousarray(new.embedding, dtype=np.float32)
-    if vec.shape != (dim,):
-        raise ValueError(f"embedding has shape {vec.shape}, expected ({dim},)")
+    image_sha256, created_at, checksum); refuses an embedding of the wrong size or norm."""
+    blob = embedding_bytes(new.embedding, dim)
     box = json.dumps([round(v, 2) for v in new.box])
-    return (subject_id, vec.tobytes(), model_id, box, new.det_score, new.image_sha256, now)
+    check = checksum(subject_id, new.image_sha256, blob)
+    return (subject_id, blob, model_id, box, new.det_score, new.image_sha256, now, check)
 
 
-def imported_face_values(f: FaceRecord, vector: np.ndarray) -> tuple[Any, ...]:
+def imported_face_values(f: FaceRecord, vector: np.ndarray, dim: int) -> tuple[Any, ...]:
     """Values for INSERT INTO faces(id, subject_id, embedding, model_id, box, det_score,
-    image_sha256, created_at): a face copied as it is, id included."""
-    blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+    image_sha256, created_at, checksum): a face copied as it is, id included."""
+    blob = embedding_bytes(vector, dim)
     box = json.dumps(f.box)
-    return (f.id, f.subject_id, blob, f.model_id, box, f.det_score, f.image_sha256, f.created_at)
+    check = checksum(f.subject_id, f.image_sha256, blob)
+    return (
+        f.id, f.subject_id, blob, f.model_id, box, f.det_score, f.image_sha256, f.created_at, check
+    )  # fmt: skip
 
 
-def unpack(rows: Sequence[Sequence[Any]], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(id, embedding blob) rows -> (ids, (n, dim) float32 vectors)."""
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    if not rows:
-        return ids, np.zeros((0, dim), dtype=np.float32)
-    vecs = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype=np.float32)
-    return ids, vecs.reshape(len(rows), dim).copy()
+def verified(
+    rows: Sequence[Sequence[Any]], dim: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """(id, subject_id, image_sha256, embedding, checksum) rows -> (ids, (n, dim) vectors) of
+    the rows that pass their checksum and the unit-norm check, and (id, reason) of the rest."""
+    good_ids: list[int] = []
+    blobs: list[bytes] = []
+    bad: list[tuple[int, str]] = []
+    for face_id, subject_id, image_sha256, blob, stored in rows:
+        data = bytes(blob)
+        if len(data) != 4 * dim:
+            bad.append((int(face_id), f"embedding of {len(data)} bytes, expected {4 * dim}"))
+            continue
+        if checksum(str(subject_id), str(image_sha256), data) != stored:
+            bad.append((int(face_id), "checksum mismatch"))
+            continue
+        problem = vector_problem(np.frombuffer(data, dtype=np.float32))
+        if problem is not None:
+            bad.append((int(face_id), problem))
+            continue
+        good_ids.append(int(face_id))
+        blobs.append(data)
+    ids = np.array(good_ids, dtype=np.int64)
+    if not blobs:
+        return ids, np.zeros((0, dim), dtype=np.float32), bad
+    vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()
+    return ids, vecs, bad
 
 
 def subject_pages(

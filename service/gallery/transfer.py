@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def copy_gallery(source: Gallery, target: Gallery, *, batch: int = 2000) -> dict[str, Any]:
-    """Copy every subject and face of ``source`` into the empty ``target``, then build the
-    target's index from its store."""
+    """Copy every subject and face of ``source`` into the empty ``target`` (its index follows
+    each page)."""
     if target.model_id != source.model_id:
         raise ModelMismatch(
             f"the target gallery is pinned to {target.model_id}, the source holds "
@@ -30,7 +30,7 @@ def copy_gallery(source: Gallery, target: Gallery, *, batch: int = 2000) -> dict
             gallery_model=target.model_id,
             service_model=source.model_id,
         )
-    subjects, faces = target.store.counts()
+    subjects, faces = target.counts()
     if subjects or faces:
         raise InvalidRequest(
             f"the target gallery is not empty ({subjects} subjects, {faces} faces); "
@@ -38,17 +38,14 @@ def copy_gallery(source: Gallery, target: Gallery, *, batch: int = 2000) -> dict
         )
     started = time.monotonic()
     copied_subjects = copied_faces = 0
-    for page in source.store.iter_subjects(batch):
-        target.store.import_subjects(page)
+    for page in source.backend.iter_subjects(batch):
+        target.backend.import_subjects(page)
         copied_subjects += len(page)
-    for rows in source.store.iter_faces(batch):
-        target.store.import_faces(rows)
+    for rows in source.backend.iter_faces(batch):
+        target.backend.import_faces(rows)  # indexed as they are copied
         copied_faces += len(rows)
         log.info("copied %d faces", copied_faces)
-    if target.index.shared:
-        target.reconcile(batch)
-    else:
-        target.rebuild_index()
+    target.flush()
     return {
         "subjects": copied_subjects,
         "faces": copied_faces,
@@ -62,12 +59,13 @@ def compare_galleries(
     """Counts of both, and the searches of ``probes`` sampled faces (each disturbed a little,
     so it is a near neighbour, not the stored vector) through both: same subjects, same faces,
     scores within 1e-4. Returns the figures and the probes that differ."""
-    src_counts, dst_counts = source.store.counts(), target.store.counts()
-    ids = source.store.face_ids()
+    src_counts, dst_counts = source.counts(), target.counts()
+    ids = source.backend.face_ids()
     rng = np.random.default_rng(seed)
     sample = sorted(rng.choice(ids, size=min(probes, len(ids)), replace=False).tolist())
-    _, vectors = source.store.embeddings_by_id(sample)
+    vectors = _vectors_of(source, sample)
     mismatches: list[dict[str, Any]] = []
+    indexed = int(target.stats()["indexed"])
     if len(vectors):
         noisy = vectors + rng.normal(0, 0.02, vectors.shape).astype(np.float32)
         noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
@@ -90,10 +88,22 @@ def compare_galleries(
         "target": {
             "subjects": dst_counts[0],
             "faces": dst_counts[1],
-            "indexed": target.index.ntotal,
+            "indexed": indexed,
         },
         "probes": len(sample),
         "identical_searches": len(sample) - len(mismatches),
         "mismatches": mismatches[:10],
-        "ok": src_counts == dst_counts and target.index.ntotal == dst_counts[1] and not mismatches,
+        "ok": src_counts == dst_counts and indexed == dst_counts[1] and not mismatches,
     }
+
+
+def _vectors_of(gallery: Gallery, face_ids: list[int]) -> np.ndarray:
+    """The stored embeddings of these faces, in the order given."""
+    wanted = set(face_ids)
+    found: dict[int, np.ndarray] = {}
+    for page in gallery.backend.iter_faces(2000):
+        for record, vector in page:
+            if record.id in wanted:
+                found[record.id] = vector
+    dim = gallery.embedding_dim
+    return np.stack([found[i] for i in face_ids]) if face_ids else np.zeros((0, dim), np.float32)

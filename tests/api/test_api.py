@@ -346,9 +346,9 @@ def test_refuses_to_start_without_keys_unless_auth_disabled(
 
 
 def test_model_mismatch_is_refused(tmp_path: Path, pipeline: FacePipeline) -> None:
-    from service.gallery import Gallery
+    from service.gallery.embedded import embedded_gallery
 
-    other = Gallery.embedded(tmp_path / "gallery", model_id="someone-else@abc", embedding_dim=128)
+    other = embedded_gallery(tmp_path / "gallery", model_id="someone-else@abc", embedding_dim=128)
     other.create_subject("p", "P", {})
     other.close()
     with TestClient(

@@ -105,12 +105,12 @@ def test_an_unexpected_error_is_logged_and_answered_with_its_request_id(
 ) -> None:  # type: ignore[no-untyped-def]
     """The catch-all 500 handler runs outside the request-context middleware; its log line and
     its response still carry the request id, so an operator can find the traceback."""
-    from service.recognition import Recognition
+    from service.gallery import Gallery
 
     def broken(self, subject_id: str):  # type: ignore[no-untyped-def]
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(Recognition, "delete_subject", broken)
+    monkeypatch.setattr(Gallery, "delete_subject", broken)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())

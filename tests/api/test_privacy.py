@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -137,3 +139,92 @@ def test_cors_is_off_by_default_and_allows_only_configured_origins(
         assert "x-api-key" in r.headers["access-control-allow-headers"].lower()
         other = c.options("/v1/identify", headers={**preflight, "Origin": "https://evil.test"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def kept_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return make_settings(tmp_path, privacy={"keep_images": True, "images_dir": tmp_path / "images"})
+
+
+def test_a_delete_racing_an_enrollment_leaves_no_kept_photo(
+    tmp_path: Path, pipeline: FacePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12, finding 2: the photo was written after the commit and outside the gallery
+    lock, so a delete that ran in between erased the face and then the photo appeared."""
+    from service.images import ImageVault
+
+    writing, release = threading.Event(), threading.Event()
+    real_put = ImageVault.put
+
+    def slow_put(self: ImageVault, face_id: int, data: bytes) -> None:
+        writing.set()
+        release.wait(timeout=10)  # a slow disk
+        real_put(self, face_id, data)
+
+    monkeypatch.setattr(ImageVault, "put", slow_put)
+    images = tmp_path / "images"
+    with TestClient(
+        create_app(kept_settings(tmp_path), pipeline=pipeline), headers={"X-API-Key": API_KEY}
+    ) as c:
+        assert c.post("/v1/subjects", json={"id": "p", "name": "P"}).status_code == 201
+        files = [("files", (POWELL[0].name, read(POWELL[0]), "image/jpeg"))]
+        enrolled: list[int] = []
+        deleted: list[int] = []
+        enroll_thread = threading.Thread(
+            target=lambda: enrolled.append(c.post("/v1/subjects/p/faces", files=files).status_code)
+        )
+        enroll_thread.start()
+        assert writing.wait(timeout=30)
+        delete_thread = threading.Thread(
+            target=lambda: deleted.append(c.delete("/v1/subjects/p").status_code)
+        )
+        delete_thread.start()
+        delete_thread.join(timeout=1)  # main: the delete finished while the photo was written
+        release.set()
+        enroll_thread.join(timeout=30)
+        delete_thread.join(timeout=30)
+        assert enrolled == [201] and deleted == [200]
+        assert c.get("/v1/subjects/p").status_code == 404
+        assert sorted(p.name for p in images.iterdir()) == []  # no photo outlives its face
+
+
+def test_kept_photos_match_the_faces_under_concurrent_enroll_and_delete(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """Photos on disk are exactly the photos of the faces the gallery holds, whatever order
+    concurrent enrollments and deletes run in."""
+    images = tmp_path / "images"
+    photos = [lfw("Colin_Powell", n) for n in range(1, 7)]
+    errors: list[str] = []
+    with TestClient(
+        create_app(kept_settings(tmp_path), pipeline=pipeline), headers={"X-API-Key": API_KEY}
+    ) as c:
+
+        def worker(t: int) -> None:
+            for round_ in range(4):
+                sid = f"w{t}-{round_}"
+                c.post("/v1/subjects", json={"id": sid, "name": sid})
+                files = [("files", (p.name, read(p), "image/jpeg")) for p in photos[t::3][:2]]
+                r = c.post(f"/v1/subjects/{sid}/faces", files=files)
+                if r.status_code not in (201, 404):
+                    errors.append(r.text)
+                if round_ % 2 == 0:
+                    c.delete(f"/v1/subjects/{sid}")
+
+        def deleter() -> None:
+            for _ in range(20):
+                for s in c.get("/v1/subjects", params={"limit": 500}).json()["items"]:
+                    if s["id"].endswith("-1"):
+                        c.delete(f"/v1/subjects/{s['id']}")
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(3)]
+        threads.append(threading.Thread(target=deleter))
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors
+        kept = set()
+        for s in c.get("/v1/subjects", params={"limit": 500}).json()["items"]:
+            kept |= {f["id"] for f in c.get(f"/v1/subjects/{s['id']}/faces").json()}
+    on_disk = {int(p.name.split(".")[0]) for p in images.iterdir()}
+    assert on_disk == kept

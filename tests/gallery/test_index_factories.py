@@ -9,9 +9,10 @@ import faiss
 import numpy as np
 import pytest
 
-from service.gallery import Gallery
+from service.gallery.embedded import embedded_gallery
 from service.gallery.index import VectorIndex, min_train_size
-from tests.gallery.test_gallery import DIM, MODEL, assert_index_equals_store, face, unit
+from tests.backends import assert_index_equals_store
+from tests.gallery.test_gallery import DIM, MODEL, face, unit
 
 
 def test_min_train_sizes() -> None:
@@ -24,7 +25,7 @@ def test_min_train_sizes() -> None:
 
 def test_ivf_searches_exactly_until_it_can_train_then_switches(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    g = Gallery.embedded(
+    g = embedded_gallery(
         tmp_path,
         model_id=MODEL,
         embedding_dim=DIM,
@@ -34,39 +35,44 @@ def test_ivf_searches_exactly_until_it_can_train_then_switches(tmp_path: Path) -
     g.create_subject("s", "S", {})
     vecs = unit(rng, 200)
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[:100])], model_id=MODEL)
-    assert g.index.active_factory == "Flat"
+    assert g.backend.index.active_factory == "Flat"  # type: ignore[attr-defined]
     assert "exact until 156" in g.stats()["index_factory"]
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[100:], 100)], model_id=MODEL)
-    assert g.index.active_factory == "IVF4,Flat" and g.stats()["index_factory"] == "IVF4,Flat"
-    inner = faiss.downcast_index(g.index._index.index)
+    assert g.wait_until_indexed(timeout_s=30)  # trained beside the live index, then swapped in
+    index = g.backend.index  # type: ignore[attr-defined]
+    assert index.active_factory == "IVF4,Flat" and g.stats()["index_factory"] == "IVF4,Flat"
+    inner = index._inner()
     assert isinstance(inner, faiss.IndexIVFFlat) and inner.nprobe == 4  # all lists: exact
     assert_index_equals_store(g)
-    scores, _ = g.index.search(vecs[150:151], 1)
+    scores, _ = index.search(vecs[150:151], 1)
     assert scores[0, 0] > 0.999
     g.close()
-    again = Gallery.embedded(
+    again = embedded_gallery(
         tmp_path,
         model_id=MODEL,
         embedding_dim=DIM,
         index_factory="IVF4,Flat",
         search_params="nprobe=4",
     )
-    assert again.index.active_factory == "IVF4,Flat"  # loaded, not rebuilt
-    assert faiss.downcast_index(again.index._index.index).nprobe == 4
+    loaded = again.backend.index  # type: ignore[attr-defined]
+    assert loaded.active_factory == "IVF4,Flat"  # loaded, not rebuilt
+    assert loaded._inner().nprobe == 4
     again.close()
 
 
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF2,PQ32x4"])
 def test_other_factories_find_the_enrolled_vectors(tmp_path: Path, factory: str) -> None:
     rng = np.random.default_rng(2)
-    g = Gallery.embedded(tmp_path, model_id=MODEL, embedding_dim=DIM, index_factory=factory)
+    g = embedded_gallery(tmp_path, model_id=MODEL, embedding_dim=DIM, index_factory=factory)
     g.create_subject("s", "S", {})
     n = max(min_train_size(factory), 300)
     vecs = unit(rng, n)
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs)], model_id=MODEL)
-    assert g.index.active_factory == factory
-    _, ids = g.index.search(vecs[:50], 1)
-    stored, _, _ = g.store.all_embeddings()
+    assert g.wait_until_indexed(timeout_s=60)
+    index = g.backend.index  # type: ignore[attr-defined]
+    assert index.active_factory == factory
+    _, ids = index.search(vecs[:50], 1)
+    stored, _, _ = g.backend.store.all_embeddings()  # type: ignore[attr-defined]
     recall = float(np.mean(ids[:, 0] == stored[:50]))
     assert recall >= 0.9, recall
     g.close()
@@ -82,13 +88,13 @@ def test_device_copy_search_maps_positions_to_face_ids(
     monkeypatch.setattr(index, "_to_device", lambda inner: faiss.clone_index(inner))
     vecs = unit(rng, 50)
     ids = np.arange(1000, 1050, dtype=np.int64)
-    index.add(ids, vecs, 1)
+    index.add(ids, vecs)
     expected = index.search(vecs[:10], 3)
     index.use_gpu = True
     got = index.search(vecs[:10], 3)
     np.testing.assert_array_equal(got[1], expected[1])
-    index.remove([1000, 1003, 1007], 2)
-    index.add(np.array([5000], dtype=np.int64), vecs[:1], 3)
+    index.remove([1000, 1003, 1007])
+    index.add(np.array([5000], dtype=np.int64), vecs[:1])
     _, found = index.search(vecs[:10], 1)
     assert found[0, 0] == 5000 and found[3, 0] not in (1003,) and found[9, 0] == 1009
     index.use_gpu = False

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
-from tests.backends import Distributed, backend_env, open_backend_gallery
+from tests.backends import Distributed, assert_index_equals_store, backend_env, open_backend_gallery
 from tests.conftest import DATA
 from tests.test_server import HEADERS, free_port, server
 
@@ -146,9 +145,6 @@ def test_twenty_sigkills_lose_nothing_acknowledged(
     assert all(subjects[s] <= 5 for s in job_subjects)  # re-runs never duplicate
     g = open_backend_gallery(gallery_backend, gallery)
     try:
-        ids, vecs, _ = g.store.all_embeddings()
-        index_ids, index_vecs = g.index.vectors()
-        np.testing.assert_array_equal(ids, index_ids)
-        np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
+        assert_index_equals_store(g)
     finally:
         g.close()

@@ -80,7 +80,9 @@ def test_a_full_queue_answers_overloaded_instead_of_waiting() -> None:
     crop = [np.zeros((2, 2, 3), np.uint8)]
     with ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(batcher.embed, crop) for _ in range(3)]  # 1 running + 2 queued
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10  # a busy machine starts the threads late
+        while batcher.queued() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         with pytest.raises(Overloaded) as info:
             batcher.embed(crop)
         assert info.value.details["retry_after_s"] >= 1
