@@ -1,25 +1,50 @@
 """Unpacking an uploaded zip of ``<subject_id>/<image>`` entries without trusting it.
 
-Refused before anything is written: absolute paths, ``..`` components, drive letters, symlinks
-and other special entries, more entries than allowed, a declared total size over the limit, and
-any entry compressed more than ``max_ratio`` to 1 (a zip bomb). While writing, the bytes actually
-inflated are counted too, so a lying header cannot get past the size limit.
+Refused before anything is written, each with the entry named: absolute paths, ``..``
+components, drive letters, backslashes and NUL, names the file system cannot hold (a component
+over 255 bytes, a path over 1024), names flagged UTF-8 that are not, a file and a folder of the
+same name, symlinks and other special entries, encryption, compression methods zipfile cannot
+inflate, more entries than allowed, a declared total over the limit, and any entry, or the
+archive as a whole, compressed more than ``max_ratio`` to 1 (a zip bomb, however small its
+entries). While writing, the bytes actually inflated are counted too, so a lying header cannot
+get past the size limit; every error the zip layer raises is an ``InvalidArchive``.
 """
 
 from __future__ import annotations
 
+import errno
 import shutil
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
-from service.errors import InvalidArchive, PayloadTooLarge
+from service.errors import InsufficientStorage, InvalidArchive, PayloadTooLarge
 
 _CHUNK = 1 << 20
+MAX_COMPONENT_BYTES = 255  # ext4, XFS, APFS, NTFS
+MAX_PATH_BYTES = 1024
+_SUPPORTED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+#: what the zip layer raises on a broken archive or entry (zlib, bz2 and lzma included)
+_ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    EOFError,
+    zlib.error,
+    NotImplementedError,
+    UnicodeDecodeError,
+    ValueError,
+    RuntimeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+)
 
 
 def _safe_name(name: str) -> PurePosixPath:
-    """The entry's relative path, or InvalidArchive for anything that could escape."""
+    """The entry's relative path, or InvalidArchive for anything that could escape or that the
+    file system cannot hold."""
     if "\\" in name or "\x00" in name:
         raise InvalidArchive(f"entry {name!r} has a backslash or NUL in its name")
     path = PurePosixPath(name)
@@ -27,7 +52,66 @@ def _safe_name(name: str) -> PurePosixPath:
         raise InvalidArchive(f"entry {name!r} has an absolute path")
     if any(part == ".." for part in path.parts):
         raise InvalidArchive(f"entry {name!r} climbs out of the archive with '..'")
+    try:
+        encoded = [part.encode("utf-8") for part in path.parts]
+    except UnicodeEncodeError as exc:
+        raise InvalidArchive(f"entry {name!r} has a name that is not valid text") from exc
+    if any(len(part) > MAX_COMPONENT_BYTES for part in encoded):
+        raise InvalidArchive(
+            f"entry {name[:80]!r}... has a name part over {MAX_COMPONENT_BYTES} bytes"
+        )
+    if sum(len(p) + 1 for p in encoded) > MAX_PATH_BYTES:
+        raise InvalidArchive(f"entry {name[:80]!r}... has a path over {MAX_PATH_BYTES} bytes")
     return path
+
+
+def _check_entries(
+    infos: list[zipfile.ZipInfo], *, max_entries: int, max_unpacked_bytes: int, max_ratio: float
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """Everything that can be checked from the central directory, before writing a byte."""
+    if len(infos) > max_entries:
+        raise InvalidArchive(f"{len(infos)} entries; at most {max_entries} are accepted")
+    files: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+    folders: set[PurePosixPath] = set()
+    declared = compressed = 0
+    for info in infos:
+        path = _safe_name(info.filename)
+        mode = info.external_attr >> 16
+        if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise InvalidArchive(f"entry {info.filename!r} is a link or special file")
+        folders.update(path.parents if not info.is_dir() else (path, *path.parents))
+        if info.is_dir():
+            continue
+        if info.flag_bits & 0x1:
+            raise InvalidArchive(f"entry {info.filename!r} is encrypted")
+        if info.compress_type not in _SUPPORTED_METHODS:
+            raise InvalidArchive(
+                f"entry {info.filename!r} uses compression method {info.compress_type}, which "
+                "cannot be unpacked here (use deflate)"
+            )
+        ratio = info.file_size / max(info.compress_size, 1)
+        if ratio > max_ratio:
+            raise InvalidArchive(
+                f"entry {info.filename!r} inflates {ratio:.0f}:1, over {max_ratio:.0f}:1 "
+                "(a zip bomb?)"
+            )
+        declared += info.file_size
+        compressed += info.compress_size
+        files.append((info, path))
+    clashes = sorted(str(p) for _, p in files if p in folders)
+    if clashes:
+        raise InvalidArchive(f"entry {clashes[0]!r} is both a file and a folder in the archive")
+    if declared > max_ratio * max(compressed, 1) and declared > _CHUNK:
+        raise InvalidArchive(
+            f"the archive inflates {declared / max(compressed, 1):.0f}:1 as a whole, over "
+            f"{max_ratio:.0f}:1 (a zip bomb?)"
+        )
+    if declared > max_unpacked_bytes:
+        raise PayloadTooLarge(
+            f"the archive unpacks to {declared} bytes, over {max_unpacked_bytes}",
+            limit=max_unpacked_bytes,
+        )
+    return files
 
 
 def extract_zip(
@@ -38,59 +122,63 @@ def extract_zip(
     max_unpacked_bytes: int,
     max_ratio: float,
 ) -> int:
-    """Check every entry, then unpack into ``dest``; returns the number of files written."""
+    """Check every entry, then unpack into ``dest``; returns the number of files written.
+    Raises InvalidArchive (entry named) or PayloadTooLarge (over the unpacked-size limit)."""
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
+        infos = zf.infolist()
+    except _ZIP_ERRORS as exc:
         raise InvalidArchive(f"the upload is not a readable zip file ({exc})") from exc
     with zf:
-        infos = zf.infolist()
-        if len(infos) > max_entries:
-            raise InvalidArchive(f"{len(infos)} entries; at most {max_entries} are accepted")
-        declared = 0
-        files: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
-        for info in infos:
-            path = _safe_name(info.filename)
-            mode = info.external_attr >> 16
-            if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
-                raise InvalidArchive(f"entry {info.filename!r} is a link or special file")
-            if info.is_dir():
-                continue
-            if info.flag_bits & 0x1:
-                raise InvalidArchive(f"entry {info.filename!r} is encrypted")
-            ratio = info.file_size / max(info.compress_size, 1)
-            if info.file_size > 1024 * 1024 and ratio > max_ratio:
-                raise InvalidArchive(
-                    f"entry {info.filename!r} inflates {ratio:.0f}:1, over {max_ratio:.0f}:1 "
-                    "(a zip bomb?)"
-                )
-            declared += info.file_size
-            files.append((info, path))
-        if declared > max_unpacked_bytes:
-            raise PayloadTooLarge(
-                f"the archive unpacks to {declared} bytes, over {max_unpacked_bytes}",
-                limit=max_unpacked_bytes,
-            )
+        files = _check_entries(
+            infos,
+            max_entries=max_entries,
+            max_unpacked_bytes=max_unpacked_bytes,
+            max_ratio=max_ratio,
+        )
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
         written = 0
         for info, path in files:
-            target = (dest / Path(*path.parts)).resolve()
+            target = root.joinpath(*path.parts)
             if root not in target.parents:
                 raise InvalidArchive(f"entry {info.filename!r} resolves outside the archive")
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with zf.open(info) as src, target.open("wb") as out:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                inflated = 0
+                with zf.open(info) as src, target.open("xb") as out:
                     while chunk := src.read(_CHUNK):
                         written += len(chunk)
+                        inflated += len(chunk)
                         if written > max_unpacked_bytes:
                             raise PayloadTooLarge(
                                 f"the archive unpacks to more than {max_unpacked_bytes} bytes",
                                 limit=max_unpacked_bytes,
                             )
+                        if inflated > _CHUNK and inflated > max_ratio * max(info.compress_size, 1):
+                            raise InvalidArchive(
+                                f"entry {info.filename!r} inflates past {max_ratio:.0f}:1 while "
+                                "unpacking (its header lied about its size)"
+                            )
                         out.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InvalidArchive(f"entry {info.filename!r} cannot be read ({exc})") from exc
+            except (PayloadTooLarge, InvalidArchive):
+                raise
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise InsufficientStorage(
+                        f"the disk holding job uploads ({dest}) is full while unpacking"
+                    ) from exc
+                if isinstance(exc, FileExistsError):
+                    raise InvalidArchive(
+                        f"entry {info.filename!r} appears twice in the archive"
+                    ) from exc
+                raise InvalidArchive(
+                    f"entry {info.filename!r} cannot be unpacked ({exc.__class__.__name__}: {exc})"
+                ) from exc
+            except _ZIP_ERRORS as exc:
+                raise InvalidArchive(
+                    f"entry {info.filename!r} cannot be unpacked ({exc.__class__.__name__}: {exc})"
+                ) from exc
         return len(files)
 
 

@@ -48,17 +48,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.metrics import configure_logging
-    from service.recognition import build_pipeline
+    from service.resources import Resources
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     # `kill -USR1 <pid>` prints every thread's stack to stderr (what is a stuck server doing?)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    # Load and self-check the models before uvicorn starts, so that a device that cannot run
-    # them (device=cuda without a working CUDA provider) stops here with a clear message.
-    pipeline = build_pipeline(settings)
-    pipeline.self_check()
-    app = create_app(settings, pipeline=pipeline)
+    # Open (and self-check) everything before uvicorn starts, so that a device that cannot run
+    # the models (device=cuda without a working CUDA provider) stops here with a clear message.
+    resources = Resources.open(settings)
+    app = create_app(settings, resources=resources)
     # uvicorn's own loggers propagate to the root handler (JSON lines); the access log is ours
     uvicorn.run(
         app,
@@ -69,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         workers=1,
     )
-    pipeline.close()
+    resources.close()
     return 0
 
 

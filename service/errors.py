@@ -1,13 +1,19 @@
 """Domain errors and their one mapping to HTTP.
 
 Every failure the service reports has a stable ``code`` (part of the API contract) and a human
-message. Vision and gallery code raise these without knowing about HTTP; ``app.py`` installs the
-handlers that turn them into ``{"error": {"code": ..., "message": ...}}``.
+message. Vision and gallery code raise these without knowing about HTTP; ``install_handlers``
+(called by ``create_app``) turns them, and the framework's own errors, into
+``{"error": {"code": ..., "message": ..., "details"?: ...}}``; the middlewares answer with the
+same ``error_response``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
 
 
 class MarginFaceError(Exception):
@@ -192,9 +198,91 @@ class InsufficientStorage(MarginFaceError):
     status = 507
 
 
+class AmbiguousCredentials(MarginFaceError):
+    """Several API keys in one request: refused rather than guess which one counts."""
+
+    code = "ambiguous_credentials"
+    status = 400
+
+
+class BodyTimeout(MarginFaceError):
+    """The request body did not arrive within its deadline or above the minimum rate."""
+
+    code = "request_timeout"
+    status = 408
+
+
+class InternalError(MarginFaceError):
+    """A bug: nothing the caller did wrong (the log has the details under the request id)."""
+
+    code = "internal_error"
+    status = 500
+
+
 class UnsupportedByBackend(MarginFaceError):
     """The configured gallery backend does not offer this operation (the message says what
     does the same job there)."""
 
     code = "unsupported_by_backend"
     status = 409
+
+
+#: Starlette's own HTTP errors (routing, parsing) under stable codes
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_body(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    """The one error body; a ``retry_after_s`` detail also becomes a Retry-After header."""
+    from fastapi.responses import JSONResponse
+
+    body: dict[str, Any] = {"code": code, "message": message}
+    headers = {}
+    if details:
+        body["details"] = details
+        if "retry_after_s" in details:
+            headers["Retry-After"] = str(int(details["retry_after_s"]))
+    return JSONResponse(status_code=status, content={"error": body}, headers=headers)
+
+
+def error_response(exc: MarginFaceError) -> JSONResponse:
+    """The response for a domain error."""
+    return error_body(exc.status, exc.code, exc.message, exc.details)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation errors and Starlette's HTTP errors to the one error body.
+    (Unexpected exceptions are answered by ``service.middleware.CatchAll``.)"""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, MarginFaceError)
+        return error_response(exc)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        message = f"{'.'.join(first['loc'])}: {first['msg']}"
+        return error_body(422, "validation_error", message, {"errors": errors})
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return error_body(exc.status_code, code, str(exc.detail))
+
+    app.add_exception_handler(MarginFaceError, domain_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)

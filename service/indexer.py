@@ -9,6 +9,10 @@ interruption, even SIGKILL, it finishes the rest and duplicates nothing.
 Subjects: a run creates a subject only if it did not exist when the run started, and only
 once; a subject deleted while the run goes on stays deleted, and its remaining photos are
 counted as ``subject_deleted`` (delete, then run the job again, to re-enroll on purpose).
+
+Files: the tree is walked and read without following links (``service.photo_tree``): a link is
+skipped and counted as ``skipped_link``; a file over the upload limit is not read
+(``too_large``).
 """
 
 from __future__ import annotations
@@ -29,18 +33,20 @@ import numpy as np
 
 from service.errors import MarginFaceError
 from service.gallery import Gallery, NewFace
+from service.photo_tree import FileTooLarge, LinkSkipped, Photo, PhotoTree
 from service.schemas import SUBJECT_ID_PATTERN
 from service.settings import Settings
 from service.vision.image import decode_image
 from service.vision.pipeline import FacePipeline
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 Outcome = Literal[
     "enrolled",
     "already_present",
     "no_face",
     "several_faces",
     "unreadable",
+    "too_large",
+    "skipped_link",
     "invalid_subject",
     "subject_deleted",
 ]
@@ -50,6 +56,8 @@ OUTCOMES: tuple[Outcome, ...] = (
     "no_face",
     "several_faces",
     "unreadable",
+    "too_large",
+    "skipped_link",
     "invalid_subject",
     "subject_deleted",
 )
@@ -117,16 +125,11 @@ class _Prepared:
     several: bool = False
 
 
-def scan(root: Path) -> list[tuple[str, Path]]:
-    """(subject id, image path) for every image one level below ``root``, in a stable order."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory")
-    items = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for image in sorted(folder.iterdir()):
-            if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES:
-                items.append((folder.name, image))
-    return items
+def scan(root: Path) -> list[Photo]:
+    """Every image one level below ``root``'s subject folders, in a stable order (links are
+    not followed)."""
+    with PhotoTree(root) as tree:
+        return tree.scan()[0]
 
 
 class BatchIndexer:
@@ -157,15 +160,29 @@ class BatchIndexer:
     ) -> IndexSummary:
         """Index everything under ``root``; safe to re-run and to interrupt at any moment."""
         started = time.perf_counter()
-        items = scan(root)
-        summary = IndexSummary(root=str(root), total=len(items), policy=self.settings.enroll_policy)
+        with PhotoTree(root, max_file_bytes=self.settings.limits.max_upload_bytes) as tree:
+            return self._run(tree, started, progress, cancel)
+
+    def _run(
+        self,
+        tree: PhotoTree,
+        started: float,
+        progress: ProgressFn | None,
+        cancel: threading.Event | None,
+    ) -> IndexSummary:
+        items, links = tree.scan()
+        summary = IndexSummary(
+            root=str(tree.root), total=len(items) + len(links), policy=self.settings.enroll_policy
+        )
+        for link in links:
+            summary.record("skipped_link", link, "a symbolic link: not followed")
         known = self.gallery.known_images()
         subjects_before = self.gallery.counts()[0]
-        folders = sorted({subject_id for subject_id, _ in items})
+        folders = sorted({photo.subject_id for photo in items})
         self._creatable = set(folders) - self.gallery.existing_subjects(folders)
         pending: list[_Prepared] = []
-        done = 0
-        for prepared in self._prepare_all(root, items, known):
+        done = len(links)
+        for prepared in self._prepare_all(tree, items, known):
             if cancel is not None and cancel.is_set():
                 summary.cancelled = True
                 break
@@ -178,41 +195,43 @@ class BatchIndexer:
                     done += self._commit(pending, summary)
                     pending = []
             if progress is not None:
-                progress(done, len(items))
+                progress(done, summary.total)
         if pending and not summary.cancelled:
             done += self._commit(pending, summary)
         if progress is not None:
-            progress(done, len(items))
+            progress(done, summary.total)
         self.gallery.flush()
         summary.subjects_created = self.gallery.counts()[0] - subjects_before
         summary.seconds = time.perf_counter() - started
         return summary
 
     def _prepare_all(
-        self, root: Path, items: list[tuple[str, Path]], known: set[tuple[str, str]]
+        self, tree: PhotoTree, items: list[Photo], known: set[tuple[str, str]]
     ) -> Iterator[_Prepared]:
         """Results in input order from a bounded window of parallel work (memory stays flat)."""
         window: deque[Future[_Prepared]] = deque()
         limit = self.workers * 8
         with ThreadPoolExecutor(self.workers, thread_name_prefix="index") as pool:
-            for subject_id, path in items:
-                window.append(pool.submit(self._prepare, root, subject_id, path, known))
+            for photo in items:
+                window.append(pool.submit(self._prepare, tree, photo, known))
                 if len(window) >= limit:
                     yield window.popleft().result()
             while window:
                 yield window.popleft().result()
 
-    def _prepare(
-        self, root: Path, subject_id: str, path: Path, known: set[tuple[str, str]]
-    ) -> _Prepared:
+    def _prepare(self, tree: PhotoTree, photo: Photo, known: set[tuple[str, str]]) -> _Prepared:
         """Read, hash, decode, detect and align one file (runs in a worker thread)."""
-        name = str(path.relative_to(root))
+        subject_id, name = photo.subject_id, photo.name
         if not re.match(SUBJECT_ID_PATTERN, subject_id):
             return _Prepared(subject_id, name, "invalid_subject", "folder name is not a valid id")
         try:
-            data = path.read_bytes()
+            data = tree.read(photo)
+        except LinkSkipped:
+            return _Prepared(subject_id, name, "skipped_link", "a symbolic link: not followed")
+        except FileTooLarge as exc:
+            return _Prepared(subject_id, name, "too_large", str(exc))
         except OSError as exc:
-            return _Prepared(subject_id, name, "unreadable", str(exc))
+            return _Prepared(subject_id, name, "unreadable", exc.strerror or str(exc))
         sha = hashlib.sha256(data).hexdigest()
         if (subject_id, sha) in known:
             return _Prepared(subject_id, name, "already_present")

@@ -69,7 +69,16 @@ class Metrics:
             "stored faces whose embedding failed its checksum or unit-norm check (never matched)",
             registry=r,
         )
+        self.internal_errors = Counter(
+            "marginface_internal_errors",
+            "requests answered 500 internal_error (a bug: the log has each one's request id)",
+            registry=r,
+        )
         self.gallery_stats = gallery_stats
+
+    def internal_error(self) -> None:
+        """Hook for the catch-all error layer."""
+        self.internal_errors.inc()
 
     def stage(self, name: str, seconds: float) -> None:
         """Hook for the pipeline and the recognition layer."""

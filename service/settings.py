@@ -129,6 +129,18 @@ class LimitSettings(BaseModel):
     request_timeout_s: float = Field(
         120.0, gt=0, description="a request still running after this answers 503 timeout"
     )
+    max_inflight_per_key: int = Field(
+        0, ge=0, description="requests one API key may have in flight (0: no per-key cap)"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request body must arrive within this, else 408"
+    )
+    min_body_rate_bytes_s: float = Field(
+        1024.0,
+        ge=0,
+        description="after body_grace_s, a body arriving slower than this on average is 408",
+    )
+    body_grace_s: float = Field(5.0, ge=0, description="slow start allowed before the rate check")
 
 
 class JobSettings(BaseModel):

@@ -68,6 +68,8 @@ def test_every_outcome_is_counted_and_a_rerun_adds_nothing(
         "no_face": 1,
         "several_faces": 0,
         "unreadable": 1,
+        "too_large": 0,
+        "skipped_link": 0,
         "invalid_subject": 1,
         "subject_deleted": 0,
     }

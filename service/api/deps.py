@@ -9,11 +9,12 @@ from typing import Annotated
 from fastapi import Depends, Request, UploadFile
 from fastapi.security import APIKeyHeader
 
-from service.errors import InvalidImage, PayloadTooLarge
+from service.errors import InvalidImage, PayloadTooLarge, Unauthorized
 from service.gallery import Gallery
 from service.jobs import JobRunner
-from service.keys import KeyRing, Scope
+from service.keys import KeyRing, Principal, Scope
 from service.metrics import Metrics
+from service.middleware import PRINCIPAL
 from service.recognition import Recognition
 from service.settings import Settings
 
@@ -46,20 +47,18 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 def _scoped(scope: Scope) -> Callable[..., None]:
-    def check(
-        request: Request, state: State, key: Annotated[str | None, Depends(_api_key_header)]
-    ) -> None:
-        """Reject the request unless its key is valid (401) and holds the scope (403); note
-        who asked for what, for the audit trail of write and admin requests."""
-        request.state.audit_scope = scope
-        if state.settings.auth.disabled:
-            request.state.audit_who = "auth-disabled"
-            return
-        request.state.audit_who = "unknown-key"
-        principal = state.keys.authenticate(key)
-        request.state.audit_who = principal.key_id
-        state.keys.require(principal, scope)
+    """A route's required scope. The key is checked by ``service.middleware.Authenticate``
+    from the headers, before the body is read; this dependency declares the scope (the
+    middleware reads ``required_scope``) and, in depth, refuses a request that reached the
+    route without a principal holding it."""
 
+    def check(request: Request, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+        principal: Principal | None = request.scope.get(PRINCIPAL)
+        if principal is None:
+            raise Unauthorized("missing API key: send it in the X-API-Key header")
+        KeyRing.require(principal, scope)
+
+    check.required_scope = scope  # type: ignore[attr-defined]
     return check
 
 

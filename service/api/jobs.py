@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -12,12 +13,33 @@ from starlette.background import BackgroundTask
 
 from service.api.deps import IsAdmin, State
 from service.archive import archive_root, extract_zip
-from service.errors import Forbidden, InvalidRequest
+from service.errors import Forbidden, InsufficientStorage, InvalidRequest
 from service.gallery import export_store
 from service.gallery.backends import embedded_folder
 from service.schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[IsAdmin])
+MAX_PATH_CHARS = 4096  # PATH_MAX
+MAX_NAME_BYTES = 255  # NAME_MAX
+
+
+def checked_path(path: str) -> Path:
+    """A server-side folder a caller named, resolved; InvalidRequest for what no file system
+    holds (NUL, over PATH_MAX, a name over NAME_MAX) instead of an OSError."""
+    if "\x00" in path:
+        raise InvalidRequest("path has a NUL byte")
+    if len(path) > MAX_PATH_CHARS:
+        raise InvalidRequest(f"path is longer than {MAX_PATH_CHARS} characters")
+    try:
+        parts = [part.encode("utf-8") for part in Path(path).parts]
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest("path is not valid text") from exc
+    if any(len(part) > MAX_NAME_BYTES for part in parts):
+        raise InvalidRequest(f"a name in path is longer than {MAX_NAME_BYTES} bytes")
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop, say
+        raise InvalidRequest(f"path cannot be resolved ({exc})") from exc
 
 
 @router.post("/index", status_code=202)
@@ -32,7 +54,7 @@ def submit_index_job(
     jobs = state.jobs
     settings = state.settings.jobs
     if path is not None:
-        root = Path(path).resolve()
+        root = checked_path(path)
         allowed = [Path(r).resolve() for r in settings.allowed_roots]
         if not any(root == a or a in root.parents for a in allowed):
             raise Forbidden(
@@ -40,7 +62,7 @@ def submit_index_job(
                 allowed_roots=[str(a) for a in allowed],
             )
         if not root.is_dir():
-            raise InvalidRequest(f"{path!r} is not a folder on the server")
+            raise InvalidRequest(f"{path[:200]!r} is not a folder on the server")
         return JobOut(**jobs.submit(f"path:{root}", root).to_dict())
     assert archive is not None
     folder = jobs.folders.create("upload") if jobs.folders else None
@@ -49,8 +71,13 @@ def submit_index_job(
     dest = folder.path
     try:
         upload = dest / "upload.zip"
-        with upload.open("wb") as out:
-            shutil.copyfileobj(archive.file, out, 1 << 20)
+        try:
+            with upload.open("wb") as out:
+                shutil.copyfileobj(archive.file, out, 1 << 20)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise InsufficientStorage(f"the disk holding job uploads is full ({exc})") from exc
+            raise
         tree = dest / "tree"
         extract_zip(
             upload,

@@ -14,6 +14,7 @@ What differs between SQLite + FAISS and PostgreSQL + Milvus lives in the backend
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -30,7 +31,51 @@ log = logging.getLogger(__name__)
 
 #: a score further than this outside [-1, 1] cannot come from unit vectors: the index is corrupt
 SCORE_SLACK = 1e-3
+#: subject metadata: what the service stores must be what it can serve back
+METADATA_MAX_BYTES = 16 * 1024
+METADATA_MAX_DEPTH = 32
 WriteObserver = Callable[[str, dict[str, Any]], None]
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of JSON-like data, without recursion (a hostile value can be deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > METADATA_MAX_DEPTH:
+            return level
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def check_servable(subject_id: str, name: str | None, metadata: dict[str, Any] | None) -> None:
+    """Refuse (InvalidRequest, 422) what could be stored but never served back: text that is
+    not valid UTF-8 (a lone surrogate), metadata nested deeper than METADATA_MAX_DEPTH or larger
+    than METADATA_MAX_BYTES encoded, values JSON cannot encode (NaN, infinities)."""
+    from service.errors import InvalidRequest
+
+    for label, text in (("id", subject_id), ("name", name)):
+        if text is not None:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidRequest(
+                    f"the subject's {label} is not valid text ({exc.reason})"
+                ) from exc
+    if metadata is None:
+        return
+    if _depth(metadata) > METADATA_MAX_DEPTH:
+        raise InvalidRequest(f"metadata is nested deeper than {METADATA_MAX_DEPTH} levels")
+    try:
+        encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, TypeError) as exc:
+        raise InvalidRequest(f"metadata cannot be stored as JSON text ({exc})") from exc
+    if len(encoded) > METADATA_MAX_BYTES:
+        raise InvalidRequest(f"metadata is {len(encoded)} bytes encoded, over {METADATA_MAX_BYTES}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +126,9 @@ class Gallery:
     # ---- subjects
 
     def create_subject(self, subject_id: str, name: str, metadata: dict[str, Any]) -> Subject:
-        """Create a subject (no faces yet); SubjectExists."""
+        """Create a subject (no faces yet); SubjectExists, InvalidRequest for a name or
+        metadata the service could not serve back."""
+        check_servable(subject_id, name, metadata)
         with self._lock:
             subject = self.backend.create_subject(subject_id, name, metadata)
         self._wrote("subject_created", subject_id=subject_id)
@@ -100,7 +147,8 @@ class Gallery:
     def update_subject(
         self, subject_id: str, name: str | None, metadata: dict[str, Any] | None
     ) -> Subject:
-        """Rename or change metadata; SubjectNotFound."""
+        """Rename or change metadata; SubjectNotFound, InvalidRequest (as create_subject)."""
+        check_servable(subject_id, name, metadata)
         with self._lock:
             subject = self.backend.update_subject(subject_id, name, metadata)
         self._wrote("subject_updated", subject_id=subject_id)

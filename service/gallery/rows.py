@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from service.gallery.records import FaceRecord, NewFace, Subject
+
+log = logging.getLogger(__name__)
 
 #: a subject and its face count, as every read of Subjects selects them (``s`` = subjects)
 SUBJECT_COLUMNS = (
@@ -58,9 +61,21 @@ def vector_problem(vector: np.ndarray) -> str | None:
     return None
 
 
+def servable_metadata(raw: str) -> dict[str, Any]:
+    """Stored metadata as the API can serve it: a row an older release stored that cannot be
+    served (invalid text, not an object) comes back as {} rather than break a listing."""
+    try:
+        value = json.loads(raw)
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, UnicodeEncodeError, RecursionError):
+        log.warning("a subject's stored metadata cannot be served; answering {} for it")
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def subject(row: Sequence[Any]) -> Subject:
     """(id, name, metadata JSON, created_at, face count) -> Subject."""
-    return Subject(row[0], row[1], json.loads(row[2]), row[3], int(row[4]))
+    return Subject(row[0], row[1], servable_metadata(row[2]), row[3], int(row[4]))
 
 
 def face(row: Sequence[Any]) -> FaceRecord:

@@ -8,6 +8,7 @@ a real server and by bench/hostile_replay.py (memory over 100 replays).
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zipfile
 import zlib
@@ -35,7 +36,7 @@ class Case:
     data: dict[str, str] | None = None
     json: Any = None
     content: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Any = field(default_factory=dict)  # a dict, or (name, value) pairs to repeat one
 
     def request(self) -> dict[str, Any]:
         """Keyword arguments for httpx / TestClient ``request``."""
@@ -45,6 +46,71 @@ class Case:
             if value is not None:
                 kwargs[key] = value
         return kwargs
+
+
+def zip_of(entries: list[tuple[str, bytes]], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip of (name, bytes) entries."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def deflate64_zip(data: bytes) -> bytes:
+    """A zip whose entry claims compression method 9 (Deflate64), which zipfile cannot read."""
+    raw = bytearray(zip_of([("p/x.jpg", data)], compression=zipfile.ZIP_STORED))
+    for sig, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = raw.index(sig)
+        raw[at + offset : at + offset + 2] = struct.pack("<H", 9)
+    return bytes(raw)
+
+
+def corrupt_deflate_zip(data: bytes) -> bytes:
+    """A zip whose deflate stream is garbage (zlib raises while inflating)."""
+    raw = bytearray(zip_of([("p/x.jpg", data)]))
+    start = raw.index(b"p/x.jpg") + len("p/x.jpg")
+    for i in range(start + 4, start + 40):
+        raw[i] ^= 0xFF
+    return bytes(raw)
+
+
+def bad_utf8_name_zip() -> bytes:
+    """An entry whose name is flagged UTF-8 (general purpose bit 11) but holds a lone 0xE9."""
+    raw = bytearray(zip_of([("p/cafX.jpg", b"x")]))
+    raw = bytearray(bytes(raw).replace(b"p/cafX.jpg", b"p/caf\xe9.jpg"))
+    for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = raw.index(sig)
+        flags = struct.unpack_from("<H", raw, at + offset)[0] | 0x800
+        struct.pack_into("<H", raw, at + offset, flags)
+    return bytes(raw)
+
+
+def small_entry_bomb(entries: int = 64) -> bytes:
+    """Entries of exactly 1 MiB of zeros: each under a "large entry" rule, a bomb together."""
+    return zip_of([(f"p{i}/x{i}.jpg", b"\0" * (1 << 20)) for i in range(entries)])
+
+
+#: archives that must be refused with 422 invalid_archive, by name
+MALFORMED_ARCHIVES = {
+    "file-then-folder": lambda photo: zip_of([("p", b"a file"), ("p/x.jpg", photo)]),
+    "folder-then-file": lambda photo: zip_of([("p/x.jpg", photo), ("p", b"a file")]),
+    "long-folder-name": lambda photo: zip_of([("p" * 300 + "/x.jpg", photo)]),
+    "corrupt-deflate": corrupt_deflate_zip,
+    "deflate64": deflate64_zip,
+    "bad-utf8-name": lambda photo: bad_utf8_name_zip(),
+    "small-entry-bomb": lambda photo: small_entry_bomb(),
+    "not-a-zip": lambda photo: photo,
+    "traversal": lambda photo: zip_of([("../escape/x.jpg", photo)]),
+}
+
+
+def nested(levels: int) -> object:
+    """A list nested ``levels`` deep."""
+    value: object = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -355,6 +421,60 @@ def corpus() -> list[Case]:
         Case("offset_huge", "GET", f"/v1/subjects?offset={10**30}", {422}, {"validation_error"})
     )
     cases.append(Case("face_id_text", "DELETE", "/v1/faces/abc", {422}, {"validation_error"}))
+    face = FACE.read_bytes()
+    for name, build in MALFORMED_ARCHIVES.items():
+        cases.append(
+            Case(
+                f"archive_{name}",
+                "POST",
+                "/v1/jobs/index",
+                {422},
+                {"invalid_archive"},
+                files={"archive": ("a.zip", build(face), "application/zip")},
+            )
+        )
+    for name, path in {
+        "nul": "/srv/a\x00b",
+        "long": "/srv/" + "a" * 5000,
+        "long_name": "/srv/" + "b" * 300 + "/c",
+    }.items():
+        cases.append(
+            Case(f"job_path_{name}", "POST", "/v1/jobs/index", {422}, {"invalid_request"},
+                 data={"path": path})
+        )  # fmt: skip
+    cases.append(
+        Case("job_path_not_allowed", "POST", "/v1/jobs/index", {403}, {"forbidden"},
+             data={"path": "/etc"})
+    )  # fmt: skip
+    json_headers = {"Content-Type": "application/json"}
+    for name, body in {
+        "lone_surrogate": b'{"name": "S", "metadata": {"x": "\\ud800"}}',
+        "surrogate_name": b'{"name": "\\udfff"}',
+        "deep_metadata": json.dumps({"name": "S", "metadata": {"x": nested(300)}}).encode(),
+        "nan_metadata": b'{"name": "S", "metadata": {"x": NaN}}',
+        "huge_metadata": json.dumps({"name": "S", "metadata": {"x": "y" * 20_000}}).encode(),
+    }.items():
+        cases.append(
+            Case(f"create_{name}", "POST", "/v1/subjects", {422},
+                 {"invalid_request", "validation_error"}, content=body, headers=json_headers)
+        )  # fmt: skip
+        cases.append(
+            Case(f"patch_{name}", "PATCH", "/v1/subjects/victim", {422},
+                 {"invalid_request", "validation_error"}, content=body, headers=json_headers)
+        )  # fmt: skip
+    cases.append(
+        Case("two_keys", "GET", "/v1/subjects", {400}, {"ambiguous_credentials"},
+             headers=[("X-API-Key", "a-key"), ("X-API-Key", "another")])
+    )  # fmt: skip
+    cases.append(
+        Case("empty_key", "GET", "/v1/subjects", {401}, {"unauthorized"},
+             headers={"X-API-Key": ""})
+    )  # fmt: skip
+    cases.append(
+        Case("wrong_key_on_a_big_upload", "POST", "/v1/jobs/index", {401}, {"unauthorized"},
+             headers={"X-API-Key": "nope"},
+             files={"archive": ("a.zip", b"\0" * (2 << 20), "application/zip")})
+    )  # fmt: skip
     cases.append(
         Case(
             "face_id_huge",

@@ -1,0 +1,143 @@
+"""A folder-per-subject tree of photos (``ROOT/<subject_id>/<image>``), walked and read without
+following links.
+
+Batch indexing reads trees it did not make: a server-side job's folder under an allowed root,
+an unpacked upload. Every directory and file is opened relative to its parent's descriptor with
+``O_NOFOLLOW``, so a symlink anywhere (``allowed/b/s -> /outside``, ``x.jpg -> /etc/shadow``),
+even one swapped in after the scan, is never followed: it is skipped and listed. Files are
+checked to be regular and are read up to a size cap, never whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO must not block the read
+
+
+class LinkSkipped(Exception):
+    """The entry is (or became) a symlink: not followed."""
+
+
+class FileTooLarge(Exception):
+    """The file is over the size cap: not read."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One image file of the tree."""
+
+    subject_id: str
+    file_name: str
+
+    @property
+    def name(self) -> str:
+        """The path relative to the root, as reports show it."""
+        return f"{self.subject_id}/{self.file_name}"
+
+
+class PhotoTree:
+    """The photos under one root; use as a context manager (it holds the root's descriptor)."""
+
+    def __init__(self, root: Path, *, max_file_bytes: int | None = None) -> None:
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root} is not a directory")
+        self.root = root
+        self.max_file_bytes = max_file_bytes
+        self._fd = os.open(root.resolve(), _DIR_FLAGS)
+
+    def __enter__(self) -> PhotoTree:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the root's descriptor."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def scan(self) -> tuple[list[Photo], list[str]]:
+        """(photos in a stable order, links skipped): subject folders one level below the root,
+        image files one level below them; hidden entries ignored."""
+        photos: list[Photo] = []
+        skipped: list[str] = []
+        with os.scandir(self._fd) as top:
+            folders = sorted(top, key=lambda e: e.name)
+        for folder in folders:
+            if folder.name.startswith("."):
+                continue
+            if folder.is_symlink():
+                skipped.append(folder.name)
+                continue
+            if not folder.is_dir(follow_symlinks=False):
+                continue
+            try:
+                fd = os.open(folder.name, _DIR_FLAGS, dir_fd=self._fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    skipped.append(folder.name)
+                continue
+            try:
+                with os.scandir(fd) as inner:
+                    files = sorted(inner, key=lambda e: e.name)
+            finally:
+                os.close(fd)
+            for entry in files:
+                if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                if entry.is_symlink():
+                    skipped.append(f"{folder.name}/{entry.name}")
+                elif entry.is_file(follow_symlinks=False):
+                    photos.append(Photo(folder.name, entry.name))
+        return photos, skipped
+
+    def read(self, photo: Photo) -> bytes:
+        """The file's bytes. Raises LinkSkipped (a link now), FileTooLarge (over the cap),
+        OSError (gone, unreadable, not a regular file)."""
+        try:
+            folder = os.open(photo.subject_id, _DIR_FLAGS, dir_fd=self._fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LinkSkipped(photo.subject_id) from exc
+            raise
+        try:
+            fd = os.open(photo.file_name, _FILE_FLAGS, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LinkSkipped(photo.name) from exc
+            raise
+        finally:
+            os.close(folder)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            cap = self.max_file_bytes
+            if cap is not None and info.st_size > cap:
+                raise FileTooLarge(f"{info.st_size} bytes, over the limit of {cap}")
+            chunks, total = [], 0
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+                if cap is not None and total > cap:  # it grew since the fstat
+                    raise FileTooLarge(f"over the limit of {cap} bytes")
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
