@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
 
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, NoFace
 from service.evaluation import Pair, best_threshold, kfold_accuracy, threshold_at_far
 from service.models import Calibration
 from service.vision.detection import DetectedFace, DetectorOptions, nearest_to_centre
@@ -45,13 +46,25 @@ class PairScores:
     embeddings: dict[Path, np.ndarray] = field(default_factory=dict, repr=False)
 
 
-def central_face_embedding(
-    pipeline: FacePipeline, image: np.ndarray
+FacePick = Literal["central", "choice"]
+
+
+def face_embedding(
+    pipeline: FacePipeline, image: np.ndarray, pick: FacePick = "central"
 ) -> tuple[np.ndarray | None, bool]:
-    """The embedding of the face nearest the image centre (LFW's labelled person).
+    """The embedding of the image's face by ``pick``: ``central``, the face nearest the image
+    centre (LFW's labelled person: the protocol), or ``choice``, the face verify would use
+    (``FacePipeline.choose_face``: validity, quality and size).
 
     Returns (embedding or None, whether the fallback detector settings were needed).
     """
+    if pick == "choice":
+        for options, fallback in ((None, False), (FALLBACK_OPTIONS, True)):
+            try:
+                return pipeline.choose_face(image, options=options).face.embedding, fallback
+            except NoFace:
+                continue
+        return None, True
     face, fallback = central_face(pipeline, image)
     if face is None:
         return None, True
@@ -75,6 +88,7 @@ def score_pairs(
     pairs: list[Pair],
     *,
     progress: bool = True,
+    pick: FacePick = "central",
 ) -> PairScores:
     """Embed each image once (cached) and score every pair; a faceless image scores -1."""
     cache: dict[Path, np.ndarray | None] = {}
@@ -82,7 +96,7 @@ def score_pairs(
 
     unique = sorted({p.a for p in pairs} | {p.b for p in pairs})
     for path in tqdm(unique, desc="embedding", unit="img", disable=not progress):
-        vector, used_fallback = central_face_embedding(pipeline, decode_image(path.read_bytes()))
+        vector, used_fallback = face_embedding(pipeline, decode_image(path.read_bytes()), pick)
         cache[path] = vector
         if used_fallback and vector is not None:
             fallback.append(str(path))

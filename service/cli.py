@@ -492,7 +492,7 @@ def _pair_report(args: argparse.Namespace, pairs: list[Any], name: str) -> dict[
             update={"embedder": settings.embedder.model_copy(update={"flip_tta": True})}
         )
     pipeline = build_pipeline(settings, batching=False)
-    result = score_pairs(pipeline, pairs, progress=not args.json)
+    result = score_pairs(pipeline, pairs, progress=not args.json, pick=args.face)
     report = verification_report(result.scores, result.same, result.folds)
     manifest = pipeline.embedder.manifest
     report.update(
@@ -500,6 +500,7 @@ def _pair_report(args: argparse.Namespace, pairs: list[Any], name: str) -> dict[
             "dataset": name,
             "model_id": manifest.model_id,
             "flip_tta": args.flip,
+            "face": args.face,
             "images": result.images,
             "images_without_face": len(result.no_face),
             "images_via_fallback_detection": len(result.fallback_detections),
@@ -571,7 +572,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
     def embed(path: Path) -> np.ndarray | None:
         image = decode_image(path.read_bytes())
         try:  # the pipeline owns which face counts: the largest, as enrollment does
-            return pipeline.single_face(image, policy="largest", aligned=args.aligned).embedding
+            return pipeline.choose_face(image, aligned=args.aligned).face.embedding
         except NoFace:
             return None
 
@@ -771,6 +772,13 @@ def build_parser() -> argparse.ArgumentParser:
     def add_pair_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="recognizer (default: the configured one)")
         p.add_argument("--flip", action="store_true", help="test-time flip: f(x) + f(flip(x))")
+        p.add_argument(
+            "--face",
+            choices=("central", "choice"),
+            default="central",
+            help="which face of an image: nearest the centre (the protocol) or the one verify "
+            "uses (validity, quality, size)",
+        )
         p.add_argument("--out", default="var/eval", help="folder for report.json and roc.png")
 
     lfw = esub.add_parser("lfw", parents=[common], help="LFW View-2 10-fold protocol")

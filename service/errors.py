@@ -90,6 +90,13 @@ class MultipleFaces(MarginFaceError):
     status = 422
 
 
+class LowQuality(MarginFaceError):
+    """A face below the enrollment quality floor (``min_quality``); details name the factor."""
+
+    code = "low_quality"
+    status = 422
+
+
 class SubjectNotFound(MarginFaceError):
     """No subject with that id."""
 

@@ -1,8 +1,10 @@
 """Batch gallery indexing: a folder per subject, enrolled in bulk, resumable and idempotent.
 
 Layout: ``ROOT/<subject_id>/<image>``; the folder name is the subject id (and its name). Images
-are read, hashed, decoded and detected in a thread pool (ONNX Runtime releases the GIL), the
-aligned crops are embedded in large batches, and each batch is written to the gallery in one
+are read, hashed, decoded, and their face chosen, embedded and judged
+(``FacePipeline.choose_face``: the same rule and the same ``min_quality`` floor as the enroll
+route; refused faces are counted as ``no_face``, ``several_faces`` or ``low_quality``) in a
+thread pool (ONNX Runtime releases the GIL), and each batch is written to the gallery in one
 transaction. A re-run skips every (subject, image sha256) already in the gallery, so after an
 interruption, even SIGKILL, it finishes the rest and duplicates nothing.
 
@@ -31,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.errors import MarginFaceError
+from service.errors import LowQuality, MarginFaceError, MultipleFaces, NoFace
 from service.gallery import Gallery, NewFace
 from service.photo_tree import FileTooLarge, LinkSkipped, Photo, PhotoTree
 from service.schemas import SUBJECT_ID_PATTERN
@@ -44,6 +46,7 @@ Outcome = Literal[
     "already_present",
     "no_face",
     "several_faces",
+    "low_quality",
     "unreadable",
     "too_large",
     "skipped_link",
@@ -55,6 +58,7 @@ OUTCOMES: tuple[Outcome, ...] = (
     "already_present",
     "no_face",
     "several_faces",
+    "low_quality",
     "unreadable",
     "too_large",
     "skipped_link",
@@ -112,13 +116,13 @@ class IndexSummary:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A worker's result for one file: a crop to embed, or an outcome already decided."""
+    """A worker's result for one file: a face to write, or an outcome already decided."""
 
     subject_id: str
     name: str
     outcome: Outcome | None
     detail: str = ""
-    crop: np.ndarray | None = None
+    embedding: np.ndarray | None = None
     box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     score: float = 0.0
     sha256: str = ""
@@ -220,7 +224,8 @@ class BatchIndexer:
                 yield window.popleft().result()
 
     def _prepare(self, tree: PhotoTree, photo: Photo, known: set[tuple[str, str]]) -> _Prepared:
-        """Read, hash, decode, detect and align one file (runs in a worker thread)."""
+        """Read, hash, decode and choose, embed and judge the face of one file (runs in a worker
+        thread)."""
         subject_id, name = photo.subject_id, photo.name
         if not re.match(SUBJECT_ID_PATTERN, subject_id):
             return _Prepared(subject_id, name, "invalid_subject", "folder name is not a valid id")
@@ -239,34 +244,37 @@ class BatchIndexer:
             image = decode_image(data, max_pixels=self.settings.limits.max_image_pixels)
         except MarginFaceError as exc:
             return _Prepared(subject_id, name, "unreadable", exc.message)
-        detections = self.pipeline.detect(image)
-        if not detections:
-            return _Prepared(subject_id, name, "no_face")
-        several = len(detections) > 1
-        if several and self.settings.enroll_policy == "reject":
-            return _Prepared(subject_id, name, "several_faces", f"{len(detections)} faces")
-        face = max(detections, key=lambda d: d.area)
-        crop = self.pipeline.align(image, face.landmarks)
+        try:  # the pipeline's one rule for which face, and the one quality floor
+            chosen = self.pipeline.choose_face(
+                image, policy=self.settings.enroll_policy, min_quality=self.settings.min_quality
+            )
+        except NoFace as exc:
+            return _Prepared(subject_id, name, "no_face", exc.message)
+        except MultipleFaces as exc:
+            return _Prepared(subject_id, name, "several_faces", f"{exc.details['faces']} faces")
+        except LowQuality as exc:
+            return _Prepared(subject_id, name, "low_quality", exc.message)
+        face = chosen.face
         return _Prepared(
             subject_id,
             name,
             None,
-            crop=crop,
+            embedding=face.embedding,
             box=face.box,
             score=face.score,
             sha256=sha,
-            several=several,
+            several=chosen.faces_found > 1,
         )
 
     def _commit(self, batch: list[_Prepared], summary: IndexSummary) -> int:
-        """Embed a batch of crops and write it in one transaction; returns files handled."""
-        vectors = self.pipeline.embedder.embed([p.crop for p in batch if p.crop is not None])
+        """Write a batch of embedded faces in one transaction; returns files handled."""
         items = [
             (
                 p.subject_id,
-                NewFace(embedding=v, box=p.box, det_score=p.score, image_sha256=p.sha256),
+                NewFace(embedding=p.embedding, box=p.box, det_score=p.score, image_sha256=p.sha256),
             )
-            for p, v in zip(batch, vectors, strict=True)
+            for p in batch
+            if p.embedding is not None
         ]
         results = self.gallery.add_many(
             items, model_id=self.pipeline.model_id, creatable=frozenset(self._creatable)

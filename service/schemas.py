@@ -63,12 +63,45 @@ class SubjectPage(BaseModel):
     limit: int
 
 
+class PoseOut(BaseModel):
+    """Head pose from the 5 landmarks, in degrees (0, 0, 0: frontal, upright)."""
+
+    yaw: float
+    pitch: float
+    roll: float
+
+
+class QualityOut(BaseModel):
+    """How good this face is for recognition, in [0, 1]: the weighted geometric mean of its
+    factors (each in [0, 1]); the raw measurements behind them beside it."""
+
+    score: float
+    factors: dict[str, float] = Field(
+        description="size, sharpness, pose, detection, recognizability (docs/benchmarks.md)"
+    )
+    weakest: str = Field(description="the factor that pulls the score down most")
+    pose: PoseOut
+    interocular_px: float
+    sharpness: float = Field(description="variance of the Laplacian of the aligned crop")
+    feature_norm: float | None = Field(
+        None, description="the recognizer's feature norm before normalisation"
+    )
+
+
 class Box(BaseModel):
-    """A detected face: box (x1, y1, x2, y2), 5 landmarks, detection score."""
+    """A detected face: box (x1, y1, x2, y2), 5 landmarks, detection score, quality."""
 
     box: list[float]
     landmarks: list[list[float]]
     score: float
+    quality: QualityOut | None = None
+
+
+class UsedFace(Box):
+    """The face verify or enroll used, and what else the image held."""
+
+    faces_found: int = Field(description="faces in the image (non-faces not counted)")
+    not_faces: int = Field(0, description="detections refused as not being faces")
 
 
 class FaceOut(BaseModel):
@@ -88,7 +121,7 @@ class EnrolledFace(BaseModel):
 
     face_id: int
     created: bool = Field(description="false when this image was already enrolled (same sha256)")
-    detection: Box
+    detection: UsedFace
 
 
 class EnrollResponse(BaseModel):
@@ -120,8 +153,8 @@ class VerifyResponse(BaseModel):
     threshold: ThresholdOut
     match: bool
     model_id: str
-    face_a: Box
-    face_b: Box | None = None
+    face_a: UsedFace
+    face_b: UsedFace | None = None
     subject_id: str | None = None
     matched_face_id: int | None = None
 

@@ -22,7 +22,15 @@ class DetectorSettings(BaseModel):
     nms_iou: float = Field(0.4, gt=0.0, le=1.0)
     min_face_px: float = Field(12.0, ge=0.0)
     max_side_px: int = Field(960, ge=64, description="longer image side is scaled down to this")
+    upscale_below_px: int = Field(
+        0, ge=0, description="images whose longer side is below this are enlarged to it (0: off)"
+    )
     max_faces: int = Field(64, ge=1, description="faces per image that are kept (largest scores)")
+    validity_check: bool = Field(
+        True,
+        description="refuse detections that are not faces, by the recognizer's validity rule "
+        "(its manifest) and a second detector's opinion on doubtful ones",
+    )
 
 
 class EmbedderSettings(BaseModel):
@@ -198,6 +206,15 @@ class Settings(BaseSettings):
         [], description="origins allowed to call the API from a browser; empty: CORS off"
     )
     enroll_policy: Literal["largest", "reject"] = "largest"
+    min_quality: float = Field(
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="enrollment refuses faces whose quality score is below this (422 "
+        "low_quality; bulk indexing reports them); 0: off. The default is the 1st percentile "
+        "of the main faces of CelebA-299's in-the-wild photos, rounded (LFW's 1st: 0.84; "
+        "docs/benchmarks.md)",
+    )
     default_top_k: int = Field(5, ge=1)
     verify_far: float | None = Field(
         None,

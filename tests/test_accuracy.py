@@ -24,7 +24,7 @@ def fold1(pipeline: FacePipeline) -> tuple[list[Pair], dict[Path, np.ndarray], R
     pairs = [p for p in read_lfw_pairs(DATA / "lfw/pairs.txt", DATA / "lfw/images") if p.fold == 0]
     rec = Recognition(Settings(device="cpu"), pipeline, gallery=None)
     images = sorted({p.a for p in pairs} | {p.b for p in pairs})
-    vectors = {p: rec.one_face(p.read_bytes(), policy="largest").embedding for p in images}
+    vectors = {p: rec.one_face(p.read_bytes(), policy="largest").face.embedding for p in images}
     return pairs, vectors, rec
 
 

@@ -67,6 +67,7 @@ def test_every_outcome_is_counted_and_a_rerun_adds_nothing(
         "already_present": 1,  # copy.jpg is Colin_Powell_0001.jpg again
         "no_face": 1,
         "several_faces": 0,
+        "low_quality": 0,
         "unreadable": 1,
         "too_large": 0,
         "skipped_link": 0,
@@ -92,6 +93,36 @@ def test_every_outcome_is_counted_and_a_rerun_adds_nothing(
     report = tmp_path / "report.json"
     third.write(report)
     assert json.loads(report.read_text())["files"]["several_faces"][0].startswith("Tony_Blair/")
+    gallery.close()
+
+
+def test_bulk_indexing_refuses_non_faces_and_faces_below_the_floor(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """dogs.jpg was enrolled as a face (the largest dog), and nothing gated quality."""
+    import cv2
+
+    from service.vision.image import decode_image
+
+    root = tmp_path / "people"
+    make_tree(root, ["Colin_Powell"], 2)
+    shutil.copy(DATA / "detection/dlib_faces/dogs.jpg", root / "Colin_Powell/dogs.jpg")
+    sharp = decode_image((LFW / "Colin_Powell/Colin_Powell_0003.jpg").read_bytes())
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 8)
+    (root / "Colin_Powell/blurred.png").write_bytes(png_bytes(blurred))
+    settings = make_settings(tmp_path)  # the default floor, 0.6
+    gallery = open_gallery(settings, pipeline.embedder.manifest)
+    summary = BatchIndexer(settings, pipeline, gallery, workers=2, batch_size=2).run(root)
+    assert summary.counts["enrolled"] == 2
+    assert summary.counts["no_face"] == 1 and summary.counts["low_quality"] == 1
+    report = tmp_path / "report.json"
+    summary.write(report)
+    files = json.loads(report.read_text())["files"]
+    assert files["no_face"][0].startswith("Colin_Powell/dogs.jpg: no face")
+    assert "refused" in files["no_face"][0]
+    assert files["low_quality"][0].startswith("Colin_Powell/blurred.png: ")
+    assert "sharpness" in files["low_quality"][0]
+    assert gallery.stats()["faces"] == 2
     gallery.close()
 
 

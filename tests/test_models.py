@@ -14,10 +14,9 @@ from onnx.reference import ReferenceEvaluator
 from PIL import Image
 
 from service.errors import ModelError
+from service.graphs import _dequantize, clean_sface
 from service.models import (
     PackageSource,
-    _dequantize,
-    clean_sface,
     fetch_model,
     list_models,
     load_manifest,

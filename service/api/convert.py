@@ -9,19 +9,47 @@ from service.schemas import (
     CandidateOut,
     FaceOut,
     IdentifiedFaceOut,
+    PoseOut,
+    QualityOut,
     SubjectOut,
     ThresholdOut,
+    UsedFace,
 )
 from service.vision.detection import DetectedFace
-from service.vision.pipeline import Face
+from service.vision.pipeline import Chosen, Face
+from service.vision.quality import FaceQuality
+
+
+def quality(q: FaceQuality) -> QualityOut:
+    """A face's quality and its factors."""
+    return QualityOut(
+        score=q.score,
+        factors=q.factors,
+        weakest=q.weakest,
+        pose=PoseOut(yaw=q.pose.yaw_deg, pitch=q.pose.pitch_deg, roll=q.pose.roll_deg),
+        interocular_px=q.interocular_px,
+        sharpness=q.sharpness,
+        feature_norm=q.feature_norm,
+    )
 
 
 def box(face: Face | DetectedFace) -> Box:
-    """Box, landmarks and score of a face."""
+    """Box, landmarks, score and (for an analysed face) quality."""
+    q = getattr(face, "quality", None)
     return Box(
         box=[round(float(v), 2) for v in face.box],
         landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
         score=round(float(face.score), 4),
+        quality=quality(q) if q is not None else None,
+    )
+
+
+def used(chosen: Chosen) -> UsedFace:
+    """The face verify or enroll used, with how many faces the image held."""
+    return UsedFace(
+        **dict(box(chosen.face)),
+        faces_found=chosen.faces_found,
+        not_faces=chosen.not_faces,
     )
 
 

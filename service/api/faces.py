@@ -23,6 +23,10 @@ def add_faces(
     files: Annotated[list[UploadFile], File(description="one or more photos")],
     multiple_faces: Annotated[Literal["largest", "reject"] | None, Query()] = None,
     aligned: Annotated[bool, Query(description="images are aligned 112x112 crops")] = False,
+    min_quality: Annotated[
+        float | None,
+        Query(ge=0.0, le=1.0, description="refuse faces below this quality (default: setting)"),
+    ] = None,
 ) -> EnrollResponse:
     """Enroll one face per photo (all or nothing); re-sending a photo is a no-op that says so."""
     if len(files) > state.settings.limits.max_files_per_request:
@@ -30,13 +34,15 @@ def add_faces(
             f"at most {state.settings.limits.max_files_per_request} files per request"
         )
     images = [read_upload(f, state, "files") for f in files]
-    results = state.recognition.enroll(subject_id, images, policy=multiple_faces, aligned=aligned)
+    results = state.recognition.enroll(
+        subject_id, images, policy=multiple_faces, aligned=aligned, min_quality=min_quality
+    )
     return EnrollResponse(
         subject_id=subject_id,
         model_id=state.recognition.pipeline.model_id,
         faces=[
-            EnrolledFace(face_id=fid, created=created, detection=convert.box(face))
-            for fid, created, face in results
+            EnrolledFace(face_id=fid, created=created, detection=convert.used(chosen))
+            for fid, created, chosen in results
         ],
     )
 

@@ -54,7 +54,7 @@ def verify(
             threshold=convert.threshold(chosen),
             match=score >= chosen.value,
             model_id=rec.pipeline.model_id,
-            face_a=convert.box(face),
+            face_a=convert.used(face),
             subject_id=subject_id,
             matched_face_id=face_id,
         )
@@ -67,8 +67,8 @@ def verify(
         threshold=convert.threshold(chosen),
         match=score >= chosen.value,
         model_id=rec.pipeline.model_id,
-        face_a=convert.box(face_a),
-        face_b=convert.box(face_b),
+        face_a=convert.used(face_a),
+        face_b=convert.used(face_b),
     )
 
 
@@ -94,7 +94,8 @@ def identify(
 
 @router.post("/detect")
 def detect(state: State, image: Annotated[UploadFile, File()]) -> DetectResponse:
-    """Find every face: box, 5 landmarks, score."""
+    """Find every face: box, 5 landmarks, score and quality (detections that are not faces are
+    left out)."""
     pixels, faces = state.recognition.detect(read_upload(image, state, "image"))
     return DetectResponse(
         width=pixels.shape[1], height=pixels.shape[0], faces=[convert.box(f) for f in faces]

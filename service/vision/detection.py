@@ -1,21 +1,34 @@
-"""Face detection with 5 landmarks: an anchor-based ONNX detector decoded per its manifest."""
+"""Face detection with 5 landmarks: the detector protocol, the shared pre- and post-processing,
+and the registry of decoders keyed by the manifest's ``detector.decoder``.
+
+A decoder turns one ONNX detector's raw outputs into boxes, scores and landmarks; everything
+around it (resizing, padding and normalising as the manifest says, score threshold, NMS,
+clipping, the minimum face size) is done once here, so every detector behaves alike. The
+decoders live in ``service.vision.detectors`` (retinaface, yunet, scrfd); a new one is a module
+with an ``OnnxDetector`` subclass and a ``register_detector`` call.
+"""
 
 from __future__ import annotations
 
-import math
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 
+from service.errors import ModelError
 from service.models import DetectorSpec, Manifest
 from service.vision.runtime import Device, create_session, providers_in_use
 
 
 @dataclass(frozen=True)
 class DetectedFace:
-    """One face: box (x1, y1, x2, y2) in image pixels, 5 landmarks (5, 2), detection score."""
+    """One face: box (x1, y1, x2, y2) in image pixels, 5 landmarks (5, 2) in the ArcFace order
+    (left eye, right eye, nose, left and right mouth corner, as seen in the image), score."""
 
     box: tuple[float, float, float, float]
     landmarks: np.ndarray = field(repr=False)
@@ -34,14 +47,30 @@ class DetectedFace:
 
 @dataclass(frozen=True)
 class DetectorOptions:
-    """Runtime knobs of detection (all settable per deployment)."""
+    """Runtime knobs of detection (all settable per deployment: ``DetectorSettings``)."""
 
     score_threshold: float = 0.6
     nms_iou: float = 0.4
     min_face_px: float = 12.0
     max_side_px: int = 960
     upscale_below_px: int = 0  # small images are enlarged to this long side: finer landmarks
-    max_faces: int = 256
+    max_faces: int = 64
+
+
+class FaceDetector(Protocol):
+    """What the pipeline needs of a detector."""
+
+    manifest: Manifest
+    options: DetectorOptions
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers in use."""
+
+    def detect(
+        self, image: np.ndarray, options: DetectorOptions | None = None
+    ) -> list[DetectedFace]:
+        """All faces in an RGB uint8 image, best score first, in image coordinates."""
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
@@ -62,19 +91,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int
     return keep
 
 
-def make_anchors(spec: DetectorSpec, height: int, width: int) -> np.ndarray:
-    """Anchor centres and sizes (cx, cy, size) in pixels, in the order the model emits them."""
-    rows = []
-    for stride, sizes in zip(spec.strides, spec.min_sizes, strict=True):
-        ny, nx = math.ceil(height / stride), math.ceil(width / stride)
-        ys, xs = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
-        centres = np.stack([(xs.ravel() + 0.5) * stride, (ys.ravel() + 0.5) * stride], axis=1)
-        for_each = np.repeat(centres, len(sizes), axis=0)
-        sz = np.tile(np.asarray(sizes, dtype=np.float64), len(centres))
-        rows.append(np.column_stack([for_each, sz]))
-    return np.concatenate(rows, axis=0)
-
-
 def nearest_to_centre(faces: list[DetectedFace], width: int, height: int) -> DetectedFace:
     """The face whose box centre is nearest the image centre (LFW's labelled person)."""
     centre = np.array([width / 2, height / 2])
@@ -86,8 +102,23 @@ def nearest_to_centre(faces: list[DetectedFace], width: int, height: int) -> Det
     )
 
 
-class Detector:
-    """An ONNX face detector with 5-point landmarks, configured entirely by its manifest."""
+@dataclass(frozen=True)
+class Decoded:
+    """A decoder's candidates in the network's input frame: (n, 4) boxes x1 y1 x2 y2, (n,)
+    scores, (n, 5, 2) landmarks. Only candidates at or above the score threshold."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray
+
+    @staticmethod
+    def empty() -> Decoded:
+        """No candidates."""
+        return Decoded(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+
+
+class OnnxDetector(ABC):
+    """An ONNX face detector with 5-point landmarks, fed and decoded as its manifest says."""
 
     def __init__(
         self,
@@ -101,17 +132,28 @@ class Detector:
         if manifest.detector is None:
             raise ValueError(f"{manifest.name} is not a detection model")
         self.manifest = manifest
-        self.spec = manifest.detector
+        self.spec: DetectorSpec = manifest.detector
         self.options = options or DetectorOptions()
         self.session = create_session(weights, device=device, intra_op_threads=intra_op_threads)
         self._input_name = self.session.get_inputs()[0].name
+        self._output_names = [o.name for o in self.session.get_outputs()]
         self._mean = np.asarray(manifest.input.mean, dtype=np.float32)
         self._std = np.asarray(manifest.input.std, dtype=np.float32)
+        self.check_outputs()
+
+    def check_outputs(self) -> None:  # noqa: B027 - optional for a decoder
+        """Refuse at load time a graph whose outputs the decoder cannot read (ModelError)."""
 
     @property
     def providers(self) -> list[str]:
         """Execution providers in use."""
         return providers_in_use(self.session)
+
+    @abstractmethod
+    def decode(
+        self, outputs: list[np.ndarray], height: int, width: int, threshold: float
+    ) -> Decoded:
+        """Candidates from the raw outputs of one (1, 3, height, width) input."""
 
     def detect(
         self, image: np.ndarray, options: DetectorOptions | None = None
@@ -120,28 +162,13 @@ class Detector:
         opts = options or self.options
         tensor, scale = self._preprocess(image, opts.max_side_px, opts.upscale_below_px)
         outputs = self.session.run(None, {self._input_name: tensor})
-        named = dict(zip(self.spec.output_order, outputs, strict=True))
         height, width = tensor.shape[2:]
-        anchors = make_anchors(self.spec, height, width)
-        scores = named["scores"][0][:, 1].astype(np.float64)
-        if len(scores) != len(anchors):
-            raise ValueError(
-                f"detector emitted {len(scores)} anchors; its manifest gives {len(anchors)}"
-            )
-        candidates = np.flatnonzero(scores >= opts.score_threshold)
-        if candidates.size == 0:
+        found = self.decode(list(outputs), height, width, opts.score_threshold)
+        if len(found.scores) == 0:
             return []
-        anchors = anchors[candidates]
-        loc = named["boxes"][0][candidates].astype(np.float64)
-        pts = named["landmarks"][0][candidates].astype(np.float64).reshape(-1, 5, 2)
-        scores = scores[candidates]
-        v_centre, v_size = self.spec.variances
-        centre, size = anchors[:, :2], anchors[:, 2:3]
-        box_centre = centre + loc[:, :2] * v_centre * size
-        box_wh = size * np.exp(loc[:, 2:] * v_size)
-        boxes = np.hstack([box_centre - box_wh / 2, box_centre + box_wh / 2]) / scale
-        landmarks = (centre[:, None, :] + pts * v_centre * size[:, None, :]) / scale
-        keep = nms(boxes, scores, opts.nms_iou)
+        boxes = found.boxes / scale
+        landmarks = found.landmarks / scale
+        keep = nms(boxes, found.scores, opts.nms_iou)
         faces = []
         img_h, img_w = image.shape[:2]
         for i in keep:
@@ -153,7 +180,7 @@ class Detector:
                 float(np.clip(y2, 0, img_h)),
             )
             face = DetectedFace(
-                box=box, landmarks=landmarks[i].astype(np.float32), score=float(scores[i])
+                box=box, landmarks=landmarks[i].astype(np.float32), score=float(found.scores[i])
             )
             if face.size >= opts.min_face_px:
                 faces.append(face)
@@ -183,3 +210,41 @@ class Detector:
         padded = np.zeros((ph, pw, 3), dtype=np.float32)  # zero after normalising = mean colour
         padded[:rh, :rw] = x
         return padded.transpose(2, 0, 1)[None], scale
+
+
+DetectorFactory = Callable[..., OnnxDetector]
+_DECODERS: dict[str, type[OnnxDetector]] = {}
+
+
+def register_detector(decoder: str, cls: type[OnnxDetector]) -> None:
+    """Make a decoder available to manifests as ``detector.decoder``; one class per name."""
+    if decoder in _DECODERS and _DECODERS[decoder] is not cls:
+        raise ValueError(f"detector decoder {decoder!r} is already registered")
+    _DECODERS[decoder] = cls
+
+
+def list_detectors() -> list[str]:
+    """The registered decoder names."""
+    importlib.import_module("service.vision.detectors")
+    return sorted(_DECODERS)
+
+
+def create_detector(
+    manifest: Manifest,
+    weights: Path,
+    *,
+    device: Device = "auto",
+    intra_op_threads: int = 0,
+    options: DetectorOptions | None = None,
+) -> OnnxDetector:
+    """The detector a manifest describes; ModelError for a decoder nobody registered."""
+    importlib.import_module("service.vision.detectors")
+    if manifest.detector is None:
+        raise ModelError(f"{manifest.name} is not a detection model")
+    cls = _DECODERS.get(manifest.detector.decoder)
+    if cls is None:
+        raise ModelError(
+            f"{manifest.name} needs the detector decoder {manifest.detector.decoder!r}; "
+            f"registered: {list_detectors()}"
+        )
+    return cls(manifest, weights, device=device, intra_op_threads=intra_op_threads, options=options)

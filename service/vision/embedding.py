@@ -60,13 +60,26 @@ class Embedder:
 
         With flip test-time augmentation the embedding is normalise(f(x) + f(flip(x))).
         """
+        return self.embed_with_norms(crops)[0]
+
+    def embed_with_norms(
+        self, crops: np.ndarray | list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) unit vectors and (N,) feature norms before normalisation (of the unflipped
+        crop: what the face quality and validity are measured on)."""
         batch = self._prepare(crops)
         if len(batch) == 0:
-            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+            return np.zeros((0, self.embedding_dim), dtype=np.float32), np.zeros(0, np.float32)
         feats = self._run(batch)
+        norms = np.linalg.norm(feats, axis=1).astype(np.float32)
         if self.flip_tta:
             feats = feats + self._run(batch[:, :, :, ::-1])
-        return l2_normalise(feats)
+        return l2_normalise(feats), norms
+
+    def embed_packed(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """(N, D + 1): unit vectors with their norm appended, one array for the micro-batcher."""
+        vectors, norms = self.embed_with_norms(crops)
+        return np.hstack([vectors, norms[:, None]])
 
     def _prepare(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """Resize any off-size crop and build the normalised NCHW tensor."""

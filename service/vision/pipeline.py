@@ -8,29 +8,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 
-from service.errors import ModelError, MultipleFaces, NoFace
+from service.errors import LowQuality, ModelError, MultipleFaces, NoFace
+from service.evaluation import iou_matrix
 from service.vision.alignment import align_face
 from service.vision.batcher import MicroBatcher
-from service.vision.detection import DetectedFace, Detector, DetectorOptions
+from service.vision.detection import DetectedFace, DetectorOptions, FaceDetector
 from service.vision.embedding import Embedder
+from service.vision.quality import FACTOR_ADVICE, FaceQuality, assess, check_validity
 
 EnrollPolicy = Literal["largest", "reject"]
 StageObserver = Callable[[str, float], None]
+#: verify and enroll judge at most this many of an image's largest detections
+CHOICE_CANDIDATES = 5
 
 
 @dataclass(frozen=True)
 class Face:
-    """A detected (or given) face with its embedding."""
+    """A detected (or given) face with its embedding and quality."""
 
     box: tuple[float, float, float, float]
     landmarks: np.ndarray = field(repr=False)
     score: float
     embedding: np.ndarray = field(repr=False)
+    quality: FaceQuality | None = None
 
     def to_dict(self, *, with_embedding: bool = False) -> dict[str, object]:
         """JSON-ready view: box as x1, y1, x2, y2; landmarks as 5 [x, y] pairs."""
@@ -43,6 +48,48 @@ class Face:
             out["embedding"] = self.embedding.tolist()
         return out
 
+    @property
+    def area(self) -> float:
+        """Box area in pixels."""
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The face verify or enroll uses, and what the image held."""
+
+    face: Face
+    faces_found: int  # faces in the image (not counting detections refused as non-faces)
+    not_faces: int = 0  # detections refused as non-faces
+
+
+class SecondOpinion:
+    """The second detector's best score on a box (0: it finds nothing there), for validity.
+
+    It detects once per image, with a low threshold, and only when first asked: clear faces
+    never pay for it. Small images are enlarged to 640 px, the size YuNet is trained at (without
+    it, YuNet misses small faces that RetinaFace finds: bench/face_validity.py)."""
+
+    OPTIONS = DetectorOptions(
+        score_threshold=0.3, min_face_px=4, max_side_px=1280, upscale_below_px=640
+    )
+    MIN_IOU = 0.3
+
+    def __init__(self, detector: FaceDetector, image: np.ndarray) -> None:
+        self.detector = detector
+        self.image = image
+        self._found: list[DetectedFace] | None = None
+
+    def score(self, box: tuple[float, float, float, float]) -> float:
+        """The best score among the second detector's boxes overlapping ``box``."""
+        if self._found is None:
+            self._found = self.detector.detect(self.image, self.OPTIONS)
+        if not self._found:
+            return 0.0
+        ious = iou_matrix(np.asarray([box]), np.asarray([s.box for s in self._found]))[0]
+        hits = [self._found[j].score for j in np.flatnonzero(ious >= self.MIN_IOU)]
+        return max(hits) if hits else 0.0
+
 
 class FacePipeline:
     """Detector plus embedder; stateless apart from the ONNX sessions, safe to share.
@@ -54,16 +101,19 @@ class FacePipeline:
 
     def __init__(
         self,
-        detector: Detector,
+        detector: FaceDetector,
         embedder: Embedder,
         *,
         batcher: MicroBatcher | None = None,
         observe: StageObserver | None = None,
+        second_detector: FaceDetector | None = None,
     ) -> None:
         self.detector = detector
         self.embedder = embedder
         self.batcher = batcher
         self.observe = observe
+        self.second_detector = second_detector  # asked only when validity leaves a doubt
+        self.validity = embedder.manifest.validity if second_detector is not None else None
 
     def timed(self, stage: str, started: float) -> None:
         """Report a stage's duration to the observer (metrics), if any."""
@@ -72,13 +122,17 @@ class FacePipeline:
 
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embed aligned crops, through the micro-batcher when there is one."""
+        return self.embed_crops_with_norms(crops)[0]
+
+    def embed_crops_with_norms(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Unit embeddings and feature norms of aligned crops (micro-batched when configured)."""
         started = time.perf_counter()
         if self.batcher is not None:
-            vectors = self.batcher.embed(crops)
+            packed = self.batcher.embed(crops)
         else:
-            vectors = self.embedder.embed(list(crops))
+            packed = self.embedder.embed_packed(list(crops))
         self.timed("embed", started)
-        return vectors
+        return np.ascontiguousarray(packed[:, :-1]), packed[:, -1]
 
     def self_check(self) -> None:
         """Run both models once (a blank image, a blank crop) so that a device that loads a model
@@ -114,21 +168,51 @@ class FacePipeline:
         return detections
 
     def analyze(self, image: np.ndarray, options: DetectorOptions | None = None) -> list[Face]:
-        """Every face in the image with its embedding (one batched embedder run)."""
-        return self.embed_detections(image, self.detect(image, options))
+        """Every face in the image with its embedding and quality (one batched embedder run);
+        detections refused as non-faces (``service.vision.quality.check_validity``) are left
+        out."""
+        faces = self.embed_detections(image, self.detect(image, options))
+        return [f for f in faces if f.quality is None or f.quality.valid]
 
     def embed_detections(self, image: np.ndarray, detections: list[DetectedFace]) -> list[Face]:
-        """Align and embed given detections in one batch."""
+        """Align and embed given detections in one batch, with their quality and validity
+        (invalid ones are kept here, marked; ``analyze`` drops them)."""
         if not detections:
             return []
         started = time.perf_counter()
         crops = [self.align(image, d.landmarks) for d in detections]
         self.timed("align", started)
-        vectors = self.embed_crops(crops)
-        return [
-            Face(box=d.box, landmarks=d.landmarks, score=d.score, embedding=v)
-            for d, v in zip(detections, vectors, strict=True)
-        ]
+        vectors, norms = self.embed_crops_with_norms(crops)
+        opinion = SecondOpinion(self.second_detector, image) if self.second_detector else None
+        faces = []
+        for d, crop, v, n in zip(detections, crops, vectors, norms, strict=True):
+            quality = self._quality(d.landmarks, d.score, crop, float(n))
+            if self.validity is not None:
+                reason = check_validity(
+                    self.validity,
+                    size_px=d.size,
+                    detection_score=d.score,
+                    feature_norm=float(n),
+                    agreement=lambda d=d: opinion.score(d.box) if opinion else 1.0,  # type: ignore[misc]
+                )
+                if reason is not None:
+                    quality = replace(quality, valid=False, validity_reason=reason)
+            faces.append(
+                Face(box=d.box, landmarks=d.landmarks, score=d.score, embedding=v, quality=quality)
+            )
+        return faces
+
+    def _quality(
+        self, landmarks: np.ndarray, score: float, crop: np.ndarray, norm: float
+    ) -> FaceQuality:
+        return assess(
+            landmarks,
+            score,
+            crop,
+            norm,
+            template=self.embedder.template,
+            spec=self.embedder.manifest.quality,
+        )
 
     def align(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """The aligned crop the recognizer expects (template and size from its manifest)."""
@@ -137,38 +221,86 @@ class FacePipeline:
         )
 
     def embed_aligned(self, image: np.ndarray) -> Face:
-        """Treat the whole image as an already aligned crop (detection skipped)."""
+        """Treat the whole image as an already aligned crop (detection skipped: the caller
+        vouches that it is a face, so no validity check; its quality is still measured)."""
         h, w = image.shape[:2]
         tw, th = self.embedder.input_size
         sx, sy = w / tw, h / th
         landmarks = (self.embedder.template * np.array([sx, sy])).astype(np.float32)
-        vector = self.embed_crops([image])[0]
+        vectors, norms = self.embed_crops_with_norms([image])
+        crop = self.align(image, landmarks)
         return Face(
-            box=(0.0, 0.0, float(w), float(h)), landmarks=landmarks, score=1.0, embedding=vector
+            box=(0.0, 0.0, float(w), float(h)),
+            landmarks=landmarks,
+            score=1.0,
+            embedding=vectors[0],
+            quality=self._quality(landmarks, 1.0, crop, float(norms[0])),
         )
 
-    def single_face(
+    def choose_face(
         self,
         image: np.ndarray,
         *,
         policy: EnrollPolicy = "largest",
         aligned: bool = False,
         options: DetectorOptions | None = None,
-    ) -> Face:
-        """The one face to enroll or verify: the largest, or an error if the policy is 'reject'.
+        min_quality: float = 0.0,
+    ) -> Chosen:
+        """The one face to enroll or verify, and how many the image held.
 
-        Raises NoFace, or MultipleFaces under the 'reject' policy.
-        """
+        The rule: among the ``CHOICE_CANDIDATES`` largest detections, drop those refused as
+        non-faces, then take the face with the highest quality x sqrt(area / largest area):
+        the main face wins over a larger box that is blurred, turned away or not a face (the
+        policy's name, ``largest``, is kept for compatibility). Raises NoFace, MultipleFaces
+        when the policy is 'reject' and more than one real face is found, or LowQuality when
+        the chosen face's quality is below ``min_quality`` (enrollment's floor: this is the one
+        place it is enforced, for the API and bulk indexing alike)."""
         if aligned:
-            return self.embed_aligned(image)
+            return require_quality(Chosen(self.embed_aligned(image), 1), min_quality)
         detections = self.detect(image, options)
         if not detections:
             raise NoFace("no face was found in the image")
-        if len(detections) > 1 and policy == "reject":
-            raise MultipleFaces(
-                f"{len(detections)} faces were found and the policy is 'reject'; send a photo "
-                "with one face or use multiple_faces=largest",
-                faces=len(detections),
+        candidates = sorted(detections, key=lambda d: -d.area)[:CHOICE_CANDIDATES]
+        judged = self.embed_detections(image, candidates)
+        faces = [f for f in judged if f.quality is None or f.quality.valid]
+        found = len(faces) + len(detections) - len(candidates)
+        refused = len(judged) - len(faces)
+        if not faces:
+            reason = judged[0].quality.validity_reason if judged[0].quality else None
+            raise NoFace(
+                f"no face was found in the image ({refused} detection(s) refused: {reason})",
+                not_faces=refused,
             )
-        largest = max(detections, key=lambda d: d.area)
-        return self.embed_detections(image, [largest])[0]
+        if found > 1 and policy == "reject":
+            raise MultipleFaces(
+                f"{found} faces were found and the policy is 'reject'; send a photo "
+                "with one face or use multiple_faces=largest",
+                faces=found,
+            )
+        largest = max(f.area for f in faces)
+
+        def merit(f: Face) -> float:
+            quality = f.quality.score if f.quality is not None else 1.0
+            return quality * (f.area / max(largest, 1e-9)) ** 0.5
+
+        return require_quality(Chosen(max(faces, key=merit), found, refused), min_quality)
+
+
+def require_quality(chosen: Chosen, min_quality: float) -> Chosen:
+    """``chosen``, or LowQuality naming the factor that pulled its score below the floor."""
+    quality = chosen.face.quality
+    if min_quality <= 0.0 or quality is None or quality.score >= min_quality:
+        return chosen
+    weakest = quality.weakest
+    causes = [k for k in quality.low_factors if k != weakest]
+    also = "; also low: " + ", ".join(f"{k} {quality.factors[k]:.2f}" for k in causes)
+    raise LowQuality(
+        f"the face's quality {quality.score:.3f} is below min_quality {min_quality:g}; weakest "
+        f"factor: {weakest} ({quality.factors[weakest]:.2f}): {FACTOR_ADVICE[weakest]}"
+        + (also + f" ({FACTOR_ADVICE[causes[0]]})" if causes else ""),
+        quality=quality.score,
+        min_quality=min_quality,
+        weakest=weakest,
+        low_factors=quality.low_factors,
+        factors=quality.factors,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,6 +132,8 @@ def test_enroll_identify_verify_delete(page) -> None:  # type: ignore[no-untyped
     page.keyboard.press("Enter")
     page.wait_for_selector("#candidates:not([hidden])")
     assert "powell" in page.locator("#candidate-list li").first.inner_text()
+    assert re.search(r"quality [01]\.\d\d", page.locator("#candidate-quality").inner_text())
+    assert re.search(r"q [01]\.\d\d", page.locator(".face-box.match").inner_text())
     shot(page, "console-identify")
 
     # a raw threshold instead of a FAR
@@ -151,6 +154,7 @@ def test_enroll_identify_verify_delete(page) -> None:  # type: ignore[no-untyped
         page.get_by_role("button", name="Verify", exact=True).click()
         expect(page.locator("#verify-decision")).to_have_text(decision)
         assert "calibrat" in page.locator("#verify-source").inner_text()
+        assert "of 1 found, quality" in page.locator("#verify-faces").inner_text()
     shot(page, "console-verify")
 
     # delete powell (the confirmation is accepted): he no longer matches

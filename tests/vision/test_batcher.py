@@ -71,16 +71,21 @@ def test_a_failing_batch_fails_every_caller_and_the_batcher_goes_on() -> None:
 
 def test_a_full_queue_answers_overloaded_instead_of_waiting() -> None:
     release = threading.Event()
+    calls: list[int] = []
 
     def slow(crops: list[np.ndarray]) -> np.ndarray:
+        calls.append(len(crops))
         release.wait(10)
         return np.zeros((len(crops), 4), np.float32)
 
     batcher = MicroBatcher(slow, max_batch=1, max_wait_ms=0, max_queue=2, timeout_s=5)
     crop = [np.zeros((2, 2, 3), np.uint8)]
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(batcher.embed, crop) for _ in range(3)]  # 1 running + 2 queued
         deadline = time.monotonic() + 10  # a busy machine starts the threads late
+        futures = [pool.submit(batcher.embed, crop)]  # taken by the worker, which blocks on it
+        while (batcher.queued() > 0 or not calls) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        futures += [pool.submit(batcher.embed, crop) for _ in range(2)]  # these two wait
         while batcher.queued() < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         with pytest.raises(Overloaded) as info:

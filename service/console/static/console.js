@@ -232,7 +232,8 @@ async function addFaces(files) {
     const res = await api("POST", `/v1/subjects/${encodeURIComponent(state.subject.id)}/faces`, form,
       (p) => { bar.value = Math.round(p * 100); });
     const added = res.faces.filter((f) => f.created).length;
-    say(`Added ${added} face(s) to ${state.subject.id}.`);
+    const qualities = res.faces.map((f) => qualityText(f.detection)).join("; ");
+    say(`Added ${added} face(s) to ${state.subject.id}: ${qualities}.`);
   } finally {
     bar.hidden = true;
   }
@@ -286,9 +287,16 @@ async function loadModel() {
 
 // ---------------------------------------------------------------- identify
 
+// "quality 0.87 (weakest: pose)" for a face of any response
+function qualityText(face) {
+  const q = face.quality;
+  return q ? `quality ${q.score.toFixed(2)} (weakest: ${q.weakest})` : "quality not measured";
+}
+
 function showCandidates(face, index) {
   const list = $("candidate-list");
   list.replaceChildren();
+  $("candidate-quality").textContent = `This face: ${qualityText(face.detection)}.`;
   for (const c of face.candidates) {
     const li = document.createElement("li");
     li.textContent = `${c.name} (${c.subject_id}): ${c.score.toFixed(3)}`;
@@ -311,10 +319,11 @@ function drawFaces(result, img) {
     Object.assign(b.style, { left: `${x1 * sx}px`, top: `${y1 * sy}px`, width: `${(x2 - x1) * sx}px`, height: `${(y2 - y1) * sy}px` });
     const label = face.match ? `${face.match.name} ${face.match.score.toFixed(2)}`
       : `unknown${face.candidates[0] ? " " + face.candidates[0].score.toFixed(2) : ""}`;
+    const q = face.detection.quality ? ` · q ${face.detection.quality.score.toFixed(2)}` : "";
     const tag = document.createElement("span");
-    tag.textContent = label;
+    tag.textContent = label + q;
     b.append(tag);
-    b.setAttribute("aria-label", `Face ${i + 1}: ${label}. Show candidates.`);
+    b.setAttribute("aria-label", `Face ${i + 1}: ${label}, ${qualityText(face.detection)}. Show candidates.`);
     b.addEventListener("click", () => showCandidates(face, i));
     layer.append(b);
   });
@@ -369,6 +378,8 @@ $("verify-form").addEventListener("submit", (e) => {
     $("verify-score").textContent = r.score.toFixed(4);
     $("verify-threshold").textContent = r.threshold.value.toFixed(4);
     $("verify-source").textContent = r.threshold.source;
+    const used = (f, side) => `${side}: the face at [${f.box.map(Math.round).join(", ")}] of ${f.faces_found} found, ${qualityText(f)}`;
+    $("verify-faces").textContent = `${used(r.face_a, "first")}; ${used(r.face_b, "second")}`;
     $("verify-result").hidden = false;
   });
 });
