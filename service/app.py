@@ -11,11 +11,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import faces, health, jobs, recognize, subjects
-from service.api.deps import AppState
+from service.api.deps import AppState, known_query_only
 from service.audit import AuditTrail
 from service.console import mount_console
 from service.errors import ConfigError, install_handlers
@@ -40,11 +40,14 @@ log = logging.getLogger("marginface")
 
 def _check_settings(settings: Settings) -> None:
     """Refuse to start with settings that cannot be right."""
-    if not settings.auth.disabled and not settings.auth.api_keys and not settings.auth.keys_file:
+    auth = settings.auth
+    has_file = auth.keys_file is not None and auth.keys_file.is_file()
+    if not auth.disabled and not auth.api_keys and not has_file:
         raise ConfigError(
-            "no API keys are configured: set MARGINFACE_AUTH__API_KEYS='[\"...\"]' or "
-            "MARGINFACE_AUTH__KEYS_FILE (see `marginface keys create`), or set "
-            "MARGINFACE_AUTH__DISABLED=true to run without authentication on a trusted network"
+            "no API keys are configured: set MARGINFACE_AUTH__API_KEYS='[\"...\"]', or create "
+            f"a key with `marginface keys create` (it writes {auth.keys_file}, which this "
+            "server reads), or set MARGINFACE_AUTH__DISABLED=true to run without "
+            "authentication on a trusted network"
         )
 
 
@@ -118,6 +121,7 @@ def create_app(
         version="0.1.0",
         description="Face detection, verification and open-set identification.",
         lifespan=lifespan,
+        dependencies=[Depends(known_query_only)],
     )
     routers = [health.router, subjects.router, faces.router, recognize.router, jobs.router]
     routers.append(jobs.export_router)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -247,7 +248,9 @@ def _keys_file(args: argparse.Namespace) -> Path:
     if args.file:
         return Path(args.file)
     configured = Settings().auth.keys_file
-    return configured if configured is not None else Path("var/keys.json")
+    if configured is None:
+        raise SystemExit("error: MARGINFACE_AUTH__KEYS_FILE is null: no keys file to manage")
+    return configured
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -261,12 +264,25 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    payload = {"id": args.id, "scopes": sorted(scopes), "key": key, "file": str(path)}
+    where = path.resolve()
+    readers = (
+        f"a server started in {Path.cwd()} reads it within a second (the default "
+        "MARGINFACE_AUTH__KEYS_FILE=var/keys.json, as scripts/serve.sh runs it)"
+        if not args.file and not os.environ.get("MARGINFACE_AUTH__KEYS_FILE")
+        else f"a server reads it when its MARGINFACE_AUTH__KEYS_FILE is {where}"
+    )
+    payload = {
+        "id": args.id,
+        "scopes": sorted(scopes),
+        "key": key,
+        "file": str(where),
+        "read_by": readers,
+    }
     _emit(
         args,
         payload,
-        f"{key}\n(id {args.id}, scopes {','.join(sorted(scopes))}, in {path}; "
-        "shown once, only its sha256 is stored)",
+        f"{key}\n(id {args.id}, scopes {','.join(sorted(scopes))}, in {where}; shown once, "
+        f"only its sha256 is stored)\n{readers}",
     )
     return 0
 

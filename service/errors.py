@@ -139,6 +139,13 @@ class Unauthorized(MarginFaceError):
     status = 401
 
 
+class UnknownParameter(MarginFaceError):
+    """A query parameter the route does not take (a typo, or a form field sent in the URL)."""
+
+    code = "unknown_parameter"
+    status = 422
+
+
 class InvalidRequest(MarginFaceError):
     """Parameters that parse but make no sense together (a threshold outside [-1, 1], ...)."""
 

@@ -132,10 +132,17 @@ class EnrollResponse(BaseModel):
     faces: list[EnrolledFace]
 
 
-class DeleteResponse(BaseModel):
-    """What a delete removed."""
+class SubjectDeleted(BaseModel):
+    """What deleting a subject removed."""
 
-    deleted: str
+    deleted: str = Field(description="the subject id")
+    faces_deleted: int
+
+
+class FaceDeleted(BaseModel):
+    """What deleting a face removed."""
+
+    deleted: int = Field(description="the face id")
     faces_deleted: int
 
 

@@ -7,14 +7,36 @@ reads the environment behind its back.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.errors import ConfigError
 
-class DetectorSettings(BaseModel):
+ENV_PREFIX = "MARGINFACE_"
+#: MARGINFACE_ variables that are not settings, and who reads them
+NOT_SETTINGS = {
+    "MARGINFACE_PORT": "docker-compose.yml: the host port of the API",
+    "MARGINFACE_DISTRIBUTED_PORT": "docker-compose.yml: the host port of the replicas' proxy",
+    "MARGINFACE_REPLICAS": "docker-compose.yml: how many API replicas",
+    "MARGINFACE_FUZZ_EXAMPLES": "tests/reliability/test_fuzz.py",
+    "MARGINFACE_SLOW_CLIENTS": "tests/reliability/test_slow_clients.py",
+    "MARGINFACE_SLOW_SECONDS": "tests/reliability/test_slow_clients.py",
+}
+
+
+class Section(BaseModel):
+    """A group of settings; an unknown key is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DetectorSettings(Section):
     """Detection knobs."""
 
     model: str = "retinaface-mnet025"
@@ -33,7 +55,7 @@ class DetectorSettings(BaseModel):
     )
 
 
-class EmbedderSettings(BaseModel):
+class EmbedderSettings(Section):
     """Recognition knobs."""
 
     model: str = "sface-2021dec"
@@ -53,7 +75,7 @@ class EmbedderSettings(BaseModel):
     queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for an embedding")
 
 
-class GallerySettings(BaseModel):
+class GallerySettings(Section):
     """Where the gallery lives and how it is indexed."""
 
     path: Path = Path("var/gallery")
@@ -109,19 +131,22 @@ class GallerySettings(BaseModel):
     )
 
 
-class AuthSettings(BaseModel):
+class AuthSettings(Section):
     """API keys for the X-API-Key header."""
 
     api_keys: list[SecretStr] = Field(
         [], description="plain keys with every scope (simple deployments)"
     )
     keys_file: Path | None = Field(
-        None, description="hashed, scoped keys managed with `marginface keys`; re-read on change"
+        Path("var/keys.json"),
+        description="hashed, scoped keys managed with `marginface keys` (the same default, so "
+        "keys the CLI creates work against the server started from the same folder); re-read "
+        "on change; null: no keys file",
     )
     disabled: bool = False
 
 
-class LimitSettings(BaseModel):
+class LimitSettings(Section):
     """Guards against oversized or abusive requests."""
 
     max_upload_bytes: int = Field(15 * 1024 * 1024, ge=1024, description="per uploaded file")
@@ -151,7 +176,7 @@ class LimitSettings(BaseModel):
     body_grace_s: float = Field(5.0, ge=0, description="slow start allowed before the rate check")
 
 
-class JobSettings(BaseModel):
+class JobSettings(Section):
     """Batch indexing over REST: what may be read and how big an archive may be."""
 
     allowed_roots: list[Path] = Field(
@@ -164,7 +189,7 @@ class JobSettings(BaseModel):
     max_ratio: float = Field(100.0, gt=1, description="largest compression ratio of an entry")
 
 
-class PrivacySettings(BaseModel):
+class PrivacySettings(Section):
     """What is kept besides embeddings, and the record of who changed the gallery."""
 
     keep_images: bool = Field(
@@ -189,7 +214,7 @@ class Settings(BaseSettings):
     """Everything configurable about the service."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MARGINFACE_", env_nested_delimiter="__", env_file=None, extra="ignore"
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_file=None, extra="forbid"
     )
 
     models_dir: Path = Path("models")
@@ -229,3 +254,47 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
     console_enabled: bool = Field(True, description="serve the web console at /console")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, data: object) -> object:
+        """Refuse a misspelt MARGINFACE_ variable instead of quietly using the default (before
+        validation, so the error can name the closest valid variable)."""
+        check_environment(os.environ)
+        return data
+
+
+def setting_variables(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every environment variable that sets something (sections and their fields)."""
+    names = []
+    for name, info in model.model_fields.items():
+        full = prefix + name.upper()
+        names.append(full)
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            names += setting_variables(kind, full + "__")
+    return names
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """ConfigError naming each unknown MARGINFACE_ variable and the closest valid name."""
+    known = setting_variables()
+    unknown = [
+        k
+        for k in sorted(environ)
+        if k.upper().startswith(ENV_PREFIX)
+        and k.upper() not in known
+        and k.upper() not in NOT_SETTINGS
+    ]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+        hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise ConfigError(
+        "unknown setting(s) in the environment: " + "; ".join(hints) + ". Settings are listed "
+        "in service/settings.py; MARGINFACE_ variables that are not settings: "
+        + ", ".join(sorted(NOT_SETTINGS)),
+        unknown=unknown,
+    )

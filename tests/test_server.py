@@ -21,6 +21,7 @@ from tests.backends import assert_index_equals_store, free_port
 from tests.conftest import API_KEY, DATA, ROOT
 
 HEADERS = {"X-API-Key": API_KEY}
+CLI = [sys.executable, "-m", "service.cli"]
 
 
 def serve_command(port: int, gallery: Path, device: str = "cpu") -> list[str]:
@@ -38,8 +39,9 @@ def server(
     extra_env: dict[str, str] | None = None,
     *,
     log_dir: Path | None = None,
+    cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `marginface serve` as a user would, wait until /readyz answers."""
+    """Start `marginface serve` as a user would (in ``cwd``), wait until /readyz answers."""
     env = {
         **os.environ,
         "MARGINFACE_AUTH__API_KEYS": json.dumps([API_KEY]),
@@ -50,7 +52,7 @@ def server(
     # the log goes to a file: a pipe nobody reads fills up and blocks the server's logging
     log_path = (log_dir or gallery.parent) / f"server-{port}.log"
     log_file = log_path.open("ab")
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
         deadline = time.monotonic() + 180  # generous: a busy CI machine loads models slowly
         while True:
@@ -135,3 +137,30 @@ def test_device_cuda_without_a_cuda_provider_refuses_to_start(tmp_path: Path) ->
     message = done.stderr.decode()
     assert "device=cuda" in message and "onnxruntime-gpu" in message
     assert not (tmp_path / "g").exists()  # nothing was started or created
+
+
+def test_a_key_made_with_the_cli_works_against_the_server(tmp_path: Path) -> None:
+    """Was: `marginface keys create` wrote var/keys.json, which a server started like
+    scripts/serve.sh (only MARGINFACE_AUTH__API_KEYS in .env) never read: 401."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with server(tmp_path / "gallery", port, cwd=tmp_path):
+        made = subprocess.run(
+            [*CLI, "keys", "create", "--id", "door-camera", "--scopes", "read", "--json"],
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MARGINFACE_AUTH")},
+            capture_output=True,
+            check=True,
+        )
+        created = json.loads(made.stdout)
+        headers = {"X-API-Key": created["key"]}
+        deadline = time.monotonic() + 10  # the server re-reads the keys file within a second
+        while (r := httpx.get(f"{base}/v1/subjects", headers=headers)).status_code == 401:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.2)
+        assert r.status_code == 200
+        assert created["file"] == str(tmp_path / "var" / "keys.json")
+        assert "reads it" in created["read_by"]  # the CLI says who will read the key
+        # the key has the read scope only
+        r = httpx.post(f"{base}/v1/subjects", headers=headers, json={"name": "x"})
+        assert r.status_code == 403

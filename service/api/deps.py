@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, UploadFile
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 
-from service.errors import InvalidImage, PayloadTooLarge, Unauthorized
+from service.errors import InvalidImage, PayloadTooLarge, Unauthorized, UnknownParameter
 from service.gallery import Gallery
 from service.jobs import JobRunner
 from service.keys import KeyRing, Principal, Scope
@@ -76,3 +78,36 @@ def read_upload(upload: UploadFile | None, state: AppState, field: str) -> bytes
     if len(data) > limit:
         raise PayloadTooLarge(f"{field!r} is over the upload limit of {limit} bytes", limit=limit)
     return data
+
+
+def known_query_only(request: Request) -> None:
+    """Refuse query parameters the route does not declare (422 ``unknown_parameter``): a
+    misplaced ``?far=0.01`` on a form route would otherwise be ignored and the default used.
+    Installed for every route by ``create_app``."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    parts = list(_walk(route.dependant))
+    declared = {p.alias for d in parts for p in d.query_params}
+    unknown = sorted(set(request.query_params) - declared)
+    if not unknown:
+        return
+    form = {p.alias for d in parts for p in d.body_params}
+    hints = [
+        f"{name} is a form field of this route: send it in the multipart body"
+        if name in form
+        else name
+        for name in unknown
+    ]
+    raise UnknownParameter(
+        f"unknown query parameter(s) for {request.method} {route.path}: " + "; ".join(hints),
+        unknown=unknown,
+        accepted=sorted(declared),
+    )
+
+
+def _walk(dependant: Dependant) -> Iterator[Dependant]:
+    """A route's dependant and all of its sub-dependencies."""
+    yield dependant
+    for sub in dependant.dependencies:
+        yield from _walk(sub)

@@ -11,15 +11,21 @@ from service.api import convert
 from service.api.deps import CanRead, CanWrite, State, read_upload
 from service.errors import InvalidRequest
 from service.images import media_type
-from service.schemas import DeleteResponse, EnrolledFace, EnrollResponse, FaceOut
+from service.schemas import EnrolledFace, EnrollResponse, FaceDeleted, FaceOut
 
 router = APIRouter(prefix="/v1", tags=["faces"])
 
 
-@router.post("/subjects/{subject_id}/faces", status_code=201, dependencies=[CanWrite])
+@router.post(
+    "/subjects/{subject_id}/faces",
+    status_code=201,
+    dependencies=[CanWrite],
+    responses={200: {"model": EnrollResponse, "description": "every photo was already enrolled"}},
+)
 def add_faces(
     subject_id: str,
     state: State,
+    response: Response,
     files: Annotated[list[UploadFile], File(description="one or more photos")],
     multiple_faces: Annotated[Literal["largest", "reject"] | None, Query()] = None,
     aligned: Annotated[bool, Query(description="images are aligned 112x112 crops")] = False,
@@ -28,7 +34,8 @@ def add_faces(
         Query(ge=0.0, le=1.0, description="refuse faces below this quality (default: setting)"),
     ] = None,
 ) -> EnrollResponse:
-    """Enroll one face per photo (all or nothing); re-sending a photo is a no-op that says so."""
+    """Enroll one face per photo (all or nothing): 201 when a face was created; re-sending
+    photos already enrolled is a no-op that says so (200, ``created: false``)."""
     if len(files) > state.settings.limits.max_files_per_request:
         raise InvalidRequest(
             f"at most {state.settings.limits.max_files_per_request} files per request"
@@ -37,6 +44,8 @@ def add_faces(
     results = state.recognition.enroll(
         subject_id, images, policy=multiple_faces, aligned=aligned, min_quality=min_quality
     )
+    if not any(created for _, created, _ in results):
+        response.status_code = 200  # nothing was created: every photo was there already
     return EnrollResponse(
         subject_id=subject_id,
         model_id=state.recognition.pipeline.model_id,
@@ -57,10 +66,10 @@ def list_faces(subject_id: str, state: State) -> list[FaceOut]:
 def delete_face(
     face_id: Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a face id")],
     state: State,
-) -> DeleteResponse:
+) -> FaceDeleted:
     """Erase one face from the store and the index (and its kept photo, if any)."""
     state.gallery.delete_face(face_id)
-    return DeleteResponse(deleted=str(face_id), faces_deleted=1)
+    return FaceDeleted(deleted=face_id, faces_deleted=1)
 
 
 @router.get(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from service.api import convert
 from service.api.deps import CanRead, CanWrite, State
-from service.schemas import DeleteResponse, SubjectCreate, SubjectOut, SubjectPage, SubjectUpdate
+from service.schemas import SubjectCreate, SubjectDeleted, SubjectOut, SubjectPage, SubjectUpdate
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
@@ -48,7 +48,7 @@ def update_subject(subject_id: str, body: SubjectUpdate, state: State) -> Subjec
 
 
 @router.delete("/{subject_id}", dependencies=[CanWrite])
-def delete_subject(subject_id: str, state: State) -> DeleteResponse:
+def delete_subject(subject_id: str, state: State) -> SubjectDeleted:
     """Erase a subject and every face of it from the store and the index."""
     removed = state.gallery.delete_subject(subject_id)
-    return DeleteResponse(deleted=subject_id, faces_deleted=removed)
+    return SubjectDeleted(deleted=subject_id, faces_deleted=removed)

@@ -25,13 +25,15 @@ def upload(path: Path) -> tuple[str, bytes, str]:
     return (path.name, read(path), JPEG)
 
 
-def enroll(client: TestClient, subject: str, *paths: Path, **params: str) -> dict:
+def enroll(
+    client: TestClient, subject: str, *paths: Path, status: int = 201, **params: str
+) -> dict:
     r = client.post(
         f"/v1/subjects/{subject}/faces",
         files=[("files", upload(p)) for p in paths],
         params=params,
     )
-    assert r.status_code == 201, r.text
+    assert r.status_code == status, r.text
     return r.json()
 
 
@@ -151,16 +153,37 @@ def test_subject_crud_and_pagination(client: TestClient) -> None:
 def test_faces_list_delete_and_reenroll_noop(client: TestClient) -> None:
     client.post("/v1/subjects", json={"id": "p", "name": "P"})
     first = enroll(client, "p", lfw("Colin_Powell", 1))["faces"][0]
-    again = enroll(client, "p", lfw("Colin_Powell", 1))["faces"][0]
+    again = enroll(client, "p", lfw("Colin_Powell", 1), status=200)["faces"][0]  # was 201
     assert first["created"] and not again["created"] and first["face_id"] == again["face_id"]
+    # one new photo among known ones: 201
+    mixed = enroll(client, "p", lfw("Colin_Powell", 1), lfw("Colin_Powell", 2))["faces"]
+    assert [f["created"] for f in mixed] == [False, True]
     faces = client.get("/v1/subjects/p/faces").json()
-    assert len(faces) == 1 and faces[0]["model_id"].startswith("sface-2021dec@")
-    assert client.delete(f"/v1/faces/{first['face_id']}").status_code == 200
+    assert len(faces) == 2 and faces[0]["model_id"].startswith("sface-2021dec@")
+    r = client.delete(f"/v1/faces/{first['face_id']}")
+    assert r.status_code == 200
+    assert r.json() == {"deleted": first["face_id"], "faces_deleted": 1}  # an int, was "1"
     assert (
         client.delete(f"/v1/faces/{first['face_id']}").json()["error"]["code"] == "face_not_found"
     )
     r = client.post("/v1/identify", files={"image": upload(lfw("Colin_Powell", 1))})
-    assert r.json()["faces"][0]["candidates"] == []  # a deleted face is never returned
+    found = [c["face_id"] for c in r.json()["faces"][0]["candidates"]]
+    assert first["face_id"] not in found and found  # a deleted face is never returned
+
+
+def test_unknown_query_parameters_are_refused(client: TestClient) -> None:
+    """Was: /v1/verify?far=0.01 was answered with the default threshold, far ignored."""
+    a = upload(lfw("Colin_Powell", 1))
+    r = client.post("/v1/verify?far=0.01", files={"image_a": a, "image_b": a})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unknown_parameter" and error["details"]["unknown"] == ["far"]
+    assert "form field" in error["message"]
+    r = client.post("/v1/verify", files={"image_a": a, "image_b": a}, data={"far": "0.01"})
+    assert r.status_code == 200 and "far=0.01" in r.json()["threshold"]["source"]
+    r = client.get("/v1/subjects", params={"serch": "p"})
+    assert r.status_code == 422 and "search" in r.json()["error"]["details"]["accepted"]
+    assert client.get("/v1/subjects", params={"search": "p"}).status_code == 200
 
 
 def test_multiple_faces_policy(client: TestClient) -> None:
@@ -338,8 +361,9 @@ def test_health_is_open_and_readyz_reports_providers(client: TestClient) -> None
 def test_refuses_to_start_without_keys_unless_auth_disabled(
     tmp_path: Path, pipeline: FacePipeline
 ) -> None:
+    nothing = {"keys_file": tmp_path / "no-keys.json"}
     with pytest.raises(ConfigError, match="API keys"):
-        create_app(Settings(gallery={"path": tmp_path}), pipeline=pipeline)
+        create_app(Settings(gallery={"path": tmp_path}, auth=nothing), pipeline=pipeline)
     open_app = create_app(make_settings(tmp_path, auth={"disabled": True}), pipeline=pipeline)
     with TestClient(open_app) as c:
         assert c.get("/v1/subjects").status_code == 200

@@ -375,7 +375,9 @@ def test_two_replicas_share_one_gallery(tmp_path: Path, distributed: Distributed
                     f"/v1/subjects/{person}/faces", files=files, params={"aligned": "true"}
                 )
                 t.join()
-                if r.status_code != 201 or results[0].status_code != 201:
+                # the same photos twice at once: one creates them (201), the other finds them
+                # there (200, created false), never a duplicate
+                if sorted([r.status_code, results[0].status_code]) not in ([200, 201], [201, 201]):
                     errors.append(f"enroll {r.status_code} {results[0].status_code}")
                     continue
                 with lock:

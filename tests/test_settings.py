@@ -1,0 +1,65 @@
+"""Settings: a typo is an error that names the right variable, and the detector's options come
+from settings, one default each."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from pydantic import ValidationError
+
+from service.errors import ConfigError
+from service.recognition import build_pipeline, detector_options
+from service.settings import NOT_SETTINGS, DetectorSettings, Settings, check_environment
+from service.vision.detection import DetectorOptions
+from tests.conftest import ROOT
+
+
+def test_a_misspelt_variable_is_refused_naming_the_closest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Was: MARGINFACE_GALERY__PATH quietly fell back to var/gallery."""
+    monkeypatch.setenv("MARGINFACE_GALERY__PATH", "/srv/faces")
+    with pytest.raises(ConfigError, match=r"MARGINFACE_GALERY__PATH \(did you mean "
+                       r"MARGINFACE_GALLERY__PATH\?\)"):  # fmt: skip
+        Settings()
+
+
+def test_a_misspelt_nested_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARGINFACE_DETECTOR__SCORE_THRESHHOLD", "0.7")
+    with pytest.raises(ConfigError, match="did you mean MARGINFACE_DETECTOR__SCORE_THRESHOLD"):
+        Settings()
+
+
+def test_unknown_keys_in_code_are_refused() -> None:
+    with pytest.raises(ValidationError, match="scor"):
+        Settings(detector={"scor": 0.5})  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="galery"):
+        Settings(galery={"path": "x"})  # type: ignore[call-arg]
+
+
+def test_valid_and_known_other_variables_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARGINFACE_GALLERY__PATH", "/srv/faces")
+    for name in NOT_SETTINGS:  # compose's and the test suite's own knobs
+        monkeypatch.setenv(name, "1")
+    assert str(Settings().gallery.path) == "/srv/faces"
+    check_environment({"marginface_device": "cpu", "PATH": "/bin"})  # case as the OS gives it
+
+
+def test_every_detector_option_is_a_setting_with_one_default() -> None:
+    """Was: upscale_below_px had no setting, and max_faces had two defaults (256 and 64)."""
+    defaults = DetectorSettings()
+    for option in dataclasses.fields(DetectorOptions):
+        assert option.name in DetectorSettings.model_fields, option.name
+        assert getattr(defaults, option.name) == option.default, option.name
+    assert detector_options(Settings()) == DetectorOptions()
+
+
+def test_the_pipeline_uses_the_detector_settings() -> None:
+    settings = Settings(
+        models_dir=ROOT / "models",
+        device="cpu",
+        detector={"upscale_below_px": 500, "max_faces": 7, "score_threshold": 0.8},
+    )
+    options = build_pipeline(settings, batching=False).detector.options
+    assert (options.upscale_below_px, options.max_faces, options.score_threshold) == (500, 7, 0.8)
