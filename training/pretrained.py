@@ -148,6 +148,7 @@ class OnnxRecognizer(nn.Module):
             "Add",
             "Sub",
             "Mul",
+            "Min",  # the served SFace's PRelus, rewritten as x + (s - 1) * min(x, 0)
             "Gemm",
             "MatMul",
             "Flatten",
@@ -251,6 +252,8 @@ class OnnxRecognizer(nn.Module):
                 out = args[0] - args[1]
             elif op == "Mul":
                 out = args[0] * args[1]
+            elif op == "Min":
+                out = torch.minimum(args[0], args[1].to(args[0].dtype))
             elif op == "MatMul":
                 out = args[0] @ args[1]
             elif op == "Relu":
