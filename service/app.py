@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from service.api import faces, health, jobs, recognize, subjects
 from service.api.deps import AppState, known_query_only
@@ -36,6 +37,7 @@ from service.settings import Settings
 from service.vision.pipeline import FacePipeline
 
 log = logging.getLogger("marginface")
+DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc, served from the package
 
 
 def _check_settings(settings: Settings) -> None:
@@ -116,7 +118,10 @@ def create_app(
             # nothing after uvicorn.run can be counted on to clean up (jobs, their folders)
             opened.close()
 
-    app = FastAPI(
+    # the docs' Swagger UI and ReDoc assets come from the fastapi-offline wheel, not a CDN
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
+        redoc_url=None,  # ReDoc's bundle still fetches its badge from cdn.redoc.ly
         title="MarginFace",
         version="0.1.0",
         description="Face detection, verification and open-set identification.",

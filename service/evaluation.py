@@ -6,7 +6,7 @@ reverse).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -307,4 +307,70 @@ def identification_report(
         hit = (right & (scores >= t)).mean() if len(right) else float("nan")
         dirs[f"{fpir:.0e}"] = {"dir": float(hit), "threshold": t}
     report["dir_at_fpir"] = dirs
+    return report
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def person_photos(root: Path) -> dict[str, list[Path]]:
+    """Folder per person: name -> photos, in a stable order (shorter names first: 2 < 10)."""
+    out = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        out[folder.name] = sorted(files, key=lambda p: (len(p.stem), p.stem))
+    return out
+
+
+def folder_identification(
+    embed: Callable[[Path], np.ndarray | None],
+    gallery_root: Path,
+    probe_root: Path | None = None,
+    *,
+    enrolled: int = 12,
+    gallery_photos: int = 5,
+    probes_per_person: int = 20,
+    top_k: int = 5,
+) -> dict[str, object]:
+    """Open-set identification on folder-per-person photos (``marginface eval identify``).
+
+    With ``probe_root`` every person of ``gallery_root`` is enrolled with all photos and every
+    photo under ``probe_root`` is a probe; without it ``gallery_root`` is split by
+    ``open_set_split``. ``embed`` gives a photo's embedding, or None when it has no usable face
+    (counted, not searched). An empty gallery gives a report, not an error."""
+    people = person_photos(gallery_root)
+    if probe_root is not None:
+        split_gallery = people
+        probes = [(n, p) for n, ps in person_photos(probe_root).items() for p in ps]
+    else:
+        split_gallery, probes = open_set_split(
+            people,
+            enrolled=enrolled,
+            gallery_photos=gallery_photos,
+            probes_per_person=probes_per_person,
+        )
+    unusable = 0
+    gallery: dict[str, np.ndarray] = {}
+    for name, photos in split_gallery.items():
+        vectors = [v for v in map(embed, photos) if v is not None]
+        unusable += len(photos) - len(vectors)
+        if vectors:
+            gallery[name] = np.stack(vectors)
+    embedded: list[tuple[str, np.ndarray]] = []
+    for name, photo in probes:
+        vector = embed(photo)
+        if vector is None:
+            unusable += 1
+        else:
+            embedded.append((name, vector))
+    # a person none of whose photos could be enrolled is a stranger to the gallery
+    mated, rank_k, non_mated = open_set_search(gallery, embedded, top_k=top_k)
+    report = identification_report(mated, rank_k, non_mated)
+    report.update(
+        {
+            "enrolled_people": len(gallery),
+            "people": len({n for n, _ in probes} | set(split_gallery)),
+            "photos_without_usable_face": unusable,
+        }
+    )
     return report

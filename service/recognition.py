@@ -43,6 +43,24 @@ class IdentifiedFace:
     candidates: list[Candidate]
     match: Candidate | None
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready view (what the CLI prints; the API has its own response models)."""
+
+        def candidate(c: Candidate) -> dict[str, object]:
+            return {
+                "subject_id": c.subject_id,
+                "name": c.name,
+                "face_id": c.face_id,
+                "score": round(c.score, 6),
+            }
+
+        return {
+            "detection": self.face.to_dict(),
+            "decision": "match" if self.match else "unknown",
+            "match": candidate(self.match) if self.match else None,
+            "candidates": [candidate(c) for c in self.candidates],
+        }
+
 
 def build_pipeline(settings: Settings, *, batching: bool | None = None) -> FacePipeline:
     """Load detector and recognizer from the registry as the settings say.
@@ -186,15 +204,15 @@ class Recognition:
         calibration = self.recognizer.calibration
         if far is not None:
             value, used = threshold_for_far(calibration, far)
-            dataset = calibration.dataset if calibration else ""
-            return Threshold(value, f"request far={far:g}: calibrated FAR {used:g} on {dataset}")
+            rests_on = calibration.far_provenance(used) if calibration else ""
+            return Threshold(value, f"request far={far:g}: {rests_on}")
         default_far = (
             self.settings.identify_far if purpose == "identify" else self.settings.verify_far
         )
         if default_far is not None and calibration is not None and calibration.thresholds_by_far:
             value, used = threshold_for_far(calibration, default_far)
             return Threshold(
-                value, f"default {purpose} far={default_far:g}: calibrated on {calibration.dataset}"
+                value, f"default {purpose} far={default_far:g}: {calibration.far_provenance(used)}"
             )
         recommended = self.recognizer.thresholds
         if recommended is None:

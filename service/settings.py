@@ -22,6 +22,7 @@ ENV_PREFIX = "MARGINFACE_"
 #: MARGINFACE_ variables that are not settings, and who reads them
 NOT_SETTINGS = {
     "MARGINFACE_PORT": "docker-compose.yml: the host port of the API",
+    "MARGINFACE_GPU_PORT": "docker-compose.yml: the host port of the GPU API (profile gpu)",
     "MARGINFACE_DISTRIBUTED_PORT": "docker-compose.yml: the host port of the replicas' proxy",
     "MARGINFACE_REPLICAS": "docker-compose.yml: how many API replicas",
     "MARGINFACE_FUZZ_EXAMPLES": "tests/reliability/test_fuzz.py",

@@ -39,3 +39,47 @@ def test_models_list_json() -> None:
     proc = run("models", "list", "--json")
     names = {m["name"]: m for m in json.loads(proc.stdout)["models"]}
     assert names["sface-2021dec"]["present"] and names["retinaface-mnet025"]["present"]
+
+
+def make_people(root: Path, people: dict[str, list[int]]) -> None:
+    for name, numbers in people.items():
+        (root / name).mkdir(parents=True)
+        for n in numbers:
+            (root / name / f"{n}.jpg").write_bytes(lfw(name, n).read_bytes())
+
+
+def test_identify_prints_every_candidate_and_index_every_outcome(tmp_path: Path) -> None:
+    """Was: `identify --top-k 3` printed one candidate, and the index summary left out the
+    faces enrolled as the chosen one of several."""
+    root, gallery = tmp_path / "people", tmp_path / "gallery"
+    make_people(root, {"Colin_Powell": [1, 2], "Tony_Blair": [1], "George_W_Bush": [1, 2]})
+    proc = run("index", str(root), "--gallery", str(gallery), "--no-progress",
+               "--report", str(tmp_path / "report.json"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen face of several" in proc.stdout and "low quality" in proc.stdout
+    probe = str(lfw("Colin_Powell", 3))
+    proc = run("identify", probe, "--gallery", str(gallery), "--top-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("Colin_Powell", "Tony_Blair", "George_W_Bush"):
+        assert name in proc.stdout  # every candidate, not only the match
+    proc = run("identify", probe, "--gallery", str(gallery), "--top-k", "3", "--json")
+    faces = json.loads(proc.stdout)["faces"]
+    main = max(faces, key=lambda f: f["detection"]["quality"]["score"])
+    assert len(main["candidates"]) == 3 and main["match"]["subject_id"] == "Colin_Powell"
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    """Was: a bare `[Errno 2]`."""
+    missing = str(tmp_path / "nope.jpg")
+    proc = run("detect", missing)
+    assert proc.returncode == 2 and f"error: no such file: {missing}" in proc.stderr
+    proc = run("verify", missing, str(lfw("Colin_Powell", 1)), "--json")
+    assert json.loads(proc.stdout)["error"]["code"] == "file_not_found"
+
+
+def test_a_normal_cpu_install_logs_no_warning() -> None:
+    """Was: every command printed a CPU-provider WARNING per model on a machine without GPU."""
+    cmd = [*CLI, "detect", str(lfw("Colin_Powell", 1)), "--models-dir", str(ROOT / "models")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" not in proc.stderr, proc.stderr

@@ -22,13 +22,16 @@ from pydantic import BaseModel
 
 from service.app import create_app
 from service.cli import build_parser
-from service.settings import Settings
+from service.settings import NOT_SETTINGS, Settings
 from tests.conftest import ROOT
 from tests.test_server import free_port
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-COMPOSE_ONLY = {"MARGINFACE_PORT", "MARGINFACE_DISTRIBUTED_PORT", "MARGINFACE_REPLICAS"}
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+COMPOSE_ONLY = {k for k, who in NOT_SETTINGS.items() if who.startswith("docker-compose")}
+#: the .env scripts/serve.sh writes: one API key, nothing else
+SERVE_SH_ENV = {"MARGINFACE_AUTH__API_KEYS": '["k"]'}
 DISTRIBUTED = {"postgres", "etcd", "minio", "milvus", "db-upgrade", "api-replica", "proxy"}
 
 
@@ -143,7 +146,7 @@ def test_compose_agrees_with_the_dockerfile_and_the_settings() -> None:
         assert set(mounts.values()) <= set(COMPOSE["volumes"])
         for path_key in ("MARGINFACE_GALLERY__PATH", "MARGINFACE_JOBS__WORK_DIR"):
             assert any(env[path_key].startswith(m + "/") for m in mounts), path_key
-        assert env["MARGINFACE_MODELS_DIR"] in mounts
+        assert env["MARGINFACE_MODELS_DIR"] not in mounts  # the image's own registry
         assert svc["env_file"] == [".env"] and (ROOT / ".env.example").is_file()
         assert "runtime" not in svc
     devices = services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"]
@@ -258,3 +261,60 @@ def test_the_container_start_command_serves_outside_docker(tmp_path: Path) -> No
     # the logs are JSON lines, as the image's default says
     lines = [ln for ln in log_path.read_text().splitlines() if ln.startswith("{")]
     assert lines and all("level" in json.loads(ln) for ln in lines)
+
+
+_VARIABLE = re.compile(r"\$(?:\$|\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: $VAR, ${VAR}, ${VAR:-default}, ${VAR-default},
+    ${VAR:?message}, ${VAR?message}, $$; applied to the whole file before profiles are
+    looked at, as compose does. Raises ValueError where compose refuses."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        if m.group("plain"):
+            return env.get(m.group("plain"), "")
+        body = m.group("braced")
+        name, op, arg = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(:?[-?]?)(.*)", body, re.S).groups()  # type: ignore[union-attr]
+        value = env.get(name)
+        unset = value is None or (op.startswith(":") and value == "")
+        if op.endswith("?") and unset:
+            raise ValueError(f"required variable {name} is missing a value: {arg}")
+        if op.endswith("-") and unset:
+            return arg
+        return value or ""
+
+    return _VARIABLE.sub(one, text)
+
+
+def test_a_plain_up_works_with_the_env_serve_sh_writes() -> None:
+    """Was: ${POSTGRES_PASSWORD:?...} made even `docker compose up -d` fail for a user whose
+    .env came from serve.sh (compose interpolates every profile's services)."""
+    config = yaml.safe_load(interpolate(COMPOSE_TEXT, SERVE_SH_ENV))
+    assert "api" in config["services"]
+
+
+def test_no_two_services_publish_the_same_host_port() -> None:
+    """Was: api and api-gpu both bound host port 8000 (`--profile gpu up` clashed)."""
+    for env in (SERVE_SH_ENV, dotenv(ROOT / ".env.example")):
+        config = yaml.safe_load(interpolate(COMPOSE_TEXT, env))
+        published = [
+            p.rsplit(":", 1)[0] for svc in config["services"].values() for p in svc.get("ports", [])
+        ]
+        assert len(published) == len(set(published)), published
+
+
+def test_an_image_upgrade_brings_its_models() -> None:
+    """Was: the models folder was a named volume, seeded from the first image only; after an
+    upgrade the old models and manifests stayed."""
+    config = yaml.safe_load(interpolate(COMPOSE_TEXT, SERVE_SH_ENV))
+    named = set(config.get("volumes") or {})
+    for name, svc in config["services"].items():
+        models_dir = (svc.get("environment") or {}).get("MARGINFACE_MODELS_DIR")
+        if models_dir is None:
+            continue
+        for volume in svc.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            assert not (source in named and target == models_dir), f"{name}: {volume}"

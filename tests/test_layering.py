@@ -50,3 +50,29 @@ def test_only_the_gallery_touches_faiss_milvus_and_postgres() -> None:
         if used and (not rel.startswith("service/gallery/") or core):
             offenders.append(f"{rel}: {sorted(used)}")
     assert offenders == []
+
+
+def test_the_cli_does_not_use_the_api_layer() -> None:
+    """The CLI prints domain objects (their to_dict), not the REST API's response models, and
+    each CLI module stays small."""
+    offenders = []
+    for path in sorted((ROOT / "service" / "cli").glob("*.py")):
+        used = {m for m in full_imports(path) if m.startswith(("service.api", "fastapi"))}
+        if used:
+            offenders.append(f"{path.name}: {sorted(used)}")
+        assert len(path.read_text().splitlines()) <= 250, f"{path.name} grew past 250 lines"
+    assert not offenders, offenders
+    assert len((ROOT / "service" / "app.py").read_text().splitlines()) <= 250
+
+
+def full_imports(path: Path) -> set[str]:
+    """Dotted names of every module a file imports."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names

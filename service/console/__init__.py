@@ -29,5 +29,13 @@ class ConsoleFiles(StaticFiles):
 
 
 def mount_console(app: FastAPI) -> None:
-    """Serve the console at /console/."""
+    """Serve the console at /console/, and its icon at /favicon.ico (browsers ask there)."""
+    icon = (CONSOLE_DIR / "favicon.svg").read_bytes()
+
+    def favicon() -> Response:
+        return Response(
+            icon, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+        )
+
+    app.add_api_route("/favicon.ico", favicon, include_in_schema=False)
     app.mount("/console", ConsoleFiles(directory=CONSOLE_DIR, html=True), name="console")

@@ -44,6 +44,8 @@ class Face:
             "landmarks": np.round(self.landmarks, 2).tolist(),
             "score": round(self.score, 4),
         }
+        if self.quality is not None:
+            out["quality"] = self.quality.to_dict()
         if with_embedding:
             out["embedding"] = self.embedding.tolist()
         return out

@@ -89,6 +89,22 @@ class FaceQuality:
         weighed = [k for k in self.factors if self.weights.get(k, 1.0) > 0] or list(self.factors)
         return min(weighed, key=lambda k: self.factors[k])
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready view (the API's ``QualityOut`` has the same fields)."""
+        return {
+            "score": self.score,
+            "factors": dict(self.factors),
+            "weakest": self.weakest,
+            "pose": {
+                "yaw": self.pose.yaw_deg,
+                "pitch": self.pose.pitch_deg,
+                "roll": self.pose.roll_deg,
+            },
+            "interocular_px": self.interocular_px,
+            "sharpness": self.sharpness,
+            "feature_norm": self.feature_norm,
+        }
+
     @property
     def low_factors(self) -> list[str]:
         """Every factor below ``LOW_FACTOR``, weighed or not (the likely causes)."""

@@ -1,7 +1,8 @@
 """ONNX Runtime sessions on the device the settings ask for, never a silent fallback.
 
 ``cuda`` means CUDA or refuse to start; ``auto`` takes CUDA when ONNX Runtime really runs the model
-on it and says loudly which provider it got; ``cpu`` is CPU only.
+on it, logs which provider it got, and warns only when a GPU is there but unused; ``cpu`` is CPU
+only.
 """
 
 from __future__ import annotations
@@ -51,8 +52,25 @@ def create_session(
             "failed to initialise (check the CUDA and cuDNN libraries)"
         )
     if device == "auto":
-        log.warning("ONNX Runtime runs %s on %s (device=auto)", path.name, in_use[0])
+        if in_use[0] != CUDA and (CUDA in available or gpu_present()):
+            # something is wrong: a GPU that the model does not run on
+            log.warning(
+                "ONNX Runtime runs %s on %s although %s (device=auto); set "
+                "MARGINFACE_DEVICE=cuda to make this an error, or =cpu to silence it",
+                path.name,
+                in_use[0],
+                "it offers CUDA"
+                if CUDA in available
+                else "an NVIDIA GPU is present (install the gpu extra: onnxruntime-gpu)",
+            )
+        else:
+            log.info("ONNX Runtime runs %s on %s (device=auto)", path.name, in_use[0])
     return session
+
+
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU driver loaded (whatever ONNX Runtime offers)."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
 
 
 def providers_in_use(session: ort.InferenceSession) -> list[str]:

@@ -207,3 +207,77 @@ def test_console_can_be_switched_off(tmp_path: Path, pipeline: FacePipeline) -> 
     with TestClient(app) as c:
         r = c.get("/console/")
         assert r.status_code == 200 and "default-src 'self'" in r.headers["content-security-policy"]
+
+
+def test_the_api_docs_render_without_network(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Was: /docs loaded Swagger UI from a CDN and stayed blank offline."""
+    context = browser.new_context()
+    blocked: list[str] = []
+
+    def only_local(route) -> None:  # type: ignore[no-untyped-def]
+        if route.request.url.startswith(base_url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_local)
+    pg = context.new_page()
+    pg.goto(f"{base_url}/docs")
+    expect(pg.locator(".swagger-ui .info .title")).to_contain_text("MarginFace", timeout=30_000)
+    assert pg.locator(".opblock").count() >= 15  # every route listed
+    assert pg.request.get(f"{base_url}/redoc").status == 404  # not served: it needs a CDN
+    context.close()
+    assert not blocked, f"the docs asked the network for {blocked}"
+
+
+def test_layout_follows_the_window_and_the_sign_in_state(  # type: ignore[no-untyped-def]
+    browser, base_url: str
+) -> None:
+    """Was: the nav showed on the sign-in screen (`nav { display: flex }` beat `hidden`), boxes
+    were placed in pixels and drifted on resize, the chosen face was not highlighted, labels
+    overflowed a 390-px phone sideways, and /favicon.ico was a 404."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    pg.goto(f"{base_url}/console/")
+    assert not pg.locator("#tabs").is_visible()  # signed out: no navigation
+    sign_in(pg)
+    pg.wait_for_selector("#view-gallery:not([hidden])")
+    assert pg.locator("#tabs").is_visible()
+    pg.get_by_role("link", name="Identify").click()
+    pg.set_input_files("#identify-file", str(GROUP))
+    pg.get_by_role("button", name="Identify", exact=True).click()
+    pg.wait_for_selector(".face-box")
+
+    def offsets() -> list[tuple[float, float]]:
+        """Each box's left and top as a share of the picture's size."""
+        return pg.evaluate(
+            """() => {
+              const img = document.getElementById('identify-image').getBoundingClientRect();
+              return [...document.querySelectorAll('.face-box')].map((b) => {
+                const r = b.getBoundingClientRect();
+                return [(r.left - img.left) / img.width, (r.top - img.top) / img.height]; }); }"""
+        )
+
+    wide = offsets()
+    pg.set_viewport_size({"width": 390, "height": 844})  # a phone, upright
+    pg.wait_for_timeout(300)
+    narrow = offsets()
+    assert len(wide) == len(narrow) == 6
+    for (ax, ay), (bx, by) in zip(wide, narrow, strict=True):
+        assert abs(ax - bx) < 0.02 and abs(ay - by) < 0.02  # still on the same faces
+    width = pg.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width}px wide at 390px: it scrolls sideways"
+    box = pg.locator(".face-box").nth(2)
+    box.click()
+    assert box.get_attribute("aria-pressed") == "true" and "selected" in box.get_attribute("class")
+    assert pg.locator(".face-box.selected").count() == 1
+    pg.locator(".face-box").nth(0).click()
+    assert (
+        pg.locator(".face-box.selected").count() == 1
+        and box.get_attribute("aria-pressed") == "false"
+    )
+    assert pg.request.get(f"{base_url}/favicon.ico").status == 200
+    pg.get_by_role("button", name="Sign out").click()
+    assert not pg.locator("#tabs").is_visible()
+    context.close()

@@ -307,16 +307,18 @@ function showCandidates(face, index) {
   $("candidates").hidden = false;
 }
 
+// boxes are placed in percent of the picture, so they stay on the faces when it is resized
 function drawFaces(result, img) {
   const layer = $("boxes");
   layer.replaceChildren();
-  const sx = img.clientWidth / img.naturalWidth, sy = img.clientHeight / img.naturalHeight;
+  const pw = 100 / img.naturalWidth, ph = 100 / img.naturalHeight;
   result.faces.forEach((face, i) => {
     const [x1, y1, x2, y2] = face.detection.box;
     const b = document.createElement("button");
     b.type = "button";
     b.className = "face-box" + (face.decision === "match" ? " match" : "");
-    Object.assign(b.style, { left: `${x1 * sx}px`, top: `${y1 * sy}px`, width: `${(x2 - x1) * sx}px`, height: `${(y2 - y1) * sy}px` });
+    b.setAttribute("aria-pressed", "false");
+    Object.assign(b.style, { left: `${x1 * pw}%`, top: `${y1 * ph}%`, width: `${(x2 - x1) * pw}%`, height: `${(y2 - y1) * ph}%` });
     const label = face.match ? `${face.match.name} ${face.match.score.toFixed(2)}`
       : `unknown${face.candidates[0] ? " " + face.candidates[0].score.toFixed(2) : ""}`;
     const q = face.detection.quality ? ` · q ${face.detection.quality.score.toFixed(2)}` : "";
@@ -324,7 +326,13 @@ function drawFaces(result, img) {
     tag.textContent = label + q;
     b.append(tag);
     b.setAttribute("aria-label", `Face ${i + 1}: ${label}, ${qualityText(face.detection)}. Show candidates.`);
-    b.addEventListener("click", () => showCandidates(face, i));
+    b.addEventListener("click", () => {
+      for (const other of layer.querySelectorAll(".face-box")) {
+        other.classList.remove("selected"); other.setAttribute("aria-pressed", "false");
+      }
+      b.classList.add("selected"); b.setAttribute("aria-pressed", "true");
+      showCandidates(face, i);
+    });
     layer.append(b);
   });
 }
@@ -354,7 +362,6 @@ $("identify-form").addEventListener("submit", (e) => {
     say("");
   });
 });
-window.addEventListener("resize", () => { /* boxes follow the image on the next identify */ });
 
 // ---------------------------------------------------------------- verify
 

@@ -1,0 +1,52 @@
+"""The ``marginface`` command: serve, models, detect, verify, identify, index, gallery, db, keys,
+calibrate, eval; one module per command group, each adding its own parsers (``register``).
+
+``--json`` prints exactly one JSON object on stdout; logs go to stderr. Errors exit with status 2
+and print the same error body the API uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from service.cli import evaluate, gallery, keys, recognize, registry, serve
+from service.cli.common import report_error
+from service.errors import MarginFaceError
+
+GROUPS = (serve, registry, recognize, gallery, keys, evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="marginface",
+        description=__doc__,
+        epilog="marginface train ... runs python -m training.train ... (needs the train extra)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``marginface`` command."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["train"]:
+        # The service never imports training (or torch): hand over to its own entry point.
+        import subprocess
+
+        return subprocess.call([sys.executable, "-m", "training.train", *args_list[1:]])
+    args = build_parser().parse_args(args_list)
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s"
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MarginFaceError as exc:
+        report_error(args, exc)
+        return 2

@@ -1,0 +1,103 @@
+"""What every command shares: settings from the environment and the command line, output as one
+JSON object or as readable text and tables, and input files read with a clear error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from service.errors import MarginFaceError
+from service.settings import Settings
+
+console = Console(highlight=False, soft_wrap=True)
+#: what each command group's ``register`` adds its parsers to
+Subcommands = argparse._SubParsersAction  # the type argparse's add_subparsers returns
+
+
+class MissingFile(MarginFaceError):
+    """A path given on the command line does not exist (the CLI's own error)."""
+
+    code = "file_not_found"
+    status = 404
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """The options every command takes."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    parser.add_argument("--models-dir", help="model registry folder (default: models)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with command-line overrides."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "models_dir", None):
+        overrides["models_dir"] = Path(args.models_dir)
+    if getattr(args, "device", None):
+        overrides["device"] = args.device
+    settings = Settings()
+    if getattr(args, "gallery", None):
+        overrides["gallery"] = settings.gallery.model_copy(update={"path": Path(args.gallery)})
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def with_recognizer(settings: Settings, model: str | None) -> Settings:
+    """``settings`` with another recognizer (``--model``), or unchanged."""
+    if not model:
+        return settings
+    return settings.model_copy(
+        update={"embedder": settings.embedder.model_copy(update={"model": model})}
+    )
+
+
+def read(path: str) -> bytes:
+    """A file's bytes, or MissingFile naming it."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise MissingFile(f"no such file: {path}", path=path) from None
+    except IsADirectoryError:
+        raise MissingFile(f"{path} is a folder, not a file", path=path) from None
+
+
+def existing(path: str) -> Path:
+    """A folder or file that must exist, or MissingFile naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise MissingFile(f"no such file or folder: {path}", path=path)
+    return p
+
+
+def emit(args: argparse.Namespace, payload: dict[str, Any], text: str | Table) -> None:
+    """One JSON object (``--json``), else the text or table."""
+    if args.json:
+        print(json.dumps(payload))
+    elif isinstance(text, Table):
+        console.print(text)
+    else:
+        print(text)
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
+    """A readable table."""
+    out = Table(title=title, title_justify="left")
+    for column in columns:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*("" if v is None else str(v) for v in row))
+    return out
+
+
+def report_error(args: argparse.Namespace, exc: MarginFaceError) -> None:
+    """The API's error body on stdout with ``--json``, else one line on stderr."""
+    if getattr(args, "json", False):
+        print(json.dumps(exc.to_dict()))
+    else:
+        print(f"error: {exc.message}", file=sys.stderr)
