@@ -38,6 +38,27 @@ def real_embeddings(cache: Path) -> tuple[np.ndarray, np.ndarray]:
     if cache.is_file():
         saved = np.load(cache)
         return saved["emb"], saved["labels"]
+    clustered = [
+        ROOT / "runs" / "cluster" / f"marginface_{n}.npz" for n in ("celeba", "glint", "lfw")
+    ]
+    if all(p.is_file() for p in clustered):  # the same photos, embedded by bench/cluster_faces.py
+        parts = []
+        for name, path in zip(("celeba", "glint", "lfw"), clustered, strict=True):
+            d = np.load(path)
+            keep = np.ones(len(d["labels"]), dtype=bool)
+            if name == "lfw":  # people with 2 photos or more, their first 10
+                seen: dict[str, int] = defaultdict(int)
+                counts = defaultdict(int)
+                for label in d["labels"]:
+                    counts[str(label)] += 1
+                for i, label in enumerate(d["labels"]):
+                    seen[str(label)] += 1
+                    keep[i] = counts[str(label)] >= 2 and seen[str(label)] <= 10
+            parts.append((d["emb"][keep], np.array([f"{name}:{x}" for x in d["labels"][keep]])))
+        return (
+            np.concatenate([e for e, _ in parts]).astype(np.float32),
+            np.concatenate([lab for _, lab in parts]),
+        )
     from service.errors import MarginFaceError
     from service.recognition import build_pipeline
     from service.settings import Settings

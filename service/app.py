@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from service.api import faces, health, jobs, recognize, subjects
+from service.api import clusters, faces, health, jobs, recognize, subjects
 from service.api.deps import AppState, known_query_only
 from service.audit import AuditTrail
 from service.console import mount_console
@@ -62,7 +62,10 @@ def _install_middleware(
     app.add_middleware(
         BodyGuard,
         max_bytes=limits.max_request_bytes,
-        overrides={"/v1/jobs/index": settings.jobs.max_archive_bytes},
+        overrides={
+            "/v1/jobs/index": settings.jobs.max_archive_bytes,
+            "/v1/jobs/cluster": settings.jobs.max_archive_bytes,
+        },
         timeout_s=limits.body_timeout_s,
         min_rate_bytes_s=limits.min_body_rate_bytes_s,
         grace_s=limits.body_grace_s,
@@ -128,7 +131,8 @@ def create_app(
         lifespan=lifespan,
         dependencies=[Depends(known_query_only)],
     )
-    routers = [health.router, subjects.router, faces.router, recognize.router, jobs.router]
+    routers = [health.router, subjects.router, faces.router, recognize.router, clusters.router]
+    routers.append(jobs.router)
     routers.append(jobs.export_router)
     for router in routers:
         app.include_router(router)

@@ -167,6 +167,20 @@ class JobNotFound(MarginFaceError):
     status = 404
 
 
+class ClusterNotFound(MarginFaceError):
+    """A cluster job has no such cluster (merged away, emptied) or face."""
+
+    code = "cluster_not_found"
+    status = 404
+
+
+class JobNotFinished(MarginFaceError):
+    """The job has not produced what was asked for yet (clusters of a running job)."""
+
+    code = "job_not_finished"
+    status = 409
+
+
 class InvalidArchive(MarginFaceError):
     """A zip upload that is not a zip, or one we refuse to unpack (bomb, unsafe paths)."""
 

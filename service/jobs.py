@@ -1,4 +1,11 @@
-"""Batch jobs behind ``POST /v1/jobs/index``: run one at a time in a worker thread.
+"""Batch jobs behind ``POST /v1/jobs/index`` and ``POST /v1/jobs/cluster``: run one at a time in
+a worker thread.
+
+A cluster job keeps its result (``service.clustering.work.ClusterWork``: the faces' embeddings
+in memory, their thumbnails in the job's working folder; the photos are deleted as soon as their
+faces are found) until it is deleted (``JobRunner.delete``) or expires (``cluster_ttl_s`` after
+it ends); either way the folder goes and the embeddings are dropped, in ``JobRunner._forget``,
+the one place a job is let go of.
 
 A job runs on the replica that accepted it. Its record lives in that replica's memory and, with
 the distributed backend, is also published to a shared board (PostgreSQL), so any replica behind
@@ -19,16 +26,20 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from service.errors import JobNotFound
+from service.clustering import cluster_faces, find_faces
+from service.clustering.work import ClusterWork
+from service.errors import JobNotFinished, JobNotFound
 from service.indexer import BatchIndexer
 
 log = logging.getLogger(__name__)
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["index", "cluster"]
 _OWNER = ".owner"  # a lock file the process that made a working folder holds while it lives
 
 
@@ -96,12 +107,17 @@ class WorkFolders:
 
 @dataclass
 class Job:
-    """One batch index job and what is known about it so far."""
+    """One batch job (index or cluster) and what is known about it so far."""
 
     id: str
     source: str
     root: Path
-    folder: WorkFolder | None = None  # removed when the job ends, however it ends
+    folder: WorkFolder | None = None  # removed when the job ends (a cluster job: when forgotten)
+    kind: JobKind = "index"
+    threshold: float = 0.0  # cluster jobs: the edge threshold and the FAR it came from
+    far: float | None = None
+    work: ClusterWork | None = None
+    expires_at: float | None = None
     status: JobStatus = "queued"
     done: int = 0
     total: int = 0
@@ -119,7 +135,7 @@ class Job:
         eta = (self.total - self.done) / rate if rate and self.status == "running" else None
         return {
             "id": self.id,
-            "kind": "index",
+            "kind": self.kind,
             "source": self.source,
             "status": self.status,
             "progress": {
@@ -133,7 +149,19 @@ class Job:
             "finished_at": self.finished_at,
             "summary": self.summary,
             "error": self.error,
+            "expires_at": self.expires_at,
         }
+
+    def clusters(self) -> ClusterWork:
+        """The reviewable result of a finished cluster job; JobNotFinished before that."""
+        if self.kind != "cluster":
+            raise JobNotFinished(f"job {self.id} is an {self.kind} job, not a cluster job")
+        if self.work is None:
+            raise JobNotFinished(
+                f"job {self.id} is {self.status}; its clusters exist once it has succeeded",
+                status=self.status,
+            )
+        return self.work
 
 
 class JobBoard(Protocol):
@@ -156,7 +184,8 @@ PUBLISH_EVERY_S = 1.0  # progress reaches the board at most this often per job
 
 
 class JobRunner:
-    """A FIFO of index jobs and the thread that runs them against the service's gallery."""
+    """A FIFO of index and cluster jobs and the thread that runs them against the service's
+    gallery."""
 
     def __init__(
         self,
@@ -165,9 +194,11 @@ class JobRunner:
         keep: int = 100,
         board: JobBoard | None = None,
         folders: WorkFolders | None = None,
+        cluster_ttl_s: float = 24 * 3600.0,
     ) -> None:
         self.indexer = indexer
         self.keep = keep
+        self.cluster_ttl_s = cluster_ttl_s
         self.board = board
         self.folders = folders
         self._published: dict[str, float] = {}
@@ -177,17 +208,39 @@ class JobRunner:
         self._thread = threading.Thread(target=self._loop, name="jobs", daemon=True)
         self._thread.start()
 
-    def submit(self, source: str, root: Path, folder: WorkFolder | None = None) -> Job:
-        """Queue a folder-per-subject tree for indexing (``folder``: its working folder)."""
-        job = Job(id=uuid.uuid4().hex, source=source, root=root, folder=folder)
+    def submit(
+        self,
+        source: str,
+        root: Path,
+        folder: WorkFolder | None = None,
+        *,
+        kind: JobKind = "index",
+        threshold: float = 0.0,
+        far: float | None = None,
+    ) -> Job:
+        """Queue a tree for indexing (a folder per subject) or clustering (any tree of photos,
+        with edges at ``threshold``); ``folder``: its working folder."""
+        job = Job(
+            id=uuid.uuid4().hex,
+            source=source,
+            root=root,
+            folder=folder,
+            kind=kind,
+            threshold=threshold,
+            far=far,
+        )
+        self.expire()
         with self._lock:
             self._jobs[job.id] = job
             finished = sorted(
                 (j for j in self._jobs.values() if j.finished_at is not None),
                 key=lambda j: j.created_at,
             )
+            dropped = []
             while len(self._jobs) > self.keep and finished:
-                del self._jobs[finished.pop(0).id]
+                dropped.append(self._jobs.pop(finished.pop(0).id))
+        for old in dropped:
+            self._forget(old)
         self._publish(job, force=True)
         self._queue.put(job)
         return job
@@ -209,9 +262,41 @@ class JobRunner:
         except Exception as exc:
             log.warning("job %s could not be published to the shared board: %s", job.id, exc)
 
+    def delete(self, job_id: str) -> None:
+        """Forget a job now: a running one is cancelled (its thread lets go of it when it
+        stops), a cluster job's thumbnails and embeddings go with it. JobNotFound."""
+        job = self.get(job_id)
+        job.cancel.set()
+        with self._lock:
+            self._jobs.pop(job_id, None)
+        if job.finished_at is not None:
+            self._forget(job)
+
+    def expire(self) -> int:
+        """Forget the cluster jobs past their expiry; how many."""
+        now = time.time()
+        with self._lock:
+            due = [
+                j for j in self._jobs.values() if j.expires_at is not None and j.expires_at <= now
+            ]
+            for job in due:
+                del self._jobs[job.id]
+        for job in due:
+            self._forget(job)
+        return len(due)
+
+    def _forget(self, job: Job) -> None:
+        """The one place a job's data goes: its folder (photos, thumbnails) and embeddings."""
+        if job.work is not None:
+            job.work.erase()
+            job.work = None
+        if job.folder is not None:
+            job.folder.remove()
+
     def describe(self, job_id: str) -> dict[str, Any]:
         """A job's record: from this replica if it runs here, else from the shared board;
         raises JobNotFound."""
+        self.expire()
         with self._lock:
             job = self._jobs.get(job_id)
         if job is not None:
@@ -231,6 +316,7 @@ class JobRunner:
 
     def get(self, job_id: str) -> Job:
         """A job by id; raises JobNotFound."""
+        self.expire()
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
@@ -255,6 +341,11 @@ class JobRunner:
                 self._finish_cancelled(queued)
         self._queue.put(None)
         self._thread.join(timeout=30)
+        with self._lock:
+            remembered, self._jobs = list(self._jobs.values()), {}
+        for job in remembered:  # a restart forgets jobs: their photos and embeddings go now
+            if job.finished_at is not None:
+                self._forget(job)
         if self.board is not None:
             self.board.close()
 
@@ -266,7 +357,14 @@ class JobRunner:
         self._publish(job, force=True)
 
     def _loop(self) -> None:
-        while (job := self._queue.get()) is not None:
+        while True:
+            try:
+                job = self._queue.get(timeout=10.0)
+            except queue.Empty:
+                self.expire()
+                continue
+            if job is None:
+                return
             self._run(job)
 
     def _run(self, job: Job) -> None:
@@ -282,15 +380,58 @@ class JobRunner:
             self._publish(job)
 
         try:
-            summary = self.indexer.run(job.root, progress=progress, cancel=job.cancel)
-            job.summary = summary.to_dict()
-            job.status = "cancelled" if summary.cancelled else "succeeded"
+            if job.kind == "cluster":
+                self._cluster(job, progress)
+            else:
+                summary = self.indexer.run(job.root, progress=progress, cancel=job.cancel)
+                job.summary = summary.to_dict()
+                job.status = "cancelled" if summary.cancelled else "succeeded"
         except Exception as exc:  # reported on the job; the service keeps running
-            log.exception("index job %s failed", job.id)
+            log.exception("%s job %s failed", job.kind, job.id)
             job.status = "failed"
             job.error = str(exc)
         finally:
             job.finished_at = time.time()
-            if job.folder is not None:
-                job.folder.remove()
+            with self._lock:
+                kept = self._jobs.get(job.id) is job  # not deleted while it ran
+            if job.kind == "cluster" and job.status == "succeeded" and kept:
+                job.expires_at = job.finished_at + self.cluster_ttl_s
+            else:
+                self._forget(job)
             self._publish(job, force=True)
+
+    def _cluster(self, job: Job, progress: Callable[[int, int], None]) -> None:
+        """Find every face of the tree (with thumbnails), delete the photos, cluster."""
+        indexer = self.indexer
+        found = find_faces(
+            job.root,
+            indexer.settings,
+            indexer.pipeline,
+            thumbnails=True,
+            threads=indexer.workers,
+            progress=progress,
+            cancel=job.cancel.is_set,
+        )
+        if job.folder is not None:  # the unpacked photos: not kept beyond finding their faces
+            for entry in job.folder.path.iterdir():
+                if entry.name != _OWNER:
+                    shutil.rmtree(entry, ignore_errors=True)
+        if job.cancel.is_set():
+            job.status = "cancelled"
+            return
+        result = cluster_faces(found.faces, threshold=job.threshold, far=job.far)
+        thumbs = job.folder.path / "faces" if job.folder is not None else None
+        job.work = ClusterWork.of(result, thumbs)
+        job.summary = {
+            "photos": found.photos,
+            "faces": len(found.faces),
+            "clusters": len(result.clusters),
+            "alone": len(result.alone),
+            "photos_without_face": len(found.without_face),
+            "unreadable": len(found.unreadable),
+            "skipped_links": len(found.skipped),
+            "threshold": round(job.threshold, 6),
+            "far": job.far,
+            "files": {"photos_without_face": found.without_face, "unreadable": found.unreadable},
+        }
+        job.status = "succeeded"

@@ -40,7 +40,7 @@ class Photo:
     @property
     def name(self) -> str:
         """The path relative to the root, as reports show it."""
-        return f"{self.subject_id}/{self.file_name}"
+        return f"{self.subject_id}/{self.file_name}" if self.subject_id else self.file_name
 
 
 class PhotoTree:
@@ -105,15 +105,67 @@ class PhotoTree:
                     photos.append(Photo(folder.name, entry.name))
         return photos, skipped
 
+    def walk(self, *, max_depth: int = 16) -> tuple[list[Photo], list[str]]:
+        """(photos in a stable order, links skipped) of any folder tree, to ``max_depth``
+        levels: what clustering reads. A photo's ``subject_id`` is its folder's path relative
+        to the root ('' at the root); nothing is inferred from folder names."""
+        photos: list[Photo] = []
+        skipped: list[str] = []
+        pending: list[str] = [""]
+        while pending:
+            rel = pending.pop()
+            try:
+                fd = self._open_folder(rel)
+            except LinkSkipped:
+                skipped.append(rel)
+                continue
+            except OSError:
+                continue
+            try:
+                with os.scandir(fd) as inner:
+                    entries = sorted(inner, key=lambda e: e.name)
+            finally:
+                if fd != self._fd:
+                    os.close(fd)
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_symlink():
+                    skipped.append(path)
+                elif entry.is_dir(follow_symlinks=False):
+                    if rel.count("/") + 1 < max_depth:
+                        pending.append(path)
+                elif entry.is_file(follow_symlinks=False) and (
+                    Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+                ):
+                    photos.append(Photo(rel, entry.name))
+        photos.sort(key=lambda p: (p.subject_id, p.file_name))
+        return photos, sorted(skipped)
+
+    def _open_folder(self, rel: str) -> int:
+        """A descriptor of the folder ``rel`` (the root's own for ''), opened one component at a
+        time without following links; the caller closes it unless it is the root's."""
+        fd = self._fd
+        done: list[str] = []
+        for part in [p for p in rel.split("/") if p]:
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise LinkSkipped("/".join([*done, part])) from exc
+                raise
+            finally:
+                if fd != self._fd:
+                    os.close(fd)
+            fd = nxt
+            done.append(part)
+        return fd
+
     def read(self, photo: Photo) -> bytes:
         """The file's bytes. Raises LinkSkipped (a link now), FileTooLarge (over the cap),
         OSError (gone, unreadable, not a regular file)."""
-        try:
-            folder = os.open(photo.subject_id, _DIR_FLAGS, dir_fd=self._fd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise LinkSkipped(photo.subject_id) from exc
-            raise
+        folder = self._open_folder(photo.subject_id)
         try:
             fd = os.open(photo.file_name, _FILE_FLAGS, dir_fd=folder)
         except OSError as exc:
@@ -121,7 +173,8 @@ class PhotoTree:
                 raise LinkSkipped(photo.name) from exc
             raise
         finally:
-            os.close(folder)
+            if folder != self._fd:
+                os.close(folder)
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):

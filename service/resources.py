@@ -97,6 +97,7 @@ class Resources:
             BatchIndexer(settings, pipe, gal),
             board=backends.job_board(settings.gallery),
             folders=WorkFolders(Path(settings.jobs.work_dir)),
+            cluster_ttl_s=settings.jobs.cluster_ttl_s,
         )
         upkeep = Upkeep(gal, settings.gallery.flush_interval_s)
         return cls(settings, pipe, gal, runner, upkeep, owns_pipeline, gallery is None)

@@ -240,10 +240,11 @@ class JobProgress(BaseModel):
 
 
 class JobOut(BaseModel):
-    """A batch index job; ``summary`` has the per-outcome counts and file lists when done."""
+    """A batch job; ``summary`` has the per-outcome counts and file lists when done (a cluster
+    job: its counts; the clusters are at ``/v1/jobs/{id}/clusters``)."""
 
     id: str
-    kind: Literal["index"]
+    kind: Literal["index", "cluster"]
     source: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     progress: JobProgress
@@ -252,6 +253,65 @@ class JobOut(BaseModel):
     finished_at: float | None = None
     summary: dict[str, Any] | None = None
     error: str | None = None
+    expires_at: float | None = None
+
+
+class ClusterFaceOut(BaseModel):
+    """One face of a cluster job (its thumbnail: ``/v1/jobs/{id}/faces/{face}.jpg``)."""
+
+    face: int
+    file: str
+    box: list[float]
+    quality: float
+    similarity: float | None = None
+
+
+class ClusterOut(BaseModel):
+    """One cluster: its faces by similarity to its centre, a representative, its cohesion
+    (mean similarity to the centre) and the subject it was named into, if any."""
+
+    cluster: int
+    size: int
+    cohesion: float
+    representative: ClusterFaceOut
+    members: list[ClusterFaceOut]
+    subject_id: str | None = None
+
+
+class ClustersOut(BaseModel):
+    """A cluster job's clusters (largest first) and the faces in none."""
+
+    faces: int
+    clusters: list[ClusterOut]
+    alone: list[ClusterFaceOut]
+    threshold: float
+    far: float | None
+    algorithm: str
+
+
+class NameClusterIn(BaseModel):
+    """Name a cluster into the gallery: a new subject, or more faces for an existing one."""
+
+    model_config = ConfigDict(extra="forbid")
+    subject_id: str = Field(pattern=SUBJECT_ID_PATTERN, max_length=128)
+    name: str | None = Field(None, max_length=256)
+
+
+class NamedClusterOut(BaseModel):
+    """What naming a cluster enrolled."""
+
+    subject_id: str
+    cluster: int
+    face_ids: list[int]
+    already_present: int
+
+
+class MergeClustersIn(BaseModel):
+    """Two clusters of one job: the second's faces join the first."""
+
+    model_config = ConfigDict(extra="forbid")
+    into: int
+    other: int
 
 
 class OperatingPoint(BaseModel):

@@ -188,6 +188,12 @@ class JobSettings(Section):
     max_unpacked_bytes: int = Field(4 * 1024**3, ge=1024, description="sum of the entries")
     max_entries: int = Field(200_000, ge=1)
     max_ratio: float = Field(100.0, gt=1, description="largest compression ratio of an entry")
+    cluster_ttl_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="a finished cluster job, its thumbnails and embeddings are deleted this "
+        "long after it ends (or when DELETE /v1/jobs/{id} says so)",
+    )
 
 
 class PrivacySettings(Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,25 @@ def test_a_normal_cpu_install_logs_no_warning() -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
+
+
+def test_cluster_groups_a_nested_tree_and_follows_no_link(tmp_path: Path) -> None:
+    lfw = DATA / "lfw" / "images"
+    for k, person in enumerate(["Colin_Powell", "Serena_Williams"] * 3):
+        folder = tmp_path / "photos" / f"day{k % 2}" / "misc"  # layout says nothing of who
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(lfw / person / f"{person}_{k // 2 + 1:04d}.jpg", folder / f"{person}_{k}.jpg")
+    (tmp_path / "photos" / "outside.jpg").symlink_to(lfw / "Tony_Blair/Tony_Blair_0001.jpg")
+    proc = run("cluster", str(tmp_path / "photos"), "--json", "--processes", "0")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["photos"] == 6 and out["skipped_links"] == ["outside.jpg"]
+    groups = [
+        {m["file"].rsplit("/", 1)[1].split("_")[0] for m in c["members"]}
+        for c in out["clusters"]
+        if c["size"] >= 3
+    ]
+    assert sorted(len(g) for g in groups) == [1, 1] and len(groups) == 2, out["clusters"]
+    assert out["far"] == 1e-4 and 0.3 < out["threshold"] < 0.6
+    bad = run("cluster", str(tmp_path / "photos"), "--json", "--far", "1e-12")
+    assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["code"] == "invalid_request"

@@ -11,11 +11,12 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from service.api.deps import IsAdmin, State
+from service.api.deps import AppState, IsAdmin, State
 from service.archive import archive_root, extract_zip
 from service.errors import Forbidden, InsufficientStorage, InvalidRequest
 from service.gallery import export_store
 from service.gallery.backends import embedded_folder
+from service.jobs import WorkFolder
 from service.schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[IsAdmin])
@@ -42,13 +43,12 @@ def checked_path(path: str) -> Path:
         raise InvalidRequest(f"path cannot be resolved ({exc})") from exc
 
 
-@router.post("/index", status_code=202)
-def submit_index_job(
-    state: State,
-    archive: Annotated[UploadFile | None, File(description="zip of <subject_id>/<image>")] = None,
-    path: Annotated[str | None, Form(description="a folder under an allowed root")] = None,
-) -> JobOut:
-    """Enroll a folder per subject in bulk; answers at once with a job to poll."""
+def job_source(
+    state: AppState, archive: UploadFile | None, path: str | None, prefix: str
+) -> tuple[str, Path, WorkFolder | None]:
+    """(source, root, working folder) of a job: a server-side folder under an allowed root,
+    or a zip unpacked into a new working folder with the archive rules (index and cluster
+    jobs alike)."""
     if (archive is None) == (path is None):
         raise InvalidRequest("send either a zip file in 'archive' or a server-side 'path'")
     jobs = state.jobs
@@ -63,9 +63,9 @@ def submit_index_job(
             )
         if not root.is_dir():
             raise InvalidRequest(f"{path[:200]!r} is not a folder on the server")
-        return JobOut(**jobs.submit(f"path:{root}", root).to_dict())
+        return f"path:{root}", root, None
     assert archive is not None
-    folder = jobs.folders.create("upload") if jobs.folders else None
+    folder = jobs.folders.create(prefix) if jobs.folders else None
     if folder is None:
         raise InvalidRequest("this service has no working folder for uploads")
     dest = folder.path
@@ -90,15 +90,31 @@ def submit_index_job(
     except BaseException:
         folder.remove()
         raise
-    name = archive.filename or "upload.zip"
-    job = jobs.submit(f"zip:{name}", archive_root(tree), folder=folder)
-    return JobOut(**job.to_dict())
+    return f"zip:{archive.filename or 'upload.zip'}", archive_root(tree), folder
+
+
+@router.post("/index", status_code=202)
+def submit_index_job(
+    state: State,
+    archive: Annotated[UploadFile | None, File(description="zip of <subject_id>/<image>")] = None,
+    path: Annotated[str | None, Form(description="a folder under an allowed root")] = None,
+) -> JobOut:
+    """Enroll a folder per subject in bulk; answers at once with a job to poll."""
+    source, root, folder = job_source(state, archive, path, "upload")
+    return JobOut(**state.jobs.submit(source, root, folder).to_dict())
 
 
 @router.get("/{job_id}")
 def get_job(job_id: str, state: State) -> JobOut:
     """Progress (done, total, images/s, ETA) and, when finished, the summary."""
     return JobOut(**state.jobs.describe(job_id))
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job_id: str, state: State) -> None:
+    """Forget a job now (a running one is cancelled); a cluster job's thumbnails and
+    embeddings are deleted with it."""
+    state.jobs.delete(job_id)
 
 
 @router.get("")

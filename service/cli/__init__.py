@@ -1,5 +1,5 @@
-"""The ``marginface`` command: serve, models, detect, verify, identify, index, gallery, db, keys,
-calibrate, eval; one module per command group, each adding its own parsers (``register``).
+"""The ``marginface`` command: serve, models, detect, verify, identify, index, cluster, gallery,
+db, keys, calibrate, eval; one module per command group, each adding its own parsers (``register``).
 
 ``--json`` prints exactly one JSON object on stdout; logs go to stderr. Errors exit with status 2
 and print the same error body the API uses.
@@ -12,11 +12,11 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from service.cli import evaluate, gallery, keys, recognize, registry, serve
+from service.cli import cluster, evaluate, gallery, keys, recognize, registry, serve
 from service.cli.common import report_error
 from service.errors import MarginFaceError
 
-GROUPS = (serve, registry, recognize, gallery, keys, evaluate)
+GROUPS = (serve, registry, recognize, gallery, cluster, keys, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -281,3 +281,50 @@ def test_layout_follows_the_window_and_the_sign_in_state(  # type: ignore[no-unt
     pg.get_by_role("button", name="Sign out").click()
     assert not pg.locator("#tabs").is_visible()
     context.close()
+
+
+def test_the_people_view_groups_a_zip_and_names_a_group(  # type: ignore[no-untyped-def]
+    page, base_url: str, tmp_path: Path
+) -> None:
+    import io
+    import zipfile
+
+    import httpx
+
+    owner = {}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k in range(3):
+            for person in ("Colin_Powell", "Serena_Williams"):
+                name = f"IMG_{len(owner):03d}.jpg"
+                zf.write(lfw(person, k + 1), name)
+                owner[name] = person
+    archive = tmp_path / "pile.zip"
+    archive.write_bytes(buf.getvalue())
+
+    sign_in(page)
+    page.wait_for_selector("#view-gallery:not([hidden])")
+    page.get_by_role("link", name="People").click()
+    page.set_input_files("#cluster-zip", str(archive))
+    page.get_by_role("button", name="Find people").click()
+    groups = page.locator("#clusters li.cluster")
+    expect(groups.nth(1)).to_be_visible(timeout=120_000)
+    first = groups.nth(0)
+    images = first.locator(".thumbs img")
+    expect(images.first).to_be_visible()
+    files = [images.nth(i).get_attribute("alt").rsplit(" ", 1)[1] for i in range(images.count())]
+    assert len(files) == 3 and len({owner[f] for f in files}) == 1, files
+    assert images.first.evaluate("img => img.naturalWidth") > 0  # the thumbnail really loaded
+    shot(page, "console-people")
+
+    first.get_by_placeholder("subject id").fill("pile-person")
+    first.get_by_role("button", name="Name into gallery").click()
+    expect(page.locator("#clusters .named").first).to_contain_text("pile-person")
+    faces = httpx.get(
+        f"{base_url}/v1/subjects/pile-person/faces", headers={"X-API-Key": API_KEY}
+    ).json()
+    assert len(faces) == 3
+
+    page.get_by_role("button", name="Discard this job").click()
+    expect(page.locator("#status")).to_contain_text("Job discarded")
+    assert page.locator("#clusters li").count() == 0

@@ -4,7 +4,10 @@
 const KEY = "marginface.apiKey";
 const PAGE = 20;
 const $ = (id) => document.getElementById(id);
-const state = { offset: 0, total: 0, search: "", subject: null, faces: [], model: null, stream: null };
+const state = { offset: 0, total: 0, search: "", subject: null, faces: [], model: null, stream: null,
+  job: null, thumbs: new Map() };
+const VIEWS = ["gallery", "identify", "verify", "people"];
+const THUMBS_PER_CLUSTER = 16;
 
 // ---------------------------------------------------------------- API
 
@@ -25,6 +28,8 @@ function messageOf(body, status) {
     subject_exists: "A subject with that id already exists.",
     subject_not_found: "That subject does not exist (any more).",
     overloaded: "The service is busy; try again in a moment.",
+    job_not_found: "That job is gone (discarded, expired, or the service restarted).",
+    cluster_not_found: "That group is gone (merged or emptied).",
   }[err.code];
   return `${readable || err.message} (${err.code})`;
 }
@@ -97,11 +102,11 @@ function signOut(clearMessage = true) {
 function route() {
   const signedIn = Boolean(apiKey());
   const view = signedIn ? (location.hash.slice(1) || "gallery") : "signin";
-  for (const name of ["signin", "gallery", "identify", "verify"]) {
+  for (const name of ["signin", ...VIEWS]) {
     $(`view-${name}`).hidden = name !== view;
   }
   $("tabs").hidden = !signedIn;
-  for (const name of ["gallery", "identify", "verify"]) {
+  for (const name of VIEWS) {
     const tab = $(`tab-${name}`);
     if (name === view) tab.setAttribute("aria-current", "page");
     else tab.removeAttribute("aria-current");
@@ -390,5 +395,135 @@ $("verify-form").addEventListener("submit", (e) => {
     $("verify-result").hidden = false;
   });
 });
+
+// ---------------------------------------------------------------- people (cluster jobs)
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// thumbnails need the key header, so they are fetched and shown from blob: URLs
+async function thumb(face) {
+  const key = `${state.job}/${face}`;
+  if (!state.thumbs.has(key)) {
+    const res = await fetch(`/v1/jobs/${state.job}/faces/${face}.jpg`, { headers: { "X-API-Key": apiKey() } });
+    if (!res.ok) throw new Error(`The thumbnail of face ${face} is gone.`);
+    state.thumbs.set(key, URL.createObjectURL(await res.blob()));
+  }
+  return state.thumbs.get(key);
+}
+
+function forgetThumbs() {
+  for (const url of state.thumbs.values()) URL.revokeObjectURL(url);
+  state.thumbs.clear();
+}
+
+async function waitForJob(id) {
+  for (;;) {
+    const job = await api("GET", `/v1/jobs/${id}`);
+    const p = job.progress;
+    $("cluster-progress").hidden = false;
+    $("cluster-progress").value = p.total ? Math.round((100 * p.done) / p.total) : 0;
+    say(`Finding faces: ${p.done} of ${p.total || "?"} photos…`);
+    if (!["queued", "running"].includes(job.status)) { $("cluster-progress").hidden = true; say(""); return job; }
+    await sleep(500);
+  }
+}
+
+async function renderClusters() {
+  const view = await api("GET", `/v1/jobs/${state.job}/clusters`);
+  const list = $("clusters");
+  list.replaceChildren();
+  $("cluster-actions").hidden = false;
+  $("cluster-summary").textContent = `${view.clusters.length} people, ${view.alone.length} faces alone, of ${view.faces} faces (linked at FAR ${view.far}, cosine ${view.threshold.toFixed(3)}).`;
+  for (const c of view.clusters) {
+    const li = document.createElement("li");
+    li.className = "cluster";
+    li.dataset.cluster = String(c.cluster);
+    const head = document.createElement("h3");
+    const pick = Object.assign(document.createElement("input"), { type: "checkbox", className: "pick" });
+    pick.setAttribute("aria-label", `Select group ${c.cluster} for merging`);
+    pick.dataset.cluster = String(c.cluster);
+    const title = document.createElement("span");
+    title.textContent = `Group ${c.cluster}: ${c.size} faces, cohesion ${c.cohesion.toFixed(2)}`;
+    head.append(pick, title);
+    if (c.subject_id) head.append(Object.assign(document.createElement("span"), { className: "named", textContent: `named ${c.subject_id}` }));
+    li.append(head);
+    const thumbs = document.createElement("ul");
+    thumbs.className = "thumbs";
+    for (const m of c.members.slice(0, THUMBS_PER_CLUSTER)) {
+      const t = document.createElement("li");
+      const img = Object.assign(document.createElement("img"), { alt: `Face ${m.face} from ${m.file}` });
+      img.src = await thumb(m.face);
+      const remove = button("×", "danger", () => guarded(async () => {
+        await api("DELETE", `/v1/jobs/${state.job}/clusters/${c.cluster}/faces/${m.face}`);
+        await renderClusters();
+      }));
+      remove.setAttribute("aria-label", `Remove face ${m.face} from group ${c.cluster}`);
+      t.append(img, remove);
+      thumbs.append(t);
+    }
+    li.append(thumbs);
+    if (c.size > THUMBS_PER_CLUSTER) li.append(Object.assign(document.createElement("p"), { className: "hint", textContent: `and ${c.size - THUMBS_PER_CLUSTER} more` }));
+    const form = document.createElement("form");
+    form.className = "row name-cluster";
+    const idInput = Object.assign(document.createElement("input"), { required: true, placeholder: "subject id", pattern: "[A-Za-z0-9][A-Za-z0-9._@\\-]{0,127}" });
+    idInput.setAttribute("aria-label", `Subject id for group ${c.cluster}`);
+    const nameInput = Object.assign(document.createElement("input"), { placeholder: "name (optional)" });
+    nameInput.setAttribute("aria-label", `Name for group ${c.cluster}`);
+    const submit = Object.assign(document.createElement("button"), { type: "submit", textContent: "Name into gallery" });
+    form.append(idInput, nameInput, submit);
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      guarded(async () => {
+        const body = { subject_id: idInput.value.trim() };
+        if (nameInput.value.trim()) body.name = nameInput.value.trim();
+        const r = await api("POST", `/v1/jobs/${state.job}/clusters/${c.cluster}/subject`, body);
+        say(`Named group ${c.cluster} as ${r.subject_id}: ${r.face_ids.length} faces enrolled.`);
+        await renderClusters();
+      });
+    });
+    li.append(form);
+    list.append(li);
+  }
+}
+
+$("cluster-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  guarded(async () => {
+    const file = $("cluster-zip").files[0];
+    const path = $("cluster-path").value.trim();
+    if (!file === !path) throw new Error("Choose a zip file or type a server folder (one of the two).");
+    const form = new FormData();
+    if (file) form.append("archive", file, file.name); else form.append("path", path);
+    const bar = $("cluster-progress");
+    bar.hidden = false; bar.value = 0;
+    const job = await api("POST", "/v1/jobs/cluster", form, file ? (p) => { bar.value = Math.round(p * 100); } : undefined);
+    forgetThumbs();
+    state.job = job.id;
+    const done = await waitForJob(job.id);
+    if (done.status !== "succeeded") throw new Error(`The job ${done.status}: ${done.error || ""}`);
+    await renderClusters();
+  });
+});
+
+$("merge-clusters").addEventListener("click", () => guarded(async () => {
+  const picked = [...document.querySelectorAll("#clusters .pick:checked")].map((b) => Number(b.dataset.cluster));
+  if (picked.length < 2) throw new Error("Select two groups or more to merge.");
+  for (const other of picked.slice(1)) {
+    await api("POST", `/v1/jobs/${state.job}/clusters/merge`, { into: picked[0], other });
+  }
+  say(`Merged ${picked.length} groups into group ${picked[0]}.`);
+  await renderClusters();
+}));
+
+$("discard-job").addEventListener("click", () => guarded(async () => {
+  if (!state.job || !confirm("Discard this job? Its thumbnails and embeddings are deleted; named subjects stay.")) return;
+  await api("DELETE", `/v1/jobs/${state.job}`);
+  forgetThumbs();
+  state.job = null;
+  $("clusters").replaceChildren();
+  $("cluster-actions").hidden = true;
+  $("cluster-summary").textContent = "";
+  say("Job discarded.");
+}));
 
 route();

@@ -1,0 +1,85 @@
+"""Cluster jobs: group a zip or a server-side folder of photos into people, review the
+clusters (merge two, remove a face), and name one into the gallery."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse, Response
+
+from service.api.deps import IsAdmin, State
+from service.api.jobs import job_source
+from service.calibration import threshold_for_far
+from service.clustering import DEFAULT_FAR
+from service.schemas import (
+    ClusterOut,
+    ClustersOut,
+    JobOut,
+    MergeClustersIn,
+    NameClusterIn,
+    NamedClusterOut,
+)
+
+router = APIRouter(prefix="/v1/jobs", tags=["clusters"], dependencies=[IsAdmin])
+
+
+@router.post("/cluster", status_code=202)
+def submit_cluster_job(
+    state: State,
+    archive: Annotated[UploadFile | None, File(description="zip of photos, any layout")] = None,
+    path: Annotated[str | None, Form(description="a folder under an allowed root")] = None,
+    far: Annotated[
+        float, Form(description="how often two strangers may be linked (calibrated)")
+    ] = DEFAULT_FAR,
+) -> JobOut:
+    """Group every face of the photos into people; answers at once with a job to poll."""
+    calibration = state.recognition.recognizer.calibration
+    threshold, used_far = threshold_for_far(calibration, far)
+    source, root, folder = job_source(state, archive, path, "cluster")
+    if folder is None and state.jobs.folders is not None:
+        folder = state.jobs.folders.create("cluster")  # the thumbnails of a path job
+    job = state.jobs.submit(source, root, folder, kind="cluster", threshold=threshold, far=used_far)
+    return JobOut(**job.to_dict())
+
+
+@router.get("/{job_id}/clusters")
+def get_clusters(job_id: str, state: State) -> ClustersOut:
+    """The clusters of a finished cluster job (409 job_not_finished before)."""
+    return ClustersOut(**state.jobs.get(job_id).clusters().view())
+
+
+@router.get("/{job_id}/faces/{face}.jpg", response_class=FileResponse)
+def get_face_thumbnail(job_id: str, face: int, state: State) -> FileResponse:
+    """One face's aligned crop, while the job lives."""
+    path = state.jobs.get(job_id).clusters().thumbnail(face)
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@router.post("/{job_id}/clusters/merge")
+def merge_clusters(job_id: str, body: MergeClustersIn, state: State) -> ClusterOut:
+    """The second cluster's faces join the first; the second is retired."""
+    return ClusterOut(**state.jobs.get(job_id).clusters().merge(body.into, body.other))
+
+
+@router.delete("/{job_id}/clusters/{cluster}/faces/{face}", response_model=None)
+def remove_face(job_id: str, cluster: int, face: int, state: State) -> ClusterOut | Response:
+    """Take a wrong face out of a cluster before naming it (204 when the cluster is then
+    empty)."""
+    view = state.jobs.get(job_id).clusters().remove(cluster, face)
+    return Response(status_code=204) if view is None else ClusterOut(**view)
+
+
+@router.post("/{job_id}/clusters/{cluster}/subject")
+def name_cluster(job_id: str, cluster: int, body: NameClusterIn, state: State) -> NamedClusterOut:
+    """Enroll the cluster's faces as a subject (created if new, else extended); the job's
+    embeddings are used, nothing is detected again."""
+    work = state.jobs.get(job_id).clusters()
+    named = work.name(
+        cluster,
+        body.subject_id,
+        body.name,
+        state.gallery,
+        state.recognition.pipeline.model_id,
+    )
+    return NamedClusterOut(**named)

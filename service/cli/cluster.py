@@ -1,0 +1,98 @@
+"""``marginface cluster DIR``: group the faces of a folder of photos into people."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from service.cli.common import Subcommands, add_common, emit, existing, settings_from, table
+
+
+def register(sub: Subcommands) -> None:
+    """Add the command."""
+    from service.clustering import DEFAULT_FAR, DEFAULT_NEIGHBOURS, available
+
+    p = sub.add_parser("cluster", help="group the faces of a folder tree of photos into people")
+    p.add_argument("root", help="any folder tree of photos (links are not followed)")
+    p.add_argument(
+        "--far",
+        type=float,
+        default=DEFAULT_FAR,
+        help=f"how often two strangers may be linked, from the model's calibration (default "
+        f"{DEFAULT_FAR:g})",
+    )
+    p.add_argument(
+        "--faces",
+        choices=["all", "central"],
+        default="all",
+        help="every face of each photo (default), or only the one nearest the centre",
+    )
+    p.add_argument("--algorithm", choices=available(), default="chinese-whispers")
+    p.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, help="k of the graph")
+    p.add_argument("--model", help="recognizer (default: the embedder setting)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=min(os.cpu_count() or 1, 4),
+        help="worker processes, each with its own models (default: the cores, at most 4)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common(p)
+    p.set_defaults(func=cmd_cluster)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Find, embed and cluster the faces; print the clusters."""
+    from tqdm import tqdm
+
+    from service.calibration import threshold_for_far
+    from service.cli.common import with_recognizer
+    from service.clustering import cluster_faces, find_faces
+    from service.recognition import build_pipeline
+
+    root = existing(args.root)
+    settings = with_recognizer(settings_from(args), args.model)
+    pipeline = build_pipeline(settings, batching=False)
+    threshold, far = threshold_for_far(pipeline.embedder.manifest.calibration, args.far)
+    bar = tqdm(total=0, unit="img", desc="finding faces", disable=args.no_progress, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        found = find_faces(
+            root, settings, pipeline, which=args.faces, processes=args.processes, progress=progress
+        )
+    finally:
+        bar.close()
+        pipeline.close()
+    result = cluster_faces(
+        found.faces,
+        threshold=threshold,
+        far=far,
+        algorithm=args.algorithm,
+        neighbours=args.neighbours,
+    )
+    payload = result.to_dict() | {
+        "root": str(root),
+        "model": pipeline.model_id,
+        "photos": found.photos,
+        "photos_without_face": found.without_face,
+        "unreadable": found.unreadable,
+        "skipped_links": found.skipped,
+    }
+    rows = [
+        (n, len(c.members), f"{c.cohesion:.3f}", found.faces[c.representative].file)
+        for n, c in enumerate(result.clusters[:50])
+    ]
+    view = table(
+        f"{len(result.clusters)} clusters, {len(result.alone)} faces alone, of {len(found.faces)} "
+        f"faces in {found.photos} photos ({len(found.without_face)} without a face); edges at "
+        f"cosine >= {threshold:.3f} (FAR {far:g})",
+        ("cluster", "faces", "cohesion", "representative"),
+        rows,
+    )
+    emit(args, payload, view)
+    return 0

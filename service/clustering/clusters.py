@@ -1,0 +1,144 @@
+"""From faces to people: the k-NN graph at a calibrated threshold, clustered, then described.
+
+The edge threshold is the recognizer's calibrated cosine for a false-accept rate
+(``threshold_for_far``): the user picks how often two strangers may be linked, not a cosine.
+Each cluster reports its members (file, box, quality, similarity to the cluster's centre: the
+normalised mean of its embeddings), a representative face (the member with the best similarity
+x quality) and its cohesion (the mean similarity to the centre). Faces in no cluster of two or
+more are ``alone``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.clustering.algorithms import create
+from service.clustering.faces import FoundFace
+from service.gallery.neighbours import knn_graph
+
+#: the FAR the edges are drawn at unless the caller says otherwise (docs/benchmarks.md,
+#: "Clustering": the best BCubed F on LFW, CelebA-299 and Glint-24 together)
+DEFAULT_FAR = 1e-4
+#: neighbours per face in the graph
+DEFAULT_NEIGHBOURS = 30
+
+
+@dataclass(frozen=True)
+class Member:
+    """One face of a cluster."""
+
+    face: int
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One person, as far as the embeddings tell."""
+
+    members: list[Member]
+    representative: int
+    cohesion: float
+    centre: np.ndarray = field(repr=False)
+
+    @property
+    def faces(self) -> list[int]:
+        """The members' face numbers."""
+        return [m.face for m in self.members]
+
+
+@dataclass
+class Clustering:
+    """The clusters (largest first), the faces left alone, and how they were made."""
+
+    faces: list[FoundFace]
+    clusters: list[Cluster]
+    alone: list[int]
+    labels: np.ndarray
+    threshold: float
+    far: float | None
+    algorithm: str
+    edges: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: what ``marginface cluster --json`` prints and the cluster job stores."""
+
+        def face(i: int, similarity: float | None = None) -> dict[str, Any]:
+            f = self.faces[i]
+            out: dict[str, Any] = {
+                "face": i,
+                "file": f.file,
+                "box": [round(v, 1) for v in f.box],
+                "quality": f.quality,
+            }
+            if similarity is not None:
+                out["similarity"] = round(similarity, 4)
+            return out
+
+        return {
+            "faces": len(self.faces),
+            "clusters": [
+                {
+                    "cluster": n,
+                    "size": len(c.members),
+                    "cohesion": round(c.cohesion, 4),
+                    "representative": face(c.representative),
+                    "members": [face(m.face, m.similarity) for m in c.members],
+                }
+                for n, c in enumerate(self.clusters)
+            ],
+            "alone": [face(i) for i in self.alone],
+            "threshold": round(self.threshold, 6),
+            "far": self.far,
+            "algorithm": self.algorithm,
+            "edges": self.edges,
+        }
+
+
+def describe(faces: list[FoundFace], embeddings: np.ndarray, members: list[int]) -> Cluster:
+    """A cluster's centre, members by similarity to it, representative and cohesion."""
+    vectors = embeddings[members]
+    centre = vectors.mean(axis=0)
+    centre /= max(float(np.linalg.norm(centre)), 1e-12)
+    sims = vectors @ centre
+    order = np.argsort(-sims, kind="stable")
+    ranked = [Member(members[i], float(sims[i])) for i in order]
+    merit = [float(sims[i]) * faces[members[i]].quality for i in range(len(members))]
+    return Cluster(
+        members=ranked,
+        representative=members[int(np.argmax(merit))],
+        cohesion=float(sims.mean()),
+        centre=centre.astype(np.float32),
+    )
+
+
+def cluster_faces(
+    faces: list[FoundFace],
+    *,
+    threshold: float,
+    far: float | None = None,
+    algorithm: str = "chinese-whispers",
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    seed: int = 0,
+) -> Clustering:
+    """Cluster ``faces`` on their embeddings (edges at cosine >= ``threshold``)."""
+    if not faces:
+        return Clustering([], [], [], np.zeros(0, np.int64), threshold, far, algorithm, 0)
+    embeddings = np.stack([f.embedding for f in faces]).astype(np.float32)
+    graph = knn_graph(embeddings, k=neighbours, threshold=threshold)
+    labels = create(algorithm)(graph, seed)
+    groups: dict[int, list[int]] = {}
+    for i, label in enumerate(labels.tolist()):
+        groups.setdefault(label, []).append(i)
+    clusters, alone = [], []
+    for members in groups.values():
+        if len(members) == 1:
+            alone.append(members[0])
+        else:
+            clusters.append(describe(faces, embeddings, members))
+    clusters.sort(key=lambda c: (-len(c.members), c.members[0].face))
+    return Clustering(
+        faces, clusters, sorted(alone), labels, threshold, far, algorithm, graph.edges
+    )

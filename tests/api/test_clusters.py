@@ -1,0 +1,209 @@
+"""Cluster jobs through the real API: photos in, people out, named into the gallery, and
+nothing left on disk once the job is deleted or expires."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.vision.pipeline import FacePipeline
+from tests.conftest import API_KEY, DATA, make_settings
+
+LFW = DATA / "lfw" / "images"
+PEOPLE = ["Colin_Powell", "Tony_Blair", "Serena_Williams"]
+PER_PERSON = 5
+
+
+def pile() -> tuple[bytes, dict[str, str]]:
+    """A zip of the three people's photos in one folder under meaningless names (nothing may
+    be learnt from the layout), and who is on each file; each person's photo number
+    PER_PERSON + 1 is held back."""
+    buf, owner = io.BytesIO(), {}
+    with zipfile.ZipFile(buf, "w") as zf:
+        n = 0
+        for k in range(PER_PERSON):
+            for person in PEOPLE:
+                name = f"pile/IMG_{n:04d}.jpg"
+                zf.write(LFW / person / f"{person}_{k + 1:04d}.jpg", name)
+                owner[name] = person
+                n += 1
+    return buf.getvalue(), owner
+
+
+def held_back(person: str) -> bytes:
+    return (LFW / person / f"{person}_{PER_PERSON + 1:04d}.jpg").read_bytes()
+
+
+@pytest.fixture
+def work_dir(tmp_path: Path) -> Path:
+    return tmp_path / "jobs"
+
+
+@pytest.fixture
+def cluster_client(tmp_path: Path, work_dir: Path, pipeline: FacePipeline) -> Iterator[TestClient]:
+    settings = make_settings(tmp_path, jobs={"work_dir": work_dir})
+    app = create_app(settings, pipeline=pipeline)
+    with TestClient(app, headers={"X-API-Key": API_KEY}, raise_server_exceptions=False) as c:
+        yield c
+
+
+def finished(client: TestClient, job_id: str) -> dict:
+    deadline = time.monotonic() + 180
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+def submit(client: TestClient, data: bytes, **form: str) -> dict:
+    r = client.post(
+        "/v1/jobs/cluster", files={"archive": ("pile.zip", data, "application/zip")}, data=form
+    )
+    assert r.status_code == 202, r.text
+    job = finished(client, r.json()["id"])
+    assert job["status"] == "succeeded" and job["kind"] == "cluster", job
+    return job
+
+
+def files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and p.name != ".owner"]
+
+
+def test_three_people_cluster_into_three_subjects_that_identify_held_back_photos(
+    cluster_client: TestClient,
+) -> None:
+    client = cluster_client
+    data, owner = pile()
+    job = submit(client, data)
+    assert job["summary"]["photos"] == len(owner)
+    view = client.get(f"/v1/jobs/{job['id']}/clusters").json()
+    big = [c for c in view["clusters"] if c["size"] >= 3]
+    assert len(big) == 3, [(c["size"], c["representative"]["file"]) for c in view["clusters"]]
+    for cluster in big:
+        people = {owner[m["file"]] for m in cluster["members"]}
+        assert len(people) == 1, people  # each cluster is one person
+        person = people.pop()
+        assert cluster["size"] >= PER_PERSON - 1
+        r = client.post(
+            f"/v1/jobs/{job['id']}/clusters/{cluster['cluster']}/subject",
+            json={"subject_id": person, "name": person.replace("_", " ")},
+        )
+        assert r.status_code == 200, r.text
+        assert len(r.json()["face_ids"]) == cluster["size"]
+    assert client.get("/readyz").json()["gallery"]["subjects"] == 3
+    for person in PEOPLE:
+        r = client.post(
+            "/v1/identify", files={"image": ("probe.jpg", held_back(person), "image/jpeg")}
+        )
+        assert r.status_code == 200, r.text
+        best = r.json()["faces"][0]
+        assert best["match"] is not None and best["match"]["subject_id"] == person, best
+    named = client.get(f"/v1/jobs/{job['id']}/clusters").json()["clusters"]
+    assert {c["subject_id"] for c in named if c["size"] >= 3} == set(PEOPLE)
+
+
+def test_merge_and_remove_a_face_before_naming(cluster_client: TestClient) -> None:
+    client = cluster_client
+    data, _ = pile()
+    job = submit(client, data)
+    base = f"/v1/jobs/{job['id']}/clusters"
+    first, second = client.get(base).json()["clusters"][:2]
+    merged = client.post(
+        f"{base}/merge", json={"into": first["cluster"], "other": second["cluster"]}
+    )
+    assert merged.status_code == 200 and merged.json()["size"] == first["size"] + second["size"]
+    gone = client.post(f"{base}/merge", json={"into": first["cluster"], "other": second["cluster"]})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "cluster_not_found"
+    wrong = second["members"][0]["face"]
+    left = client.delete(f"{base}/{first['cluster']}/faces/{wrong}")
+    assert left.status_code == 200 and left.json()["size"] == merged.json()["size"] - 1
+    assert wrong in {f["face"] for f in client.get(base).json()["alone"]}
+    named = client.post(f"{base}/{first['cluster']}/subject", json={"subject_id": "mixed"})
+    assert named.status_code == 200 and len(named.json()["face_ids"]) == left.json()["size"]
+    faces = client.get("/v1/subjects/mixed/faces").json()
+    assert len(faces) == left.json()["size"]
+
+
+def test_bad_cluster_requests_are_4xx_with_stable_codes(cluster_client: TestClient) -> None:
+    client = cluster_client
+    photo = (LFW / "Colin_Powell/Colin_Powell_0001.jpg").read_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.jpg", photo)
+    too_strict = client.post(
+        "/v1/jobs/cluster",
+        files={"archive": ("a.zip", buf.getvalue(), "application/zip")},
+        data={"far": "1e-12"},
+    )
+    assert too_strict.status_code == 422, too_strict.text
+    neither = client.post("/v1/jobs/cluster")
+    assert neither.status_code == 422
+    assert client.get("/v1/jobs/nope/clusters").json()["error"]["code"] == "job_not_found"
+    job = submit(client, buf.getvalue())
+    base = f"/v1/jobs/{job['id']}/clusters"
+    assert client.post(f"{base}/99/subject", json={"subject_id": "x"}).status_code == 404
+    bad_id = client.post(f"{base}/0/subject", json={"subject_id": "../etc"})
+    assert bad_id.status_code == 422
+    assert client.get(f"/v1/jobs/{job['id']}/faces/999.jpg").status_code == 404
+    index = client.post(
+        "/v1/jobs/index", files={"archive": ("a.zip", buf.getvalue(), "application/zip")}
+    ).json()
+    finished(client, index["id"])
+    not_cluster = client.get(f"/v1/jobs/{index['id']}/clusters")
+    assert not_cluster.status_code == 409
+    assert not_cluster.json()["error"]["code"] == "job_not_finished"
+
+
+def test_deleting_a_cluster_job_leaves_no_photo_crop_or_embedding(
+    cluster_client: TestClient, work_dir: Path
+) -> None:
+    client = cluster_client
+    data, _ = pile()
+    job = submit(client, data)
+    kept = files_under(work_dir)
+    assert kept and all(p.parent.name == "faces" and p.suffix == ".jpg" for p in kept), kept
+    assert not any(p.name.startswith("IMG_") for p in kept)  # the photos went once read
+    thumb = client.get(f"/v1/jobs/{job['id']}/faces/0.jpg")
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    assert client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert files_under(work_dir) == []
+    assert client.get(f"/v1/jobs/{job['id']}/clusters").status_code == 404
+    assert client.get(f"/v1/jobs/{job['id']}/faces/0.jpg").status_code == 404
+    assert client.get("/readyz").json()["gallery"]["faces"] == 0
+
+
+def test_a_cluster_job_expires_with_its_thumbnails(tmp_path: Path, pipeline: FacePipeline) -> None:
+    work_dir = tmp_path / "jobs"
+    settings = make_settings(tmp_path, jobs={"work_dir": work_dir, "cluster_ttl_s": 1.0})
+    with TestClient(
+        create_app(settings, pipeline=pipeline), headers={"X-API-Key": API_KEY}
+    ) as client:
+        data, _ = pile()
+        job = submit(client, data)
+        assert files_under(work_dir)
+        time.sleep(1.5)
+        assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
+        assert files_under(work_dir) == []
+
+
+def test_stopping_the_service_erases_its_cluster_jobs(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    work_dir = tmp_path / "jobs"
+    settings = make_settings(tmp_path, jobs={"work_dir": work_dir})
+    with TestClient(
+        create_app(settings, pipeline=pipeline), headers={"X-API-Key": API_KEY}
+    ) as client:
+        data, _ = pile()
+        submit(client, data)
+        assert files_under(work_dir)
+    assert files_under(work_dir) == []  # a restart forgets jobs: their thumbnails go at stop
