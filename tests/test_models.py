@@ -16,6 +16,7 @@ from PIL import Image
 from service.errors import ModelError
 from service.graphs import _dequantize, clean_sface
 from service.models import (
+    DerivedSource,
     PackageSource,
     fetch_model,
     list_models,
@@ -39,6 +40,9 @@ def test_default_manifests_are_complete() -> None:
     assert rec.thresholds is not None and -1 <= rec.thresholds.cosine <= 1
     assert names["retinaface-mnet025"].input.mean == (104.0, 117.0, 127.0)
     for m in names.values():  # trained models: their data's licence, and how they were made
+        if isinstance(m.source, DerivedSource):  # derived at fetch time from a registered one
+            assert m.source.base in names and "CelebA" in m.licence
+            continue
         if not isinstance(m.source, PackageSource):
             assert m.training is not None and m.licence
             assert (MODELS / m.name / "MODEL_CARD.md").is_file()
@@ -126,3 +130,34 @@ def test_the_served_sface_computes_what_the_cleaned_one_does_on_real_faces() -> 
     ]
     assert not any(n.op_type == "PRelu" for n in onnx.load_from_string(fast_sface(raw)).graph.node)
     assert np.abs(runs[0] - runs[1]).max() <= 1e-5
+
+
+def test_the_int8_recognizer_is_derived_reproducibly_and_agrees_with_fp32(tmp_path: Path) -> None:
+    import json
+
+    from service.models import load_manifest
+    from service.vision.embedding import Embedder
+    from service.vision.image import decode_image
+
+    registry = tmp_path / "models"
+    registry.mkdir()
+    for name in ("sface-2021dec", "retinaface-mnet025"):
+        (registry / name).symlink_to(MODELS / name)
+    target = registry / "sface-2021dec-int8"
+    target.mkdir()
+    manifest = json.loads((MODELS / "sface-2021dec-int8" / "manifest.json").read_text())
+    manifest["source"]["calibration_labels"] = str(DATA / "celeba299" / "labels.csv")
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    derived, wrote = fetch_model(target, MODELS / ".cache")  # raises unless the sha256 matches
+    assert wrote and derived.sha256 == manifest["sha256"]
+    crops = [
+        decode_image(p.read_bytes())
+        for p in sorted((DATA / "glint24_aligned").glob("*/*.jpg"))[::40]
+    ]
+    base = load_manifest(MODELS / "sface-2021dec")
+    fp32 = Embedder(base, MODELS / "sface-2021dec" / base.file, device="cpu").embed(crops)
+    int8 = Embedder(derived, target / derived.file, device="cpu").embed(crops)
+    agreement = (fp32 * int8).sum(axis=1)
+    assert agreement.mean() > 0.97 and agreement.min() > 0.9, agreement
+    # the structure a gallery relies on survives: pairwise cosines move by little
+    assert np.abs(fp32 @ fp32.T - int8 @ int8.T).mean() < 0.03

@@ -12,6 +12,11 @@ def register(sub: Subcommands) -> None:
     models = sub.add_parser("models", help="the model registry")
     msub = models.add_subparsers(dest="models_command", required=True)
     fetch = msub.add_parser("fetch", help="fetch pinned weights")
+    fetch.add_argument(
+        "--derived",
+        action="store_true",
+        help="also build the derived models (int8: needs their calibration photos)",
+    )
     fetch.set_defaults(func=cmd_models_fetch)
     listing = msub.add_parser("list", help="list models")
     listing.set_defaults(func=cmd_models_list)
@@ -24,7 +29,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     from service.models import fetch_all
 
     settings = settings_from(args)
-    results = fetch_all(settings.models_dir)
+    results = fetch_all(settings.models_dir, derived=args.derived)
     payload = {
         "models": [
             {

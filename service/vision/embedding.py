@@ -67,7 +67,7 @@ class Embedder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) unit vectors and (N,) feature norms before normalisation (of the unflipped
         crop: what the face quality and validity are measured on)."""
-        batch = self._prepare(crops)
+        batch = self.prepare(crops)
         if len(batch) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32), np.zeros(0, np.float32)
         feats = self._run(batch)
@@ -81,8 +81,9 @@ class Embedder:
         vectors, norms = self.embed_with_norms(crops)
         return np.hstack([vectors, norms[:, None]])
 
-    def _prepare(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
-        """Resize any off-size crop and build the normalised NCHW tensor."""
+    def prepare(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """Resize any off-size crop and build the normalised NCHW tensor (also what int8
+        calibration feeds: ``service.quantize``)."""
         w, h = self.input_size
         sized = [
             c if c.shape[:2] == (h, w) else cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA)
