@@ -87,6 +87,12 @@ class GallerySettings(Section):
     search_params: str = Field(
         "", description="FAISS search parameters, e.g. 'nprobe=32' (IVF) or 'efSearch=128'"
     )
+    exact_below: int = Field(
+        0,
+        ge=0,
+        description="search exactly until the gallery holds this many faces, then switch to "
+        "index_factory (built off the request path); 0: as soon as the factory can train",
+    )
     use_gpu: bool = Field(False, description="search on the GPU when faiss-gpu is installed")
     backend: str = Field(
         "embedded",

@@ -95,6 +95,7 @@ def _open_embedded(
         index_factory=settings.index_factory,
         search_params=settings.search_params,
         use_gpu=settings.use_gpu,
+        exact_below=settings.exact_below,
         verify_on_start=settings.verify_on_start,
         reserve_bytes=settings.erasure_reserve_bytes,
     )

@@ -57,6 +57,7 @@ class EmbeddedBackend(StoreWithIndex):
         index_factory: str = "Flat",
         search_params: str = "",
         use_gpu: bool = False,
+        exact_below: int = 0,
         verify_on_start: bool = True,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> None:
@@ -64,10 +65,8 @@ class EmbeddedBackend(StoreWithIndex):
         self.directory = directory
         self._reserve = DiskReserve(directory / RESERVE_FILE, reserve_bytes)
         self._lock = threading.RLock()
-        self._factory = (index_factory, search_params, use_gpu)
-        self.index = VectorIndex(
-            embedding_dim, index_factory, search_params=search_params, use_gpu=use_gpu
-        )
+        self._factory = (index_factory, search_params, use_gpu, exact_below)
+        self.index = self._new_index(embedding_dim)
         self._index_path = directory / INDEX_FILE
         self._stale = False  # the index missed a write or cannot be trusted: rebuild, never save
         self._dirty = False  # changed since the last save
@@ -87,6 +86,12 @@ class EmbeddedBackend(StoreWithIndex):
         except BaseException:
             self.store.close()
             raise
+
+    def _new_index(self, embedding_dim: int) -> VectorIndex:
+        factory, params, use_gpu, exact_below = self._factory
+        return VectorIndex(
+            embedding_dim, factory, search_params=params, use_gpu=use_gpu, exact_below=exact_below
+        )
 
     def _open_store(self, directory: Path, model_id: str, embedding_dim: int) -> SqliteStore:
         """Open SQLite; on a full disk, give back the reserve first (the service must start)."""
@@ -220,8 +225,7 @@ class EmbeddedBackend(StoreWithIndex):
                 ids, vectors, _ = reader.all_embeddings()
             finally:
                 reader.close()
-            factory, params, use_gpu = self._factory
-            fresh = VectorIndex(self.embedding_dim, factory, search_params=params, use_gpu=use_gpu)
+            fresh = self._new_index(self.embedding_dim)
             fresh.rebuild(ids, vectors)  # the slow part (training), outside the lock
             fresh.upload()  # the device copy too, when searching on a GPU
             with self._lock:
@@ -375,6 +379,7 @@ def embedded_gallery(
     index_factory: str = "Flat",
     search_params: str = "",
     use_gpu: bool = False,
+    exact_below: int = 0,
     images: ImageVault | None = None,
 ) -> Gallery:
     """A single-process gallery (SQLite and a FAISS index file in ``directory``) without
@@ -387,5 +392,6 @@ def embedded_gallery(
         index_factory=index_factory,
         search_params=search_params,
         use_gpu=use_gpu,
+        exact_below=exact_below,
     )
     return Gallery(backend, images=images)

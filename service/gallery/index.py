@@ -90,18 +90,28 @@ class VectorIndex:
       request path drops them; while any are masked the index is never written to disk.
 
     A factory that needs training (IVF, PQ) searches exactly until it has enough vectors to
-    train (``min_train_size``); ``wants_rebuild`` then asks for a build from the store. With
+    train (``min_train_size``), and any factory until the gallery holds ``exact_below`` faces
+    (the size-based switch); ``wants_rebuild`` then asks for a build from the store. With
     ``use_gpu`` (and faiss-gpu) searches run on one device copy, uploaded once and kept: adds go
     to it as well, deleted ids are masked until a fresh upload (off the request path) drops them.
     """
 
     def __init__(
-        self, dim: int, factory: str = "Flat", *, search_params: str = "", use_gpu: bool = False
+        self,
+        dim: int,
+        factory: str = "Flat",
+        *,
+        search_params: str = "",
+        use_gpu: bool = False,
+        exact_below: int = 0,
     ) -> None:
         self.dim = dim
         self.factory = factory
         self.search_params = search_params
-        self.min_train = min_train_size(factory)
+        # exact search until the gallery is big enough to need the factory (``exact_below``)
+        # and to train it: a small gallery loses no recall and little time to brute force
+        floor = exact_below if factory != "Flat" else 0
+        self.min_train = max(min_train_size(factory), floor)
         self.active_factory = factory if self.min_train == 0 else "Flat"
         self.use_gpu = use_gpu and gpu_available()
         if use_gpu and not self.use_gpu:
@@ -158,7 +168,7 @@ class VectorIndex:
         """The factory in use, and why if it is not the configured one."""
         if self.active_factory == self.factory:
             return self.factory
-        return f"{self.active_factory} (exact until {self.min_train} faces train {self.factory})"
+        return f"{self.active_factory} (exact until {self.min_train} faces, then {self.factory})"
 
     def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Replace the contents with exactly these vectors (training the index when it needs

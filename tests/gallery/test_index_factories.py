@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
+from service.gallery import Gallery
 from service.gallery.embedded import embedded_gallery
 from service.gallery.index import VectorIndex, min_train_size
 from tests.backends import assert_index_equals_store
@@ -99,3 +100,38 @@ def test_device_copy_search_maps_positions_to_face_ids(
     assert found[0, 0] == 5000 and found[3, 0] not in (1003,) and found[9, 0] == 1009
     index.use_gpu = False
     np.testing.assert_array_equal(index.search(vecs[:10], 1)[1], found)
+
+
+def test_the_size_switch_keeps_every_face_searchable(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    vecs = unit(rng, 260)
+
+    def open_it() -> Gallery:
+        return embedded_gallery(
+            tmp_path, model_id=MODEL, embedding_dim=DIM, index_factory="HNSW16", exact_below=150
+        )
+
+    def all_found(g: Gallery, n: int) -> None:
+        ids = {int(f.id): i for i, f in enumerate(g.list_faces("s"))}
+        scores, found = g.backend.index.search(vecs[:n], 1)  # type: ignore[attr-defined]
+        assert (scores[:, 0] > 0.999).all()
+        assert sorted(ids[int(f)] for f in found[:, 0]) == list(range(n))
+
+    g = open_it()
+    g.create_subject("s", "S", {})
+    g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[:100])], model_id=MODEL)
+    assert g.backend.index.active_factory == "Flat"  # type: ignore[attr-defined]
+    assert "exact until 150 faces, then HNSW16" in g.stats()["index_factory"]
+    all_found(g, 100)
+    g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[100:200], 100)], model_id=MODEL)
+    all_found(g, 200)  # the live (exact) index answers while the HNSW is built beside it
+    assert g.wait_until_indexed(timeout_s=30)
+    assert g.backend.index.active_factory == "HNSW16"  # type: ignore[attr-defined]
+    g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[200:], 200)], model_id=MODEL)
+    all_found(g, 260)
+    assert_index_equals_store(g)
+    g.close()
+    again = open_it()
+    assert again.backend.index.active_factory == "HNSW16"  # type: ignore[attr-defined]
+    all_found(again, 260)
+    again.close()
