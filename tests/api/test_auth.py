@@ -35,6 +35,13 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/model"): "read",
     ("POST", "/v1/jobs/index"): "admin",
     ("GET", "/v1/jobs/{job_id}"): "admin",
+    ("DELETE", "/v1/jobs/{job_id}"): "admin",
+    ("POST", "/v1/jobs/cluster"): "admin",
+    ("GET", "/v1/jobs/{job_id}/clusters"): "admin",
+    ("GET", "/v1/jobs/{job_id}/faces/{face}.jpg"): "admin",
+    ("POST", "/v1/jobs/{job_id}/clusters/merge"): "admin",
+    ("DELETE", "/v1/jobs/{job_id}/clusters/{cluster}/faces/{face}"): "admin",
+    ("POST", "/v1/jobs/{job_id}/clusters/{cluster}/subject"): "admin",
     ("GET", "/v1/jobs"): "admin",
     ("GET", "/v1/gallery/export"): "admin",
 }
@@ -61,7 +68,7 @@ def routes(client: TestClient) -> set[tuple[str, str]]:
 
 def call(client: TestClient, method: str, path: str, key: str | None):  # type: ignore[no-untyped-def]
     url = path.replace("{subject_id}", "someone").replace("{face_id}", "1")
-    url = url.replace("{job_id}", "0")
+    url = url.replace("{job_id}", "0").replace("{cluster}", "0").replace("{face}", "0")
     headers = {"X-API-Key": key} if key is not None else {}
     return client.request(method, url, headers=headers)
 
