@@ -148,7 +148,23 @@ class PipelineWorker:
     def start(settings: Settings) -> None:
         from service.recognition import build_pipeline
 
+        PipelineWorker.watch_parent()
         PipelineWorker.pipeline = build_pipeline(settings, batching=False)
+
+    @staticmethod
+    def watch_parent(every_s: float = 0.5) -> None:
+        """Exit when the parent is gone: a SIGKILLed indexer must not leave workers holding
+        models and photos (ProcessPoolExecutor's workers would wait on their queue forever)."""
+        import os
+
+        parent = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(every_s)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def analysis_pool(settings: Settings, *, processes: int, threads: int) -> Executor:

@@ -158,6 +158,35 @@ def faces_in(gallery: Path) -> int:
         return 0
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    out: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            text = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+        except OSError:
+            continue
+        kids = [int(k) for k in text.split()]
+        out += kids
+        pending += kids
+    return out
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (zombies count as gone)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
+
+
 @pytest.mark.slow
 def test_sigkill_halfway_then_rerun_equals_one_clean_run(tmp_path: Path) -> None:
     root = tmp_path / "people"
@@ -177,8 +206,14 @@ def test_sigkill_halfway_then_rerun_equals_one_clean_run(tmp_path: Path) -> None
     while faces_in(killed) < 20:  # a few committed batches, far from done
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
+    workers = descendants(proc.pid)
+    assert workers  # the default: worker processes
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while alive(workers):  # they die with their parent, models and photos with them
+        assert time.monotonic() < deadline, f"workers outlived a SIGKILLed index: {alive(workers)}"
+        time.sleep(0.1)
     partial = faces_in(killed)
     assert 20 <= partial < summary["enrolled"]
 
