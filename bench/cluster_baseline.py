@@ -100,7 +100,7 @@ def main() -> None:
     """Cluster LFW both ways; print one JSON document."""
     import dlib  # type: ignore[import-not-found]
 
-    from service.clustering import DEFAULT_FAR, cluster_faces, score_clustering
+    from service.clustering import DEFAULT_FAR, cluster_faces, edge_threshold, score_clustering
     from service.clustering.faces import FoundFace
     from service.models import load_manifest
 
@@ -114,10 +114,8 @@ def main() -> None:
     ours = load("lfw", args.processes)
     theirs = face_recognition_lfw(args.processes)
 
-    from service.calibration import threshold_for_far
-
     manifest = load_manifest(ROOT / "models" / "sface-2021dec")
-    threshold, far = threshold_for_far(manifest.calibration, args.far)
+    threshold, far = edge_threshold(manifest.calibration, args.far, len(ours["emb"]))
     faces = [
         FoundFace(str(f), (0, 0, 0, 0), 1.0, e)
         for f, e in zip(ours["files"], ours["emb"], strict=True)

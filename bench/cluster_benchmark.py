@@ -12,8 +12,10 @@ of each photo of LFW, CelebA-299 and Glint-24):
 - average-linkage agglomerative clustering, cosine, cut at 1 - threshold (all pairs).
 
 The graph methods and DBSCAN and agglomerative clustering use the calibrated cosine at FAR
-1e-3, 1e-4 and 1e-5 (``models/sface-2021dec/manifest.json``). Scores: pairwise and BCubed
-precision, recall and F (``service.clustering.scores``), and the number of clusters.
+1e-3, 1e-4, 1e-5 and 1e-6 (``models/sface-2021dec/manifest.json``), and the default path also
+at the automatic FAR (0.1 / the number of faces: ``service.clustering.auto_far``). Scores:
+pairwise and BCubed precision, recall and F (``service.clustering.scores``), and the number of
+clusters.
 
 Scale: synthetic embeddings from a two-covariance identity model fitted on those real
 embeddings (``bench/realistic_gallery.IdentityModel``: identity centres and faces drawn with
@@ -42,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.cluster_faces import SETS, load  # noqa: E402
 
-FARS = (1e-3, 1e-4, 1e-5)
+FARS = (1e-3, 1e-4, 1e-5, 1e-6)
 METHODS = ("chinese-whispers", "connected-components", "dbscan", "agglomerative", "hdbscan")
 
 
@@ -113,14 +115,24 @@ def compare(sets: list[str]) -> list[dict[str, Any]]:
                 row["cpu_seconds"] = round(time.process_time() - c0, 2)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
+        from service.clustering import edge_threshold
+        from service.models import load_manifest
+
+        calibration = load_manifest(ROOT / "models" / "sface-2021dec").calibration
+        threshold, far = edge_threshold(calibration, None, len(emb))
+        labels = run_method("chinese-whispers", emb, threshold)
+        row = {"set": name, "method": "chinese-whispers (auto FAR, the default)", "far": far}
+        rows.append(row | score_clustering(labels, truth).to_dict())
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
 def scale_run(size: int) -> dict[str, Any]:
     """In this (fresh) process: synthesise ``size`` faces, cluster them the default way."""
     from bench.realistic_gallery import IdentityModel
-    from service.clustering import DEFAULT_FAR, cluster_faces, score_clustering
+    from service.clustering import cluster_faces, edge_threshold, score_clustering
     from service.clustering.faces import FoundFace
+    from service.models import load_manifest
 
     parts = [load(name) for name in SETS]
     emb = np.concatenate([p["emb"] for p in parts]).astype(np.float32)
@@ -133,9 +145,10 @@ def scale_run(size: int) -> dict[str, Any]:
     truth = np.arange(size) // per
     del emb, parts
     faces = [FoundFace("", (0.0, 0.0, 0.0, 0.0), 1.0, v) for v in fake]
-    threshold = thresholds()[DEFAULT_FAR]
+    calibration = load_manifest(ROOT / "models" / "sface-2021dec").calibration
     t0, c0 = time.perf_counter(), time.process_time()
-    result = cluster_faces(faces, threshold=threshold, far=DEFAULT_FAR)
+    threshold, far = edge_threshold(calibration, None, len(faces))
+    result = cluster_faces(faces, threshold=threshold, far=far)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     scores = score_clustering(result.labels, truth).to_dict()
     return {
@@ -145,6 +158,7 @@ def scale_run(size: int) -> dict[str, Any]:
         "cpu_seconds": round(cpu, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "edges": result.edges,
+        "far": far,
         "fitted_on": {"identities": model.identities, "faces": model.faces},
         **{k: scores[k] for k in ("clusters", "bcubed_f", "pairwise_f1")},
     }

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from service.clustering import cluster_faces, find_faces
+from service.clustering import cluster_faces, edge_threshold, find_faces
 from service.clustering.work import ClusterWork
 from service.errors import JobNotFinished, JobNotFound
 from service.indexer import BatchIndexer
@@ -114,8 +114,7 @@ class Job:
     root: Path
     folder: WorkFolder | None = None  # removed when the job ends (a cluster job: when forgotten)
     kind: JobKind = "index"
-    threshold: float = 0.0  # cluster jobs: the edge threshold and the FAR it came from
-    far: float | None = None
+    far: float | None = None  # cluster jobs: the FAR asked for (None: by the number of faces)
     work: ClusterWork | None = None
     expires_at: float | None = None
     status: JobStatus = "queued"
@@ -215,18 +214,16 @@ class JobRunner:
         folder: WorkFolder | None = None,
         *,
         kind: JobKind = "index",
-        threshold: float = 0.0,
         far: float | None = None,
     ) -> Job:
         """Queue a tree for indexing (a folder per subject) or clustering (any tree of photos,
-        with edges at ``threshold``); ``folder``: its working folder."""
+        edges at the calibrated threshold for ``far``); ``folder``: its working folder."""
         job = Job(
             id=uuid.uuid4().hex,
             source=source,
             root=root,
             folder=folder,
             kind=kind,
-            threshold=threshold,
             far=far,
         )
         self.expire()
@@ -419,7 +416,9 @@ class JobRunner:
         if job.cancel.is_set():
             job.status = "cancelled"
             return
-        result = cluster_faces(found.faces, threshold=job.threshold, far=job.far)
+        calibration = indexer.pipeline.embedder.manifest.calibration
+        threshold, far = edge_threshold(calibration, job.far, len(found.faces))
+        result = cluster_faces(found.faces, threshold=threshold, far=far)
         thumbs = job.folder.path / "faces" if job.folder is not None else None
         job.work = ClusterWork.of(result, thumbs)
         job.summary = {
@@ -430,8 +429,8 @@ class JobRunner:
             "photos_without_face": len(found.without_face),
             "unreadable": len(found.unreadable),
             "skipped_links": len(found.skipped),
-            "threshold": round(job.threshold, 6),
-            "far": job.far,
+            "threshold": round(threshold, 6),
+            "far": far,
             "files": {"photos_without_face": found.without_face, "unreadable": found.unreadable},
         }
         job.status = "succeeded"

@@ -56,3 +56,19 @@ def test_chinese_whispers_is_not_fooled_by_one_bridge_that_joins_components() ->
 def test_an_unknown_algorithm_is_a_loud_error() -> None:
     with pytest.raises(KeyError, match="chinese-whispers"):
         create("k-means")
+
+
+def test_the_automatic_far_follows_the_number_of_faces() -> None:
+    from service.clustering import auto_far, edge_threshold
+    from service.errors import InvalidRequest
+    from service.models import load_manifest
+    from tests.conftest import ROOT
+
+    calibration = load_manifest(ROOT / "models" / "sface-2021dec").calibration
+    assert auto_far(10) == 1e-3 and auto_far(10_000) == pytest.approx(1e-5)
+    small, large = edge_threshold(calibration, None, 50), edge_threshold(calibration, None, 13_233)
+    assert small[1] == 1e-3 and large[1] == 1e-6 and large[0] > small[0]  # more faces: stricter
+    assert edge_threshold(calibration, None, 10**9)[1] == 1e-6  # never past the calibration
+    assert edge_threshold(calibration, 1e-4, 10**6)[1] == 1e-4  # a FAR asked for is kept
+    with pytest.raises(InvalidRequest):
+        edge_threshold(calibration, 1e-9, 100)

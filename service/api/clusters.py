@@ -30,16 +30,20 @@ def submit_cluster_job(
     archive: Annotated[UploadFile | None, File(description="zip of photos, any layout")] = None,
     path: Annotated[str | None, Form(description="a folder under an allowed root")] = None,
     far: Annotated[
-        float, Form(description="how often two strangers may be linked (calibrated)")
+        float | None,
+        Form(
+            description="how often two strangers may be linked (calibrated); default: 0.1 / "
+            "the number of faces"
+        ),
     ] = DEFAULT_FAR,
 ) -> JobOut:
     """Group every face of the photos into people; answers at once with a job to poll."""
-    calibration = state.recognition.recognizer.calibration
-    threshold, used_far = threshold_for_far(calibration, far)
+    if far is not None:  # refused now (422), not when the job runs
+        threshold_for_far(state.recognition.recognizer.calibration, far)
     source, root, folder = job_source(state, archive, path, "cluster")
     if folder is None and state.jobs.folders is not None:
         folder = state.jobs.folders.create("cluster")  # the thumbnails of a path job
-    job = state.jobs.submit(source, root, folder, kind="cluster", threshold=threshold, far=used_far)
+    job = state.jobs.submit(source, root, folder, kind="cluster", far=far)
     return JobOut(**job.to_dict())
 
 

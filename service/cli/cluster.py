@@ -19,8 +19,8 @@ def register(sub: Subcommands) -> None:
         "--far",
         type=float,
         default=DEFAULT_FAR,
-        help=f"how often two strangers may be linked, from the model's calibration (default "
-        f"{DEFAULT_FAR:g})",
+        help="how often two strangers may be linked, from the model's calibration (default: "
+        "0.1 / the number of faces, so about one false link per ten faces)",
     )
     p.add_argument(
         "--faces",
@@ -48,13 +48,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     from service.calibration import threshold_for_far
     from service.cli.common import with_recognizer
-    from service.clustering import cluster_faces, find_faces
+    from service.clustering import cluster_faces, edge_threshold, find_faces
     from service.recognition import build_pipeline
 
     root = existing(args.root)
     settings = with_recognizer(settings_from(args), args.model)
     pipeline = build_pipeline(settings, batching=False)
-    threshold, far = threshold_for_far(pipeline.embedder.manifest.calibration, args.far)
+    calibration = pipeline.embedder.manifest.calibration
+    if args.far is not None:
+        threshold_for_far(calibration, args.far)  # a FAR the calibration cannot give: refused now
     bar = tqdm(total=0, unit="img", desc="finding faces", disable=args.no_progress, file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
@@ -68,6 +70,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         pipeline.close()
+    threshold, far = edge_threshold(calibration, args.far, len(found.faces))
     result = cluster_faces(
         found.faces,
         threshold=threshold,

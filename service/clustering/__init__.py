@@ -8,7 +8,9 @@ from service.clustering.clusters import (
     DEFAULT_NEIGHBOURS,
     Cluster,
     Clustering,
+    auto_far,
     cluster_faces,
+    edge_threshold,
 )
 from service.clustering.faces import FoundFace, FoundFaces, find_faces
 from service.clustering.scores import ClusterScores, score_clustering
@@ -21,10 +23,12 @@ __all__ = [
     "Clustering",
     "FoundFace",
     "FoundFaces",
+    "auto_far",
     "available",
     "chinese_whispers",
     "cluster_faces",
     "create",
+    "edge_threshold",
     "find_faces",
     "register",
     "score_clustering",

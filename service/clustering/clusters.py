@@ -2,7 +2,8 @@
 
 The edge threshold is the recognizer's calibrated cosine for a false-accept rate
 (``threshold_for_far``): the user picks how often two strangers may be linked, not a cosine.
-Each cluster reports its members (file, box, quality, similarity to the cluster's centre: the
+With no FAR given, the FAR follows the number of faces (``auto_far``). Each cluster reports its
+members (file, box, quality, similarity to the cluster's centre: the
 normalised mean of its embeddings), a representative face (the member with the best similarity
 x quality) and its cohesion (the mean similarity to the centre). Faces in no cluster of two or
 more are ``alone``.
@@ -15,13 +16,20 @@ from typing import Any
 
 import numpy as np
 
+from service.calibration import threshold_for_far
 from service.clustering.algorithms import create
 from service.clustering.faces import FoundFace
 from service.gallery.neighbours import knn_graph
+from service.models import Calibration
 
-#: the FAR the edges are drawn at unless the caller says otherwise (docs/benchmarks.md,
-#: "Clustering": the best BCubed F on LFW, CelebA-299 and Glint-24 together)
-DEFAULT_FAR = 1e-4
+#: The FAR the edges are drawn at unless the caller says otherwise is set by the number of
+#: faces: each face is compared with every other, so a per-pair FAR f gives about n * f false
+#: links per face, which merge strangers. ``auto_far`` keeps that at AUTO_FALSE_LINKS_PER_FACE
+#: (a Bonferroni-style correction), within what the model's calibration supports; measured in
+#: docs/benchmarks.md, "Clustering" (a fixed 1e-4 over-merges LFW's 13,233 faces).
+AUTO_FALSE_LINKS_PER_FACE = 0.1
+LOOSEST_AUTO_FAR = 1e-3
+DEFAULT_FAR: float | None = None  # None: auto_far
 #: neighbours per face in the graph
 DEFAULT_NEIGHBOURS = 30
 
@@ -95,6 +103,25 @@ class Clustering:
             "algorithm": self.algorithm,
             "edges": self.edges,
         }
+
+
+def auto_far(faces: int) -> float:
+    """The per-pair FAR that allows about AUTO_FALSE_LINKS_PER_FACE false links per face."""
+    return min(LOOSEST_AUTO_FAR, AUTO_FALSE_LINKS_PER_FACE / max(faces, 1))
+
+
+def edge_threshold(
+    calibration: Calibration | None, far: float | None, faces: int
+) -> tuple[float, float]:
+    """(cosine, the calibrated FAR it comes from) for the edges: ``far`` as asked (the strictest
+    calibrated FAR at or below it; InvalidRequest below the calibration), or with None the
+    automatic one for ``faces``, clamped to the strictest FAR the calibration supports."""
+    if far is not None:
+        return threshold_for_far(calibration, far)
+    wanted = auto_far(faces)
+    if calibration is not None and calibration.thresholds_by_far:
+        wanted = max(wanted, min(float(k) for k in calibration.thresholds_by_far))
+    return threshold_for_far(calibration, wanted)
 
 
 def describe(faces: list[FoundFace], embeddings: np.ndarray, members: list[int]) -> Cluster:
