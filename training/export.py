@@ -73,8 +73,32 @@ def export_onnx(backbone: torch.nn.Module, path: Path, opset: int = 18) -> str:
                 dynamo=False,
             )
         exporter = "legacy"
+    _inline_weights(path)
     onnx.checker.check_model(onnx.load(str(path)))
     return exporter
+
+
+def _inline_weights(path: Path) -> None:
+    """One file: the dynamo exporter puts the weights of all but tiny models in a side file
+    (``<name>.onnx.data``) that the manifest's sha256, which names one file, would not cover."""
+    model = onnx.load(str(path))  # reads any external data into the tensors
+    sidecars = {
+        path.parent / entry.value
+        for tensor in model.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    sidecars |= set(path.parent.glob(path.name + ".data"))
+    if not sidecars:
+        return
+    from onnx.external_data_helper import convert_model_from_external_data
+
+    convert_model_from_external_data(model)
+    tmp = path.with_suffix(".onnx.part")
+    onnx.save_model(model, str(tmp), save_as_external_data=False)
+    tmp.replace(path)
+    for sidecar in sidecars:
+        sidecar.unlink(missing_ok=True)
 
 
 def parity_check(

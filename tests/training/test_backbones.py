@@ -44,3 +44,18 @@ def test_shapes_and_modes(name: str) -> None:
         a, b = model(x), model(x)
     assert torch.equal(a, b)  # eval is deterministic (no dropout, running BN stats)
     assert torch.isfinite(a).all()
+
+
+def test_an_exported_model_is_one_file_its_sha256_covers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """torch's dynamo exporter writes the weights of a model this size (6 MB) to a side file
+    (model.onnx.data) that the manifest's sha256 would not cover."""
+    import onnx
+
+    from training.export import export_onnx
+
+    model = create_backbone("iresnet18", embedding_dim=128, width=16)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert path.stat().st_size > 5_000_000  # the weights are in it
+    onnx.checker.check_model(onnx.load(str(path), load_external_data=False))
