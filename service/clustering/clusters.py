@@ -74,16 +74,7 @@ class Clustering:
         """JSON-ready: what ``marginface cluster --json`` prints and the cluster job stores."""
 
         def face(i: int, similarity: float | None = None) -> dict[str, Any]:
-            f = self.faces[i]
-            out: dict[str, Any] = {
-                "face": i,
-                "file": f.file,
-                "box": [round(v, 1) for v in f.box],
-                "quality": f.quality,
-            }
-            if similarity is not None:
-                out["similarity"] = round(similarity, 4)
-            return out
+            return face_view(self.faces, i, similarity)
 
         return {
             "faces": len(self.faces),
@@ -103,6 +94,20 @@ class Clustering:
             "algorithm": self.algorithm,
             "edges": self.edges,
         }
+
+
+def face_view(faces: list[FoundFace], i: int, similarity: float | None = None) -> dict[str, Any]:
+    """One face as the CLI and the API show it (``similarity``: to its cluster's centre)."""
+    f = faces[i]
+    out: dict[str, Any] = {
+        "face": i,
+        "file": f.file,
+        "box": [round(v, 1) for v in f.box],
+        "quality": f.quality,
+    }
+    if similarity is not None:
+        out["similarity"] = round(similarity, 4)
+    return out
 
 
 def auto_far(faces: int) -> float:

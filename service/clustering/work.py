@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from service.clustering.clusters import Clustering, describe
+from service.clustering.clusters import Clustering, describe, face_view
 from service.clustering.faces import FoundFace
 from service.errors import ClusterNotFound, InvalidRequest
 from service.gallery import Gallery, NewFace
@@ -82,16 +82,7 @@ class ClusterWork:
         }
 
     def _face(self, i: int, similarity: float | None = None) -> dict[str, Any]:
-        f = self.faces[i]
-        out: dict[str, Any] = {
-            "face": i,
-            "file": f.file,
-            "box": [round(v, 1) for v in f.box],
-            "quality": f.quality,
-        }
-        if similarity is not None:
-            out["similarity"] = round(similarity, 4)
-        return out
+        return face_view(self.faces, i, similarity)
 
     def view(self) -> dict[str, Any]:
         """Every cluster (largest first) and the faces alone."""
