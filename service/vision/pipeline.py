@@ -176,16 +176,23 @@ class FacePipeline:
         faces = self.embed_detections(image, self.detect(image, options))
         return [f for f in faces if f.quality is None or f.quality.valid]
 
-    def embed_detections(self, image: np.ndarray, detections: list[DetectedFace]) -> list[Face]:
+    def embed_detections(
+        self,
+        image: np.ndarray,
+        detections: list[DetectedFace],
+        opinion: SecondOpinion | None = None,
+    ) -> list[Face]:
         """Align and embed given detections in one batch, with their quality and validity
-        (invalid ones are kept here, marked; ``analyze`` drops them)."""
+        (invalid ones are kept here, marked; ``analyze`` drops them). ``opinion``: the image's
+        second detector, when the caller judges the image's detections in several calls."""
         if not detections:
             return []
         started = time.perf_counter()
         crops = [self.align(image, d.landmarks) for d in detections]
         self.timed("align", started)
         vectors, norms = self.embed_crops_with_norms(crops)
-        opinion = SecondOpinion(self.second_detector, image) if self.second_detector else None
+        if opinion is None and self.second_detector is not None:
+            opinion = SecondOpinion(self.second_detector, image)
         faces = []
         for d, crop, v, n in zip(detections, crops, vectors, norms, strict=True):
             quality = self._quality(d.landmarks, d.score, crop, float(n))
@@ -263,9 +270,9 @@ class FacePipeline:
         if not detections:
             raise NoFace("no face was found in the image")
         candidates = sorted(detections, key=lambda d: -d.area)[:CHOICE_CANDIDATES]
-        judged = self.embed_detections(image, candidates)
+        judged, unjudged = self._judge(image, candidates, everyone=policy == "reject")
         faces = [f for f in judged if f.quality is None or f.quality.valid]
-        found = len(faces) + len(detections) - len(candidates)
+        found = len(faces) + unjudged + len(detections) - len(candidates)
         refused = len(judged) - len(faces)
         if not faces:
             reason = judged[0].quality.validity_reason if judged[0].quality else None
@@ -280,12 +287,40 @@ class FacePipeline:
                 faces=found,
             )
         largest = max(f.area for f in faces)
+        return require_quality(
+            Chosen(max(faces, key=lambda f: merit(f, largest)), found, refused), min_quality
+        )
 
-        def merit(f: Face) -> float:
-            quality = f.quality.score if f.quality is not None else 1.0
-            return quality * (f.area / max(largest, 1e-9)) ** 0.5
+    def _judge(
+        self, image: np.ndarray, candidates: list[DetectedFace], *, everyone: bool
+    ) -> tuple[list[Face], int]:
+        """(embedded and judged candidates, how many were not needed). Candidates come largest
+        first; they are judged one at a time until one is a real face, whose area is then the
+        reference of ``merit``. A smaller candidate's merit is at most sqrt(area / reference)
+        (quality <= 1), so only those above the best merit so far are embedded, in one batch:
+        the choice is the same as judging all of them, for a fraction of the embeddings (LFW:
+        most photos hold a bystander). ``everyone``: judge all (the 'reject' policy counts
+        real faces)."""
+        if everyone:
+            return self.embed_detections(image, candidates), 0
+        judged: list[Face] = []
+        opinion = SecondOpinion(self.second_detector, image) if self.second_detector else None
+        for i, detection in enumerate(candidates):
+            face = self.embed_detections(image, [detection], opinion)[0]
+            judged.append(face)
+            if face.quality is None or face.quality.valid:
+                best = merit(face, face.area)
+                rest = candidates[i + 1 :]
+                hopeful = [d for d in rest if (d.area / max(face.area, 1e-9)) ** 0.5 > best]
+                judged += self.embed_detections(image, hopeful, opinion)
+                return judged, len(rest) - len(hopeful)
+        return judged, 0
 
-        return require_quality(Chosen(max(faces, key=merit), found, refused), min_quality)
+
+def merit(face: Face, largest: float) -> float:
+    """How much a face is the photo's main face: quality x sqrt(area / the largest real face's)."""
+    quality = face.quality.score if face.quality is not None else 1.0
+    return quality * (face.area / max(largest, 1e-9)) ** 0.5
 
 
 def require_quality(chosen: Chosen, min_quality: float) -> Chosen:

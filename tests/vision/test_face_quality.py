@@ -167,3 +167,34 @@ def test_a_sharp_face_wins_over_a_slightly_larger_blurred_one(pipeline: FacePipe
     chosen = pipeline.choose_face(canvas)
     assert chosen.faces_found >= 2  # LFW photos often hold a bystander at the edge too
     assert chosen.face.box[2] <= 250  # Powell, sharp, not Blair, larger but blurred
+
+
+def test_judging_fewer_candidates_chooses_what_judging_all_of_them_does(
+    pipeline: FacePipeline,
+) -> None:
+    """choose_face embeds a smaller candidate only when it could still win; the choice must be
+    the one the full rule (every one of the 5 largest judged) makes, on photos with bystanders,
+    a group photo and the composed dogs."""
+    from service.vision.pipeline import CHOICE_CANDIDATES, merit
+
+    photos = [
+        decode_image(p.read_bytes()) for p in sorted((DATA / "lfw/images").glob("*/*.jpg"))[::400]
+    ]
+    photos += [decode_image((DATA / "detection/insightface/t1.jpg").read_bytes())]
+    photos += [composed_dogs_and_face()[0]]
+    several = 0
+    for image in photos:
+        detections = pipeline.detect(image)
+        if not detections:
+            continue
+        everyone = pipeline.embed_detections(
+            image, sorted(detections, key=lambda d: -d.area)[:CHOICE_CANDIDATES]
+        )
+        real = [f for f in everyone if f.quality is None or f.quality.valid]
+        if not real:
+            continue
+        several += len(real) > 1
+        largest = max(f.area for f in real)
+        expected = max(real, key=lambda f: merit(f, largest))
+        assert pipeline.choose_face(image).face.box == expected.box
+    assert several >= 5  # the rule was tested where it has a choice to make
