@@ -258,9 +258,10 @@ class FacePipeline:
         """The one face to enroll or verify, and how many the image held.
 
         The rule: among the ``CHOICE_CANDIDATES`` largest detections, drop those refused as
-        non-faces, then take the face with the highest quality x sqrt(area / largest area):
-        the main face wins over a larger box that is blurred, turned away or not a face (the
-        policy's name, ``largest``, is kept for compatibility). Raises NoFace, MultipleFaces
+        non-faces, then take the face with the highest quality x sqrt(area / largest area) x
+        ``centrality``: the main face wins over a larger box that is blurred, turned away, not
+        a face, or a bystander at the edge of the frame (the policy's name, ``largest``, is
+        kept for compatibility). Raises NoFace, MultipleFaces
         when the policy is 'reject' and more than one real face is found, or LowQuality when
         the chosen face's quality is below ``min_quality`` (enrollment's floor: this is the one
         place it is enforced, for the API and bulk indexing alike)."""
@@ -287,9 +288,12 @@ class FacePipeline:
                 faces=found,
             )
         largest = max(f.area for f in faces)
-        return require_quality(
-            Chosen(max(faces, key=lambda f: merit(f, largest)), found, refused), min_quality
-        )
+        h, w = image.shape[:2]
+
+        def score(f: Face) -> float:
+            return merit(f, largest, centrality(f.box, w, h))
+
+        return require_quality(Chosen(max(faces, key=score), found, refused), min_quality)
 
     def _judge(
         self, image: np.ndarray, candidates: list[DetectedFace], *, everyone: bool
@@ -297,7 +301,8 @@ class FacePipeline:
         """(embedded and judged candidates, how many were not needed). Candidates come largest
         first; they are judged one at a time until one is a real face, whose area is then the
         reference of ``merit``. A smaller candidate's merit is at most sqrt(area / reference)
-        (quality <= 1), so only those above the best merit so far are embedded, in one batch:
+        (quality and centrality <= 1), so only those above the best merit so far are embedded,
+        in one batch:
         the choice is the same as judging all of them, for a fraction of the embeddings (LFW:
         most photos hold a bystander). ``everyone``: judge all (the 'reject' policy counts
         real faces)."""
@@ -309,7 +314,8 @@ class FacePipeline:
             face = self.embed_detections(image, [detection], opinion)[0]
             judged.append(face)
             if face.quality is None or face.quality.valid:
-                best = merit(face, face.area)
+                h, w = image.shape[:2]
+                best = merit(face, face.area, centrality(face.box, w, h))
                 rest = candidates[i + 1 :]
                 hopeful = [d for d in rest if (d.area / max(face.area, 1e-9)) ** 0.5 > best]
                 judged += self.embed_detections(image, hopeful, opinion)
@@ -317,10 +323,23 @@ class FacePipeline:
         return judged, 0
 
 
-def merit(face: Face, largest: float) -> float:
-    """How much a face is the photo's main face: quality x sqrt(area / the largest real face's)."""
+def merit(face: Face, largest: float, centrality: float = 1.0) -> float:
+    """How much a face is the photo's main face: quality x sqrt(area / the largest real
+    face's) x centrality (``centrality``: 0.75 to 1, 1 at the centre)."""
     quality = face.quality.score if face.quality is not None else 1.0
-    return quality * (face.area / max(largest, 1e-9)) ** 0.5
+    return quality * (face.area / max(largest, 1e-9)) ** 0.5 * centrality
+
+
+def centrality(box: tuple[float, float, float, float], width: int, height: int) -> float:
+    """1 for a face at the image centre, down to 0.75 at half the shorter side from it and
+    beyond: photographers centre their subject, and a face cut by the frame's edge is rarely
+    it (insightface picks its main face by area - 2 x squared offset from the centre; this is
+    that prior made independent of the image size, and bounded so that a clearly better face
+    off centre still beats a poor central one)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    r = max(min(width, height) / 2, 1.0)
+    d2 = ((cx - width / 2) ** 2 + (cy - height / 2) ** 2) / (r * r)
+    return 1.0 - 0.25 * min(1.0, d2)
 
 
 def require_quality(chosen: Chosen, min_quality: float) -> Chosen:

@@ -175,7 +175,7 @@ def test_judging_fewer_candidates_chooses_what_judging_all_of_them_does(
     """choose_face embeds a smaller candidate only when it could still win; the choice must be
     the one the full rule (every one of the 5 largest judged) makes, on photos with bystanders,
     a group photo and the composed dogs."""
-    from service.vision.pipeline import CHOICE_CANDIDATES, merit
+    from service.vision.pipeline import CHOICE_CANDIDATES, centrality, merit
 
     photos = [
         decode_image(p.read_bytes()) for p in sorted((DATA / "lfw/images").glob("*/*.jpg"))[::400]
@@ -195,6 +195,27 @@ def test_judging_fewer_candidates_chooses_what_judging_all_of_them_does(
             continue
         several += len(real) > 1
         largest = max(f.area for f in real)
-        expected = max(real, key=lambda f: merit(f, largest))
+        h, w = image.shape[:2]
+        expected = max(real, key=lambda f: merit(f, largest, centrality(f.box, w, h)))
         assert pipeline.choose_face(image).face.box == expected.box
     assert several >= 5  # the rule was tested where it has a choice to make
+
+
+@pytest.mark.parametrize(
+    "photo", ["Alejandro_Avila_0003", "Julianne_Moore_0016", "Laura_Bush_0011", "Cheryl_Hines_0001"]
+)
+def test_a_sharp_bystander_at_the_frame_edge_is_not_the_main_face(
+    pipeline: FacePipeline, photo: str
+) -> None:
+    """Found on LFW with --face choice (99.23% against the protocol's 99.48%): in 16 of the 7,701
+    photos the rule took a bystander cut by the frame's edge, sharper or larger than the
+    person in the middle. The main face is the central one."""
+    from service.calibration import central_face
+
+    name = photo.rsplit("_", 1)[0]
+    image = decode_image((DATA / "lfw/images" / name / f"{photo}.jpg").read_bytes())
+    central, _ = central_face(pipeline, image)
+    assert central is not None
+    chosen = pipeline.choose_face(image)
+    assert chosen.faces_found >= 2
+    assert chosen.face.box == central.box
