@@ -122,6 +122,10 @@ def bench(
         }
         if exact is not None:
             row["recall_at_1"] = round(float(np.mean(top[:, 0] == exact[:, 0])), 4)
+            # what identify needs: the same person first (5 faces per identity, ids in order)
+            row["subject_recall_at_1"] = round(
+                float(np.mean(top[:, 0] // 5 == exact[:, 0] // 5)), 4
+            )
             row["recall_at_10"] = round(
                 float(
                     np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, exact, strict=True)])
