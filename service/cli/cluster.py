@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-from service.cli.common import Subcommands, add_common, emit, existing, settings_from, table
+from service.cli.common import (
+    Subcommands,
+    add_common,
+    add_worker_options,
+    emit,
+    existing,
+    progress_bar,
+    settings_from,
+    table,
+)
 
 
 def register(sub: Subcommands) -> None:
@@ -31,21 +38,13 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--algorithm", choices=available(), default="chinese-whispers")
     p.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, help="k of the graph")
     p.add_argument("--model", help="recognizer (default: the embedder setting)")
-    p.add_argument(
-        "--processes",
-        type=int,
-        default=min(os.cpu_count() or 1, 4),
-        help="worker processes, each with its own models (default: the cores, at most 4)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_worker_options(p)
     add_common(p)
     p.set_defaults(func=cmd_cluster)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     """Find, embed and cluster the faces; print the clusters."""
-    from tqdm import tqdm
-
     from service.calibration import threshold_for_far
     from service.cli.common import with_recognizer
     from service.clustering import cluster_faces, edge_threshold, find_faces
@@ -57,18 +56,17 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     calibration = pipeline.embedder.manifest.calibration
     if args.far is not None:
         threshold_for_far(calibration, args.far)  # a FAR the calibration cannot give: refused now
-    bar = tqdm(total=0, unit="img", desc="finding faces", disable=args.no_progress, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
     try:
-        found = find_faces(
-            root, settings, pipeline, which=args.faces, processes=args.processes, progress=progress
-        )
+        with progress_bar("finding faces", disable=args.no_progress) as progress:
+            found = find_faces(
+                root,
+                settings,
+                pipeline,
+                which=args.faces,
+                processes=args.processes,
+                progress=progress,
+            )
     finally:
-        bar.close()
         pipeline.close()
     threshold, far = edge_threshold(calibration, args.far, len(found.faces))
     result = cluster_faces(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,35 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     parser.add_argument("--models-dir", help="model registry folder (default: models)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
+def add_worker_options(parser: argparse.ArgumentParser, *, threads_note: str = "") -> None:
+    """``--processes`` and ``--no-progress``, for the commands that analyse a tree of photos."""
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=min(os.cpu_count() or 1, 4),
+        help="worker processes, each with its own models and one compute thread (default: the "
+        f"cores, at most 4){threads_note}",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@contextmanager
+def progress_bar(desc: str, *, disable: bool) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr, fed by the (done, total) callback the indexer and clusterer take."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="img", desc=desc, disable=disable, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)  # tqdm throttles the redraws
+
+    try:
+        yield progress
+    finally:
+        bar.close()
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
-from service.cli.common import Subcommands, add_common, emit, existing, settings_from, table
+from service.cli.common import (
+    Subcommands,
+    add_common,
+    add_worker_options,
+    emit,
+    existing,
+    progress_bar,
+    settings_from,
+    table,
+)
 from service.cli.recognize import recognition
 from service.settings import Settings
 
@@ -16,13 +23,7 @@ def register(sub: Subcommands) -> None:
     """Add the commands."""
     index = sub.add_parser("index", help="enroll ROOT/<subject_id>/*.jpg in bulk (resumable)")
     index.add_argument("root", help="a folder per subject; folder names are the subject ids")
-    index.add_argument(
-        "--processes",
-        type=int,
-        default=min(os.cpu_count() or 1, 4),
-        help="worker processes, each with its own models and one compute thread (default: the "
-        "cores, at most 4); 0: threads in this process (--workers of them)",
-    )
+    add_worker_options(index, threads_note="; 0: threads in this process (--workers of them)")
     index.add_argument("--workers", type=int, default=2, help="threads when --processes 0")
     index.add_argument("--batch-size", type=int, default=64, help="faces per write batch")
     index.add_argument(
@@ -31,7 +32,6 @@ def register(sub: Subcommands) -> None:
         help="several faces in one image (default: the enroll_policy setting)",
     )
     index.add_argument("--report", default="index-report.json", help="per-file report (JSON)")
-    index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.set_defaults(func=cmd_index)
 
     gal = sub.add_parser("gallery", help="back up, restore, reconcile and migrate the gallery")
@@ -72,8 +72,6 @@ def register(sub: Subcommands) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Enroll a folder per subject in bulk: resumable, idempotent, with a progress bar."""
-    from tqdm import tqdm
-
     from service.indexer import BatchIndexer
 
     rec = recognition(args, with_gallery=True)
@@ -87,16 +85,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         processes=args.processes,
     )
-    bar = tqdm(total=0, unit="img", desc="indexing", disable=args.no_progress, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)  # tqdm throttles the redraws
-
     try:
-        summary = indexer.run(existing(args.root), progress=progress)
+        with progress_bar("indexing", disable=args.no_progress) as progress:
+            summary = indexer.run(existing(args.root), progress=progress)
     finally:
-        bar.close()
         rec.gallery.close()
     report = Path(args.report)
     summary.write(report)

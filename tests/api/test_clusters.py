@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.vision.pipeline import FacePipeline
+from tests.api.test_jobs import wait
 from tests.conftest import API_KEY, DATA, make_settings
 
 LFW = DATA / "lfw" / "images"
@@ -55,13 +56,7 @@ def cluster_client(tmp_path: Path, work_dir: Path, pipeline: FacePipeline) -> It
 
 
 def finished(client: TestClient, job_id: str) -> dict:
-    deadline = time.monotonic() + 180
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+    return wait(client, job_id, timeout_s=180)
 
 
 def submit(client: TestClient, data: bytes, **form: str) -> dict:

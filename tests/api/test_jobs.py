@@ -27,8 +27,9 @@ def people_zip(wrap: str = "") -> bytes:
     return buf.getvalue()
 
 
-def wait(client: TestClient, job_id: str) -> dict:
-    deadline = time.monotonic() + 120
+def wait(client: TestClient, job_id: str, timeout_s: float = 120) -> dict:
+    """The job's record once it has stopped running (index and cluster jobs alike)."""
+    deadline = time.monotonic() + timeout_s
     while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] not in ("queued", "running"):
