@@ -131,13 +131,30 @@ class QualitySpec(BaseModel):
 
 
 class ValidityBand(BaseModel):
-    """Below both numbers a detection is refused as a face."""
+    """Below both numbers a detection is refused as a face, unless the detector itself is sure
+    (``sure_score``) and the recognizer responds at least moderately (``sure_norm``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_norm: float = Field(gt=0, description="the recognizer's feature norm")
     max_agreement: float = Field(ge=0, le=1, description="the second detector's score")
     min_score: float = Field(0.0, ge=0, le=1, description="detections below it are not judged")
+    sure_score: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="a detection scoring at least this, with a feature norm of at least "
+        "sure_norm, is a face whatever the second detector says (None: no such exemption)",
+    )
+    sure_norm: float = Field(0.0, ge=0, description="the feature norm sure_score needs")
+
+    def sure(self, detection_score: float, feature_norm: float) -> bool:
+        """Whether the detector's own confidence settles it (``sure_score``)."""
+        return (
+            self.sure_score is not None
+            and detection_score >= self.sure_score
+            and feature_norm >= self.sure_norm
+        )
 
 
 class FaceValidity(BaseModel):

@@ -25,6 +25,8 @@ EnrollPolicy = Literal["largest", "reject"]
 StageObserver = Callable[[str, float], None]
 #: verify and enroll judge at most this many of an image's largest detections
 CHOICE_CANDIDATES = 5
+#: ``centrality`` at half the shorter side from the centre and beyond
+CENTRE_FLOOR = 0.75
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,7 @@ def centrality(box: tuple[float, float, float, float], width: int, height: int) 
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     r = max(min(width, height) / 2, 1.0)
     d2 = ((cx - width / 2) ** 2 + (cy - height / 2) ** 2) / (r * r)
-    return 1.0 - 0.25 * min(1.0, d2)
+    return 1.0 - (1.0 - CENTRE_FLOOR) * min(1.0, d2)
 
 
 def require_quality(chosen: Chosen, min_quality: float) -> Chosen:

@@ -19,7 +19,9 @@ factor of weight 0 is still measured and reported, and named as a likely cause w
 Validity: the rule in the recognizer manifest's ``validity`` section (chosen by
 ``bench/face_validity.py``): a detection is refused as a face when the recognizer barely
 responds to it and a second detector does not confirm it, more strictly for large detections
-(a large, clear face makes the recognizer respond strongly and any detector agree).
+(a large, clear face makes the recognizer respond strongly and any detector agree), unless the
+detector itself is sure and the recognizer responds at least moderately (``sure_score``: a
+dim, tilted real face that YuNet scores a little low).
 """
 
 from __future__ import annotations
@@ -220,21 +222,21 @@ def check_validity(
     never pay for the second detection."""
     if feature_norm is None:
         return None
-    if size_px >= rule.large_face_px:
-        if feature_norm >= rule.large.max_norm:
-            return None
-        if agreement() < rule.large.max_agreement:
-            return (
-                f"not a face: a {size_px:.0f}-px detection the recognizer barely responds to "
-                f"(feature norm {feature_norm:.2f} < {rule.large.max_norm}) and the second "
-                f"detector does not confirm"
-            )
+    large = size_px >= rule.large_face_px
+    band = rule.large if large else rule.small
+    if feature_norm >= band.max_norm or band.sure(detection_score, feature_norm):
         return None
-    if detection_score < rule.small.min_score or feature_norm >= rule.small.max_norm:
+    if not large and detection_score < band.min_score:
         return None
-    if agreement() < rule.small.max_agreement:
+    if agreement() >= band.max_agreement:
+        return None
+    if large:
         return (
-            f"not a face: the recognizer barely responds (feature norm {feature_norm:.2f} < "
-            f"{rule.small.max_norm}) and the second detector does not confirm"
+            f"not a face: a {size_px:.0f}-px detection the recognizer barely responds to "
+            f"(feature norm {feature_norm:.2f} < {band.max_norm}) and the second "
+            f"detector does not confirm"
         )
-    return None
+    return (
+        f"not a face: the recognizer barely responds (feature norm {feature_norm:.2f} < "
+        f"{band.max_norm}) and the second detector does not confirm"
+    )
