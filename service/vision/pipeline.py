@@ -25,8 +25,13 @@ EnrollPolicy = Literal["largest", "reject"]
 StageObserver = Callable[[str, float], None]
 #: verify and enroll judge at most this many of an image's largest detections
 CHOICE_CANDIDATES = 5
-#: ``centrality`` at half the shorter side from the centre and beyond
-CENTRE_FLOOR = 0.75
+#: ``centrality`` at half the shorter side from the centre and beyond. CelebA-299's photos with
+#: several faces (bench/face_choice.py: the labelled person's face, found by identity) cannot
+#: tell floors 1 to 0.4 apart (205 of 206 chosen) and lose one more at 0.25; 0.5 is the
+#: strongest prior with a margin from there (insightface's own prior, area - 2 x offset², is
+#: stronger still). LFW, looked at too: the central face in 2,252 of its 2,255 photos with
+#: several faces (2,248 at 0.75)
+CENTRE_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -327,14 +332,14 @@ class FacePipeline:
 
 def merit(face: Face, largest: float, centrality: float = 1.0) -> float:
     """How much a face is the photo's main face: quality x sqrt(area / the largest real
-    face's) x centrality (``centrality``: 0.75 to 1, 1 at the centre)."""
+    face's) x centrality (``centrality``: ``CENTRE_FLOOR`` to 1, 1 at the centre)."""
     quality = face.quality.score if face.quality is not None else 1.0
     return quality * (face.area / max(largest, 1e-9)) ** 0.5 * centrality
 
 
 def centrality(box: tuple[float, float, float, float], width: int, height: int) -> float:
-    """1 for a face at the image centre, down to 0.75 at half the shorter side from it and
-    beyond: photographers centre their subject, and a face cut by the frame's edge is rarely
+    """1 for a face at the image centre, down to ``CENTRE_FLOOR`` at half the shorter side from
+    it and beyond: photographers centre their subject, and a face cut by the frame's edge is rarely
     it (insightface picks its main face by area - 2 x squared offset from the centre; this is
     that prior made independent of the image size, and bounded so that a clearly better face
     off centre still beats a poor central one)."""
