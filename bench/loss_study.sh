@@ -2,6 +2,8 @@
 # The loss study: one backbone, one budget, seven heads, three seeds each; LFW 10-fold on all
 # 6,000 pairs, open-set DIR on Glint-24, angle histograms, then the table and the figures.
 # Usage: bash bench/loss_study.sh [STEPS] [SEEDS]
+#   LOSS_STUDY_HEADS="cosface combined" runs only those heads (e.g. two shells with
+#   OMP_NUM_THREADS=1 each, splitting the heads, use both cores better than one shell)
 #   (needs data/celeba299_aligned from `python -m training.train prepare`; about 10 minutes per
 #   run on 2 CPU cores at the default 400 steps; runs already finished are skipped)
 set -euo pipefail
@@ -25,6 +27,9 @@ for seed in $SEEDS; do
   for entry in "${HEADS[@]}"; do
     name=${entry%%=*}
     overrides=${entry#*=}
+    if [ -n "${LOSS_STUDY_HEADS:-}" ] && [[ " $LOSS_STUDY_HEADS " != *" $name "* ]]; then
+      continue
+    fi
     run="$OUT/$name-s$seed"
     if [ -f "$run/metrics.json" ]; then
       echo "skip $run (done)"
