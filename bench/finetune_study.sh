@@ -19,13 +19,15 @@ for m in retinaface-mnet025 yunet-2023mar sface-2021dec; do
 done
 .venv/bin/python bench/celeba_heldout_pairs.py --aligned data/celeba299_aligned \
   --skip-first "$N" > "$OUT/heldout_pairs.csv"
-eval_both() {  # model, label
-  .venv/bin/marginface eval pairs --csv "$OUT/heldout_pairs.csv" --model "$1" \
-    --models-dir "$OUT/models" --device cpu --json --out "$OUT/$2-heldout" > /dev/null
-  .venv/bin/marginface eval lfw --images $DATA/lfw/images --pairs $DATA/lfw/pairs.txt \
-    --model "$1" --models-dir "$OUT/models" --device cpu --json --out "$OUT/$2-lfw" > /dev/null
+eval_both() {  # model, label (a report already there is kept: reruns resume)
+  [ -f "$OUT/$2-heldout/report.json" ] ||
+    .venv/bin/marginface eval pairs --csv "$OUT/heldout_pairs.csv" --model "$1" \
+      --models-dir "$OUT/models" --device cpu --json --out "$OUT/$2-heldout" > /dev/null
+  [ -f "$OUT/$2-lfw/report.json" ] ||
+    .venv/bin/marginface eval lfw --images $DATA/lfw/images --pairs $DATA/lfw/pairs.txt \
+      --model "$1" --models-dir "$OUT/models" --device cpu --json --out "$OUT/$2-lfw" > /dev/null
 }
-[ -f "$OUT/before-lfw/report.json" ] || eval_both sface-2021dec before
+eval_both sface-2021dec before
 if [ ! -f "$OUT/run/metrics.json" ]; then
   nice -n 5 .venv/bin/python -m training.train --data.root=data/celeba299_aligned \
     --data.max_identities="$N" --data.workers=1 \
