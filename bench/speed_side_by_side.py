@@ -29,16 +29,22 @@ LFW = ROOT.parent / "shared" / "data" / "lfw" / "images"
 
 
 def ours(photos: list[Path], model: str | None) -> dict[str, Any]:
-    """One pass of MarginFace: ms per image by stage, wall and CPU."""
+    """One pass of MarginFace: ms per image by stage, wall and CPU. ``model``: a recognizer,
+    or ``RECOGNIZER@DETECTOR`` for another detector than the default."""
     from service.errors import MarginFaceError
     from service.recognition import build_pipeline
     from service.settings import Settings
     from service.vision.image import decode_image
 
     settings = Settings(device="cpu", intra_op_threads=1)
-    if model:
+    recognizer, _, detector = (model or "").partition("@")
+    if recognizer:
         settings = settings.model_copy(
-            update={"embedder": settings.embedder.model_copy(update={"model": model})}
+            update={"embedder": settings.embedder.model_copy(update={"model": recognizer})}
+        )
+    if detector:
+        settings = settings.model_copy(
+            update={"detector": settings.detector.model_copy(update={"model": detector})}
         )
     pipeline = build_pipeline(settings, batching=False)
     times: dict[str, float] = defaultdict(float)
@@ -107,7 +113,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--passes", type=int, default=3)
-    parser.add_argument("--model", action="append", default=[], help="our recognizer(s)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="our recognizer(s), each RECOGNIZER or RECOGNIZER@DETECTOR",
+    )
     args = parser.parse_args()
     everything = sorted(LFW.glob("*/*.jpg"))
     photos = everything[:: max(1, len(everything) // args.images)][: args.images]
