@@ -93,8 +93,37 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def claims(heads: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each literature claim as a comparison of two heads' seed means, with the seed spread."""
+def paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """Head a minus head b seed by seed. A seed fixes the backbone's initial weights and the
+    order of the batches for every head, so what a seed does to all heads alike (a hard data
+    order) cancels in the difference: the spread of the differences is the noise of the
+    comparison itself, where the spread of each head's accuracy also holds the seed's effect."""
+    by = {
+        (re.sub(r"-s\d+$", "", r["run"]), r["seed"]): r["lfw_accuracy"]
+        for r in runs
+        if r["lfw_accuracy"] is not None
+    }
+    seeds = sorted(s for h, s in by if h == a and (b, s) in by)
+    diffs = [by[(a, s)] - by[(b, s)] for s in seeds]
+    mean, std = mean_std(diffs)  # type: ignore[arg-type]
+    return {
+        "seeds": seeds,
+        "differences": diffs,
+        "mean": mean,
+        "std": std,
+        "positive": f"{sum(d > 0 for d in diffs)}/{len(diffs)}",
+        "beyond_its_spread": mean is not None
+        and std is not None
+        and len(diffs) > 1
+        and abs(mean) > std,
+    }
+
+
+def claims(
+    heads: dict[str, dict[str, Any]], runs: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Each literature claim as a comparison of two heads' seed means, with the seed spread,
+    and seed by seed (``paired``)."""
 
     def acc(h: str) -> tuple[float, float]:
         return heads[h]["lfw_accuracy"]["mean"], heads[h]["lfw_accuracy"]["std"]
@@ -116,6 +145,7 @@ def claims(heads: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 "difference": ma - mb,
                 "seed_spread": spread,
                 "beyond_spread": abs(ma - mb) > spread,
+                "paired": paired(runs or [], a, b),
             }
         )
 
@@ -163,7 +193,7 @@ def main() -> None:
         read_run(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "metrics.json").is_file()
     ]
     heads = summarise(runs)
-    checked = claims(heads)
+    checked = claims(heads, runs)
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps({"runs": runs, "heads": heads, "claims": checked}, indent=2))
     print(
