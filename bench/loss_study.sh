@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 STEPS=${1:-400}
 SEEDS=${2:-"0 1 2"}
 OUT=${LOSS_STUDY_OUT:-runs/loss_study}
+mkdir -p "$OUT"
 # name=overrides; scale unset everywhere: derived from the class count (training/losses.py)
 HEADS=(
   "softmax=--head.preset=softmax"
