@@ -3,7 +3,7 @@
 # an ArcFace head on the first N CelebA-299 identities, then verification on the identities it
 # never saw (TAR at FAR 1e-3, all same-identity pairs and 5x as many different ones) and on LFW
 # View-2 (10-fold, 6,000 pairs), before and after. Figures land in runs/finetune/*/report.json.
-# Usage: [FINETUNE_LR=0.01] [FINETUNE_OUT=runs/finetune] bash bench/finetune_study.sh
+# Usage: [FINETUNE_LR=0.01] [FINETUNE_FREEZE=0] [FINETUNE_OUT=runs/finetune] bash bench/finetune_study.sh
 #          [TRAIN_IDENTITIES] [STEPS]
 #   (needs data/celeba299_aligned from `python -m training.train prepare`)
 set -euo pipefail
@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 N=${1:-200}
 STEPS=${2:-150}
 LR=${FINETUNE_LR:-0.01}
+FREEZE=${FINETUNE_FREEZE:-0}  # steps with the backbone held (only the head learns)
 OUT=${FINETUNE_OUT:-runs/finetune}
 NAME=sface-ft-celeba$N-arcface
 DATA=../shared/data
@@ -35,7 +36,7 @@ if [ ! -f "$OUT/run/metrics.json" ]; then
     --data.max_identities="$N" --data.workers=1 \
     --model.init=sface-2021dec --model.embedding_dim=128 \
     --head.preset=arcface --batch_size=32 --max_steps="$STEPS" \
-    --optim.lr="$LR" --optim.warmup_steps=20 --log_every=10 --checkpoint_every=100000 \
+    --optim.lr="$LR" --model.freeze_steps="$FREEZE" --optim.warmup_steps=20 --log_every=10 --checkpoint_every=100000 \
     --seed=0 --output_dir="$OUT/run" > "$OUT/train.log" 2>&1
 fi
 .venv/bin/python -m training.train export "$OUT/run" --name "$NAME" --models-dir "$OUT/models" \

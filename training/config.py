@@ -50,6 +50,11 @@ class ModelConfig:
     width: int = 0  # channels of the first stage; 0: the backbone's default
     init: str = ""  # start from a registered ONNX recognizer (e.g. sface-2021dec) instead
     models_dir: str = "models"  # the registry ``init`` is looked up in
+    # the backbone (weights and batch-norm statistics) is held fixed for the first N steps while
+    # the new head finds its class centres, then trained with it (linear probing, then
+    # fine-tuning: Kumar et al., ICLR 2022): a random head's first gradients otherwise reach a
+    # pretrained backbone (docs/loss_study.md, fine-tuning)
+    freeze_steps: int = 0
 
     def kwargs(self) -> dict[str, int]:
         """Keyword arguments for create_backbone."""
@@ -177,6 +182,8 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 2 and max_steps >= 1")
         if self.optim.lr <= 0:
             raise ValueError("optim.lr must be positive")
+        if self.model.freeze_steps < 0:
+            raise ValueError("model.freeze_steps must be >= 0")
         if self.head.preset == "softmax" and self.head.sample_rate < 1.0:
             raise ValueError("Partial FC needs a normalised head; the softmax baseline has a bias")
         if self.model.init and (self.model.width or self.model.backbone != "mobilefacenet"):

@@ -315,8 +315,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         epoch, (images, labels) = next(batches)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         context = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+        frozen = step < config.model.freeze_steps
+        model.train(not frozen)
         with context:
-            features = model(images)
+            if frozen:
+                with torch.no_grad():
+                    features = model(images)
+            else:
+                features = model(images)
             if isinstance(head, PartialFC):
                 head.set_step(step)
                 output: HeadOutput = head(features.float(), labels)

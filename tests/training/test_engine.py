@@ -299,3 +299,27 @@ def test_fine_tune_sface_export_serve_verify(aligned_subset: Path, tmp_path: Pat
         assert r.status_code == 200, r.text
         assert r.json()["model_id"] == manifest.model_id
         assert r.json()["match"] is True  # two steps at lr 1e-3 keep SFace's knowledge
+
+
+def test_freeze_steps_hold_the_backbone_then_train_it(aligned_subset: Path, tmp_path: Path) -> None:
+    """``model.freeze_steps``: while frozen, only the head learns (the backbone's weights and
+    batch-norm statistics are those it started with); afterwards the backbone trains too."""
+    from training.pretrained import backbone_for
+
+    extra = (
+        "--max_steps=3",
+        "--model.freeze_steps=2",
+        "--head.preset=cosface",
+        "--checkpoint_every=1",
+    )
+    config = run_config(aligned_subset, tmp_path / "run", *extra)
+    torch.manual_seed(config.seed)
+    start = {k: v.clone() for k, v in backbone_for(config.model)[0].state_dict().items()}
+    _train_and_crash_after(config, steps=2)
+    frozen = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert frozen["step"] == 2
+    for key, value in start.items():
+        torch.testing.assert_close(frozen["backbone"][key], value, rtol=0, atol=0, msg=key)
+    train(run_config(aligned_subset, tmp_path / "run", *extra))
+    after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["backbone"]
+    assert any(not torch.equal(after[k], v) for k, v in start.items())
