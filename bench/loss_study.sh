@@ -51,5 +51,7 @@ for seed in $SEEDS; do
     echo "done $run"
   done
 done
-.venv/bin/python bench/loss_study_table.py "$OUT"
-.venv/bin/python bench/loss_study_plot.py "$OUT"
+# the study of record writes docs/; any other LOSS_STUDY_OUT keeps its summary and figures
+if [ "$OUT" = runs/loss_study ]; then DOCS=docs; else DOCS=$OUT; fi
+.venv/bin/python bench/loss_study_table.py "$OUT" "$DOCS/loss_study_summary.json"
+.venv/bin/python bench/loss_study_plot.py "$OUT" "$DOCS"
