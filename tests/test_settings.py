@@ -63,3 +63,17 @@ def test_the_pipeline_uses_the_detector_settings() -> None:
     )
     options = build_pipeline(settings, batching=False).detector.options
     assert (options.upscale_below_px, options.max_faces, options.score_threshold) == (500, 7, 0.8)
+
+
+def test_the_default_gallery_is_exact_until_300k_faces_then_a_tuned_ivf() -> None:
+    """The size-based defaults docs/benchmarks.md chose: a small gallery searches exactly, the
+    switch and the tuned factory are named in its stats."""
+    from service.gallery.index import VectorIndex
+
+    g = Settings().gallery
+    index = VectorIndex(
+        128, g.index_factory, search_params=g.search_params, exact_below=g.exact_below
+    )
+    assert index.active_factory == "Flat"
+    assert index.describe() == "Flat (exact until 300000 faces, then IVF4096,Flat)"
+    assert g.search_params == "nprobe=1024"
