@@ -4,8 +4,8 @@ Collects once, through the service's own pipeline, every detection of every LFW 
 service's detection settings (and, for an image where they find none, at the evaluation's
 fallback settings): box, landmarks, detector score, size, the recognizer's feature norm and
 embedding, the quality score, and the second detector's (YuNet's) score on the same box.
-Cached in ``--cache`` (an .npz), since it takes minutes and every rule below replays it in
-milliseconds.
+Cached in ``--cache`` (one .npz per data set, shared with ``bench/face_validity.py``), since
+it takes minutes and every rule below replays it in milliseconds.
 
 Then replays rules of the form ``FacePipeline.choose_face`` applies (the manifest's validity
 rule, then the face of highest quality x sqrt(area share) x centrality) and reports for each:
@@ -14,7 +14,7 @@ nearest the centre (LFW's labelled person), and LFW View-2 10-fold accuracy on a
 pairs with the chosen faces (a faceless image scores -1, as ``marginface eval lfw`` does).
 The replay of the manifest's own rule must match ``marginface eval lfw --face choice``.
 
-Usage: python bench/face_choice.py [--data ../shared/data] [--cache runs/validity/lfw_faces.npz]
+Usage: python bench/face_choice.py [--data ../shared/data] [--cache runs/validity]
 """
 
 from __future__ import annotations
@@ -35,11 +35,16 @@ sys.path.insert(0, str(ROOT))
 
 from service.calibration import FALLBACK_OPTIONS  # noqa: E402
 from service.evaluation import kfold_accuracy, read_lfw_pairs  # noqa: E402
-from service.models import FaceValidity  # noqa: E402
+from service.models import FaceValidity, ValidityBand, load_manifest  # noqa: E402
 from service.recognition import build_pipeline  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.vision.image import decode_image  # noqa: E402
-from service.vision.pipeline import CENTRE_FLOOR, CHOICE_CANDIDATES, SecondOpinion  # noqa: E402
+from service.vision.pipeline import (  # noqa: E402
+    CENTRE_FLOOR,
+    CHOICE_CANDIDATES,
+    SecondOpinion,
+    centrality,
+)
 
 #: centrality floors compared (1: no centre prior)
 FLOORS = (1.0, 0.75, 0.6, 0.5, 0.4, 0.25)
@@ -90,49 +95,49 @@ class Rule:
 
 
 def refused(rows: dict[str, np.ndarray], rule: FaceValidity | None) -> np.ndarray:
-    """``check_validity`` vectorised over the cached detections."""
+    """``check_validity`` vectorised over detections (``rows``: score, size, norm, second)."""
     if rule is None:
         return np.zeros(len(rows["score"]), dtype=bool)
+
+    def band_refuses(band: ValidityBand) -> np.ndarray:
+        out = (
+            (rows["norm"] < band.max_norm)
+            & (rows["score"] >= band.min_score)
+            & (rows["second"] < band.max_agreement)
+        )
+        if band.sure_score is not None:
+            out &= ~((rows["score"] >= band.sure_score) & (rows["norm"] >= band.sure_norm))
+        return out
+
     large = rows["size"] >= rule.large_face_px
+    return np.where(large, band_refuses(rule.large), band_refuses(rule.small))
 
-    def exempt(band: Any) -> np.ndarray:
-        if band.sure_score is None:
-            return np.zeros(len(rows["score"]), dtype=bool)
-        return (rows["score"] >= band.sure_score) & (rows["norm"] >= band.sure_norm)
 
-    return np.where(
-        large,
-        (rows["norm"] < rule.large.max_norm)
-        & (rows["second"] < rule.large.max_agreement)
-        & ~exempt(rule.large),
-        (rows["score"] >= rule.small.min_score)
-        & (rows["norm"] < rule.small.max_norm)
-        & (rows["second"] < rule.small.max_agreement)
-        & ~exempt(rule.small),
-    )
+def by_image(rows: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    """Image -> the rows of its detections."""
+    return {int(i): np.flatnonzero(rows["image"] == i) for i in np.unique(rows["image"])}
+
+
+def _areas(rows: dict[str, np.ndarray]) -> np.ndarray:
+    box = rows["box"]
+    return (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
 
 
 def choose(rows: dict[str, np.ndarray], rule: Rule) -> dict[int, int]:
     """Image -> the chosen detection's row (as ``choose_face``: the CHOICE_CANDIDATES largest,
-    the refused dropped, then quality x sqrt(area / largest) x centrality)."""
-    box = rows["box"]
-    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-    h, w = rows["shape"][rows["image"], 0], rows["shape"][rows["image"], 1]
-    cx, cy = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
-    r = np.maximum(np.minimum(w, h) / 2, 1.0)
-    d2 = np.minimum(1.0, ((cx - w / 2) ** 2 + (cy - h / 2) ** 2) / (r * r))
+    the refused dropped, then quality x sqrt(area / largest) x the pipeline's ``centrality``)."""
+    area = _areas(rows)
     floor = CENTRE_FLOOR if rule.centre_floor is None else rule.centre_floor
-    centre = 1.0 - (1.0 - floor) * d2
     bad = refused(rows, rule.validity)
     chosen: dict[int, int] = {}
-    for i in np.unique(rows["image"]):
-        idx = np.flatnonzero(rows["image"] == i)
+    for i, idx in by_image(rows).items():
         idx = idx[np.argsort(-area[idx], kind="stable")][:CHOICE_CANDIDATES]
         idx = idx[~bad[idx]]
         if len(idx):
-            largest = area[idx].max()
-            merit = rows["quality"][idx] * np.sqrt(area[idx] / largest) * centre[idx]
-            chosen[int(i)] = int(idx[np.argmax(merit)])
+            h, w = (int(v) for v in rows["shape"][i])
+            centre = np.array([centrality(tuple(rows["box"][j]), w, h, floor) for j in idx])
+            merit = rows["quality"][idx] * np.sqrt(area[idx] / area[idx].max()) * centre
+            chosen[i] = int(idx[np.argmax(merit)])
     return chosen
 
 
@@ -141,11 +146,27 @@ def central(rows: dict[str, np.ndarray]) -> dict[int, int]:
     box = rows["box"]
     h, w = rows["shape"][rows["image"], 0], rows["shape"][rows["image"], 1]
     d2 = ((box[:, 0] + box[:, 2]) / 2 - w / 2) ** 2 + ((box[:, 1] + box[:, 3]) / 2 - h / 2) ** 2
-    out: dict[int, int] = {}
-    for i in np.unique(rows["image"]):
-        idx = np.flatnonzero(rows["image"] == i)
-        out[int(i)] = int(idx[np.argmin(d2[idx])])
-    return out
+    return {i: int(idx[np.argmin(d2[idx])]) for i, idx in by_image(rows).items()}
+
+
+def largest(rows: dict[str, np.ndarray]) -> dict[int, int]:
+    """Image -> its largest detection."""
+    area = _areas(rows)
+    return {i: int(idx[np.argmax(area[idx])]) for i, idx in by_image(rows).items()}
+
+
+def detections(data: Path, folder: Path, dataset: str) -> dict[str, np.ndarray]:
+    """Every detection of every photo of ``dataset`` (``lfw`` or ``celeba``), collected once
+    into ``folder/<dataset>_faces.npz`` (minutes) and read from there afterwards."""
+    cache = folder / f"{dataset}_faces.npz"
+    if not cache.is_file():
+        images = {
+            "lfw": lambda: sorted((data / "lfw/images").glob("*/*.jpg")),
+            "celeba": lambda: sorted((data / "celeba299/images").glob("*.jpg")),
+        }[dataset]()
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cache, **collect(images, Settings(device="cpu")))  # type: ignore[arg-type]
+    return dict(np.load(cache))
 
 
 def replay(
@@ -184,9 +205,7 @@ def celeba_truth(rows: dict[str, np.ndarray], labels: dict[str, str]) -> dict[in
     rather than by position: the face most similar to the person's mean embedding over their
     one-face photos, kept only where that is clear (cosine >= 0.3 and 0.1 above the next)."""
     emb = rows["embedding"].astype(np.float32)
-    per_image: dict[int, np.ndarray] = {}
-    for i in np.unique(rows["image"]):
-        per_image[int(i)] = np.flatnonzero(rows["image"] == i)
+    per_image = by_image(rows)
     ident = [labels.get(Path(p).name) for p in rows["paths"]]
     sums: dict[str, np.ndarray] = {}
     for i, idx in per_image.items():
@@ -209,11 +228,8 @@ def agreement_by_floor(
 ) -> dict[str, Any]:
     """How often the choice is the labelled person's face, for several centrality floors
     (``pipeline.CENTRE_FLOOR``), beside taking the largest or the central face."""
-    box = rows["box"]
-    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-    largest = {i: int(max(idx, key=lambda j: area[j])) for i, idx in _by_image(rows).items()}
     out: dict[str, Any] = {"photos": len(truth)}
-    for name, chosen in (("largest", largest), ("central", central(rows))):
+    for name, chosen in (("largest", largest(rows)), ("central", central(rows))):
         out[name] = sum(chosen.get(i) == t for i, t in truth.items())
     for floor in FLOORS:
         chosen = choose(rows, Rule(rule, floor))
@@ -221,30 +237,18 @@ def agreement_by_floor(
     return out
 
 
-def _by_image(rows: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
-    return {int(i): np.flatnonzero(rows["image"] == i) for i in np.unique(rows["image"])}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--cache", default=str(ROOT / "runs" / "validity" / "lfw_faces.npz"))
-    parser.add_argument(
-        "--celeba-cache", default=str(ROOT / "runs" / "validity" / "celeba_faces.npz")
-    )
+    parser.add_argument("--cache", default=str(ROOT / "runs" / "validity"), help="cache folder")
     parser.add_argument("--rules", help="JSON list of {validity, centre_floor} to replay too")
     args = parser.parse_args()
-    data, cache = Path(args.data), Path(args.cache)
+    data, folder = Path(args.data), Path(args.cache)
     settings = Settings(device="cpu")
     pairs = read_lfw_pairs(data / "lfw/pairs.txt", data / "lfw/images")
-    if not cache.is_file():
-        images = sorted((data / "lfw/images").glob("*/*.jpg"))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(cache, **collect(images, settings))  # type: ignore[arg-type]
-    rows = dict(np.load(cache))
+    rows = detections(data, folder, "lfw")
     index = {p: i for i, p in enumerate(rows["paths"])}
-    pipe = build_pipeline(settings, batching=False)
-    manifest_rule = pipe.embedder.manifest.validity
+    manifest_rule = load_manifest(settings.models_dir / settings.embedder.model).validity
     report: dict[str, Any] = {
         "images": len(rows["paths"]),
         "detections": len(rows["score"]),
@@ -261,11 +265,7 @@ def main() -> None:
     report["lfw_photos_with_several_faces_choice_is_central"] = agreement_by_floor(
         rows, lfw_truth, manifest_rule
     )
-    celeba_cache = Path(args.celeba_cache)
-    if not celeba_cache.is_file():
-        photos = sorted((data / "celeba299/images").glob("*.jpg"))
-        np.savez_compressed(celeba_cache, **collect(photos, settings))  # type: ignore[arg-type]
-    celeba = dict(np.load(celeba_cache))
+    celeba = detections(data, folder, "celeba")
     labels = {
         Path(r["path"]).name: r["identity"]
         for r in csv.DictReader((data / "celeba299/labels.csv").open())

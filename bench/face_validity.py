@@ -38,8 +38,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.face_choice import refused as refused_by  # noqa: E402
 from service.evaluation import match_detections  # noqa: E402
-from service.models import FaceValidity, resolve_model  # noqa: E402
+from service.models import FaceValidity, ValidityBand, resolve_model  # noqa: E402
 from service.recognition import build_pipeline  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.vision.detection import DetectedFace, DetectorOptions, create_detector  # noqa: E402
@@ -150,49 +151,19 @@ def collect(data: Path, pipe: FacePipeline, second: Any) -> list[dict[str, Any]]
     return c.rows
 
 
-def cached_faces(cache: Path, group: str, pick: str) -> list[dict[str, Any]]:
-    """One face per photo from a ``bench/face_choice.py`` cache (every detection of every
-    photo, at the service's settings): the central one (LFW's labelled person) or the largest
-    (a CelebA portrait's subject)."""
-    rows = dict(np.load(cache))
-    box = rows["box"]
-    if pick == "central":
-        h, w = rows["shape"][rows["image"], 0], rows["shape"][rows["image"], 1]
-        cx, cy = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
-        key = -((cx - w / 2) ** 2 + (cy - h / 2) ** 2)
-    else:
-        key = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-    out = []
-    for i in np.unique(rows["image"]):
-        idx = np.flatnonzero(rows["image"] == i)
-        j = idx[np.argmax(key[idx])]
-        out.append(
-            {
-                "set": group,
-                "score": float(rows["score"][j]),
-                "size": float(rows["size"][j]),
-                "norm": float(rows["norm"][j]),
-                "second": float(rows["second"][j]),
-            }
-        )
-    return out
-
-
 def every_photo(data: Path, folder: Path) -> list[dict[str, Any]]:
-    """The face of every LFW photo (central) and every CelebA-299 photo (largest), from the
-    caches ``bench/face_choice.py``'s collector writes (made here when missing: minutes)."""
-    from bench.face_choice import collect as collect_all
+    """The face of every LFW photo (the central one: LFW's labelled person) and of every
+    CelebA-299 photo (the largest: a portrait's subject), from ``bench/face_choice.py``'s
+    caches of every detection (made when missing: minutes)."""
+    from bench.face_choice import central, detections, largest
 
     out = []
-    for group, images, pick in (
-        ("lfw_all", data / "lfw/images", "central"),
-        ("celeba_all", data / "celeba299/images", "largest"),
-    ):
-        path = folder / f"{group.split('_')[0]}_faces.npz"
-        if not path.is_file():
-            photos = sorted(images.glob("*/*.jpg")) + sorted(images.glob("*.jpg"))
-            np.savez_compressed(path, **collect_all(photos, Settings(device="cpu")))  # type: ignore[arg-type]
-        out += cached_faces(path, group, pick)
+    for group, dataset, pick in (("lfw_all", "lfw", central), ("celeba_all", "celeba", largest)):
+        rows = detections(data, folder, dataset)
+        for j in pick(rows).values():
+            out.append(
+                {"set": group} | {k: float(rows[k][j]) for k in ("score", "size", "norm", "second")}
+            )
     return out
 
 
@@ -246,8 +217,8 @@ def judge(rows: list[dict[str, Any]], rule: FaceValidity, min_score: float) -> d
 
 
 def search(rows: list[dict[str, Any]], min_score: float) -> list[dict[str, Any]]:
-    """The grid (vectorised: the same arithmetic as ``check_validity``): rules that lose no
-    real face, best first."""
+    """The grid (``bench/face_choice.refused``: ``check_validity`` vectorised): rules that lose
+    no real face, best first."""
     keep = [r for r in rows if not (r["set"].startswith("neg:") and r["score"] < min_score)]
     col = {k: np.array([r[k] for r in keep]) for k in ("score", "size", "norm", "second")}
     sets = np.array([r["set"] for r in keep])
@@ -267,17 +238,15 @@ def search(rows: list[dict[str, Any]], min_score: float) -> list[dict[str, Any]]
         (0.5, 0.6, 0.7),  # small.min_score
     )
     for (sure, sure_norm), large_px, l_norm, l_agree, s_norm, s_agree, s_score in grid:
-        large = col["size"] >= large_px
-        exempt = (
-            np.zeros(len(keep), dtype=bool)
-            if sure is None
-            else (col["score"] >= sure) & (col["norm"] >= sure_norm)
+        rule = FaceValidity(
+            second_detector="-",
+            large_face_px=large_px,
+            large=ValidityBand(
+                max_norm=l_norm, max_agreement=l_agree, sure_score=sure, sure_norm=sure_norm
+            ),
+            small=ValidityBand(max_norm=s_norm, max_agreement=s_agree, min_score=s_score),
         )
-        refused = np.where(
-            large,
-            (col["norm"] < l_norm) & (col["second"] < l_agree) & ~exempt,
-            (col["score"] >= s_score) & (col["norm"] < s_norm) & (col["second"] < s_agree),
-        )
+        refused = refused_by(col, rule)
         if (refused & real).any():
             continue
         results.append(

@@ -337,16 +337,18 @@ def merit(face: Face, largest: float, centrality: float = 1.0) -> float:
     return quality * (face.area / max(largest, 1e-9)) ** 0.5 * centrality
 
 
-def centrality(box: tuple[float, float, float, float], width: int, height: int) -> float:
-    """1 for a face at the image centre, down to ``CENTRE_FLOOR`` at half the shorter side from
-    it and beyond: photographers centre their subject, and a face cut by the frame's edge is rarely
+def centrality(
+    box: tuple[float, float, float, float], width: int, height: int, floor: float = CENTRE_FLOOR
+) -> float:
+    """1 for a face at the image centre, down to ``floor`` at half the shorter side from it
+    and beyond: photographers centre their subject, and a face cut by the frame's edge is rarely
     it (insightface picks its main face by area - 2 x squared offset from the centre; this is
     that prior made independent of the image size, and bounded so that a clearly better face
     off centre still beats a poor central one)."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     r = max(min(width, height) / 2, 1.0)
     d2 = ((cx - width / 2) ** 2 + (cy - height / 2) ** 2) / (r * r)
-    return 1.0 - (1.0 - CENTRE_FLOOR) * min(1.0, d2)
+    return 1.0 - (1.0 - floor) * min(1.0, d2)
 
 
 def require_quality(chosen: Chosen, min_quality: float) -> Chosen:

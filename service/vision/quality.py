@@ -224,11 +224,12 @@ def check_validity(
         return None
     large = size_px >= rule.large_face_px
     band = rule.large if large else rule.small
-    if feature_norm >= band.max_norm or band.sure(detection_score, feature_norm):
-        return None
-    if not large and detection_score < band.min_score:
-        return None
-    if agreement() >= band.max_agreement:
+    if (
+        feature_norm >= band.max_norm
+        or detection_score < band.min_score
+        or band.sure(detection_score, feature_norm)
+        or agreement() >= band.max_agreement
+    ):
         return None
     if large:
         return (
