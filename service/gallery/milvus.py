@@ -40,6 +40,17 @@ logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_ClientCl
 _WRITE_BATCH = 1000  # rows per insert: well inside gRPC's message limit for 512-d floats
 _MAX_TOPK = 16384  # Milvus's limit on k
 _NOT_LOADED = 101  # Milvus's error code for a collection that is not loaded into memory
+# pymilvus pings every 10 s, even with no call in flight. A gRPC server with the library's default
+# policy (milvus-lite's is one) counts a ping that comes within 5 minutes of the last one, with no
+# data between, as a strike and after two answers GOAWAY "too_many_pings": under load every call
+# on the connection then fails UNAVAILABLE. So: ping only while a call waits, no more often than
+# that policy allows; a dead server is still found by each call's own timeout.
+GRPC_OPTIONS: dict[str, int] = {
+    "grpc.keepalive_time_ms": 300_000,
+    "grpc.keepalive_timeout_ms": 20_000,
+    "grpc.keepalive_permit_without_calls": 0,
+    "grpc.http2.max_pings_without_data": 0,
+}
 
 
 def collection_name(prefix: str, model_id: str, gallery_id: str) -> str:
@@ -75,7 +86,9 @@ class MilvusIndex:
         self.search_params = dict(search_params or {})
         self._timeout = timeout_s
         try:
-            self._client = MilvusClient(uri=uri, token=token, timeout=timeout_s)
+            self._client = MilvusClient(
+                uri=uri, token=token, timeout=timeout_s, grpc_options=GRPC_OPTIONS
+            )
         except MilvusException as exc:
             raise BackendUnavailable(f"Milvus at {uri} cannot be reached: {exc}") from exc
         self._call(self._ensure_collection)

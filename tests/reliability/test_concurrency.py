@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,20 @@ def test_concurrent_enroll_delete_identify(
     latencies: list[float] = []
     stop_at = time.monotonic() + 20
 
+    def reported(work: Callable[[int], None]) -> Callable[[int], None]:
+        """A client thread's exception (a refused connection, a timeout) becomes an error the
+        test reports, instead of a thread that dies silently and leaves nothing to report."""
+
+        def run(i: int) -> None:
+            try:
+                work(i)
+            except Exception as exc:
+                with lock:
+                    errors.append(f"{work.__name__} {i}: {exc.__class__.__name__}: {exc}")
+
+        return run
+
+    @reported
     def writer(w: int) -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=60) as c:
             n = 0
@@ -62,6 +77,7 @@ def test_concurrent_enroll_delete_identify(
                         else:
                             errors.append(f"delete {r.status_code}")
 
+    @reported
     def reader(i: int) -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=60) as c:
             n = 0
@@ -99,6 +115,7 @@ def test_concurrent_enroll_delete_identify(
             items = c.get("/v1/subjects", params={"limit": 500}).json()["items"]
             ready = c.get("/readyz").json()["gallery"]
     assert not errors, errors[:10]
+    assert latencies, "no request completed"
     alive = {s: ids for s, ids in enrolled.items() if s not in deleted_at}
     assert total == len(alive) and len(items) == min(total, 500)
     assert {s["id"]: s["face_count"] for s in items} == {s: len(v) for s, v in alive.items()}
