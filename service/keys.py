@@ -6,7 +6,9 @@ that holds only sha256 digests with their scopes and is re-read when it changes,
 added, rotated and revoked while the service runs.
 
 Scopes: ``read`` (verify, identify, detect, embed, list), ``write`` (create, enroll, rename,
-delete), ``admin`` (batch jobs, export).
+delete), ``admin`` (batch jobs, export). They nest: ``admin`` includes ``write``, which includes
+``read`` (a key made with ``--scopes admin`` is an operator's key, as users of every peer expect);
+``require`` is the one place that says so.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, Literal
 from service.errors import ConfigError, Forbidden, Unauthorized
 
 Scope = Literal["read", "write", "admin"]
-SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
+SCOPES: tuple[Scope, ...] = ("read", "write", "admin")  # each includes the ones before it
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,8 @@ class KeyRing:
 
     @staticmethod
     def require(principal: Principal, scope: Scope) -> None:
-        """Raise Forbidden unless the principal holds the scope."""
-        if scope not in principal.scopes:
+        """Raise Forbidden unless the principal holds the scope or one that includes it."""
+        if not any(SCOPES.index(scope) <= SCOPES.index(held) for held in principal.scopes):
             raise Forbidden(
                 f"this key lacks the '{scope}' scope",
                 required_scope=scope,

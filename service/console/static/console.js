@@ -31,6 +31,8 @@ function messageOf(body, status) {
     job_not_found: "That job is gone (discarded, expired, or the service restarted).",
     cluster_not_found: "That group is gone (merged or emptied).",
   }[err.code];
+  const scope = err.code === "forbidden" && err.details && err.details.required_scope;
+  if (scope) return `This key may not do that: it needs the '${scope}' scope (admin includes write, write includes read). (forbidden)`;
   return `${readable || err.message} (${err.code})`;
 }
 
