@@ -6,6 +6,7 @@ Routes and CLI commands are thin: they parse input, call one method here, and fo
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from service.vision.detection import DetectorOptions, create_detector
 from service.vision.embedding import Embedder
 from service.vision.image import decode_image
 from service.vision.pipeline import Chosen, EnrollPolicy, Face, FacePipeline
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,25 @@ class Recognition:
         self.pipeline = pipeline
         self._gallery = gallery
         self.on_faces = on_faces
+        self._warn_of_unsupported_default_fars()
+
+    def _warn_of_unsupported_default_fars(self) -> None:
+        """Tell the operator at start-up, not a client later, when a configured default FAR is
+        stricter than the recognizer's calibration supports (e.g. calibrated on 200 pairs)."""
+        calibration = self.recognizer.calibration
+        if calibration is None or not calibration.thresholds_by_far:
+            return
+        lowest = min(float(k) for k in calibration.thresholds_by_far)
+        for purpose, far in (("IDENTIFY", self.settings.identify_far),
+                             ("VERIFY", self.settings.verify_far)):  # fmt: skip
+            if far is not None and far < lowest * (1 - 1e-9):
+                log.warning(
+                    "MARGINFACE_%s_FAR=%g is below the lowest FAR %s's calibration supports "
+                    "(%g, from %s impostor pairs): requests without far= use far=%g; "
+                    "calibrate on more pairs or set MARGINFACE_%s_FAR",
+                    purpose, far, self.recognizer.name, lowest, calibration.impostor_pairs,
+                    lowest, purpose,
+                )  # fmt: skip
 
     @property
     def gallery(self) -> Gallery:
@@ -210,10 +232,18 @@ class Recognition:
             self.settings.identify_far if purpose == "identify" else self.settings.verify_far
         )
         if default_far is not None and calibration is not None and calibration.thresholds_by_far:
-            value, used = threshold_for_far(calibration, default_far)
-            return Threshold(
-                value, f"default {purpose} far={default_far:g}: {calibration.far_provenance(used)}"
+            # a server setting the calibration cannot support is the operator's to fix (warned
+            # at start-up), never the client's: use the strictest FAR it does support, and say so
+            lowest = min(float(k) for k in calibration.thresholds_by_far)
+            usable_far = max(default_far, lowest)
+            value, used = threshold_for_far(calibration, usable_far)
+            note = (
+                f"default {purpose} far={default_far:g}"
+                if usable_far == default_far
+                else f"default {purpose} far={default_far:g} is below what the calibration "
+                f"supports; used far={used:g}"
             )
+            return Threshold(value, f"{note}: {calibration.far_provenance(used)}")
         recommended = self.recognizer.thresholds
         if recommended is None:
             raise InvalidRequest(
