@@ -17,6 +17,7 @@ from fastapi_offline import FastAPIOffline
 
 from service.api import clusters, faces, health, jobs, recognize, subjects
 from service.api.deps import AppState, known_query_only
+from service.api.openapi import document_errors
 from service.audit import AuditTrail
 from service.console import mount_console
 from service.errors import ConfigError, install_handlers
@@ -139,5 +140,6 @@ def create_app(
     if settings.console_enabled:
         mount_console(app)
     install_handlers(app)
+    document_errors(app, routers)
     _install_middleware(app, settings, keys, metrics, ScopeTable(routers))
     return app
