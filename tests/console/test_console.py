@@ -328,3 +328,40 @@ def test_the_people_view_groups_a_zip_and_names_a_group(  # type: ignore[no-unty
     page.get_by_role("button", name="Discard this job").click()
     expect(page.locator("#status")).to_contain_text("Job discarded")
     assert page.locator("#clusters li").count() == 0
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_identify_labels_stay_on_the_photo_and_apart(browser, base_url: str, width: int) -> None:  # type: ignore[no-untyped-def]
+    """Six faces in a row (t1.jpg): every label inside the photo, no two overlapping, at a
+    phone's width and a desktop's. Labels once ran off the right edge at 1280 px and overlapped
+    or left the photo at 390 px."""
+    context = browser.new_context(viewport={"width": width, "height": 844}, is_mobile=width < 500)
+    pg = context.new_page()
+    pg.goto(f"{base_url}/console/")
+    sign_in(pg)
+    pg.wait_for_selector("#view-gallery:not([hidden])")
+    pg.goto(pg.url.split("#")[0] + "#identify")
+    pg.set_input_files("#identify-file", str(GROUP))
+    pg.get_by_role("button", name="Identify", exact=True).click()
+    pg.wait_for_selector(".face-box")
+    assert pg.locator(".face-box").count() == 6
+    photo = pg.locator("#identify-image").bounding_box()
+    labels = [pg.locator(".face-box span").nth(i) for i in range(6)]
+    boxes = [label.bounding_box() for label in labels]
+    shot(pg, f"console-identify-labels-{width}")
+    context.close()
+    assert all(b is not None for b in boxes), "a label is hidden"
+    eps = 0.5
+    for b in boxes:
+        assert b["x"] >= photo["x"] - eps and b["y"] >= photo["y"] - eps, (b, photo)
+        assert b["x"] + b["width"] <= photo["x"] + photo["width"] + eps, (b, photo)
+        assert b["y"] + b["height"] <= photo["y"] + photo["height"] + eps, (b, photo)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            apart = (
+                a["x"] + a["width"] <= b["x"] + eps
+                or b["x"] + b["width"] <= a["x"] + eps
+                or a["y"] + a["height"] <= b["y"] + eps
+                or b["y"] + b["height"] <= a["y"] + eps
+            )
+            assert apart, (a, b)

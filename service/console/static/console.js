@@ -331,6 +331,8 @@ function drawFaces(result, img) {
     const q = face.detection.quality ? ` · q ${face.detection.quality.score.toFixed(2)}` : "";
     const tag = document.createElement("span");
     tag.textContent = label + q;
+    tag.dataset.full = label + q;
+    tag.dataset.short = `${i + 1}`;
     b.append(tag);
     b.setAttribute("aria-label", `Face ${i + 1}: ${label}, ${qualityText(face.detection)}. Show candidates.`);
     b.addEventListener("click", () => {
@@ -342,7 +344,68 @@ function drawFaces(result, img) {
     });
     layer.append(b);
   });
+  layoutLabels();
 }
+
+// Labels are laid out in pixels once the boxes are placed: each inside the picture and clear of
+// the others (below its box if it can, else above, else in a free row), shortened to the face's
+// number when the picture is too narrow for the whole text (the full text stays in the button's
+// name and the candidates list). Laid out again when the picture is resized.
+function overlaps(a, b) {
+  return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+}
+
+function placeLabel(box, tag, stage, placed, faces, own) {
+  const w = tag.offsetWidth, h = tag.offsetHeight;
+  if (w > stage.width || h > stage.height) return null;
+  const left = box.left - stage.left, top = box.top - stage.top, bottom = box.bottom - stage.top;
+  const clampX = (x) => Math.min(Math.max(x, 0), stage.width - w);
+  const xs = [clampX(left), ...placed.map((p) => clampX(p.right + 2)), ...placed.map((p) => clampX(p.left - w - 2))];
+  const ys = [bottom, top - h, ...placed.map((p) => p.bottom + 1), ...placed.map((p) => p.top - h - 1), top];
+  let best = null;
+  for (const y of ys) {
+    if (y < 0 || y + h > stage.height) continue;
+    for (const x of xs) {
+      const r = { left: x, top: y, right: x + w, bottom: y + h };
+      if (placed.some((p) => overlaps(p, r))) continue;
+      // a spot that hides another face costs more than any distance
+      const hides = faces.some((f) => f !== own && overlaps(f, r)) ? 10000 : 0;
+      const cost = hides + Math.abs(x - clampX(left)) + Math.abs(y - bottom) * 2;
+      if (!best || cost < best.cost) best = { ...r, cost };
+    }
+  }
+  return best;
+}
+
+function layoutLabels() {
+  const layer = $("boxes");
+  const stage = $("stage").getBoundingClientRect(); // the picture's own box
+  if (!stage.width || !stage.height) return;
+  const placed = [];
+  const buttons = [...layer.querySelectorAll(".face-box")];
+  buttons.sort((a, b) => a.getBoundingClientRect().left - b.getBoundingClientRect().left);
+  const local = (r) => ({ left: r.left - stage.left, top: r.top - stage.top,
+                          right: r.right - stage.left, bottom: r.bottom - stage.top });
+  const faces = buttons.map((b) => local(b.getBoundingClientRect()));
+  buttons.forEach((b, i) => {
+    const tag = b.querySelector("span");
+    const box = b.getBoundingClientRect();
+    let spot = null;
+    for (const text of [tag.dataset.full, tag.dataset.short]) {
+      tag.textContent = text;
+      tag.hidden = false;
+      spot = placeLabel(box, tag, stage, placed, faces, faces[i]);
+      if (spot) break;
+    }
+    if (!spot) { tag.hidden = true; return; }
+    placed.push(spot);
+    // the span is placed from the button's padding edge (inside its border)
+    tag.style.left = `${spot.left - (box.left - stage.left) - b.clientLeft}px`;
+    tag.style.top = `${spot.top - (box.top - stage.top) - b.clientTop}px`;
+  });
+}
+
+window.addEventListener("resize", () => { if ($("boxes").childElementCount) layoutLabels(); });
 
 $("identify-form").addEventListener("submit", (e) => {
   e.preventDefault();
