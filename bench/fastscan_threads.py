@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -45,6 +46,33 @@ def built(factory: str, x: np.ndarray, cache: Path) -> faiss.Index:
     cache.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(path))
     return index
+
+
+def single_p50(index: faiss.Index, queries: np.ndarray, pin: int | None) -> dict[str, object]:
+    """Single-query p50 in the calling thread, after ``omp_set_num_threads(pin)`` there."""
+    if pin is not None:
+        faiss.omp_set_num_threads(pin)
+    single = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None], 10)
+        single.append((time.perf_counter() - t) * 1000)
+    return {
+        "threads_here": faiss.omp_get_max_threads(),
+        "single_p50_ms": round(float(np.median(single)), 3),
+    }
+
+
+def pin_check(index: faiss.Index, queries: np.ndarray) -> None:
+    """Where a pin must be made: OpenMP's thread count is per calling thread, so one set in
+    the main thread does not reach a server's worker threads."""
+    faiss.omp_set_num_threads(1)
+    print(json.dumps({"pin": "main thread set to 1", **single_p50(index, queries, None)}))
+    with ThreadPoolExecutor(1) as pool:
+        for what, pin in (("worker, not pinned", None), ("worker, pinned in it", 1)):
+            print(
+                json.dumps({"pin": what, **pool.submit(single_p50, index, queries, pin).result()})
+            )
 
 
 def main() -> int:
@@ -83,6 +111,9 @@ def main() -> int:
                 "load_average_1m": round(os.getloadavg()[0], 1),
             }
             print(json.dumps(record), flush=True)
+        if "PQ" in factory:
+            pin_check(index, queries[:100])
+            faiss.omp_set_num_threads(2)
     return 0
 
 
