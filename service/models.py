@@ -308,7 +308,12 @@ def verified_sha256(model_dir: Path, manifest: Manifest) -> str | None:
     path = verified_path(model_dir, manifest)
     if not isinstance(manifest.source, DerivedSource) or not path.is_file():
         return None
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:  # a torn or edited record proves nothing: derive again
+        return None
+    if not isinstance(record, dict):
+        return None
     if record.get("reference_sha256") != manifest.source.reference_sha256:
         return None  # verified against another reference: derive again
     sha = record.get("sha256")

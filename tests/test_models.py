@@ -247,6 +247,9 @@ def test_a_derived_build_is_refused_unless_it_embeds_like_the_reference(tmp_path
     (model_dir / f"{manifest.file}.verified.json").write_text(json.dumps(record))
     with pytest.raises(ModelError, match="sha256 mismatch"):
         resolve_model(models, manifest.name)
+    (model_dir / f"{manifest.file}.verified.json").write_text('{"sha256": ')  # torn
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        resolve_model(models, manifest.name)
     record["sha256"] = sha256_file(weights)  # what fetch writes for a build that passed
     (model_dir / f"{manifest.file}.verified.json").write_text(json.dumps(record))
     assert resolve_model(models, manifest.name)[1] == weights
