@@ -6,7 +6,8 @@ without the search) in a closed loop for a fixed time. The same server settings 
 requests/s, faces/s, p50 and p99 latency per (mode, clients), and the server's batch sizes
 (from /metrics) with batching on.
 
-Usage: python bench/batching_benchmark.py [--clients 1,4,16,64] [--seconds 20]
+Usage: python bench/batching_benchmark.py [--clients 1,4,16,64] [--seconds 20] [--device cuda]
+(``bench/gpu_check.py`` runs it too, through ``run``, printing each point as it is measured.)
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -29,7 +33,38 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from tests.test_server import HEADERS, free_port, server  # noqa: E402
+from tests.test_server import HEADERS, free_port, serve_command  # noqa: E402
+
+
+@contextmanager
+def serving(gallery: Path, port: int, env: dict[str, str], device: str) -> Iterator[None]:
+    """`marginface serve` on ``device`` until /readyz answers; stopped on exit."""
+    full_env = {**os.environ, "MARGINFACE_AUTH__API_KEYS": json.dumps([HEADERS["X-API-Key"]])}
+    log_path = gallery.parent / f"server-{port}.log"
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen(
+            serve_command(port, gallery, device),
+            env={**full_env, **env},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start: {log_path.read_text()[-3000:]}")
+                time.sleep(0.2)
+            yield
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
 
 
 def load(port: int, clients: int, seconds: float, photos: list[bytes]) -> dict[str, float]:
@@ -83,37 +118,72 @@ def batch_sizes(port: int) -> dict[str, float]:
     return {"batches": count, "mean_faces_per_batch": round(total / count, 2) if count else 0}
 
 
+def lfw_photos(count: int = 200) -> list[bytes]:
+    """The request bodies: LFW photos (250x250, usually one face)."""
+    return [p.read_bytes() for p in sorted((DATA / "lfw/images").glob("A*/*.jpg"))[:count]]
+
+
+def run(
+    clients: list[int],
+    seconds: float,
+    *,
+    wait_ms: float = 2.0,
+    intra_op_threads: int = 0,
+    device: str = "cpu",
+    on_point: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict[str, object]:
+    """Both modes at each client count; ``on_point(mode, figures)`` hears each point as it is
+    measured (so a crash later loses nothing already measured)."""
+    photos = lfw_photos()
+    out: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "device": device,
+        "seconds_per_point": seconds,
+        "batch_max_wait_ms": wait_ms,
+        "intra_op_threads": intra_op_threads,
+        "request": "POST /v1/embed with an LFW photo (250x250, usually 1 face)",
+    }
+    for batching in (False, True):
+        mode = "batching_on" if batching else "batching_off"
+        port = free_port()
+        env = {
+            "MARGINFACE_INTRA_OP_THREADS": str(intra_op_threads),
+            "MARGINFACE_EMBEDDER__BATCHING": "true" if batching else "false",
+            "MARGINFACE_EMBEDDER__BATCH_MAX_WAIT_MS": str(wait_ms),
+            "MARGINFACE_GALLERY__FLUSH_INTERVAL_S": "3600",
+            "MARGINFACE_LOG_LEVEL": "WARNING",
+        }
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            serving(Path(tmp) / "gallery", port, env, device),
+        ):
+            load(port, 2, min(3.0, seconds), photos)  # warm-up
+            points = []
+            for n in clients:
+                points.append(load(port, n, seconds, photos))
+                if on_point:
+                    on_point(mode, points[-1])
+            out[mode] = points
+            if batching:
+                out["batches"] = batch_sizes(port)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="1,4,16,64")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--wait-ms", type=float, default=2.0)
     parser.add_argument("--intra-op-threads", type=int, default=0, help="0: ONNX Runtime's choice")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
-    clients = [int(c) for c in args.clients.split(",")]
-    photos = [p.read_bytes() for p in sorted((DATA / "lfw/images").glob("A*/*.jpg"))[:200]]
-    out: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "seconds_per_point": args.seconds,
-        "batch_max_wait_ms": args.wait_ms,
-        "intra_op_threads": args.intra_op_threads,
-        "request": "POST /v1/embed with an LFW photo (250x250, usually 1 face)",
-    }
-    for batching in (False, True):
-        port = free_port()
-        env = {
-            "MARGINFACE_INTRA_OP_THREADS": str(args.intra_op_threads),
-            "MARGINFACE_EMBEDDER__BATCHING": "true" if batching else "false",
-            "MARGINFACE_EMBEDDER__BATCH_MAX_WAIT_MS": str(args.wait_ms),
-            "MARGINFACE_LOG_LEVEL": "WARNING",
-        }
-        with tempfile.TemporaryDirectory() as tmp, server(Path(tmp) / "gallery", port, env):
-            load(port, 2, 3, photos)  # warm-up
-            out["batching_on" if batching else "batching_off"] = [
-                load(port, n, args.seconds, photos) for n in clients
-            ]
-            if batching:
-                out["batches"] = batch_sizes(port)
+    out = run(
+        [int(c) for c in args.clients.split(",")],
+        args.seconds,
+        wait_ms=args.wait_ms,
+        intra_op_threads=args.intra_op_threads,
+        device=args.device,
+    )
     print(json.dumps(out, indent=2))
     return 0
 

