@@ -34,7 +34,7 @@ from service.api.compreface.schemas import (
     Updated,
 )
 from service.api.deps import CanRead, CanWrite, State
-from service.errors import FaceNotFound, InvalidRequest, NoFace
+from service.errors import FaceNotFound, InvalidRequest, MultipleFaces, NoFace
 from service.images import media_type
 from service.recognition import Recognition
 
@@ -97,9 +97,12 @@ def add_example(
 ) -> Example:
     """Add an example (one face) of a subject, creating the subject if needed."""
     found = faces.ensure(subject)
-    results = state.recognition.enroll(
-        found.id, [images["file"]], policy="reject", aligned=not detect_faces
-    )
+    try:
+        results = state.recognition.enroll(
+            found.id, [images["file"]], policy="reject", aligned=not detect_faces
+        )
+    except MultipleFaces as exc:  # our message names our own API's option
+        raise MultipleFaces("Image should contain only one face: " + exc.message) from exc
     fid, created, chosen = results[0]
     if det_prob_threshold is not None and chosen.face.score < det_prob_threshold:
         if created:  # the face was below the caller's floor: undo, as if never added
