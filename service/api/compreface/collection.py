@@ -72,6 +72,14 @@ class FaceCollection:
         except SubjectExists:
             return self.get(name)
 
+    def discard_if_empty(self, subject_id: str) -> None:
+        """Delete a subject this request created when it ended up with no example."""
+        try:
+            if not self.gallery.list_faces(subject_id):
+                self.gallery.delete_subject(subject_id)
+        except SubjectNotFound:
+            pass
+
     def rename(self, name: str, new_name: str) -> bool:
         """Rename; CompreFace merges into an existing subject, which the gallery cannot do
         (faces never move between subjects): refused with SubjectExists."""

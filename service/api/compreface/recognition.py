@@ -96,18 +96,24 @@ def add_example(
     detect_faces: DetectFaces = True,
 ) -> Example:
     """Add an example (one face) of a subject, creating the subject if needed."""
-    found = faces.ensure(subject)
+    existed = faces.find(subject)
+    found = existed or faces.ensure(subject)
     try:
-        results = state.recognition.enroll(
-            found.id, [images["file"]], policy="reject", aligned=not detect_faces
-        )
-    except MultipleFaces as exc:  # our message names our own API's option
-        raise MultipleFaces("Image should contain only one face: " + exc.message) from exc
-    fid, created, chosen = results[0]
-    if det_prob_threshold is not None and chosen.face.score < det_prob_threshold:
-        if created:  # the face was below the caller's floor: undo, as if never added
-            faces.gallery.delete_face(fid)
-        raise NoFace(NO_FACE, det_prob_threshold=det_prob_threshold)
+        try:
+            results = state.recognition.enroll(
+                found.id, [images["file"]], policy="reject", aligned=not detect_faces
+            )
+        except MultipleFaces as exc:  # our message names our own API's option
+            raise MultipleFaces("Image should contain only one face: " + exc.message) from exc
+        fid, created, chosen = results[0]
+        if det_prob_threshold is not None and chosen.face.score < det_prob_threshold:
+            if created:  # the face was below the caller's floor: undo, as if never added
+                faces.gallery.delete_face(fid)
+            raise NoFace(NO_FACE, det_prob_threshold=det_prob_threshold)
+    except Exception:
+        if existed is None:  # a failed add leaves no empty subject behind
+            faces.discard_if_empty(found.id)
+        raise
     return Example(image_id=image_id(fid), subject=found.name)
 
 
