@@ -277,3 +277,31 @@ def test_double_take_defaults_on_real_lfw_pairs(pipeline: FacePipeline) -> None:
     ]
     assert max(other) < 0.40, sorted(other)[-3:]
     assert np.mean(np.array(same) >= 0.60) >= 0.9, sorted(same)[:5]
+
+
+def test_a_compreface_key_becomes_a_marginface_key(tmp_path: Path, pipeline: FacePipeline) -> None:
+    """`marginface keys create --key-stdin` keeps the key an integration already holds."""
+    import subprocess
+    import sys
+
+    keys_file = tmp_path / "keys.json"
+    old_key = "00000000-0000-0000-0000-000000000002"  # CompreFace's demo recognition key
+    run = subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "create", "--id", "double-take",
+         "--scopes", "read,write", "--key-stdin", "--file", str(keys_file)],
+        input=old_key + "\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert old_key not in keys_file.read_text()  # stored as its sha256 only
+    settings = make_settings(tmp_path, auth={"keys_file": str(keys_file)})
+    with TestClient(create_app(settings, pipeline=pipeline)) as c:
+        r = c.get(f"{RECOGNITION}/subjects", headers={"x-api-key": old_key})
+        assert r.json() == {"subjects": []}
+        r = c.get(f"{RECOGNITION}/subjects", headers={"x-api-key": old_key[:-1] + "3"})
+        assert r.status_code == 401
+    again = subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "create", "--id", "other",
+         "--key-stdin", "--file", str(keys_file)],
+        input="short\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 2 and "at least 16" in again.stderr
