@@ -17,6 +17,7 @@ from fastapi_offline import FastAPIOffline
 
 from service.api import clusters, compreface, faces, health, jobs, recognize, subjects
 from service.api.deps import AppState, known_query_only
+from service.api.image_body import IMAGE_ROUTES, Base64Bodies
 from service.audit import AuditTrail
 from service.console import mount_console
 from service.errors import ConfigError, install_handlers
@@ -140,6 +141,7 @@ def create_app(
     if settings.console_enabled:
         mount_console(app)
     install_handlers(app)
+    app.add_middleware(Base64Bodies, routes=IMAGE_ROUTES)  # innermost: base64 JSON images
     _install_middleware(app, settings, keys, metrics, ScopeTable(routers))
     app.add_middleware(compreface.CompreFaceErrors)  # its error body, on its routes only
     return app
