@@ -305,3 +305,10 @@ def test_a_compreface_key_becomes_a_marginface_key(tmp_path: Path, pipeline: Fac
         input="short\n", capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert again.returncode == 2 and "at least 16" in again.stderr
+
+
+def test_the_documented_trailing_slash_lists_subjects(cf: TestClient) -> None:
+    """CompreFace's own curl example lists subjects at `/subjects/`."""
+    r = cf.get(f"{RECOGNITION}/subjects/", follow_redirects=False)
+    assert (r.status_code, r.json()) == (200, {"subjects": []})
+    assert cf.get(f"{RECOGNITION}/subjects/", headers={"x-api-key": ""}).status_code == 401
