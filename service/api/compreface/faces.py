@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 
 from service.api.compreface.schemas import BoxOut, FaceResult, PoseOut
 from service.api.compreface.similarity import SimilarityScale
@@ -109,14 +108,16 @@ def plugins_versions(rec: Recognition, options: FaceOptions) -> dict[str, str] |
     return versions
 
 
-@lru_cache(maxsize=8)
-def _scale(recognition: Recognition) -> SimilarityScale:
-    return SimilarityScale.for_manifest(recognition.recognizer)
+_SCALES: dict[str, SimilarityScale] = {}  # by model id: a manifest's calibration is fixed
 
 
 def scale(recognition: Recognition) -> SimilarityScale:
     """The similarity scale of the running recognizer."""
-    return _scale(recognition)
+    manifest = recognition.recognizer
+    found = _SCALES.get(manifest.model_id)
+    if found is None:
+        found = _SCALES[manifest.model_id] = SimilarityScale.for_manifest(manifest)
+    return found
 
 
 def image_id(face_id: int) -> str:
