@@ -8,6 +8,9 @@ PY=${PYTHON:-python3}
 # the distributed gallery's tests start Debian's PostgreSQL server on a free port (and stop it).
 NEED=()
 command -v chromium >/dev/null 2>&1 || NEED+=(chromium)
+# CompreFace's JavaScript SDK (tests/compreface) runs on Debian's Node.js; the SDKs themselves come
+# from npm and PyPI (scripts/compreface_sdks.sh, run by the tests, into .cache/)
+command -v npm >/dev/null 2>&1 || NEED+=(nodejs npm)
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
     || NEED+=(postgresql)
 if [ ${#NEED[@]} -gt 0 ]; then

@@ -15,8 +15,9 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from service.api import clusters, faces, health, jobs, recognize, subjects
+from service.api import clusters, compreface, faces, health, jobs, recognize, subjects
 from service.api.deps import AppState, known_query_only
+from service.api.image_body import IMAGE_ROUTES, Base64Bodies
 from service.api.openapi import document_errors
 from service.audit import AuditTrail
 from service.console import mount_console
@@ -135,11 +136,14 @@ def create_app(
     routers = [health.router, subjects.router, faces.router, recognize.router, clusters.router]
     routers.append(jobs.router)
     routers.append(jobs.export_router)
+    routers.extend(compreface.routers)  # CompreFace's REST API: docs/compreface.md
     for router in routers:
         app.include_router(router)
     if settings.console_enabled:
         mount_console(app)
     install_handlers(app)
     document_errors(app, routers)
+    app.add_middleware(Base64Bodies, routes=IMAGE_ROUTES)  # innermost: base64 JSON images
     _install_middleware(app, settings, keys, metrics, ScopeTable(routers))
+    app.add_middleware(compreface.CompreFaceErrors)  # its error body, on its routes only
     return app

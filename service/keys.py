@@ -144,14 +144,27 @@ def _write_keys_file(path: Path, entries: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def create_key(path: Path, key_id: str, scopes: list[str]) -> str:
-    """Add a key to the file and return it (the only time it is shown)."""
+#: the shortest key accepted from outside (a CompreFace API key is a 36-character UUID)
+MIN_EXISTING_KEY_CHARS = 16
+
+
+def create_key(path: Path, key_id: str, scopes: list[str], *, existing: str | None = None) -> str:
+    """Add a key to the file and return it (the only time it is shown). ``existing`` keeps a
+    key that clients already hold (a CompreFace API key) instead of making a new one."""
     if not set(scopes) <= set(SCOPES) or not scopes:
         raise ValueError(f"scopes must be some of {', '.join(SCOPES)}")
     entries = read_keys_file(path) if path.exists() else []
     if any(e["id"] == key_id for e in entries):
         raise ValueError(f"a key with id {key_id!r} exists; revoke it first or pick another id")
-    key = "mf_" + secrets.token_urlsafe(32)
+    if existing is not None:
+        existing = existing.strip()
+        if len(existing) < MIN_EXISTING_KEY_CHARS or not existing.isprintable():
+            raise ValueError(
+                f"an existing key must be at least {MIN_EXISTING_KEY_CHARS} printable characters"
+            )
+        if any(e["sha256"] == digest(existing).hex() for e in entries):
+            raise ValueError("that key is already in the file")
+    key = existing if existing is not None else "mf_" + secrets.token_urlsafe(32)
     entries.append(
         {
             "id": key_id,

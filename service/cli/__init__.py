@@ -12,11 +12,11 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from service.cli import cluster, evaluate, gallery, keys, recognize, registry, serve
+from service.cli import cluster, evaluate, gallery, imports, keys, recognize, registry, serve
 from service.cli.common import report_error
 from service.errors import MarginFaceError
 
-GROUPS = (serve, registry, recognize, gallery, cluster, keys, evaluate)
+GROUPS = (serve, registry, recognize, gallery, cluster, keys, evaluate, imports)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,12 @@ def register(sub: Subcommands) -> None:
     kcreate = ksub.add_parser("create", help="add a key; prints it once")
     kcreate.add_argument("--id", required=True, help="a name for the key (who uses it)")
     kcreate.add_argument("--scopes", default="read", help="comma list of read,write,admin")
+    kcreate.add_argument(
+        "--key-stdin",
+        action="store_true",
+        help="keep a key clients already hold, read from stdin (e.g. a CompreFace API key: "
+        "docs/compreface.md), instead of making a new one",
+    )
     kcreate.set_defaults(func=cmd_keys_create)
     klist = ksub.add_parser("list", help="key ids and scopes")
     klist.set_defaults(func=cmd_keys_list)
@@ -50,7 +56,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     path = _keys_file(args)
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     try:
-        key = create_key(path, args.id, scopes)
+        existing = sys.stdin.readline() if args.key_stdin else None
+        key = create_key(path, args.id, scopes, existing=existing)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -98,3 +98,11 @@ def test_a_generated_client_parses_real_errors(tmp_path: Path) -> None:
     assert out["created"]["status"] == 201 and out["created"]["type"] == "SubjectOut", out
     assert out["identified"]["status"] == 200, out
     assert out["identified"]["type"] == "IdentifyResponse", out
+
+
+def test_no_two_schemas_share_a_name() -> None:
+    """Two response models of one name (CompreFace's PoseOut and ours) become module-path names
+    (`service__schemas__PoseOut`) that the generator cannot build, and every model that refers to
+    one silently disappears from the generated client."""
+    schemas = create_app(Settings(auth={"disabled": True})).openapi()["components"]["schemas"]  # type: ignore[arg-type]
+    assert not [name for name in schemas if "__" in name and not name.startswith("Body_")]

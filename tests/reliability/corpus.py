@@ -7,6 +7,7 @@ a real server and by bench/hostile_replay.py (memory over 100 replays).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import struct
@@ -322,13 +323,21 @@ def corpus() -> list[Case]:
             data={"image": "not a file"},
         ),
         Case(
-            "json_to_multipart_route",
+            "json_to_multipart_route",  # base64 JSON is accepted: "x" is not base64
             "POST",
             "/v1/identify",
             {422},
-            {"validation_error"},
+            {"invalid_image"},
             json={"image": "x"},
         ),
+        # base64 JSON on the image routes (issue 28): every broken shape is a clear 422
+        Case("b64_number", "POST", "/v1/identify", {422}, {"invalid_image"}, json={"image": 5}),
+        Case("b64_nested", "POST", "/v1/detect", {422}, {"invalid_request"}, json={"image": "AA==", "x": {"a": 1}}),  # noqa: E501
+        Case("b64_list_of_numbers", "POST", "/v1/subjects/victim/faces", {422}, {"invalid_image"}, json={"files": [1, 2]}),  # noqa: E501
+        Case("b64_missing", "POST", "/v1/embed", {422}, {"invalid_image"}, json={"aligned": True}),
+        Case("b64_top_k_text", "POST", "/v1/identify", {422}, {"validation_error"}, json={"image": base64.b64encode(FACE.read_bytes()).decode(), "top_k": "many"}),  # noqa: E501
+        Case("b64_bad_key", "POST", "/v1/verify", {422}, {"invalid_request"}, json={"image_a": "AA==", "a b": 1}),  # noqa: E501
+        Case("raw_jpeg_body", "POST", "/v1/identify", {422}, {"validation_error"}, content=FACE.read_bytes(), headers={"content-type": "image/jpeg"}),  # noqa: E501
         Case(
             "oversized_body",
             "POST",
