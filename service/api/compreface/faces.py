@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from service.api.compreface.schemas import BoxOut, FaceResult, CompreFacePose
+from service.api.compreface.schemas import BoxOut, CompreFacePose, FaceResult
 from service.api.compreface.similarity import SimilarityScale
 from service.errors import FaceNotFound, InvalidRequest
 from service.recognition import Recognition
