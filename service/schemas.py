@@ -133,17 +133,17 @@ class EnrollResponse(BaseModel):
 
 
 class SubjectDeleted(BaseModel):
-    """What deleting a subject removed."""
+    """What deleting a subject removed (named fields: a bare ``deleted`` read like a count)."""
 
-    deleted: str = Field(description="the subject id")
-    faces_deleted: int
+    subject_id: str = Field(description="the subject that was deleted")
+    faces_deleted: int = Field(description="how many of its faces were deleted with it")
 
 
 class FaceDeleted(BaseModel):
-    """What deleting a face removed."""
+    """What deleting a face removed (named fields: a bare ``deleted`` read like a count)."""
 
-    deleted: int = Field(description="the face id")
-    faces_deleted: int
+    face_id: int = Field(description="the face that was deleted")
+    faces_deleted: int = Field(description="always 1")
 
 
 class ThresholdOut(BaseModel):

@@ -69,7 +69,7 @@ def delete_face(
 ) -> FaceDeleted:
     """Erase one face from the store and the index (and its kept photo, if any)."""
     state.gallery.delete_face(face_id)
-    return FaceDeleted(deleted=face_id, faces_deleted=1)
+    return FaceDeleted(face_id=face_id, faces_deleted=1)
 
 
 @router.get(

@@ -51,4 +51,4 @@ def update_subject(subject_id: str, body: SubjectUpdate, state: State) -> Subjec
 def delete_subject(subject_id: str, state: State) -> SubjectDeleted:
     """Erase a subject and every face of it from the store and the index."""
     removed = state.gallery.delete_subject(subject_id)
-    return SubjectDeleted(deleted=subject_id, faces_deleted=removed)
+    return SubjectDeleted(subject_id=subject_id, faces_deleted=removed)

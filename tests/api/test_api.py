@@ -148,7 +148,7 @@ def test_subject_crud_and_pagination(client: TestClient) -> None:
     assert r.json()["name"] == "Renamed" and r.json()["metadata"] == {"team": "a"}
     generated = client.post("/v1/subjects", json={"name": "No id"}).json()
     assert len(generated["id"]) == 32
-    assert client.delete("/v1/subjects/s1").json() == {"deleted": "s1", "faces_deleted": 0}
+    assert client.delete("/v1/subjects/s1").json() == {"subject_id": "s1", "faces_deleted": 0}
     assert client.get("/v1/subjects/s1").status_code == 404
 
 
@@ -164,7 +164,8 @@ def test_faces_list_delete_and_reenroll_noop(client: TestClient) -> None:
     assert len(faces) == 2 and faces[0]["model_id"].startswith("sface-2021dec@")
     r = client.delete(f"/v1/faces/{first['face_id']}")
     assert r.status_code == 200
-    assert r.json() == {"deleted": first["face_id"], "faces_deleted": 1}  # an int, was "1"
+    # named fields: {"deleted": 2} read like a count of deleted faces
+    assert r.json() == {"face_id": first["face_id"], "faces_deleted": 1}
     assert (
         client.delete(f"/v1/faces/{first['face_id']}").json()["error"]["code"] == "face_not_found"
     )
