@@ -2,7 +2,8 @@
 
 Everything a caller can send passes through here first, so this is where hostile input stops:
 undecodable bytes, decompression bombs (the pixel count is checked from the header, before any
-pixel is decoded), animations, and images too small to hold a face.
+pixel is decoded), CPU bombs (the container's structure is checked first: ``image_cost``),
+animations, and images too small to hold a face.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedImage
+from service.vision.image_cost import DecodeCost, check_decode_cost
 
 # PIL's own bomb check would raise its own exception type past 2x its default; ours runs first.
 Image.MAX_IMAGE_PIXELS = None
@@ -23,15 +25,21 @@ MIN_SIDE_PX = 16
 
 
 def decode_image(
-    data: bytes, *, max_pixels: int = 40_000_000, min_side: int = MIN_SIDE_PX
+    data: bytes,
+    *,
+    max_pixels: int = 40_000_000,
+    min_side: int = MIN_SIDE_PX,
+    cost: DecodeCost | None = None,
 ) -> np.ndarray:
     """Decode bytes into an (H, W, 3) uint8 RGB array with EXIF orientation applied.
 
     Raises InvalidImage (not an image, truncated), ImageTooLarge (over ``max_pixels``, checked
+    before decoding), ImageTooComplex (more scans, chunks or strips than encoders write, checked
     before decoding), UnsupportedImage (animated, smaller than ``min_side``).
     """
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
+    check_decode_cost(data, cost)
     try:
         img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError as exc:
