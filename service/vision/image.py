@@ -82,9 +82,19 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
     """Convert any PIL mode (grey, palette, RGBA, CMYK, 16-bit, float) to 8-bit RGB."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        arr = np.array(img, dtype=np.float32)  # writable: scaled in place
+        np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        peak = float(arr.max(initial=0))
+        if mode == "F" and peak <= 1.0:
+            top = 1.0  # float images in [0, 1] (scientific tools): scaled, not rounded to black
+        elif mode.startswith("I;16") or peak > 255:
+            top = 65535.0
+        else:
+            top = 255.0
+        arr *= 255.0 / top
+        arr += 0.5
+        np.clip(arr, 0, 255, out=arr)
+        grey = arr.astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         # Composite on white: a transparent background should not read as black skin.

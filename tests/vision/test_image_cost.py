@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -86,3 +87,12 @@ def test_real_photos_are_far_below_the_bounds() -> None:
     exif[0x0112] = 6
     data = bombs.encode(big, "JPEG", progressive=True, exif=exif.tobytes(), quality=95)
     check_decode_cost(data)
+
+
+def test_a_float_tiff_in_zero_to_one_is_scaled_not_black() -> None:
+    """Also found in issue 25: a float TIFF with values in [0, 1] (what scientific tools write)
+    decoded to black on main (every value rounded to 0 or 1), so no face was ever found."""
+    data, expected = bombs.float_tiff()
+    rgb = decode_image(data)
+    assert int(rgb.max()) == 255
+    assert np.abs(rgb[:, :, 0].astype(int) - expected).max() <= 1
