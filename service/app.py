@@ -62,6 +62,7 @@ def _install_middleware(
     app.add_middleware(
         BodyGuard,
         max_bytes=limits.max_request_bytes,
+        max_plain_bytes=limits.max_json_bytes,
         overrides={
             "/v1/jobs/index": settings.jobs.max_archive_bytes,
             "/v1/jobs/cluster": settings.jobs.max_archive_bytes,

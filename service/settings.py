@@ -164,6 +164,22 @@ class LimitSettings(Section):
     max_upload_bytes: int = Field(15 * 1024 * 1024, ge=1024, description="per uploaded file")
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body")
     max_image_pixels: int = Field(40_000_000, ge=256)
+    image_memory_bytes: int = Field(
+        1536 * 1024**2,
+        ge=1024**2,
+        description="memory that images being decoded and searched may take at once (each "
+        "takes 12 bytes a pixel from its header's size while it decodes, 3 after); a request "
+        "whose share does not come free within image_memory_wait_s is 503 overloaded",
+    )
+    image_memory_wait_s: float = Field(
+        30.0, gt=0, description="how long an image waits for its share of image_memory_bytes"
+    )
+    max_json_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="request bodies that are not multipart uploads (JSON, forms): metadata "
+        "is capped at 16 KiB, so a bigger body is refused 413 before it is parsed",
+    )
     max_top_k: int = Field(100, ge=1)
     max_files_per_request: int = Field(32, ge=1)
     max_inflight_requests: int = Field(

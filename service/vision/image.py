@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,12 +31,15 @@ def decode_image(
     max_pixels: int = 40_000_000,
     min_side: int = MIN_SIDE_PX,
     cost: DecodeCost | None = None,
+    admit: Callable[[int, int, str], None] | None = None,
 ) -> np.ndarray:
     """Decode bytes into an (H, W, 3) uint8 RGB array with EXIF orientation applied.
 
     Raises InvalidImage (not an image, truncated), ImageTooLarge (over ``max_pixels``, checked
     before decoding), ImageTooComplex (more scans, chunks or strips than encoders write, checked
-    before decoding), UnsupportedImage (animated, smaller than ``min_side``).
+    before decoding), UnsupportedImage (animated, smaller than ``min_side``). ``admit(width,
+    height, mode)`` runs after those checks and before any pixel is decoded: a memory budget
+    waits there, or raises to refuse.
     """
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
@@ -62,12 +66,16 @@ def decode_image(
             f"animated or multi-frame images are not supported ({frames} frames); "
             "send a single frame"
         )
+    if admit is not None:
+        admit(width, height, img.mode)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
-            upright: Image.Image = ImageOps.exif_transpose(img) or img
+            # in place: without an orientation tag, exif_transpose would copy the whole image
+            upright: Image.Image = ImageOps.exif_transpose(img, in_place=True) or img
             rgb = _to_rgb8(upright)
+            del img, upright  # the decoded image goes before the caller's next step
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidImage(f"the image data is truncated or corrupt: {exc}") from exc
     if min(rgb.shape[:2]) < min_side:
@@ -96,10 +104,15 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
         np.clip(arr, 0, 255, out=arr)
         grey = arr.astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "L":  # grey: repeated in numpy (Pillow's RGB would take 4 bytes a pixel)
+        grey8 = np.asarray(img, dtype=np.uint8)
+        return np.repeat(grey8[:, :, None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         # Composite on white: a transparent background should not read as black skin.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    converted = img.convert("RGB")
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
+        white = Image.new("RGB", rgba.size, (255, 255, 255))
+        white.paste(rgba, (0, 0), rgba)  # the alpha channel is the mask: a blend, no copies
+        del rgba
+        img = white
+    converted = img if img.mode == "RGB" else img.convert("RGB")  # convert copies even RGB
     return np.ascontiguousarray(np.asarray(converted, dtype=np.uint8))

@@ -112,3 +112,10 @@ def float_tiff(side: int = 250) -> tuple[bytes, np.ndarray]:
     values as 8-bit."""
     grey = np.linspace(0.0, 1.0, side * side, dtype=np.float32).reshape(side, side)
     return encode(Image.fromarray(grey, mode="F"), "TIFF"), (grey * 255 + 0.5).astype(np.uint8)
+
+
+def flat_tiff(side: int = 6000, mode: str = "RGB") -> bytes:
+    """A flat side x side deflate TIFF: about 50 KB to send, 36 megapixels to decode (issue 25,
+    finding 4: eight of them at once took the server from 310 MB to 3.1 GB)."""
+    colour = (128,) * len(mode) if len(mode) > 1 else 128
+    return encode(Image.new(mode, (side, side), colour), "TIFF", compression="tiff_deflate")
