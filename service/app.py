@@ -73,7 +73,7 @@ def _install_middleware(
     )
     app.add_middleware(Deadline, seconds=limits.request_timeout_s)
     app.add_middleware(
-        InflightLimit, limit=limits.max_inflight_requests, per_key=limits.max_inflight_per_key
+        InflightLimit, limit=limits.max_inflight_requests, per_key=limits.inflight_per_key
     )
     app.add_middleware(Authenticate, keys=keys, table=table, disabled=settings.auth.disabled)
     app.add_middleware(AuditTrail, path=settings.privacy.audit_log_path)

@@ -190,8 +190,11 @@ class LimitSettings(Section):
     request_timeout_s: float = Field(
         120.0, gt=0, description="a request still running after this answers 503 timeout"
     )
-    max_inflight_per_key: int = Field(
-        0, ge=0, description="requests one API key may have in flight (0: no per-key cap)"
+    max_inflight_per_key: int | None = Field(
+        None,
+        ge=0,
+        description="requests one API key may have in flight, so that one key cannot hold "
+        "every slot; None: half of max_inflight_requests; 0: no per-key cap",
     )
     body_timeout_s: float = Field(
         60.0, gt=0, description="a request body must arrive within this, else 408"
@@ -202,6 +205,13 @@ class LimitSettings(Section):
         description="after body_grace_s, a body arriving slower than this on average is 408",
     )
     body_grace_s: float = Field(5.0, ge=0, description="slow start allowed before the rate check")
+
+    @property
+    def inflight_per_key(self) -> int:
+        """The per-key cap in force (0: none)."""
+        if self.max_inflight_per_key is not None:
+            return self.max_inflight_per_key
+        return max(1, self.max_inflight_requests // 2)
 
 
 class JobSettings(Section):
