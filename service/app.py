@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
@@ -106,6 +107,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+        # a worker thread for every request in flight: uploads waiting for their share of the
+        # image memory budget must not hold all of anyio's 40 threads and starve small requests
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, settings.limits.max_inflight_requests + 8)
         opened = resources or Resources.open(settings, pipeline=pipeline, gallery=gallery)
         pipe, gal = opened.pipeline, opened.gallery
         metrics.gallery_stats = gal.stats
