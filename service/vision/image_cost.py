@@ -56,7 +56,7 @@ def check_decode_cost(data: bytes, cost: DecodeCost | None = None) -> None:
         _gif(data, cost)
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         _webp(data, cost)
-    elif data[:4] in (b"II*\x00", b"MM\x00*"):
+    elif data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         _tiff(data, cost)
 
 
@@ -169,32 +169,39 @@ def _webp(data: bytes, cost: DecodeCost) -> None:
 
 def _tiff(data: bytes, cost: DecodeCost) -> None:
     order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 64-bit counts and offsets
+    count_fmt, entry_fmt, entry_size, head = ("Q", "HHQQ", 20, 16) if big else ("H", "HHII", 12, 8)
     end = len(data)
-    if end < 8:
+    if end < head:
         return
-    (offset,) = struct.unpack_from(order + "I", data, 4)
-    if offset + 2 > end:
+    (offset,) = struct.unpack_from(order + ("Q" if big else "I"), data, head - (8 if big else 4))
+    count_size = struct.calcsize(count_fmt)
+    if offset + count_size > end:
         return
-    (entries,) = struct.unpack_from(order + "H", data, offset)
+    (entries,) = struct.unpack_from(order + count_fmt, data, offset)
     if entries > cost.max_tiff_entries:
         raise _too_complex("TIFF tags", entries, cost.max_tiff_entries)
     blocks, compression = 0, 1
     for i in range(entries):
-        at = offset + 2 + 12 * i
-        if at + 12 > end:
+        at = offset + count_size + entry_size * i
+        if at + entry_size > end:
             return
-        tag, _kind, count, value = struct.unpack_from(order + "HHII", data, at)
+        tag, _kind, count, value = struct.unpack_from(order + entry_fmt, data, at)
         if tag in (273, 324):  # StripOffsets, TileOffsets
             blocks = max(blocks, count)
         elif tag == 259:  # Compression (a SHORT, left-justified in the value field)
-            compression = value >> 16 if order == ">" else value & 0xFFFF
+            shift = (64 if big else 32) - 16
+            compression = value >> shift if order == ">" else value & 0xFFFF
     if blocks > cost.max_tiff_blocks:
         raise _too_complex("TIFF strips or tiles", blocks, cost.max_tiff_blocks)
-    next_at = offset + 2 + 12 * entries
-    if next_at + 4 <= end and 0 < struct.unpack_from(order + "I", data, next_at)[0] < end:
-        raise UnsupportedImage(
-            "multi-page images are not supported (2 or more frames); send a single page"
-        )
+    next_at = offset + count_size + entry_size * entries
+    next_fmt = order + ("Q" if big else "I")
+    if next_at + struct.calcsize(next_fmt) <= end:
+        (next_offset,) = struct.unpack_from(next_fmt, data, next_at)
+        if 0 < next_offset < end:
+            raise UnsupportedImage(
+                "multi-page images are not supported (2 or more frames); send a single page"
+            )
     if compression in (6, 7):  # JPEG in TIFF: each strip is a JPEG stream, scans included
         scans, limit = data.count(b"\xff\xda"), blocks + cost.max_jpeg_scans
         if scans > limit:

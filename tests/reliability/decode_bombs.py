@@ -63,40 +63,46 @@ def gif_of_many_frames(frames: int) -> bytes:
     return plain[:-1] + frame * frames + b"\x3b"
 
 
-def tiff_of_many_strips(strips: int, side: int = 64) -> bytes:
-    """An uncompressed grey TIFF whose one strip is listed ``strips`` times (Pillow reads the
-    offsets into Python tuples; libtiff walks each)."""
+def tiff_of_many_strips(strips: int, side: int = 64, *, big: bool = False) -> bytes:
+    """An uncompressed grey TIFF (``big``: BigTIFF) whose one strip is listed ``strips`` times
+    (Pillow reads the offsets into Python tuples; libtiff walks each)."""
     pixels = bytes(side * side)
     order = "<"
-    entries = [  # tag, type, count, value or offset
+    entry_fmt, entry_size, word = ("HHQQ", 20, "Q") if big else ("HHII", 12, "I")
+    entries = [  # tag, type, count, value or offset (LONG8 = 16 in BigTIFF)
         (256, 4, 1, side),  # ImageWidth
         (257, 4, 1, side),  # ImageLength
         (258, 3, 1, 8),  # BitsPerSample
         (259, 3, 1, 1),  # Compression: none
         (262, 3, 1, 1),  # Photometric: black is zero
-        (273, 4, strips, 0),  # StripOffsets: filled below
+        (273, 16 if big else 4, strips, 0),  # StripOffsets: filled below
         (277, 3, 1, 1),  # SamplesPerPixel
         (278, 4, 1, max(1, side // strips) if strips <= side else 1),  # RowsPerStrip
-        (279, 4, strips, 0),  # StripByteCounts: filled below
+        (279, 16 if big else 4, strips, 0),  # StripByteCounts: filled below
     ]
-    ifd_at = 8
-    ifd_size = 2 + 12 * len(entries) + 4
+    head = b"II+\x00" + struct.pack("<HH", 8, 0) + struct.pack("<Q", 16) if big else b""
+    if not big:
+        head = b"II*\x00" + struct.pack("<I", 8)
+    ifd_at = len(head)
+    count_size = 8 if big else 2
+    ifd_size = count_size + entry_size * len(entries) + struct.calcsize(word)
+    word_size = struct.calcsize(word)
     offsets_at = ifd_at + ifd_size
-    counts_at = offsets_at + 4 * strips
-    pixels_at = counts_at + 4 * strips
-    ifd = struct.pack(order + "H", len(entries))
+    counts_at = offsets_at + word_size * strips
+    pixels_at = counts_at + word_size * strips
+    ifd = struct.pack(order + ("Q" if big else "H"), len(entries))
     for tag, kind, count, value in entries:
         if tag == 273:
             value = offsets_at if strips > 1 else pixels_at
         elif tag == 279:
             value = counts_at if strips > 1 else len(pixels)
-        ifd += struct.pack(order + "HHII", tag, kind, count, value)
-    ifd += struct.pack(order + "I", 0)
+        ifd += struct.pack(order + entry_fmt, tag, kind, count, value)
+    ifd += struct.pack(order + word, 0)
     per_strip = max(1, len(pixels) // strips)
-    offsets = struct.pack(order + f"{strips}I", *([pixels_at] * strips))
-    counts = struct.pack(order + f"{strips}I", *([per_strip] * strips))
+    offsets = struct.pack(order + f"{strips}{word}", *([pixels_at] * strips))
+    counts = struct.pack(order + f"{strips}{word}", *([per_strip] * strips))
     body = offsets + counts if strips > 1 else b""
-    return b"II*\x00" + struct.pack(order + "I", ifd_at) + ifd + body + pixels
+    return head + ifd + body + pixels
 
 
 def webp_of_many_chunks(chunks: int) -> bytes:

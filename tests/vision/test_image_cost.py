@@ -24,6 +24,8 @@ OVER: dict[str, Callable[[], bytes]] = {
     "jpeg_scans": lambda: bombs.progressive_jpeg_bomb(200),
     # 1M strip offsets (8 MB): 5.3 s of CPU on main, decoded
     "tiff_strips": lambda: bombs.tiff_of_many_strips(LIMITS.max_tiff_blocks + 1),
+    # the same as BigTIFF (64-bit offsets): 1M strips cost 6.6 s of CPU before it was walked too
+    "bigtiff_strips": lambda: bombs.tiff_of_many_strips(LIMITS.max_tiff_blocks + 1, big=True),
     # 200k chunks (3 MB): decoded on main
     "png_chunks": lambda: bombs.png_of_tiny_chunks(200_000),
     # a million sub-blocks (2 MB): decoded on main
@@ -47,6 +49,10 @@ def test_the_scan_bound_is_exact() -> None:
     assert decode_image(at).shape == (64, 64, 3)
     with pytest.raises(ImageTooComplex, match="65 > 64"):
         decode_image(bombs.progressive_jpeg_bomb(LIMITS.max_jpeg_scans + 1, side=64))
+
+
+def test_bigtiff_below_its_bounds_still_decodes() -> None:
+    assert decode_image(bombs.tiff_of_many_strips(4, big=True)).shape == (64, 64, 3)
 
 
 def test_a_second_frame_is_refused_without_walking_the_rest() -> None:
