@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
@@ -64,6 +65,7 @@ def _install_middleware(
     app.add_middleware(
         BodyGuard,
         max_bytes=limits.max_request_bytes,
+        max_plain_bytes=limits.max_json_bytes,
         overrides={
             "/v1/jobs/index": settings.jobs.max_archive_bytes,
             "/v1/jobs/cluster": settings.jobs.max_archive_bytes,
@@ -74,7 +76,7 @@ def _install_middleware(
     )
     app.add_middleware(Deadline, seconds=limits.request_timeout_s)
     app.add_middleware(
-        InflightLimit, limit=limits.max_inflight_requests, per_key=limits.max_inflight_per_key
+        InflightLimit, limit=limits.max_inflight_requests, per_key=limits.inflight_per_key
     )
     app.add_middleware(Authenticate, keys=keys, table=table, disabled=settings.auth.disabled)
     app.add_middleware(AuditTrail, path=settings.privacy.audit_log_path)
@@ -107,6 +109,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+        # a worker thread for every request in flight: uploads waiting for their share of the
+        # image memory budget must not hold all of anyio's 40 threads and starve small requests
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, settings.limits.max_inflight_requests + 8)
         opened = resources or Resources.open(settings, pipeline=pipeline, gallery=gallery)
         pipe, gal = opened.pipeline, opened.gallery
         metrics.gallery_stats = gal.stats

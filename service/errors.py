@@ -69,6 +69,14 @@ class ImageTooLarge(MarginFaceError):
     status = 413
 
 
+class ImageTooComplex(MarginFaceError):
+    """An image whose structure would cost far more to decode than its pixels (a JPEG with
+    thousands of scans, a PNG of tiny chunks): a guard against CPU bombs."""
+
+    code = "image_too_complex"
+    status = 422
+
+
 class PayloadTooLarge(MarginFaceError):
     """The request body is over the upload limit."""
 

@@ -10,7 +10,8 @@
 5. ``InflightLimit``: at most N authenticated requests at once (and M per key), else 503.
 6. ``Deadline``: a request still running after the limit answers 503 ``timeout``.
 7. ``BodyGuard``: the body must arrive within a deadline, above a minimum rate, and under its
-   size limit (declared or counted as it streams): 408 or 413, before anything is spooled.
+   size limit (declared or counted as it streams; a body that is not a multipart upload, such
+   as JSON, has a much smaller one): 408 or 413, before anything is spooled or parsed.
 """
 
 from __future__ import annotations
@@ -277,13 +278,16 @@ class BodyGuard:
     """The request body, as it streams: over its limit (by Content-Length at once, or counted
     chunk by chunk) it is 413 ``payload_too_large``; slower than ``min_rate_bytes_s`` (after a
     grace period) or longer than ``timeout_s`` in all, 408 ``request_timeout``. Either is
-    answered right away, before the app spools another byte; the app then sees a disconnect."""
+    answered right away, before the app spools another byte; the app then sees a disconnect.
+    Only multipart uploads may use ``max_bytes``: any other body (JSON, a form) is parsed whole
+    in memory, and no route takes more than ``max_plain_bytes`` of it."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         max_bytes: int,
+        max_plain_bytes: int | None = None,
         overrides: dict[str, int] | None = None,
         timeout_s: float = 60.0,
         min_rate_bytes_s: float = 1024.0,
@@ -291,6 +295,7 @@ class BodyGuard:
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_plain_bytes = max_plain_bytes
         self.overrides = overrides or {}  # path -> limit (zip uploads are bigger)
         self.timeout_s = timeout_s
         self.min_rate = min_rate_bytes_s
@@ -301,7 +306,11 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         limit = self.overrides.get(scope.get("path", ""), self.max_bytes)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        if self.max_plain_bytes is not None and not multipart:
+            limit = min(limit, self.max_plain_bytes)
+        declared = headers.get(b"content-length")
         too_large = PayloadTooLarge(
             f"the request body is over the limit of {limit} bytes", limit=limit
         )

@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,7 @@ from service.errors import InvalidRequest, NoFace
 from service.gallery import Candidate, Gallery, NewFace, backends
 from service.gallery.gallery import WriteObserver
 from service.images import ImageVault
+from service.memory import MemoryBudget, decode_bytes
 from service.models import Manifest, resolve_model
 from service.settings import Settings
 from service.vision.batcher import MicroBatcher
@@ -162,6 +164,8 @@ class Recognition:
         self.pipeline = pipeline
         self._gallery = gallery
         self.on_faces = on_faces
+        limits = settings.limits
+        self.memory = MemoryBudget(limits.image_memory_bytes, limits.image_memory_wait_s)
         self._warn_of_unsupported_default_fars()
 
     def _warn_of_unsupported_default_fars(self) -> None:
@@ -194,12 +198,21 @@ class Recognition:
         """The recognizer's manifest."""
         return self.pipeline.embedder.manifest
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """Decode with the configured pixel limit."""
-        started = time.perf_counter()
-        image = decode_image(data, max_pixels=self.settings.limits.max_image_pixels)
-        self.pipeline.timed("decode", started)
-        return image
+    @contextmanager
+    def decoded(self, data: bytes) -> Iterator[np.ndarray]:
+        """Decode with the configured pixel limit, inside the memory budget: the image takes
+        its decode's share before any pixel is decoded (503 ``overloaded`` when it does not
+        come free in time) and keeps its array's share until the block ends."""
+        with self.memory.lease() as lease:
+            started = time.perf_counter()
+            image = decode_image(
+                data,
+                max_pixels=self.settings.limits.max_image_pixels,
+                admit=lambda width, height, _mode: lease.take(decode_bytes(width, height)),
+            )
+            lease.shrink_to(image.nbytes)
+            self.pipeline.timed("decode", started)
+            yield image
 
     def _count(self, faces: int) -> None:
         if self.on_faces is not None:
@@ -260,20 +273,22 @@ class Recognition:
 
     # ---- detection and embedding
 
-    def detect(self, data: bytes) -> tuple[np.ndarray, list[Face]]:
+    def detect(self, data: bytes) -> tuple[tuple[int, int], list[Face]]:
         """Decode and find every face, with its quality (non-faces refused: the recognizer
-        is run, because validity and quality depend on its response)."""
-        image = self.decode(data)
-        faces = self.pipeline.analyze(image)
+        is run, because validity and quality depend on its response); the image's (height,
+        width) and its faces."""
+        with self.decoded(data) as image:
+            faces = self.pipeline.analyze(image)
+            height, width = image.shape[:2]
         self._count(len(faces))
-        return image, faces
+        return (height, width), faces
 
     def embed(self, data: bytes, *, aligned: bool = False) -> list[Face]:
         """Every face with its embedding (or the whole image as one aligned crop)."""
-        image = self.decode(data)
-        if aligned:
-            return [self.pipeline.embed_aligned(image)]
-        faces = self.pipeline.analyze(image)
+        with self.decoded(data) as image:
+            if aligned:
+                return [self.pipeline.embed_aligned(image)]
+            faces = self.pipeline.analyze(image)
         self._count(len(faces))
         return faces
 
@@ -287,13 +302,13 @@ class Recognition:
     ) -> Chosen:
         """The face to enroll or verify (the pipeline's documented choice) and what the image
         held."""
-        image = self.decode(data)
-        return self.pipeline.choose_face(
-            image,
-            policy=policy or self.settings.enroll_policy,
-            aligned=aligned,
-            min_quality=min_quality,
-        )
+        with self.decoded(data) as image:
+            return self.pipeline.choose_face(
+                image,
+                policy=policy or self.settings.enroll_policy,
+                aligned=aligned,
+                min_quality=min_quality,
+            )
 
     # ---- gallery operations
 

@@ -18,6 +18,7 @@ from service.audit import audit_targets
 from service.gallery import Gallery, backends
 from service.indexer import BatchIndexer
 from service.jobs import JobRunner, WorkFolders
+from service.memory import give_back_freed_memory
 from service.recognition import build_pipeline, open_gallery
 from service.settings import Settings
 from service.vision.pipeline import FacePipeline
@@ -83,6 +84,7 @@ class Resources:
     ) -> Resources:
         """Build what is not given: the pipeline (then run once, so a device that loads a model
         but cannot run it fails here), the gallery, the job runner, the upkeep thread."""
+        give_back_freed_memory()  # process-wide: image buffers go back to the system when freed
         owns_pipeline = pipeline is None
         pipe = pipeline or build_pipeline(settings)
         if owns_pipeline:

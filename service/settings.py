@@ -164,6 +164,22 @@ class LimitSettings(Section):
     max_upload_bytes: int = Field(15 * 1024 * 1024, ge=1024, description="per uploaded file")
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body")
     max_image_pixels: int = Field(40_000_000, ge=256)
+    image_memory_bytes: int = Field(
+        1536 * 1024**2,
+        ge=1024**2,
+        description="memory that images being decoded and searched may take at once (each "
+        "takes 12 bytes a pixel from its header's size while it decodes, 3 after); a request "
+        "whose share does not come free within image_memory_wait_s is 503 overloaded",
+    )
+    image_memory_wait_s: float = Field(
+        30.0, gt=0, description="how long an image waits for its share of image_memory_bytes"
+    )
+    max_json_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="request bodies that are not multipart uploads (JSON, forms): metadata "
+        "is capped at 16 KiB, so a bigger body is refused 413 before it is parsed",
+    )
     max_top_k: int = Field(100, ge=1)
     max_files_per_request: int = Field(32, ge=1)
     max_inflight_requests: int = Field(
@@ -174,8 +190,11 @@ class LimitSettings(Section):
     request_timeout_s: float = Field(
         120.0, gt=0, description="a request still running after this answers 503 timeout"
     )
-    max_inflight_per_key: int = Field(
-        0, ge=0, description="requests one API key may have in flight (0: no per-key cap)"
+    max_inflight_per_key: int | None = Field(
+        None,
+        ge=0,
+        description="requests one API key may have in flight, so that one key cannot hold "
+        "every slot; None: half of max_inflight_requests; 0: no per-key cap",
     )
     body_timeout_s: float = Field(
         60.0, gt=0, description="a request body must arrive within this, else 408"
@@ -186,6 +205,13 @@ class LimitSettings(Section):
         description="after body_grace_s, a body arriving slower than this on average is 408",
     )
     body_grace_s: float = Field(5.0, ge=0, description="slow start allowed before the rate check")
+
+    @property
+    def inflight_per_key(self) -> int:
+        """The per-key cap in force (0: none)."""
+        if self.max_inflight_per_key is not None:
+            return self.max_inflight_per_key
+        return max(1, self.max_inflight_requests // 2)
 
 
 class JobSettings(Section):

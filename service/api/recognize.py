@@ -96,10 +96,8 @@ def identify(
 def detect(state: State, image: Annotated[UploadFile, File()]) -> DetectResponse:
     """Find every face: box, 5 landmarks, score and quality (detections that are not faces are
     left out)."""
-    pixels, faces = state.recognition.detect(read_upload(image, state, "image"))
-    return DetectResponse(
-        width=pixels.shape[1], height=pixels.shape[0], faces=[convert.box(f) for f in faces]
-    )
+    (height, width), faces = state.recognition.detect(read_upload(image, state, "image"))
+    return DetectResponse(width=width, height=height, faces=[convert.box(f) for f in faces])
 
 
 @router.post("/embed")

@@ -60,12 +60,12 @@ def _quality(face: dict[str, object]) -> str:
 def cmd_detect(args: argparse.Namespace) -> int:
     """Detect faces in one image."""
     data = read(args.image)
-    image, faces = recognition(args, with_gallery=False).detect(data)
+    (height, width), faces = recognition(args, with_gallery=False).detect(data)
     found = [f.to_dict() for f in faces]
     payload = {
         "image": args.image,
-        "width": int(image.shape[1]),
-        "height": int(image.shape[0]),
+        "width": width,
+        "height": height,
         "faces": found,
     }
     view = table(

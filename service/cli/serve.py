@@ -25,6 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.http_protocol import http_protocol
     from service.metrics import configure_logging
     from service.resources import Resources
 
@@ -45,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         workers=1,
+        http=http_protocol(),  # unparseable requests get the JSON error body too
     )
     resources.close()
     return 0
