@@ -250,14 +250,17 @@ class BatchIndexer:
 
     def run(
         self,
-        root: Path,
+        root: Path | PhotoTree,
         *,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
     ) -> IndexSummary:
-        """Index everything under ``root``; safe to re-run and to interrupt at any moment."""
+        """Index everything under ``root`` (a folder, or a tree opened earlier: a job's, which
+        this closes when done); safe to re-run and to interrupt at any moment."""
         started = time.perf_counter()
-        with PhotoTree(root, max_file_bytes=self.settings.limits.max_upload_bytes) as tree:
+        tree = root if isinstance(root, PhotoTree) else PhotoTree(root)
+        tree.max_file_bytes = self.settings.limits.max_upload_bytes
+        with tree:
             return self._run(tree, started, progress, cancel)
 
     def _run(

@@ -35,6 +35,7 @@ from service.clustering import cluster_faces, edge_threshold, find_faces
 from service.clustering.work import ClusterWork
 from service.errors import JobNotFinished, JobNotFound
 from service.indexer import BatchIndexer
+from service.photo_tree import PhotoTree
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Job:
 
     id: str
     source: str
-    root: Path
+    tree: PhotoTree  # opened at acceptance, closed when the job ends: never looked up again
     folder: WorkFolder | None = None  # removed when the job ends (a cluster job: when forgotten)
     kind: JobKind = "index"
     far: float | None = None  # cluster jobs: the FAR asked for (None: by the number of faces)
@@ -210,18 +211,19 @@ class JobRunner:
     def submit(
         self,
         source: str,
-        root: Path,
+        tree: PhotoTree,
         folder: WorkFolder | None = None,
         *,
         kind: JobKind = "index",
         far: float | None = None,
     ) -> Job:
         """Queue a tree for indexing (a folder per subject) or clustering (any tree of photos,
-        edges at the calibrated threshold for ``far``); ``folder``: its working folder."""
+        edges at the calibrated threshold for ``far``); ``tree``: opened by the caller, now the
+        job's; ``folder``: its working folder."""
         job = Job(
             id=uuid.uuid4().hex,
             source=source,
-            root=root,
+            tree=tree,
             folder=folder,
             kind=kind,
             far=far,
@@ -347,6 +349,7 @@ class JobRunner:
             self.board.close()
 
     def _finish_cancelled(self, job: Job) -> None:
+        job.tree.close()
         job.status = "cancelled"
         job.finished_at = time.time()
         if job.folder is not None:
@@ -380,7 +383,7 @@ class JobRunner:
             if job.kind == "cluster":
                 self._cluster(job, progress)
             else:
-                summary = self.indexer.run(job.root, progress=progress, cancel=job.cancel)
+                summary = self.indexer.run(job.tree, progress=progress, cancel=job.cancel)
                 job.summary = summary.to_dict()
                 job.status = "cancelled" if summary.cancelled else "succeeded"
         except Exception as exc:  # reported on the job; the service keeps running
@@ -388,6 +391,7 @@ class JobRunner:
             job.status = "failed"
             job.error = str(exc)
         finally:
+            job.tree.close()
             job.finished_at = time.time()
             with self._lock:
                 kept = self._jobs.get(job.id) is job  # not deleted while it ran
@@ -401,7 +405,7 @@ class JobRunner:
         """Find every face of the tree (with thumbnails), delete the photos, cluster."""
         indexer = self.indexer
         found = find_faces(
-            job.root,
+            job.tree,
             indexer.settings,
             indexer.pipeline,
             thumbnails=True,

@@ -6,6 +6,10 @@ an unpacked upload. Every directory and file is opened relative to its parent's 
 ``O_NOFOLLOW``, so a symlink anywhere (``allowed/b/s -> /outside``, ``x.jpg -> /etc/shadow``),
 even one swapped in after the scan, is never followed: it is skipped and listed. Files are
 checked to be regular and are read up to a size cap, never whole.
+
+A job's root is opened once, when the job is accepted (``open_folder``: one component at a time
+from ``/``, no link followed), and the tree is built on that descriptor: renaming the folder, or
+replacing it or any folder above it by a link, after acceptance changes nothing the job reads.
 """
 
 from __future__ import annotations
@@ -43,15 +47,51 @@ class Photo:
         return f"{self.subject_id}/{self.file_name}" if self.subject_id else self.file_name
 
 
-class PhotoTree:
-    """The photos under one root; use as a context manager (it holds the root's descriptor)."""
+def open_folder(path: Path) -> int:
+    """A descriptor of the folder at the absolute, resolved ``path``, opened one component at a
+    time from ``/`` without following any link. Raises LinkSkipped (a component is a link now:
+    the path changed since it was resolved), OSError (gone, not a folder)."""
+    if not path.is_absolute():
+        raise ValueError(f"{path} is not an absolute path")
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for part in path.parts[1:]:
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise LinkSkipped(part) from exc
+                raise
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
-    def __init__(self, root: Path, *, max_file_bytes: int | None = None) -> None:
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root} is not a directory")
+
+class PhotoTree:
+    """The photos under one root; use as a context manager (it holds the root's descriptor).
+
+    ``fd``: an open descriptor of the root (``open_folder``), which the tree then owns; the
+    root is never looked up by name again. Without it, ``root`` is resolved and opened now."""
+
+    def __init__(
+        self, root: Path, *, max_file_bytes: int | None = None, fd: int | None = None
+    ) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
-        self._fd = os.open(root.resolve(), _DIR_FLAGS)
+        if fd is None:
+            if not root.is_dir():
+                raise FileNotFoundError(f"{root} is not a directory")
+            fd = os.open(root.resolve(), _DIR_FLAGS)
+        self._fd = fd
+
+    @classmethod
+    def held(cls, path: Path) -> PhotoTree:
+        """The tree at the resolved ``path``, opened now without following links
+        (``open_folder``); LinkSkipped, OSError."""
+        return cls(path, fd=open_folder(path))
 
     def __enter__(self) -> PhotoTree:
         return self
