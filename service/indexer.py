@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import re
 import threading
 import time
 from collections import deque
@@ -37,8 +36,8 @@ import numpy as np
 from service.errors import LowQuality, MarginFaceError, MultipleFaces, NoFace
 from service.gallery import Gallery, NewFace
 from service.photo_tree import FileTooLarge, LinkSkipped, Photo, PhotoTree
-from service.schemas import SUBJECT_ID_PATTERN
 from service.settings import Settings
+from service.subject_id import is_subject_id
 from service.vision.image import decode_image
 from service.vision.pipeline import EnrollPolicy, FacePipeline
 
@@ -343,7 +342,7 @@ class BatchIndexer:
     ) -> _Prepared | tuple[str, str, str, bytes]:
         """The file's bytes and sha256, or an outcome decided without looking at the image."""
         subject_id, name = photo.subject_id, photo.name
-        if not re.match(SUBJECT_ID_PATTERN, subject_id):
+        if not is_subject_id(subject_id):
             return _Prepared(subject_id, name, "invalid_subject", "folder name is not a valid id")
         try:
             data = tree.read(photo)

@@ -259,7 +259,7 @@ def corpus() -> list[Case]:
                 "POST",
                 "/v1/subjects",
                 {422},
-                {"validation_error"},
+                {"invalid_subject_id"},
                 json={"id": subject_id, "name": "x"},
             )
         )
@@ -275,8 +275,8 @@ def corpus() -> list[Case]:
             )
         )
     cases += [
-        Case("get_long_id", "GET", "/v1/subjects/" + long_id, {404}, {"subject_not_found"}),
-        Case("get_unicode_id", "GET", "/v1/subjects/Zo%C3%AB", {404}, {"subject_not_found"}),
+        Case("get_long_id", "GET", "/v1/subjects/" + long_id, {422}, {"invalid_subject_id"}),
+        Case("get_unicode_id", "GET", "/v1/subjects/Zo%C3%AB", {422}, {"invalid_subject_id"}),
         Case(
             "malformed_json",
             "POST",
