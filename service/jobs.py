@@ -17,6 +17,7 @@ adds no duplicates (a board record of a job whose replica died stays at its last
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -33,7 +34,7 @@ from typing import Any, Literal, Protocol
 
 from service.clustering import cluster_faces, edge_threshold, find_faces
 from service.clustering.work import ClusterWork
-from service.errors import JobNotFinished, JobNotFound
+from service.errors import InsufficientStorage, JobNotFinished, JobNotFound
 from service.indexer import BatchIndexer
 from service.photo_tree import PhotoTree
 
@@ -71,11 +72,20 @@ class WorkFolders:
         self.sweep()
 
     def create(self, prefix: str) -> WorkFolder:
-        """A new folder ``<prefix>-...`` under the root."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        return WorkFolder(
-            Path(tempfile.mkdtemp(prefix=f"{prefix}-{uuid.uuid4().hex[:8]}-", dir=self.root))
-        )
+        """A new folder ``<prefix>-...`` under the root; InsufficientStorage on a full disk."""
+        path: Path | None = None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix=f"{prefix}-{uuid.uuid4().hex[:8]}-", dir=self.root))
+            return WorkFolder(path)
+        except OSError as exc:
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(
+                    "the disk holding the jobs' working folders (jobs.work_dir) is full"
+                ) from exc
+            raise
 
     def sweep(self) -> int:
         """Remove every folder no live process holds; the number removed."""
