@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 
 from service.clustering import cluster_faces, edge_threshold, find_faces
 from service.clustering.work import ClusterWork
-from service.errors import InsufficientStorage, JobNotFinished, JobNotFound
+from service.errors import InsufficientStorage, JobNotFinished, JobNotFound, Overloaded
 from service.indexer import BatchIndexer
 from service.photo_tree import PhotoTree
 
@@ -45,18 +45,59 @@ JobKind = Literal["index", "cluster"]
 _OWNER = ".owner"  # a lock file the process that made a working folder holds while it lives
 
 
+class DiskBudget:
+    """The bytes every job working folder of this process may hold together (unpacked
+    uploads): each upload reserves its declared unpacked size before writing and gives it back
+    when its folder is removed, so concurrent and queued uploads cannot add up past it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        """Reserve ``n`` bytes; Overloaded (503, retry later) when they do not fit now."""
+        with self._lock:
+            if self.used + n > self.capacity:
+                raise Overloaded(
+                    f"the uploads being unpacked or waiting in the job queue already hold "
+                    f"{self.used} of {self.capacity} bytes (jobs.max_unpacked_total_bytes); "
+                    f"this one needs {n}: retry when a job has ended",
+                    retry_after_s=30,
+                )
+            self.used += n
+
+    def give(self, n: int) -> None:
+        """Return ``n`` reserved bytes."""
+        with self._lock:
+            self.used = max(0, self.used - n)
+
+
 class WorkFolder:
     """A job's private folder (unpacked uploads, exports): held locked by this process, removed
-    with everything in it when the job ends, however it ends."""
+    with everything in it when the job ends, however it ends; what it reserved of the shared
+    ``DiskBudget`` is given back then."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, budget: DiskBudget | None = None) -> None:
         self.path = path
+        self.budget = budget
+        self.reserved = 0
         self._fd: int | None = os.open(path / _OWNER, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
 
+    def reserve(self, n: int) -> None:
+        """Hold ``n`` more bytes of the shared budget until this folder is removed;
+        Overloaded when they do not fit."""
+        if self.budget is not None:
+            self.budget.take(n)
+        self.reserved += n
+
     def remove(self) -> None:
-        """Delete the folder and release its lock (idempotent)."""
+        """Delete the folder, give back its reservation and release its lock (idempotent)."""
         shutil.rmtree(self.path, ignore_errors=True)
+        if self.budget is not None and self.reserved:
+            self.budget.give(self.reserved)
+        self.reserved = 0
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -67,8 +108,9 @@ class WorkFolders:
     start-up the folders of a process that died (SIGKILL, power loss) are told from the live
     ones of other replicas sharing the directory, and removed: photos are never kept there."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, max_total_bytes: int | None = None) -> None:
         self.root = root
+        self.budget = DiskBudget(max_total_bytes) if max_total_bytes is not None else None
         self.sweep()
 
     def create(self, prefix: str) -> WorkFolder:
@@ -77,7 +119,7 @@ class WorkFolders:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             path = Path(tempfile.mkdtemp(prefix=f"{prefix}-{uuid.uuid4().hex[:8]}-", dir=self.root))
-            return WorkFolder(path)
+            return WorkFolder(path, self.budget)
         except OSError as exc:
             if path is not None:
                 shutil.rmtree(path, ignore_errors=True)

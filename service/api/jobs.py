@@ -98,6 +98,7 @@ def job_source(
             max_entries=settings.max_entries,
             max_unpacked_bytes=settings.max_unpacked_bytes,
             max_ratio=settings.max_ratio,
+            reserve=folder.reserve,
         )
         upload.unlink()
         held = PhotoTree.held(archive_root(tree).resolve())
