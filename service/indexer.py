@@ -50,6 +50,8 @@ Outcome = Literal[
     "unreadable",
     "too_large",
     "skipped_link",
+    "skipped_special",
+    "skipped_too_deep",
     "invalid_subject",
     "subject_deleted",
 ]
@@ -62,6 +64,8 @@ OUTCOMES: tuple[Outcome, ...] = (
     "unreadable",
     "too_large",
     "skipped_link",
+    "skipped_special",
+    "skipped_too_deep",
     "invalid_subject",
     "subject_deleted",
 )
@@ -270,17 +274,27 @@ class BatchIndexer:
         cancel: threading.Event | None,
     ) -> IndexSummary:
         items, links = tree.scan()
+        passed_over = tree.passed_over
         summary = IndexSummary(
-            root=str(tree.root), total=len(items) + len(links), policy=self.settings.enroll_policy
+            root=str(tree.root),
+            total=len(items) + len(links) + len(passed_over),
+            policy=self.settings.enroll_policy,
         )
         for link in links:
             summary.record("skipped_link", link, "a symbolic link: not followed")
+        for why, name in passed_over:
+            if why == "special":
+                summary.record("skipped_special", name, "not a regular file (FIFO, socket, device)")
+            else:
+                summary.record(
+                    "skipped_too_deep", name, "a folder below a subject folder: not read"
+                )
         known = self.gallery.known_images()
         subjects_before = self.gallery.counts()[0]
         folders = sorted({photo.subject_id for photo in items})
         self._creatable = set(folders) - self.gallery.existing_subjects(folders)
         pending: list[_Prepared] = []
-        done = len(links)
+        done = len(links) + len(passed_over)
         for prepared in self._prepare_all(tree, items, known):
             if cancel is not None and cancel.is_set():
                 summary.cancelled = True

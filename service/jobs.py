@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import queue
@@ -40,6 +41,10 @@ from service.photo_tree import PhotoTree
 
 log = logging.getLogger(__name__)
 
+#: a job's record keeps this many of each kind of problem (the full report is a download)
+PROBLEM_SAMPLE = 20
+#: and each of them at most this long
+PROBLEM_CHARS = 300
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["index", "cluster"]
 _OWNER = ".owner"  # a lock file the process that made a working folder holds while it lives
@@ -135,7 +140,9 @@ class WorkFolders:
             return 0
         removed = 0
         for path in self.root.iterdir():
-            if not path.is_dir() or not path.name.startswith(("upload-", "export-", "cluster-")):
+            if not path.is_dir() or not path.name.startswith(
+                ("upload-", "export-", "cluster-", "report-")
+            ):
                 continue
             try:
                 fd = os.open(path / _OWNER, os.O_RDWR)
@@ -178,7 +185,45 @@ class Job:
     finished_at: float | None = None
     summary: dict[str, Any] | None = None
     error: str | None = None
+    report: WorkFolder | None = None  # holds report.json, the full summary, until forgotten
     cancel: threading.Event = field(default_factory=threading.Event)
+
+    def conclude(self, full: dict[str, Any], folders: WorkFolders | None) -> None:
+        """Keep the record small, whatever the job met: counts and up to PROBLEM_SAMPLE of
+        each kind of problem in ``summary`` (``files_truncated`` says when there were more);
+        the full summary goes to a report file (``GET /v1/jobs/{id}/report``). Neither shows
+        the server's own folders: ``root`` is the job's source."""
+        if "root" in full:
+            full["root"] = self.source
+        files: dict[str, list[str]] = full.get("files") or {}
+        sample = {k: [f[:PROBLEM_CHARS] for f in v[:PROBLEM_SAMPLE]] for k, v in files.items()}
+        self.summary = {
+            **full,
+            "files": sample,
+            "files_truncated": any(len(v) > PROBLEM_SAMPLE for v in files.values()),
+        }
+        if folders is None:
+            return
+        try:
+            folder = folders.create("report")
+        except Exception as exc:  # the record still has the counts and the sample
+            log.warning("job %s: its report could not be written: %s", self.id, exc)
+            return
+        try:
+            (folder.path / "report.json").write_text(json.dumps(full, indent=1))
+        except OSError as exc:
+            folder.remove()
+            log.warning("job %s: its report could not be written: %s", self.id, exc)
+            return
+        self.report = folder
+
+    def report_file(self) -> Path:
+        """The full report of a finished job; JobNotFinished before that."""
+        if self.report is None:
+            raise JobNotFinished(
+                f"job {self.id} is {self.status}: it has no report (yet)", status=self.status
+            )
+        return self.report.path / "report.json"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view for GET /v1/jobs/{id}."""
@@ -336,13 +381,17 @@ class JobRunner:
             self._forget(job)
         return len(due)
 
-    def _forget(self, job: Job) -> None:
-        """The one place a job's data goes: its folder (photos, thumbnails) and embeddings."""
+    def _forget(self, job: Job, *, keep_report: bool = False) -> None:
+        """The one place a job's data goes: its folder (photos, thumbnails), embeddings and
+        (unless ``keep_report``: a job that has ended but is still remembered) its report."""
         if job.work is not None:
             job.work.erase()
             job.work = None
         if job.folder is not None:
             job.folder.remove()
+        if job.report is not None and not keep_report:
+            job.report.remove()
+            job.report = None
 
     def describe(self, job_id: str) -> dict[str, Any]:
         """A job's record: from this replica if it runs here, else from the shared board;
@@ -357,13 +406,15 @@ class JobRunner:
             raise JobNotFound(f"no job with id {job_id!r} (jobs are forgotten on restart)")
         return record
 
-    def describe_all(self) -> list[dict[str, Any]]:
-        """Every remembered job (this replica's, and the board's newest), newest first."""
+    def describe_all(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """A page of the remembered jobs (this replica's, and the board's newest), newest
+        first."""
         records = {j.id: j.to_dict() for j in self.list()}
         if self.board is not None:
             for record in self.board.recent(self.keep):
                 records.setdefault(record["id"], record)
-        return sorted(records.values(), key=lambda r: -float(r["created_at"]))
+        ordered = sorted(records.values(), key=lambda r: -float(r["created_at"]))
+        return ordered[offset : None if limit is None else offset + limit]
 
     def get(self, job_id: str) -> Job:
         """A job by id; raises JobNotFound."""
@@ -436,7 +487,7 @@ class JobRunner:
                 self._cluster(job, progress)
             else:
                 summary = self.indexer.run(job.tree, progress=progress, cancel=job.cancel)
-                job.summary = summary.to_dict()
+                job.conclude(summary.to_dict(), self.folders)
                 job.status = "cancelled" if summary.cancelled else "succeeded"
         except Exception as exc:  # reported on the job; the service keeps running
             log.exception("%s job %s failed", job.kind, job.id)
@@ -449,6 +500,8 @@ class JobRunner:
                 kept = self._jobs.get(job.id) is job  # not deleted while it ran
             if job.kind == "cluster" and job.status == "succeeded" and kept:
                 job.expires_at = job.finished_at + self.cluster_ttl_s
+            elif kept:  # the photos go now; the record and its report stay while it is kept
+                self._forget(job, keep_report=True)
             else:
                 self._forget(job)
             self._publish(job, force=True)
@@ -477,16 +530,25 @@ class JobRunner:
         result = cluster_faces(found.faces, threshold=threshold, far=far)
         thumbs = job.folder.path / "faces" if job.folder is not None else None
         job.work = ClusterWork.of(result, thumbs)
-        job.summary = {
-            "photos": found.photos,
-            "faces": len(found.faces),
-            "clusters": len(result.clusters),
-            "alone": len(result.alone),
-            "photos_without_face": len(found.without_face),
-            "unreadable": len(found.unreadable),
-            "skipped_links": len(found.skipped),
-            "threshold": round(threshold, 6),
-            "far": far,
-            "files": {"photos_without_face": found.without_face, "unreadable": found.unreadable},
-        }
+        job.conclude(
+            {
+                "photos": found.photos,
+                "faces": len(found.faces),
+                "clusters": len(result.clusters),
+                "alone": len(result.alone),
+                "photos_without_face": len(found.without_face),
+                "unreadable": len(found.unreadable),
+                "skipped_links": len(found.skipped),
+                "passed_over": len(found.passed_over),
+                "threshold": round(threshold, 6),
+                "far": far,
+                "files": {
+                    "photos_without_face": found.without_face,
+                    "unreadable": found.unreadable,
+                    "skipped_links": found.skipped,
+                    "passed_over": found.passed_over,
+                },
+            },
+            self.folders,
+        )
         job.status = "succeeded"

@@ -81,6 +81,10 @@ class PhotoTree:
     ) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
+        #: (why, name) of what the last scan or walk did not read and is not a link:
+        #: "special" (a FIFO, socket or device named like a photo), "too_deep" (a folder
+        #: below what the layout reads), so a report can list it instead of passing it over
+        self.passed_over: list[tuple[str, str]] = []
         if fd is None:
             if not root.is_dir():
                 raise FileNotFoundError(f"{root} is not a directory")
@@ -115,6 +119,7 @@ class PhotoTree:
         image files one level below them; hidden entries ignored."""
         photos: list[Photo] = []
         skipped: list[str] = []
+        self.passed_over = []
         with os.scandir(self._fd) as top:
             folders = sorted(top, key=lambda e: e.name)
         for folder in folders:
@@ -137,12 +142,18 @@ class PhotoTree:
             finally:
                 os.close(fd)
             for entry in files:
+                name = f"{folder.name}/{entry.name}"
+                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                    self.passed_over.append(("too_deep", name))  # one level per subject
+                    continue
                 if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
                     continue
                 if entry.is_symlink():
-                    skipped.append(f"{folder.name}/{entry.name}")
+                    skipped.append(name)
                 elif entry.is_file(follow_symlinks=False):
                     photos.append(Photo(folder.name, entry.name))
+                else:
+                    self.passed_over.append(("special", name))
         return photos, skipped
 
     def walk(self, *, max_depth: int = 16) -> tuple[list[Photo], list[str]]:
@@ -151,6 +162,7 @@ class PhotoTree:
         to the root ('' at the root); nothing is inferred from folder names."""
         photos: list[Photo] = []
         skipped: list[str] = []
+        self.passed_over = []
         pending: list[str] = [""]
         while pending:
             rel = pending.pop()
@@ -176,10 +188,15 @@ class PhotoTree:
                 elif entry.is_dir(follow_symlinks=False):
                     if rel.count("/") + 1 < max_depth:
                         pending.append(path)
-                elif entry.is_file(follow_symlinks=False) and (
-                    Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
-                ):
+                    else:
+                        self.passed_over.append(("too_deep", path))
+                elif Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                elif entry.is_file(follow_symlinks=False):
                     photos.append(Photo(rel, entry.name))
+                else:
+                    self.passed_over.append(("special", path))
+        self.passed_over.sort()
         photos.sort(key=lambda p: (p.subject_id, p.file_name))
         return photos, sorted(skipped)
 

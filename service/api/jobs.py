@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
@@ -132,10 +132,25 @@ def delete_job(job_id: str, state: State) -> None:
     state.jobs.delete(job_id)
 
 
+@router.get("/{job_id}/report", response_class=FileResponse)
+def get_job_report(job_id: str, state: State) -> FileResponse:
+    """The full report of a finished job: every file behind each count (the job's record
+    keeps a sample); kept as long as the job is."""
+    return FileResponse(
+        state.jobs.get(job_id).report_file(),
+        media_type="application/json",
+        filename=f"job-{job_id}-report.json",
+    )
+
+
 @router.get("")
-def list_jobs(state: State) -> list[JobOut]:
-    """Jobs since the service started, newest first."""
-    return [JobOut(**record) for record in state.jobs.describe_all()]
+def list_jobs(
+    state: State,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[JobOut]:
+    """A page of the jobs since the service started, newest first."""
+    return [JobOut(**record) for record in state.jobs.describe_all(offset, limit)]
 
 
 export_router = APIRouter(prefix="/v1/gallery", tags=["gallery"], dependencies=[IsAdmin])

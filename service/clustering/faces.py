@@ -53,6 +53,7 @@ class FoundFaces:
     without_face: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    passed_over: list[str] = field(default_factory=list)  # "name: why" (special, too deep)
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -141,6 +142,7 @@ def find_faces(
     tree.max_file_bytes = settings.limits.max_upload_bytes
     with tree:
         photos, found.skipped = tree.walk()
+        found.passed_over = [f"{name}: {why}" for why, name in tree.passed_over]
         found.photos = len(photos)
         pool = analysis_pool(settings, processes=processes, threads=threads)
         with pool:
