@@ -482,6 +482,8 @@ class JobRunner:
             job.done, job.total = done, total
             self._publish(job)
 
+        # a job's files are bounded as a zip's are (the CLI reads the operator's own trees)
+        job.tree.max_entries = self.indexer.settings.jobs.max_entries
         try:
             if job.kind == "cluster":
                 self._cluster(job, progress)

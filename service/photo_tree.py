@@ -34,6 +34,11 @@ class FileTooLarge(Exception):
     """The file is over the size cap: not read."""
 
 
+class TooManyEntries(Exception):
+    """The tree lists more entries than ``max_entries``: a job's files are bounded, as a zip's
+    are, so a folder of millions of files cannot buy unbounded listing time and memory."""
+
+
 @dataclass(frozen=True)
 class Photo:
     """One image file of the tree."""
@@ -77,10 +82,16 @@ class PhotoTree:
     root is never looked up by name again. Without it, ``root`` is resolved and opened now."""
 
     def __init__(
-        self, root: Path, *, max_file_bytes: int | None = None, fd: int | None = None
+        self,
+        root: Path,
+        *,
+        max_file_bytes: int | None = None,
+        fd: int | None = None,
+        max_entries: int | None = None,
     ) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
+        self.max_entries = max_entries
         #: (why, name) of what the last scan or walk did not read and is not a link:
         #: "special" (a FIFO, socket or device named like a photo), "too_deep" (a folder
         #: below what the layout reads), so a report can list it instead of passing it over
@@ -120,8 +131,10 @@ class PhotoTree:
         photos: list[Photo] = []
         skipped: list[str] = []
         self.passed_over = []
+        listed = 0
         with os.scandir(self._fd) as top:
             folders = sorted(top, key=lambda e: e.name)
+        listed = self._count(listed, len(folders))
         for folder in folders:
             if folder.name.startswith("."):
                 continue
@@ -141,6 +154,7 @@ class PhotoTree:
                     files = sorted(inner, key=lambda e: e.name)
             finally:
                 os.close(fd)
+            listed = self._count(listed, len(files))
             for entry in files:
                 name = f"{folder.name}/{entry.name}"
                 if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
@@ -163,6 +177,7 @@ class PhotoTree:
         photos: list[Photo] = []
         skipped: list[str] = []
         self.passed_over = []
+        listed = 0
         pending: list[str] = [""]
         while pending:
             rel = pending.pop()
@@ -179,6 +194,7 @@ class PhotoTree:
             finally:
                 if fd != self._fd:
                     os.close(fd)
+            listed = self._count(listed, len(entries))
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
@@ -199,6 +215,16 @@ class PhotoTree:
         self.passed_over.sort()
         photos.sort(key=lambda p: (p.subject_id, p.file_name))
         return photos, sorted(skipped)
+
+    def _count(self, listed: int, more: int) -> int:
+        """Entries listed so far; TooManyEntries past ``max_entries``."""
+        listed += more
+        if self.max_entries is not None and listed > self.max_entries:
+            raise TooManyEntries(
+                f"the folder holds more than {self.max_entries} entries (jobs.max_entries): "
+                "split it into several jobs"
+            )
+        return listed
 
     def _open_folder(self, rel: str) -> int:
         """A descriptor of the folder ``rel`` (the root's own for ''), opened one component at a

@@ -84,3 +84,29 @@ def test_the_job_list_is_paginated(service: TestClient) -> None:
     page = client.get("/v1/jobs", params={"limit": 2, "offset": 2}).json()
     assert [j["id"] for j in page] == newest_first[2:]
     assert client.get("/v1/jobs", params={"limit": 100_000}).status_code == 422
+
+
+def test_a_path_job_reads_no_more_entries_than_a_zip_may_hold(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """Files per job: a server folder is bounded by jobs.max_entries as a zip is (before, a
+    path job listed whatever the folder held, millions of files included)."""
+    settings = make_settings(
+        tmp_path,
+        jobs={
+            "allowed_roots": [str(tmp_path / "allowed")],
+            "work_dir": tmp_path / "work",
+            "max_entries": 50,
+        },
+    )
+    batch = tmp_path / "allowed" / "batch"
+    (batch / "Many").mkdir(parents=True)
+    for k in range(60):
+        (batch / "Many" / f"{k}.jpg").write_bytes(b"x")
+    app = create_app(settings, pipeline=pipeline)
+    with TestClient(app, headers={"X-API-Key": API_KEY}, raise_server_exceptions=False) as c:
+        job = wait(c, c.post("/v1/jobs/index", data={"path": str(batch)}).json()["id"])
+        assert job["status"] == "failed", job
+        assert "more than 50 entries" in job["error"], job
+        cluster = wait(c, c.post("/v1/jobs/cluster", data={"path": str(batch)}).json()["id"])
+        assert cluster["status"] == "failed" and "more than 50" in cluster["error"], cluster
