@@ -5,9 +5,11 @@ own folders; special files and folders too deep to read are in the report, not p
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +112,10 @@ def test_a_path_job_reads_no_more_entries_than_a_zip_may_hold(
         assert "more than 50 entries" in job["error"], job
         cluster = wait(c, c.post("/v1/jobs/cluster", data={"path": str(batch)}).json()["id"])
         assert cluster["status"] == "failed" and "more than 50" in cluster["error"], cluster
+        many = io.BytesIO()
+        with zipfile.ZipFile(many, "w") as zf:
+            for k in range(60):
+                zf.writestr(f"Many/{k}.jpg", b"x")
+        r = post_zip(c, many.getvalue())
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_archive", r.text
+        assert "at most 50" in r.json()["error"]["message"]
