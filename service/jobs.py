@@ -97,12 +97,16 @@ class WorkFolder:
             self.budget.take(n)
         self.reserved += n
 
-    def remove(self) -> None:
-        """Delete the folder, give back its reservation and release its lock (idempotent)."""
-        shutil.rmtree(self.path, ignore_errors=True)
+    def release(self) -> None:
+        """Give back the reservation (what it reserved for has been deleted)."""
         if self.budget is not None and self.reserved:
             self.budget.give(self.reserved)
         self.reserved = 0
+
+    def remove(self) -> None:
+        """Delete the folder, give back its reservation and release its lock (idempotent)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.release()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -524,6 +528,7 @@ class JobRunner:
             for entry in job.folder.path.iterdir():
                 if entry.name != _OWNER:
                     shutil.rmtree(entry, ignore_errors=True)
+            job.folder.release()  # the unpacked upload is gone; thumbnails are small
         if job.cancel.is_set():
             job.status = "cancelled"
             return
