@@ -6,18 +6,29 @@ over 255 bytes, a path over 1024), names flagged UTF-8 that are not, a file and 
 same name, symlinks and other special entries, encryption, compression methods zipfile cannot
 inflate, more entries than allowed, a declared total over the limit, and any entry, or the
 archive as a whole, compressed more than ``max_ratio`` to 1 (a zip bomb, however small its
-entries). While writing, the bytes actually inflated are counted too, so a lying header cannot
-get past the size limit; every error the zip layer raises is an ``InvalidArchive``.
+entries). The whole archive's ratio is taken against its real size on disk, not the sum of its
+entries' compressed sizes: entries whose data overlap (the overlapped-file bomb, where every
+entry shares one compressed kernel) would count the shared bytes once per entry. So every
+entry's local header is read and must agree with the central directory (name, method, flags,
+and CRC and sizes unless a data descriptor follows), and no entry's header and data may overlap
+another's or the central directory. The declared total is reserved against a budget shared by
+every upload (``reserve``: the jobs' working folders) before a byte is written. While writing,
+the bytes actually inflated are counted too, so a lying header cannot get past the size limit
+or the reservation; every error the zip layer raises is an ``InvalidArchive``.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import shutil
 import stat
+import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from service.errors import InsufficientStorage, InvalidArchive, PayloadTooLarge
 
@@ -65,15 +76,68 @@ def _safe_name(name: str) -> PurePosixPath:
     return path
 
 
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+_DESCRIPTOR_FLAG = 0x08  # CRC and sizes follow the data; the local header holds zeros
+
+
+def _check_layout(fh: BinaryIO, infos: list[zipfile.ZipInfo], directory_at: int) -> None:
+    """Every entry's local header agrees with its central directory record, and no entry's
+    header and data overlap another's or the central directory (``directory_at``): each byte
+    of the archive belongs to one entry at most. InvalidArchive."""
+    spans: list[tuple[int, int, str]] = []
+    for info in infos:
+        fh.seek(info.header_offset)
+        raw = fh.read(_LOCAL_HEADER.size)
+        if len(raw) < _LOCAL_HEADER.size:
+            raise InvalidArchive(f"entry {info.filename!r} has no local header")
+        sig, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = _LOCAL_HEADER.unpack(
+            raw
+        )
+        name = fh.read(name_len)
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        disagrees = (
+            sig != _LOCAL_SIGNATURE
+            or name != info.orig_filename.encode(encoding, "surrogateescape")
+            or method != info.compress_type
+            or (flags ^ info.flag_bits) & (0x1 | _DESCRIPTOR_FLAG)
+        )
+        if not disagrees and not flags & _DESCRIPTOR_FLAG:
+            zip64 = 0xFFFFFFFF in (csize, usize)  # the sizes are in the zip64 extra field
+            disagrees = crc != info.CRC or (
+                not zip64 and (csize, usize) != (info.compress_size, info.file_size)
+            )
+        if disagrees:
+            raise InvalidArchive(
+                f"entry {info.filename!r}: its local header disagrees with the central directory"
+            )
+        data_at = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        spans.append((info.header_offset, data_at + info.compress_size, info.filename))
+    spans.sort()
+    for (_, end, entry), (next_start, _, next_entry) in itertools.pairwise(spans):
+        if next_start < end:
+            raise InvalidArchive(
+                f"entries {entry!r} and {next_entry!r} overlap in the archive (entries that "
+                "share their data: a zip bomb?)"
+            )
+    if spans and spans[-1][1] > directory_at:
+        raise InvalidArchive(f"entry {spans[-1][2]!r} overlaps the central directory")
+
+
 def _check_entries(
-    infos: list[zipfile.ZipInfo], *, max_entries: int, max_unpacked_bytes: int, max_ratio: float
+    infos: list[zipfile.ZipInfo],
+    *,
+    archive_bytes: int,
+    max_entries: int,
+    max_unpacked_bytes: int,
+    max_ratio: float,
 ) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     """Everything that can be checked from the central directory, before writing a byte."""
     if len(infos) > max_entries:
         raise InvalidArchive(f"{len(infos)} entries; at most {max_entries} are accepted")
     files: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
     folders: set[PurePosixPath] = set()
-    declared = compressed = 0
+    declared = 0
     for info in infos:
         path = _safe_name(info.filename)
         mode = info.external_attr >> 16
@@ -96,14 +160,13 @@ def _check_entries(
                 "(a zip bomb?)"
             )
         declared += info.file_size
-        compressed += info.compress_size
         files.append((info, path))
     clashes = sorted(str(p) for _, p in files if p in folders)
     if clashes:
         raise InvalidArchive(f"entry {clashes[0]!r} is both a file and a folder in the archive")
-    if declared > max_ratio * max(compressed, 1) and declared > _CHUNK:
+    if declared > max_ratio * archive_bytes and declared > _CHUNK:  # its real size, once
         raise InvalidArchive(
-            f"the archive inflates {declared / max(compressed, 1):.0f}:1 as a whole, over "
+            f"the archive inflates {declared / archive_bytes:.0f}:1 as a whole, over "
             f"{max_ratio:.0f}:1 (a zip bomb?)"
         )
     if declared > max_unpacked_bytes:
@@ -121,21 +184,34 @@ def extract_zip(
     max_entries: int,
     max_unpacked_bytes: int,
     max_ratio: float,
+    reserve: Callable[[int], None] | None = None,
 ) -> int:
-    """Check every entry, then unpack into ``dest``; returns the number of files written.
-    Raises InvalidArchive (entry named) or PayloadTooLarge (over the unpacked-size limit)."""
+    """Check every entry, reserve the declared total (``reserve``: the budget every upload
+    shares, which raises when it has no room), then unpack into ``dest``; returns the number
+    of files written. Raises InvalidArchive (entry named) or PayloadTooLarge (over the
+    unpacked-size limit). What is written is at most the declared total, which is at most
+    ``max_ratio`` x the archive's size on disk (and ``max_unpacked_bytes``)."""
     try:
         zf = zipfile.ZipFile(archive)
         infos = zf.infolist()
+        archive_bytes = max(archive.stat().st_size, 1)
+        with archive.open("rb") as fh:
+            _check_layout(fh, infos, zf.start_dir)
+    except InvalidArchive:
+        raise
     except _ZIP_ERRORS as exc:
         raise InvalidArchive(f"the upload is not a readable zip file ({exc})") from exc
     with zf:
         files = _check_entries(
             infos,
+            archive_bytes=archive_bytes,
             max_entries=max_entries,
             max_unpacked_bytes=max_unpacked_bytes,
             max_ratio=max_ratio,
         )
+        declared = sum(info.file_size for info, _ in files)
+        if reserve is not None:
+            reserve(declared)
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
         written = 0
@@ -154,6 +230,10 @@ def extract_zip(
                             raise PayloadTooLarge(
                                 f"the archive unpacks to more than {max_unpacked_bytes} bytes",
                                 limit=max_unpacked_bytes,
+                            )
+                        if inflated > info.file_size or written > declared:
+                            raise InvalidArchive(
+                                f"entry {info.filename!r} unpacks past its declared size"
                             )
                         if inflated > _CHUNK and inflated > max_ratio * max(info.compress_size, 1):
                             raise InvalidArchive(

@@ -154,6 +154,14 @@ class UnknownParameter(MarginFaceError):
     status = 422
 
 
+class InvalidSubjectId(MarginFaceError):
+    """A subject id outside the one rule (``service.subject_id``): refused everywhere, so no
+    id can print like another or break a line."""
+
+    code = "invalid_subject_id"
+    status = 422
+
+
 class InvalidRequest(MarginFaceError):
     """Parameters that parse but make no sense together (a threshold outside [-1, 1], ...)."""
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import re
 import threading
 import time
 from collections import deque
@@ -37,8 +36,8 @@ import numpy as np
 from service.errors import LowQuality, MarginFaceError, MultipleFaces, NoFace
 from service.gallery import Gallery, NewFace
 from service.photo_tree import FileTooLarge, LinkSkipped, Photo, PhotoTree
-from service.schemas import SUBJECT_ID_PATTERN
 from service.settings import Settings
+from service.subject_id import is_subject_id
 from service.vision.image import decode_image
 from service.vision.pipeline import EnrollPolicy, FacePipeline
 
@@ -51,6 +50,8 @@ Outcome = Literal[
     "unreadable",
     "too_large",
     "skipped_link",
+    "skipped_special",
+    "skipped_too_deep",
     "invalid_subject",
     "subject_deleted",
 ]
@@ -63,6 +64,8 @@ OUTCOMES: tuple[Outcome, ...] = (
     "unreadable",
     "too_large",
     "skipped_link",
+    "skipped_special",
+    "skipped_too_deep",
     "invalid_subject",
     "subject_deleted",
 )
@@ -250,14 +253,17 @@ class BatchIndexer:
 
     def run(
         self,
-        root: Path,
+        root: Path | PhotoTree,
         *,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
     ) -> IndexSummary:
-        """Index everything under ``root``; safe to re-run and to interrupt at any moment."""
+        """Index everything under ``root`` (a folder, or a tree opened earlier: a job's, which
+        this closes when done); safe to re-run and to interrupt at any moment."""
         started = time.perf_counter()
-        with PhotoTree(root, max_file_bytes=self.settings.limits.max_upload_bytes) as tree:
+        tree = root if isinstance(root, PhotoTree) else PhotoTree(root)
+        tree.max_file_bytes = self.settings.limits.max_upload_bytes
+        with tree:
             return self._run(tree, started, progress, cancel)
 
     def _run(
@@ -268,17 +274,27 @@ class BatchIndexer:
         cancel: threading.Event | None,
     ) -> IndexSummary:
         items, links = tree.scan()
+        passed_over = tree.passed_over
         summary = IndexSummary(
-            root=str(tree.root), total=len(items) + len(links), policy=self.settings.enroll_policy
+            root=str(tree.root),
+            total=len(items) + len(links) + len(passed_over),
+            policy=self.settings.enroll_policy,
         )
         for link in links:
             summary.record("skipped_link", link, "a symbolic link: not followed")
+        for why, name in passed_over:
+            if why == "special":
+                summary.record("skipped_special", name, "not a regular file (FIFO, socket, device)")
+            else:
+                summary.record(
+                    "skipped_too_deep", name, "a folder below a subject folder: not read"
+                )
         known = self.gallery.known_images()
         subjects_before = self.gallery.counts()[0]
         folders = sorted({photo.subject_id for photo in items})
         self._creatable = set(folders) - self.gallery.existing_subjects(folders)
         pending: list[_Prepared] = []
-        done = len(links)
+        done = len(links) + len(passed_over)
         for prepared in self._prepare_all(tree, items, known):
             if cancel is not None and cancel.is_set():
                 summary.cancelled = True
@@ -340,7 +356,7 @@ class BatchIndexer:
     ) -> _Prepared | tuple[str, str, str, bytes]:
         """The file's bytes and sha256, or an outcome decided without looking at the image."""
         subject_id, name = photo.subject_id, photo.name
-        if not re.match(SUBJECT_ID_PATTERN, subject_id):
+        if not is_subject_id(subject_id):
             return _Prepared(subject_id, name, "invalid_subject", "folder name is not a valid id")
         try:
             data = tree.read(photo)

@@ -17,7 +17,9 @@ adds no duplicates (a board record of a job whose replica died stays at its last
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import json
 import logging
 import os
 import queue
@@ -33,28 +35,78 @@ from typing import Any, Literal, Protocol
 
 from service.clustering import cluster_faces, edge_threshold, find_faces
 from service.clustering.work import ClusterWork
-from service.errors import JobNotFinished, JobNotFound
+from service.errors import InsufficientStorage, JobNotFinished, JobNotFound, Overloaded
 from service.indexer import BatchIndexer
+from service.photo_tree import PhotoTree
 
 log = logging.getLogger(__name__)
 
+#: a job's record keeps this many of each kind of problem (the full report is a download)
+PROBLEM_SAMPLE = 20
+#: and each of them at most this long
+PROBLEM_CHARS = 300
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["index", "cluster"]
 _OWNER = ".owner"  # a lock file the process that made a working folder holds while it lives
 
 
+class DiskBudget:
+    """The bytes every job working folder of this process may hold together (unpacked
+    uploads): each upload reserves its declared unpacked size before writing and gives it back
+    when its folder is removed, so concurrent and queued uploads cannot add up past it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        """Reserve ``n`` bytes; Overloaded (503, retry later) when they do not fit now."""
+        with self._lock:
+            if self.used + n > self.capacity:
+                raise Overloaded(
+                    f"the uploads being unpacked or waiting in the job queue already hold "
+                    f"{self.used} of {self.capacity} bytes (jobs.max_unpacked_total_bytes); "
+                    f"this one needs {n}: retry when a job has ended",
+                    retry_after_s=30,
+                )
+            self.used += n
+
+    def give(self, n: int) -> None:
+        """Return ``n`` reserved bytes."""
+        with self._lock:
+            self.used = max(0, self.used - n)
+
+
 class WorkFolder:
     """A job's private folder (unpacked uploads, exports): held locked by this process, removed
-    with everything in it when the job ends, however it ends."""
+    with everything in it when the job ends, however it ends; what it reserved of the shared
+    ``DiskBudget`` is given back then."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, budget: DiskBudget | None = None) -> None:
         self.path = path
+        self.budget = budget
+        self.reserved = 0
         self._fd: int | None = os.open(path / _OWNER, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
 
+    def reserve(self, n: int) -> None:
+        """Hold ``n`` more bytes of the shared budget until this folder is removed;
+        Overloaded when they do not fit."""
+        if self.budget is not None:
+            self.budget.take(n)
+        self.reserved += n
+
+    def release(self) -> None:
+        """Give back the reservation (what it reserved for has been deleted)."""
+        if self.budget is not None and self.reserved:
+            self.budget.give(self.reserved)
+        self.reserved = 0
+
     def remove(self) -> None:
-        """Delete the folder and release its lock (idempotent)."""
+        """Delete the folder, give back its reservation and release its lock (idempotent)."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self.release()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -65,16 +117,26 @@ class WorkFolders:
     start-up the folders of a process that died (SIGKILL, power loss) are told from the live
     ones of other replicas sharing the directory, and removed: photos are never kept there."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, max_total_bytes: int | None = None) -> None:
         self.root = root
+        self.budget = DiskBudget(max_total_bytes) if max_total_bytes is not None else None
         self.sweep()
 
     def create(self, prefix: str) -> WorkFolder:
-        """A new folder ``<prefix>-...`` under the root."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        return WorkFolder(
-            Path(tempfile.mkdtemp(prefix=f"{prefix}-{uuid.uuid4().hex[:8]}-", dir=self.root))
-        )
+        """A new folder ``<prefix>-...`` under the root; InsufficientStorage on a full disk."""
+        path: Path | None = None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix=f"{prefix}-{uuid.uuid4().hex[:8]}-", dir=self.root))
+            return WorkFolder(path, self.budget)
+        except OSError as exc:
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(
+                    "the disk holding the jobs' working folders (jobs.work_dir) is full"
+                ) from exc
+            raise
 
     def sweep(self) -> int:
         """Remove every folder no live process holds; the number removed."""
@@ -82,7 +144,9 @@ class WorkFolders:
             return 0
         removed = 0
         for path in self.root.iterdir():
-            if not path.is_dir() or not path.name.startswith(("upload-", "export-", "cluster-")):
+            if not path.is_dir() or not path.name.startswith(
+                ("upload-", "export-", "cluster-", "report-")
+            ):
                 continue
             try:
                 fd = os.open(path / _OWNER, os.O_RDWR)
@@ -111,7 +175,7 @@ class Job:
 
     id: str
     source: str
-    root: Path
+    tree: PhotoTree  # opened at acceptance, closed when the job ends: never looked up again
     folder: WorkFolder | None = None  # removed when the job ends (a cluster job: when forgotten)
     kind: JobKind = "index"
     far: float | None = None  # cluster jobs: the FAR asked for (None: by the number of faces)
@@ -125,7 +189,45 @@ class Job:
     finished_at: float | None = None
     summary: dict[str, Any] | None = None
     error: str | None = None
+    report: WorkFolder | None = None  # holds report.json, the full summary, until forgotten
     cancel: threading.Event = field(default_factory=threading.Event)
+
+    def conclude(self, full: dict[str, Any], folders: WorkFolders | None) -> None:
+        """Keep the record small, whatever the job met: counts and up to PROBLEM_SAMPLE of
+        each kind of problem in ``summary`` (``files_truncated`` says when there were more);
+        the full summary goes to a report file (``GET /v1/jobs/{id}/report``). Neither shows
+        the server's own folders: ``root`` is the job's source."""
+        if "root" in full:
+            full["root"] = self.source
+        files: dict[str, list[str]] = full.get("files") or {}
+        sample = {k: [f[:PROBLEM_CHARS] for f in v[:PROBLEM_SAMPLE]] for k, v in files.items()}
+        self.summary = {
+            **full,
+            "files": sample,
+            "files_truncated": any(len(v) > PROBLEM_SAMPLE for v in files.values()),
+        }
+        if folders is None:
+            return
+        try:
+            folder = folders.create("report")
+        except Exception as exc:  # the record still has the counts and the sample
+            log.warning("job %s: its report could not be written: %s", self.id, exc)
+            return
+        try:
+            (folder.path / "report.json").write_text(json.dumps(full, indent=1))
+        except OSError as exc:
+            folder.remove()
+            log.warning("job %s: its report could not be written: %s", self.id, exc)
+            return
+        self.report = folder
+
+    def report_file(self) -> Path:
+        """The full report of a finished job; JobNotFinished before that."""
+        if self.report is None:
+            raise JobNotFinished(
+                f"job {self.id} is {self.status}: it has no report (yet)", status=self.status
+            )
+        return self.report.path / "report.json"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view for GET /v1/jobs/{id}."""
@@ -210,18 +312,19 @@ class JobRunner:
     def submit(
         self,
         source: str,
-        root: Path,
+        tree: PhotoTree,
         folder: WorkFolder | None = None,
         *,
         kind: JobKind = "index",
         far: float | None = None,
     ) -> Job:
         """Queue a tree for indexing (a folder per subject) or clustering (any tree of photos,
-        edges at the calibrated threshold for ``far``); ``folder``: its working folder."""
+        edges at the calibrated threshold for ``far``); ``tree``: opened by the caller, now the
+        job's; ``folder``: its working folder."""
         job = Job(
             id=uuid.uuid4().hex,
             source=source,
-            root=root,
+            tree=tree,
             folder=folder,
             kind=kind,
             far=far,
@@ -282,13 +385,17 @@ class JobRunner:
             self._forget(job)
         return len(due)
 
-    def _forget(self, job: Job) -> None:
-        """The one place a job's data goes: its folder (photos, thumbnails) and embeddings."""
+    def _forget(self, job: Job, *, keep_report: bool = False) -> None:
+        """The one place a job's data goes: its folder (photos, thumbnails), embeddings and
+        (unless ``keep_report``: a job that has ended but is still remembered) its report."""
         if job.work is not None:
             job.work.erase()
             job.work = None
         if job.folder is not None:
             job.folder.remove()
+        if job.report is not None and not keep_report:
+            job.report.remove()
+            job.report = None
 
     def describe(self, job_id: str) -> dict[str, Any]:
         """A job's record: from this replica if it runs here, else from the shared board;
@@ -303,13 +410,15 @@ class JobRunner:
             raise JobNotFound(f"no job with id {job_id!r} (jobs are forgotten on restart)")
         return record
 
-    def describe_all(self) -> list[dict[str, Any]]:
-        """Every remembered job (this replica's, and the board's newest), newest first."""
+    def describe_all(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """A page of the remembered jobs (this replica's, and the board's newest), newest
+        first."""
         records = {j.id: j.to_dict() for j in self.list()}
         if self.board is not None:
             for record in self.board.recent(self.keep):
                 records.setdefault(record["id"], record)
-        return sorted(records.values(), key=lambda r: -float(r["created_at"]))
+        ordered = sorted(records.values(), key=lambda r: -float(r["created_at"]))
+        return ordered[offset : None if limit is None else offset + limit]
 
     def get(self, job_id: str) -> Job:
         """A job by id; raises JobNotFound."""
@@ -347,6 +456,7 @@ class JobRunner:
             self.board.close()
 
     def _finish_cancelled(self, job: Job) -> None:
+        job.tree.close()
         job.status = "cancelled"
         job.finished_at = time.time()
         if job.folder is not None:
@@ -376,23 +486,28 @@ class JobRunner:
             job.done, job.total = done, total
             self._publish(job)
 
+        # a job's files are bounded as a zip's are (the CLI reads the operator's own trees)
+        job.tree.max_entries = self.indexer.settings.jobs.max_entries
         try:
             if job.kind == "cluster":
                 self._cluster(job, progress)
             else:
-                summary = self.indexer.run(job.root, progress=progress, cancel=job.cancel)
-                job.summary = summary.to_dict()
+                summary = self.indexer.run(job.tree, progress=progress, cancel=job.cancel)
+                job.conclude(summary.to_dict(), self.folders)
                 job.status = "cancelled" if summary.cancelled else "succeeded"
         except Exception as exc:  # reported on the job; the service keeps running
             log.exception("%s job %s failed", job.kind, job.id)
             job.status = "failed"
             job.error = str(exc)
         finally:
+            job.tree.close()
             job.finished_at = time.time()
             with self._lock:
                 kept = self._jobs.get(job.id) is job  # not deleted while it ran
             if job.kind == "cluster" and job.status == "succeeded" and kept:
                 job.expires_at = job.finished_at + self.cluster_ttl_s
+            elif kept:  # the photos go now; the record and its report stay while it is kept
+                self._forget(job, keep_report=True)
             else:
                 self._forget(job)
             self._publish(job, force=True)
@@ -401,7 +516,7 @@ class JobRunner:
         """Find every face of the tree (with thumbnails), delete the photos, cluster."""
         indexer = self.indexer
         found = find_faces(
-            job.root,
+            job.tree,
             indexer.settings,
             indexer.pipeline,
             thumbnails=True,
@@ -413,6 +528,7 @@ class JobRunner:
             for entry in job.folder.path.iterdir():
                 if entry.name != _OWNER:
                     shutil.rmtree(entry, ignore_errors=True)
+            job.folder.release()  # the unpacked upload is gone; thumbnails are small
         if job.cancel.is_set():
             job.status = "cancelled"
             return
@@ -421,16 +537,25 @@ class JobRunner:
         result = cluster_faces(found.faces, threshold=threshold, far=far)
         thumbs = job.folder.path / "faces" if job.folder is not None else None
         job.work = ClusterWork.of(result, thumbs)
-        job.summary = {
-            "photos": found.photos,
-            "faces": len(found.faces),
-            "clusters": len(result.clusters),
-            "alone": len(result.alone),
-            "photos_without_face": len(found.without_face),
-            "unreadable": len(found.unreadable),
-            "skipped_links": len(found.skipped),
-            "threshold": round(threshold, 6),
-            "far": far,
-            "files": {"photos_without_face": found.without_face, "unreadable": found.unreadable},
-        }
+        job.conclude(
+            {
+                "photos": found.photos,
+                "faces": len(found.faces),
+                "clusters": len(result.clusters),
+                "alone": len(result.alone),
+                "photos_without_face": len(found.without_face),
+                "unreadable": len(found.unreadable),
+                "skipped_links": len(found.skipped),
+                "passed_over": len(found.passed_over),
+                "threshold": round(threshold, 6),
+                "far": far,
+                "files": {
+                    "photos_without_face": found.without_face,
+                    "unreadable": found.unreadable,
+                    "skipped_links": found.skipped,
+                    "passed_over": found.passed_over,
+                },
+            },
+            self.folders,
+        )
         job.status = "succeeded"

@@ -98,7 +98,10 @@ class Resources:
         runner = JobRunner(
             BatchIndexer(settings, pipe, gal),
             board=backends.job_board(settings.gallery),
-            folders=WorkFolders(Path(settings.jobs.work_dir)),
+            folders=WorkFolders(
+                Path(settings.jobs.work_dir),
+                max_total_bytes=settings.jobs.max_unpacked_total_bytes,
+            ),
             cluster_ttl_s=settings.jobs.cluster_ttl_s,
         )
         upkeep = Upkeep(gal, settings.gallery.flush_interval_s)

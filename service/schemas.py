@@ -6,7 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SUBJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
+from service.subject_id import SUBJECT_ID_PATTERN
+
+#: the id rule is enforced in one place (``service.subject_id``, through the gallery), so every
+#: route answers the same 422 ``invalid_subject_id``; the schema only documents it
+SUBJECT_ID_FIELD: dict[str, Any] = {"pattern": f"^{SUBJECT_ID_PATTERN}$"}
 # a name is free text, but without NUL (no database text type holds it; it is never meant)
 NAME_PATTERN = r"^[^\x00]*$"
 
@@ -30,7 +34,9 @@ class SubjectCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(None, pattern=SUBJECT_ID_PATTERN, description="letters, digits, . _ @ -")
+    id: str | None = Field(
+        None, description="letters, digits, . _ @ -", json_schema_extra=SUBJECT_ID_FIELD
+    )
     name: str = Field(..., min_length=1, max_length=256, pattern=NAME_PATTERN)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -293,7 +299,7 @@ class NameClusterIn(BaseModel):
     """Name a cluster into the gallery: a new subject, or more faces for an existing one."""
 
     model_config = ConfigDict(extra="forbid")
-    subject_id: str = Field(pattern=SUBJECT_ID_PATTERN, max_length=128)
+    subject_id: str = Field(json_schema_extra=SUBJECT_ID_FIELD)
     name: str | None = Field(None, max_length=256)
 
 

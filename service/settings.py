@@ -223,6 +223,12 @@ class JobSettings(Section):
     work_dir: Path = Path("var/jobs")
     max_archive_bytes: int = Field(1024**3, ge=1024, description="zip upload size")
     max_unpacked_bytes: int = Field(4 * 1024**3, ge=1024, description="sum of the entries")
+    max_unpacked_total_bytes: int = Field(
+        8 * 1024**3,
+        ge=1024,
+        description="what the unpacked uploads of every queued or running job may hold together "
+        "on disk; an upload that would pass it is 503 overloaded until a job ends",
+    )
     max_entries: int = Field(200_000, ge=1)
     max_ratio: float = Field(100.0, gt=1, description="largest compression ratio of an entry")
     cluster_ttl_s: float = Field(

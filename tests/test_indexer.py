@@ -71,6 +71,8 @@ def test_every_outcome_is_counted_and_a_rerun_adds_nothing(
         "unreadable": 1,
         "too_large": 0,
         "skipped_link": 0,
+        "skipped_special": 0,
+        "skipped_too_deep": 0,
         "invalid_subject": 1,
         "subject_deleted": 0,
     }

@@ -40,10 +40,14 @@ def submit_cluster_job(
     """Group every face of the photos into people; answers at once with a job to poll."""
     if far is not None:  # refused now (422), not when the job runs
         threshold_for_far(state.recognition.recognizer.calibration, far)
-    source, root, folder = job_source(state, archive, path, "cluster")
-    if folder is None and state.jobs.folders is not None:
-        folder = state.jobs.folders.create("cluster")  # the thumbnails of a path job
-    job = state.jobs.submit(source, root, folder, kind="cluster", far=far)
+    source, tree, folder = job_source(state, archive, path, "cluster")
+    try:
+        if folder is None and state.jobs.folders is not None:
+            folder = state.jobs.folders.create("cluster")  # the thumbnails of a path job
+    except BaseException:
+        tree.close()
+        raise
+    job = state.jobs.submit(source, tree, folder, kind="cluster", far=far)
     return JobOut(**job.to_dict())
 
 

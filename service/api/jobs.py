@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
@@ -17,6 +17,7 @@ from service.errors import Forbidden, InsufficientStorage, InvalidRequest
 from service.gallery import export_store
 from service.gallery.backends import embedded_folder
 from service.jobs import WorkFolder
+from service.photo_tree import LinkSkipped, PhotoTree
 from service.schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[IsAdmin])
@@ -43,27 +44,39 @@ def checked_path(path: str) -> Path:
         raise InvalidRequest(f"path cannot be resolved ({exc})") from exc
 
 
+def held_folder(path: str, allowed_roots: list[Path]) -> tuple[Path, PhotoTree]:
+    """The resolved folder a caller named and its tree, opened now: the folder must be under
+    an allowed root when it is resolved and when it is opened (one component at a time, no
+    link followed); the job reads that descriptor, so nothing renamed or linked afterwards
+    changes what it reads. InvalidRequest, Forbidden."""
+    root = checked_path(path)
+    allowed = [Path(r).resolve() for r in allowed_roots]
+    if not any(root == a or a in root.parents for a in allowed):
+        raise Forbidden(
+            f"{path!r} is not under an allowed root; set MARGINFACE_JOBS__ALLOWED_ROOTS",
+            allowed_roots=[str(a) for a in allowed],
+        )
+    try:
+        return root, PhotoTree.held(root)
+    except LinkSkipped as exc:
+        raise InvalidRequest(f"{path[:200]!r} changed while it was being checked") from exc
+    except OSError as exc:
+        raise InvalidRequest(f"{path[:200]!r} is not a folder on the server") from exc
+
+
 def job_source(
     state: AppState, archive: UploadFile | None, path: str | None, prefix: str
-) -> tuple[str, Path, WorkFolder | None]:
-    """(source, root, working folder) of a job: a server-side folder under an allowed root,
-    or a zip unpacked into a new working folder with the archive rules (index and cluster
-    jobs alike)."""
+) -> tuple[str, PhotoTree, WorkFolder | None]:
+    """(source, tree opened now, working folder) of a job: a server-side folder under an
+    allowed root (``held_folder``), or a zip unpacked into a new working folder with the
+    archive rules (index and cluster jobs alike)."""
     if (archive is None) == (path is None):
         raise InvalidRequest("send either a zip file in 'archive' or a server-side 'path'")
     jobs = state.jobs
     settings = state.settings.jobs
     if path is not None:
-        root = checked_path(path)
-        allowed = [Path(r).resolve() for r in settings.allowed_roots]
-        if not any(root == a or a in root.parents for a in allowed):
-            raise Forbidden(
-                f"{path!r} is not under an allowed root; set MARGINFACE_JOBS__ALLOWED_ROOTS",
-                allowed_roots=[str(a) for a in allowed],
-            )
-        if not root.is_dir():
-            raise InvalidRequest(f"{path[:200]!r} is not a folder on the server")
-        return f"path:{root}", root, None
+        root, opened = held_folder(path, settings.allowed_roots)
+        return f"path:{root}", opened, None
     assert archive is not None
     folder = jobs.folders.create(prefix) if jobs.folders else None
     if folder is None:
@@ -85,12 +98,14 @@ def job_source(
             max_entries=settings.max_entries,
             max_unpacked_bytes=settings.max_unpacked_bytes,
             max_ratio=settings.max_ratio,
+            reserve=folder.reserve,
         )
         upload.unlink()
+        held = PhotoTree.held(archive_root(tree).resolve())
     except BaseException:
         folder.remove()
         raise
-    return f"zip:{archive.filename or 'upload.zip'}", archive_root(tree), folder
+    return f"zip:{archive.filename or 'upload.zip'}", held, folder
 
 
 @router.post("/index", status_code=202)
@@ -100,8 +115,8 @@ def submit_index_job(
     path: Annotated[str | None, Form(description="a folder under an allowed root")] = None,
 ) -> JobOut:
     """Enroll a folder per subject in bulk; answers at once with a job to poll."""
-    source, root, folder = job_source(state, archive, path, "upload")
-    return JobOut(**state.jobs.submit(source, root, folder).to_dict())
+    source, tree, folder = job_source(state, archive, path, "upload")
+    return JobOut(**state.jobs.submit(source, tree, folder).to_dict())
 
 
 @router.get("/{job_id}")
@@ -117,10 +132,25 @@ def delete_job(job_id: str, state: State) -> None:
     state.jobs.delete(job_id)
 
 
+@router.get("/{job_id}/report", response_class=FileResponse)
+def get_job_report(job_id: str, state: State) -> FileResponse:
+    """The full report of a finished job: every file behind each count (the job's record
+    keeps a sample); kept as long as the job is."""
+    return FileResponse(
+        state.jobs.get(job_id).report_file(),
+        media_type="application/json",
+        filename=f"job-{job_id}-report.json",
+    )
+
+
 @router.get("")
-def list_jobs(state: State) -> list[JobOut]:
-    """Jobs since the service started, newest first."""
-    return [JobOut(**record) for record in state.jobs.describe_all()]
+def list_jobs(
+    state: State,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[JobOut]:
+    """A page of the jobs since the service started, newest first."""
+    return [JobOut(**record) for record in state.jobs.describe_all(offset, limit)]
 
 
 export_router = APIRouter(prefix="/v1/gallery", tags=["gallery"], dependencies=[IsAdmin])

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 @router.post("", status_code=201, dependencies=[CanWrite])
 def create_subject(body: SubjectCreate, state: State) -> SubjectOut:
     """Create a subject (a person); faces are added separately."""
-    subject_id = body.id or uuid.uuid4().hex
+    subject_id = body.id if body.id is not None else uuid.uuid4().hex
     return convert.subject(state.gallery.create_subject(subject_id, body.name, body.metadata))
 
 

@@ -53,6 +53,7 @@ class FoundFaces:
     without_face: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    passed_over: list[str] = field(default_factory=list)  # "name: why" (special, too deep)
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -122,7 +123,7 @@ def _faces_in_worker(name: str, data: bytes, rules: _Rules) -> list[FoundFace] |
 
 
 def find_faces(
-    root: Path,
+    root: Path | PhotoTree,
     settings: Settings,
     pipeline: FacePipeline,
     *,
@@ -133,11 +134,15 @@ def find_faces(
     progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> FoundFaces:
-    """Every face under ``root`` (any depth), in a stable order of files."""
+    """Every face under ``root`` (any depth; a folder, or a tree opened earlier: a job's, which
+    this closes when done), in a stable order of files."""
     rules = _Rules(which, settings.min_quality, settings.limits.max_image_pixels, thumbnails)
     found = FoundFaces()
-    with PhotoTree(root, max_file_bytes=settings.limits.max_upload_bytes) as tree:
+    tree = root if isinstance(root, PhotoTree) else PhotoTree(root)
+    tree.max_file_bytes = settings.limits.max_upload_bytes
+    with tree:
         photos, found.skipped = tree.walk()
+        found.passed_over = [f"{name}: {why}" for why, name in tree.passed_over]
         found.photos = len(photos)
         pool = analysis_pool(settings, processes=processes, threads=threads)
         with pool:

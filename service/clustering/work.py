@@ -22,6 +22,7 @@ from service.clustering.clusters import Clustering, describe, face_view
 from service.clustering.faces import FoundFace
 from service.errors import ClusterNotFound, InvalidRequest
 from service.gallery import Gallery, NewFace
+from service.subject_id import check_subject_id
 
 
 @dataclass
@@ -133,7 +134,9 @@ class ClusterWork:
         self, cluster: int, subject_id: str, name: str | None, gallery: Gallery, model_id: str
     ) -> dict[str, Any]:
         """Enroll the cluster's faces as ``subject_id`` (created, with ``name``, if new; else
-        extended): their embeddings, boxes and photo hashes, nothing detected again."""
+        extended): their embeddings, boxes and photo hashes, nothing detected again.
+        InvalidSubjectId before ClusterNotFound: the request is wrong whatever the cluster."""
+        check_subject_id(subject_id)
         with self._lock:
             members = list(self._group(cluster))
         faces = [

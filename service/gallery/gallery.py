@@ -26,6 +26,7 @@ import numpy as np
 from service.gallery.backend import GalleryBackend
 from service.gallery.records import FaceRecord, NewFace, Quarantined, Subject
 from service.images import ImageVault
+from service.subject_id import check_subject_id
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ class Gallery:
 
     def create_subject(self, subject_id: str, name: str, metadata: dict[str, Any]) -> Subject:
         """Create a subject (no faces yet); SubjectExists, InvalidRequest for a name or
-        metadata the service could not serve back."""
+        metadata the service could not serve back, InvalidSubjectId."""
+        check_subject_id(subject_id)
         check_servable(subject_id, name, metadata)
         with self._lock:
             subject = self.backend.create_subject(subject_id, name, metadata)
@@ -135,8 +137,8 @@ class Gallery:
         return subject
 
     def get_subject(self, subject_id: str) -> Subject:
-        """One subject; SubjectNotFound."""
-        return self.backend.get_subject(subject_id)
+        """One subject; SubjectNotFound, InvalidSubjectId."""
+        return self.backend.get_subject(check_subject_id(subject_id))
 
     def list_subjects(
         self, offset: int, limit: int, search: str | None = None
@@ -148,6 +150,7 @@ class Gallery:
         self, subject_id: str, name: str | None, metadata: dict[str, Any] | None
     ) -> Subject:
         """Rename or change metadata; SubjectNotFound, InvalidRequest (as create_subject)."""
+        check_subject_id(subject_id)
         check_servable(subject_id, name, metadata)
         with self._lock:
             subject = self.backend.update_subject(subject_id, name, metadata)
@@ -159,7 +162,9 @@ class Gallery:
         return len(self.erase_subject(subject_id))
 
     def erase_subject(self, subject_id: str) -> list[int]:
-        """Erase a subject, its faces and their kept photos; the erased face ids."""
+        """Erase a subject, its faces and their kept photos; the erased face ids. The id is
+        looked up as it is, not checked against the rule: an id an earlier release let in
+        (a job's ``name\\n``) can still be erased."""
         with self._lock:
             face_ids = self.backend.delete_subject(subject_id)
             if self.images is not None:
@@ -181,7 +186,9 @@ class Gallery:
         """Enroll faces (all or nothing); (face id, created) per face, an image already
         enrolled for the subject is not added again. With kept photos on, ``photos`` (one per
         face) are kept with their new faces in the same locked step; a photo that cannot be
-        written undoes the enrollment. ModelMismatch, SubjectNotFound, InsufficientStorage."""
+        written undoes the enrollment. ModelMismatch, SubjectNotFound, InsufficientStorage,
+        InvalidSubjectId."""
+        check_subject_id(subject_id)
         self.check_model(model_id)
         with self._lock:
             results = self.backend.add_faces(subject_id, faces, create_name=create_name)
@@ -209,7 +216,10 @@ class Gallery:
     ) -> list[tuple[str, int | None, bool]]:
         """Batch indexing: faces of many subjects in one transaction. A missing subject is
         created only if ``creatable`` is None or holds it; the faces of one that is not come
-        back with face id None (a subject deleted while a job runs is not re-created)."""
+        back with face id None (a subject deleted while a job runs is not re-created);
+        InvalidSubjectId (the indexer refuses such folders first)."""
+        for subject_id, _ in items:
+            check_subject_id(subject_id)
         self.check_model(model_id)
         if not items:
             return []
@@ -228,8 +238,8 @@ class Gallery:
         return subject_id
 
     def list_faces(self, subject_id: str) -> list[FaceRecord]:
-        """The faces of one subject."""
-        return self.backend.list_faces(subject_id)
+        """The faces of one subject; InvalidSubjectId."""
+        return self.backend.list_faces(check_subject_id(subject_id))
 
     def known_images(self) -> set[tuple[str, str]]:
         """(subject id, image sha256) of every enrolled face."""
@@ -309,7 +319,9 @@ class Gallery:
     def subject_embeddings(
         self, subject_id: str, *, model_id: str
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(face ids, embeddings) of one subject's usable faces; SubjectNotFound, ModelMismatch."""
+        """(face ids, embeddings) of one subject's usable faces; SubjectNotFound, ModelMismatch,
+        InvalidSubjectId."""
+        check_subject_id(subject_id)
         self.check_model(model_id)
         self.backend.get_subject(subject_id)
         return self.backend.embeddings_of(subject_id)

@@ -325,7 +325,8 @@ def export_store(directory: Path, target: Path) -> dict[str, Any]:
 
 def _copy_store(source: Path, target: Path) -> None:
     """One consistent snapshot of ``source`` into a fresh file ``target`` (a rollback journal,
-    so the copy is a single self-contained file)."""
+    so the copy is a single self-contained file). InsufficientStorage when ``target``'s disk
+    fills up (SQLite says so as an OperationalError, not an OSError); nothing is left."""
     target.unlink(missing_ok=True)
     src = _open_readonly(source)
     try:
@@ -335,6 +336,14 @@ def _copy_store(source: Path, target: Path) -> None:
             dest.execute("PRAGMA journal_mode=DELETE")
         finally:
             dest.close()
+    except sqlite3.Error as exc:
+        if not _is_disk_full(exc, target.parent):
+            raise
+        target.unlink(missing_ok=True)
+        Path(f"{target}-journal").unlink(missing_ok=True)
+        raise InsufficientStorage(
+            "the disk the copy is written to is full: no copy was made; free space and retry"
+        ) from exc
     finally:
         src.close()
 

@@ -332,7 +332,7 @@ def test_request_level_errors(client: TestClient) -> None:
             "validation_error",
         ),
         (client.post("/v1/subjects", json={"name": "x", "unknown": 1}), "validation_error"),
-        (client.post("/v1/subjects", json={"id": "bad id/..", "name": "x"}), "validation_error"),
+        (client.post("/v1/subjects", json={"id": "bad id/..", "name": "x"}), "invalid_subject_id"),
         (client.get("/v1/nothing-here"), "not_found"),
         (client.get("/v1/subjects", headers={"X-API-Key": "wrong"}), "unauthorized"),
         (client.get("/v1/subjects", headers={"X-API-Key": ""}), "unauthorized"),

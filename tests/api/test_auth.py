@@ -44,6 +44,7 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("DELETE", "/v1/jobs/{job_id}/clusters/{cluster}/faces/{face}"): "admin",
     ("POST", "/v1/jobs/{job_id}/clusters/{cluster}/subject"): "admin",
     ("GET", "/v1/jobs"): "admin",
+    ("GET", "/v1/jobs/{job_id}/report"): "admin",
     ("GET", "/v1/gallery/export"): "admin",
     # CompreFace's API (docs/compreface.md): its error body, same keys and scopes
     ("POST", "/api/v1/recognition/subjects"): "write",

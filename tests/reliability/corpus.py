@@ -92,6 +92,95 @@ def small_entry_bomb(entries: int = 64) -> bytes:
     return zip_of([(f"p{i}/x{i}.jpg", b"\0" * (1 << 20)) for i in range(entries)])
 
 
+def overlap_bomb(files: int = 12, kernel_mib: int = 90) -> bytes:
+    """The overlapped-file construction (Fifield, "A better zip bomb", 2019), about
+    ``kernel_mib`` / 90 MB: every entry's data runs to the end of one shared deflate kernel,
+    each entry's own stream first quoting the next entry's local header in a stored block.
+    Each entry, and the sum of declared sizes against the sum of compressed sizes, stays
+    under 100:1 (the shared kernel is counted once per entry), and every CRC and local
+    header is right, yet ``files`` x ``kernel_mib`` MiB are written (12 x 90 MiB: 1.1 GB from
+    0.95 MB, as in issue 25)."""
+    import struct
+    import zlib as _zlib
+
+    chunk = bytearray(1 << 20)  # zeros with a byte every 250: deflates about 90:1
+    for k, at in enumerate(range(0, len(chunk), 250)):
+        chunk[at] = 1 + (k * 37) % 255
+    deflater = _zlib.compressobj(9, _zlib.DEFLATED, -15)
+    block = deflater.compress(bytes(chunk)) + deflater.flush(_zlib.Z_FULL_FLUSH)
+    kernel = block * kernel_mib + b"\x03\x00"  # full flushes: blocks repeat; a final empty block
+    names = [f"p{i:02d}/x{i:02d}.jpg".encode() for i in range(files)]
+
+    def local(i: int, crc: int, compressed: int, size: int) -> bytes:
+        return (
+            struct.pack(
+                "<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, compressed, size, len(names[i]), 0
+            )
+            + names[i]
+        )
+
+    def quote(header: bytes) -> bytes:  # a non-final stored block holding ``header``
+        return b"\x00" + struct.pack("<HH", len(header), 0xFFFF ^ len(header))
+
+    # from the last entry back: entry i outputs the later local headers, then the kernel's data
+    entries: list[tuple[bytes, int, int, int]] = []  # (local header, crc, compressed, size)
+    quoted = b""  # the later local headers, in order
+    compressed = len(kernel)
+    for i in reversed(range(files)):
+        crc = _zlib.crc32(quoted)
+        for _ in range(kernel_mib):
+            crc = _zlib.crc32(chunk, crc)
+        size = len(quoted) + kernel_mib * len(chunk)
+        header = local(i, crc, compressed, size)
+        entries.insert(0, (header, crc, compressed, size))
+        quoted = header + quoted
+        compressed += len(quote(header)) + len(header)
+    body, offsets = bytearray(), []
+    for i, (header, *_rest) in enumerate(entries):
+        offsets.append(len(body))
+        body += header
+        if i + 1 < files:
+            body += quote(entries[i + 1][0])
+    body += kernel
+    directory = bytearray()
+    for i, (_, crc, comp, size) in enumerate(entries):
+        directory += (
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                0,
+                8,
+                0,
+                0,
+                crc,
+                comp,
+                size,
+                len(names[i]),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offsets[i],
+            )
+            + names[i]
+        )
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, files, files, len(directory), len(body), 0)
+    return bytes(body + directory + end)
+
+
+def local_header_disagrees(photo: bytes) -> bytes:
+    """A zip whose entry's local header declares another CRC and size than the central
+    directory (Python's zipfile compares only the names)."""
+    data = bytearray(zip_of([("p/x.jpg", photo)]))
+    assert data[:4] == b"PK\x03\x04"
+    data[14:18] = b"\xde\xad\xbe\xef"  # CRC-32
+    data[22:26] = (len(photo) * 3).to_bytes(4, "little")  # uncompressed size
+    return bytes(data)
+
+
 #: archives that must be refused with 422 invalid_archive, by name
 MALFORMED_ARCHIVES = {
     "file-then-folder": lambda photo: zip_of([("p", b"a file"), ("p/x.jpg", photo)]),
@@ -101,6 +190,8 @@ MALFORMED_ARCHIVES = {
     "deflate64": deflate64_zip,
     "bad-utf8-name": lambda photo: bad_utf8_name_zip(),
     "small-entry-bomb": lambda photo: small_entry_bomb(),
+    "overlapping-entries": lambda photo: overlap_bomb(files=4, kernel_mib=8),
+    "local-header-disagrees": local_header_disagrees,
     "not-a-zip": lambda photo: photo,
     "traversal": lambda photo: zip_of([("../escape/x.jpg", photo)]),
 }
@@ -260,7 +351,7 @@ def corpus() -> list[Case]:
                 "POST",
                 "/v1/subjects",
                 {422},
-                {"validation_error"},
+                {"invalid_subject_id"},
                 json={"id": subject_id, "name": "x"},
             )
         )
@@ -276,8 +367,8 @@ def corpus() -> list[Case]:
             )
         )
     cases += [
-        Case("get_long_id", "GET", "/v1/subjects/" + long_id, {404}, {"subject_not_found"}),
-        Case("get_unicode_id", "GET", "/v1/subjects/Zo%C3%AB", {404}, {"subject_not_found"}),
+        Case("get_long_id", "GET", "/v1/subjects/" + long_id, {422}, {"invalid_subject_id"}),
+        Case("get_unicode_id", "GET", "/v1/subjects/Zo%C3%AB", {422}, {"invalid_subject_id"}),
         Case(
             "malformed_json",
             "POST",

@@ -195,3 +195,32 @@ def test_a_full_disk_refuses_writes_with_507_keeps_the_gallery_and_still_erases(
                 r = enroll_aligned(c, people[2], photos[people[2]][:2])
             assert r.status_code == 201, r.text
     shutil.rmtree(tmp_path / "disk", ignore_errors=True)
+
+
+def test_export_on_a_full_disk_is_507_and_leaves_nothing(tmp_path: Path) -> None:
+    """Issue 25, finding 6: an export whose working folder's disk is full answered 500
+    (sqlite3.OperationalError 'database or disk is full' from the backup)."""
+    people = sorted(d.name for d in GLINT.iterdir())[:2]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with small_disk(tmp_path / "disk", size="2m") as disk:
+        env = {"MARGINFACE_JOBS__WORK_DIR": str(disk / "jobs")}
+        with (
+            server(tmp_path / "gallery", port, env, log_dir=tmp_path),
+            httpx.Client(base_url=base, headers=HEADERS, timeout=60) as c,
+        ):
+            for name in people:
+                assert c.post("/v1/subjects", json={"id": name, "name": name}).status_code == 201
+                photos = sorted((GLINT / name).glob("*.jpg"))[:4]
+                assert enroll_aligned(c, name, photos).status_code == 201
+            (disk / "jobs").mkdir(exist_ok=True)
+            filler = fill(disk)
+            r = c.get("/v1/gallery/export")
+            assert r.status_code == 507, r.text
+            assert r.json()["error"]["code"] == "insufficient_storage"
+            assert [p.name for p in (disk / "jobs").iterdir()] == []  # nothing half-written
+            filler.unlink()
+            r = c.get("/v1/gallery/export")
+            assert r.status_code == 200, r.text
+            assert r.content.startswith(b"SQLite format 3\0")
+    shutil.rmtree(tmp_path / "disk", ignore_errors=True)
