@@ -19,6 +19,7 @@ from fastapi_offline import FastAPIOffline
 from service.api import clusters, compreface, faces, health, jobs, recognize, subjects
 from service.api.deps import AppState, known_query_only
 from service.api.image_body import IMAGE_ROUTES, Base64Bodies
+from service.api.json_line import JSONLineResponse
 from service.api.openapi import document_errors
 from service.audit import AuditTrail
 from service.console import mount_console
@@ -138,6 +139,7 @@ def create_app(
         description="Face detection, verification and open-set identification.",
         lifespan=lifespan,
         dependencies=[Depends(known_query_only)],
+        default_response_class=JSONLineResponse,
     )
     routers = [health.router, subjects.router, faces.router, recognize.router, clusters.router]
     routers.append(jobs.router)

@@ -285,7 +285,7 @@ HTTP_CODES = {
 
 def error_body(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
     """The one error body; a ``retry_after_s`` detail also becomes a Retry-After header."""
-    from fastapi.responses import JSONResponse
+    from service.api.json_line import JSONLineResponse
 
     body: dict[str, Any] = {"code": code, "message": message}
     headers = {}
@@ -293,7 +293,7 @@ def error_body(status: int, code: str, message: str, details: Any = None) -> JSO
         body["details"] = details
         if "retry_after_s" in details:
             headers["Retry-After"] = str(int(details["retry_after_s"]))
-    return JSONResponse(status_code=status, content={"error": body}, headers=headers)
+    return JSONLineResponse(status_code=status, content={"error": body}, headers=headers)
 
 
 def error_response(exc: MarginFaceError) -> JSONResponse:

@@ -385,3 +385,13 @@ def test_model_mismatch_is_refused(tmp_path: Path, pipeline: FacePipeline) -> No
         assert r.status_code == 409 and r.json()["error"]["code"] == "model_mismatch"
         r = c.post("/v1/identify", files={"image": upload(lfw("Colin_Powell", 1))})
         assert r.json()["error"]["code"] == "model_mismatch"
+
+
+def test_json_answers_end_with_a_newline(client: TestClient) -> None:
+    """`curl` printed the README's Try-it answers and the next prompt on one line."""
+    ok = client.get("/v1/subjects")
+    missing = client.get("/v1/subjects/nobody")
+    for r in (ok, missing, client.get("/readyz")):
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.content.endswith(b"}\n"), r.content[-20:]
+        r.json()  # still one JSON document
