@@ -318,3 +318,20 @@ def test_an_image_upgrade_brings_its_models() -> None:
         for volume in svc.get("volumes", []):
             source, target = volume.split(":")[:2]
             assert not (source in named and target == models_dir), f"{name}: {volume}"
+
+
+def test_no_two_embedded_servers_share_a_gallery_volume() -> None:
+    """Was (issue 32, finding 5): api and api-gpu mounted the same named volume, so
+    `--profile gpu up` ran two embedded servers on one SQLite store and FAISS index file, each
+    with its own in-memory index that never saw the other's writes."""
+    config = yaml.safe_load(interpolate(COMPOSE_TEXT, SERVE_SH_ENV))
+    owners: dict[str, str] = {}
+    for name, svc in config["services"].items():
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        if env.get("MARGINFACE_GALLERY__BACKEND", "embedded") != "embedded":
+            continue
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source in (config.get("volumes") or {}):
+                assert source not in owners, f"{name} and {owners[source]} share {source}"
+                owners[source] = name
