@@ -11,7 +11,10 @@
 # listens on a free loopback port instead of a published container port.
 # Env: DOCKER_TEST_BASE (default: marginface-base:bookworm, built when missing; set
 #      python:3.11-slim-bookworm where Docker Hub is reachable), DOCKER_TEST_KEEP=1 (leave the
-#      containers, volumes and copy behind), DOCKER_TEST_PORT, SHARED_DATA (../shared/data).
+#      containers, volumes and copy behind), DOCKER_TEST_PORT, SHARED_DATA (../shared/data),
+#      DOCKER_TEST_DEFAULT=0 / DOCKER_TEST_DISTRIBUTED=0 (leave out one part, while developing),
+#      DOCKER_TEST_HOST_PYTHON (a python with MarginFace installed: the same identify figure on
+#      the host, default .venv/bin/python when it exists).
 set -uo pipefail
 main() {  # the whole script is read before it runs: an edit during a run cannot derail it
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -100,7 +103,9 @@ YAML_PY=$(for py in /usr/bin/python3 python3; do "$py" -c 'import yaml' 2>/dev/n
 [ -n "$YAML_PY" ] || skip "no python3 with PyYAML to merge the compose files"
 render() {  # $1: the merged file to write; the rest: compose's -f/--profile arguments
     local out=$1; shift
-    cp .env.example .env 2>/dev/null  # compose v1 checks env_file even for `config`
+    # compose v1 checks env_file even for `config`, and its `config` writes the .env of the
+    # moment into the merged file: render again after every change of .env
+    [ -f .env ] || cp .env.example .env
     "${COMPOSE[@]}" "$@" config > "$out.raw" || fail "compose config $*"
     "$YAML_PY" - "$out.raw" "$out" <<'PY' || fail "merging the compose files"
 import sys
@@ -128,6 +133,18 @@ BUILD_SECONDS=$(( $(date +%s) - t ))
 IMAGE_BYTES=$(docker image inspect -f '{{.Size}}' marginface:cpu)
 
 # ------------------------------------------------------------------ the README's steps
+LFW=$DATA/lfw/images
+identify() {  # $1 photo -> subject id of the first face's match (or "unknown")
+    curl -sf -H "$H" "$URL/v1/identify" -F "image=@$1" \
+        | jq_py '(d["faces"][0].get("match") or {}).get("subject_id", "unknown")'
+}
+identify_p50() {  # $1 base URL, $2 photo: median of 30 sequential identifies (curl's total), ms
+    for _ in $(seq 30); do
+        curl -sf -o /dev/null -w '%{time_total}\n' -H "$H" "$1/v1/identify" -F "image=@$2" || return 1
+    done | python3 -c 'import statistics,sys; print(round(1000*statistics.median(map(float,sys.stdin)),1))'
+}
+
+if [ "${DOCKER_TEST_DEFAULT:-1}" = 1 ]; then
 step "docker compose up -d"
 t=$(date +%s)
 "${COMPOSE[@]}" "${FILES[@]}" up -d > "$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "up"; }
@@ -162,7 +179,6 @@ done
     || fail "the key made in the container is not accepted"
 
 step "enroll two people and identify them through the port"
-LFW=$DATA/lfw/images
 for who in Colin_Powell George_W_Bush; do
     id=$(echo "$who" | tr 'A-Z' 'a-z')
     code=$(curl -s -o "$WORK/r.json" -w '%{http_code}' -H "$H" -H 'content-type: application/json' \
@@ -172,18 +188,29 @@ for who in Colin_Powell George_W_Bush; do
         -F "files=@$LFW/$who/${who}_0001.jpg")
     [ "$code" = 201 ] || { cat "$WORK/r.json" >&2; fail "enroll $id: $code"; }
 done
-identify() {  # $1 photo -> subject id of the first face's match (or "unknown")
-    curl -sf -H "$H" "$URL/v1/identify" -F "image=@$1" \
-        | jq_py '(d["faces"][0].get("match") or {}).get("subject_id", "unknown")'
-}
-identify_p50() {  # $1 base URL, $2 photo: median of 30 sequential identifies (curl's total), ms
-    for _ in $(seq 30); do
-        curl -sf -o /dev/null -w '%{time_total}\n' -H "$H" "$1/v1/identify" -F "image=@$2" || return 1
-    done | python3 -c 'import statistics,sys; print(round(1000*statistics.median(map(float,sys.stdin)),1))'
-}
 [ "$(identify "$LFW/Colin_Powell/Colin_Powell_0002.jpg")" = colin_powell ] || fail "identify Powell"
 [ "$(identify "$LFW/George_W_Bush/George_W_Bush_0002.jpg")" = george_w_bush ] || fail "identify Bush"
 P50_MS=$(identify_p50 "$URL" "$LFW/Colin_Powell/Colin_Powell_0003.jpg") || fail "identify p50"
+
+HOST_PY=${DOCKER_TEST_HOST_PYTHON:-$ROOT/.venv/bin/python}
+if [ -x "$HOST_PY" ] && ls "$ROOT"/models/sface-2021dec/*.onnx >/dev/null 2>&1; then
+    step "the same identify on the host, outside docker (for the figure beside the container's)"
+    HPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    (cd "$WORK" && set -a && . "$WORK/marginface/.env" && set +a \
+        && PYTHONPATH=$ROOT MARGINFACE_MODELS_DIR=$ROOT/models MARGINFACE_GALLERY__PATH=$WORK/host/gallery \
+           MARGINFACE_JOBS__WORK_DIR=$WORK/host/jobs MARGINFACE_AUTH__KEYS_FILE=$WORK/host/keys.json \
+           exec "$HOST_PY" -m service.cli serve --host 127.0.0.1 --port "$HPORT") > "$WORK/host.log" 2>&1 &
+    HOST_PID=$!
+    HKEY=$(sed -n 's/.*\["\(.*\)"\].*/\1/p' .env)
+    for _ in $(seq 240); do curl -sf -o /dev/null "http://127.0.0.1:$HPORT/readyz" && break; sleep 0.5; done
+    curl -sf -o /dev/null -H "X-API-Key: $HKEY" -H 'content-type: application/json' \
+        "http://127.0.0.1:$HPORT/v1/subjects" -d '{"id": "colin_powell", "name": "Colin Powell"}' \
+        && curl -sf -o /dev/null -H "X-API-Key: $HKEY" "http://127.0.0.1:$HPORT/v1/subjects/colin_powell/faces" \
+            -F "files=@$LFW/Colin_Powell/Colin_Powell_0001.jpg" \
+        && HOST_P50_MS=$(H="X-API-Key: $HKEY" identify_p50 "http://127.0.0.1:$HPORT" "$LFW/Colin_Powell/Colin_Powell_0003.jpg") \
+        || { tail -n 20 "$WORK/host.log" >&2; echo "note: the host figure could not be measured" >&2; }
+    kill "$HOST_PID"; wait "$HOST_PID" 2>/dev/null
+fi
 
 step "non-root, read-only root filesystem, only /data writable"
 C=$(cid)
@@ -224,6 +251,8 @@ d = json.load(u.urlopen('http://127.0.0.1:8000/readyz')); assert d['gallery']['f
     || fail "offline /readyz"
 docker rm -f marginfacetest-offline >/dev/null
 
+fi  # DOCKER_TEST_DEFAULT
+
 # ------------------------------------------------------------------ distributed profile (stand-ins)
 if [ "${DOCKER_TEST_DISTRIBUTED:-1}" = 1 ]; then
 "${COMPOSE[@]}" "${FILES[@]}" down -v >/dev/null 2>&1
@@ -247,6 +276,7 @@ STANDIN_BUILD_SECONDS=$(( $(date +%s) - t ))
 
 step "distributed: up without POSTGRES_PASSWORD (serve.sh's .env) fails at once, and says why"
 grep -v '^POSTGRES_PASSWORD=' .env.example > .env
+render "$WORK/compose-distributed.yml" -f docker-compose.yml -f deploy/compose.standin.yml --profile distributed
 t=$(date +%s)
 timeout 600 "${COMPOSE[@]}" "${DFILES[@]}" up -d proxy > "$WORK/up-nopw.log" 2>&1 && fail "up without POSTGRES_PASSWORD succeeded"
 "${COMPOSE[@]}" "${DFILES[@]}" logs db-upgrade >> "$WORK/up-nopw.log" 2>&1
@@ -257,6 +287,7 @@ grep -q 'POSTGRES_PASSWORD is not set' "$WORK/up-nopw.log" || {
 
 step "distributed: up -d proxy (PostgreSQL, milvus-lite, db-upgrade, 2 replicas, nginx)"
 cp .env.example .env
+render "$WORK/compose-distributed.yml" -f docker-compose.yml -f deploy/compose.standin.yml --profile distributed
 "${COMPOSE[@]}" "${DFILES[@]}" up -d proxy > "$WORK/up-dist.log" 2>&1 \
     || { cat "$WORK/up-dist.log" >&2; "${COMPOSE[@]}" "${DFILES[@]}" logs --tail 30 >&2; fail "distributed up"; }
 for svc in api-replica api-replica-2; do
@@ -287,15 +318,16 @@ done
 "${COMPOSE[@]}" "${DFILES[@]}" down -v >/dev/null 2>&1
 fi
 
-python3 - "$IMAGE_BYTES" "$BUILD_SECONDS" "${BASE_SECONDS:-0}" "$READY_SECONDS" "$P50_MS" \
+python3 - "$IMAGE_BYTES" "$BUILD_SECONDS" "${BASE_SECONDS:-0}" "${READY_SECONDS:-0}" "${P50_MS:-0}" \
     "$(( $(date +%s) - T0 ))" "$BASE" "${COMPOSE[*]}" "${STANDIN_BUILD_SECONDS:-0}" \
-    "${NOPW_SECONDS:-0}" <<'EOF'
+    "${NOPW_SECONDS:-0}" "${HOST_P50_MS:-null}" <<'EOF'
 import json, sys
 a = sys.argv[1:]
 print(json.dumps({"docker_test": "passed", "image": "marginface:cpu", "base": a[6],
                   "compose": a[7], "image_mb": round(int(a[0]) / 1e6), "build_s": int(a[1]),
                   "base_build_s": int(a[2]), "up_to_healthy_s": int(a[3]),
-                  "identify_p50_ms": float(a[4]), "standin_build_s": int(a[8]),
+                  "identify_p50_ms": float(a[4]), "host_identify_p50_ms": json.loads(a[10]),
+                  "standin_build_s": int(a[8]),
                   "no_password_fails_after_s": int(a[9]), "total_s": int(a[5])}))
 EOF
 }
