@@ -52,7 +52,11 @@ if ! docker info >/dev/null 2>&1; then
         step "starting dockerd (no bridge, no iptables: host networking only)"
         dockerd --bridge=none --iptables=false --ip-masq=false >/tmp/marginface-dockerd.log 2>&1 &
         STARTED_DOCKERD=$!
-        for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+        for _ in $(seq 60); do
+            docker info >/dev/null 2>&1 && break
+            kill -0 "$STARTED_DOCKERD" 2>/dev/null || break   # it gave up
+            sleep 1
+        done
         docker info >/dev/null 2>&1 || {
             tail -n 5 /tmp/marginface-dockerd.log >&2
             kill "$STARTED_DOCKERD" 2>/dev/null; skip "dockerd did not start (log above)"; }
