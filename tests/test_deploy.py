@@ -107,7 +107,7 @@ def test_dockerfile_targets_copy_paths_user_and_healthcheck() -> None:
                 assert (ROOT / src).exists(), f"{name}: COPY {src} does not exist"
         assert instruction(stage, "USER") == ["marginface"], name
         pip = " ".join(instruction(stage, "RUN"))
-        extra = re.search(r'pip install "\.\[(\w+),distributed\]"', pip)
+        extra = re.search(r'pip install (?:--[\w-]+ )*"\.\[(\w+),distributed\]"', pip)
         assert extra and extra.group(1) == name, f"{name} installs the {name} extra"
         assert "marginface models fetch" in pip  # weights fetched and checked at build time
         health = instruction(stage, "HEALTHCHECK")[0]
@@ -318,3 +318,69 @@ def test_an_image_upgrade_brings_its_models() -> None:
         for volume in svc.get("volumes", []):
             source, target = volume.split(":")[:2]
             assert not (source in named and target == models_dir), f"{name}: {volume}"
+
+
+def test_no_two_embedded_servers_share_a_gallery_volume() -> None:
+    """Was (issue 32, finding 5): api and api-gpu mounted the same named volume, so
+    `--profile gpu up` ran two embedded servers on one SQLite store and FAISS index file, each
+    with its own in-memory index that never saw the other's writes."""
+    config = yaml.safe_load(interpolate(COMPOSE_TEXT, SERVE_SH_ENV))
+    owners: dict[str, str] = {}
+    for name, svc in config["services"].items():
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        if env.get("MARGINFACE_GALLERY__BACKEND", "embedded") != "embedded":
+            continue
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source in (config.get("volumes") or {}):
+                assert source not in owners, f"{name} and {owners[source]} share {source}"
+                owners[source] = name
+
+
+def test_the_image_healthcheck_asks_readiness() -> None:
+    """Was (issue 32, finding 6): the HEALTHCHECK polled /healthz (the process answers), so a
+    container whose models or gallery were not usable was reported healthy, and compose's
+    `service_healthy` meant nothing more than "started"."""
+    for name, stage in stages().items():
+        health = instruction(stage, "HEALTHCHECK")[0]
+        assert re.search(r"http://127\.0\.0\.1:\d+/readyz'", health), name
+
+
+def test_the_host_network_overrides_run_the_image_healthcheck() -> None:
+    """deploy/compose.hostnet.yml (daemons without a bridge: the dev and CI machines) moves the
+    API's port, so it repeats the image's HEALTHCHECK with that port and nothing else."""
+    image = json.loads(instruction(stages()["cpu"], "HEALTHCHECK")[0].split("CMD", 1)[1])
+    hostnet = yaml.safe_load((ROOT / "deploy" / "compose.hostnet.yml").read_text())
+    api = hostnet["services"]["api"]
+    port = "${MARGINFACE_PORT:-8000}"
+    assert api["command"][api["command"].index("--port") + 1] == port
+    assert api["healthcheck"]["test"] == ["CMD", *(h.replace(":8000/", f":{port}/") for h in image)]
+
+
+def test_one_service_of_the_distributed_profile_builds_the_image() -> None:
+    """Was (issue 32, finding 6): api-replica and db-upgrade both had a `build` of the same tag,
+    so `--profile distributed up` built marginface:cpu twice at once (and once per replica)."""
+    services: dict[str, Any] = COMPOSE["services"]
+    builders: dict[str, list[str]] = {}
+    for name in DISTRIBUTED:
+        if "build" in services[name]:
+            builders.setdefault(services[name]["image"], []).append(name)
+    assert all(len(names) == 1 for names in builders.values()), builders
+    assert builders.get("marginface:cpu") == ["db-upgrade"]
+    replica = services["api-replica"]
+    assert replica["image"] == "marginface:cpu" and "db-upgrade" in replica["depends_on"]
+
+
+def test_db_upgrade_stops_at_once_without_postgres_password(tmp_path: Path) -> None:
+    """Was (issue 32, finding 6): with the .env serve.sh writes, PostgreSQL refused to initialise
+    and restarted forever, and `up` failed minutes later with "dependency failed to start".
+    db-upgrade's entrypoint now says why at once, before waiting for PostgreSQL (scripts/
+    test_docker.sh runs the whole profile that way)."""
+    upgrade = COMPOSE["services"]["db-upgrade"]
+    script = upgrade["entrypoint"][-1]
+    mounts = dict(v.split(":")[:2][::-1] for v in upgrade["volumes"])
+    source = ROOT / mounts[script]
+    assert "postgres" in upgrade["depends_on"]  # started, not healthy: it never is without one
+    env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}
+    proc = subprocess.run(["sh", str(source), "true"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "POSTGRES_PASSWORD is not set" in proc.stderr
