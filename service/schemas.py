@@ -85,7 +85,14 @@ class QualityOut(BaseModel):
     factors: dict[str, float] = Field(
         description="size, sharpness, pose, detection, recognizability (docs/benchmarks.md)"
     )
-    weakest: str = Field(description="the factor that pulls the score down most")
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="each factor's weight in the score (0: shown, but the score ignores it)",
+    )
+    weakest: str = Field(
+        description="the weighted factor (weight > 0) that pulls the score down most; a factor "
+        "of weight 0 can be lower and still not count"
+    )
     pose: PoseOut
     interocular_px: float
     sharpness: float = Field(description="variance of the Laplacian of the aligned crop")

@@ -25,6 +25,7 @@ def quality(q: FaceQuality) -> QualityOut:
     return QualityOut(
         score=q.score,
         factors=q.factors,
+        weights={k: q.weights.get(k, 1.0) for k in q.factors},
         weakest=q.weakest,
         pose=PoseOut(yaw=q.pose.yaw_deg, pitch=q.pose.pitch_deg, roll=q.pose.roll_deg),
         interocular_px=q.interocular_px,

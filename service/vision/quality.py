@@ -96,6 +96,7 @@ class FaceQuality:
         return {
             "score": self.score,
             "factors": dict(self.factors),
+            "weights": {k: self.weights.get(k, 1.0) for k in self.factors},
             "weakest": self.weakest,
             "pose": {
                 "yaw": self.pose.yaw_deg,

@@ -45,6 +45,13 @@ def test_embed_and_identify_report_quality(client: TestClient) -> None:
     client.post("/v1/subjects", json={"id": "p", "name": "P"})
     r = client.post("/v1/identify", files={"image": jpg(lfw("Colin_Powell", 1))})
     assert all(f["detection"]["quality"]["score"] > 0 for f in r.json()["faces"])
+    # `weakest` is the lowest factor the score weighs, and the weights say which those are (a
+    # user once saw weakest: detection 0.9995 beside sharpness 0.59, a factor of weight 0)
+    for f in r.json()["faces"]:
+        q = f["detection"]["quality"]
+        assert set(q["weights"]) == FACTORS
+        weighed = {k: v for k, v in q["factors"].items() if q["weights"][k] > 0}
+        assert q["weakest"] == min(weighed, key=lambda k: weighed[k])
 
 
 def test_verify_uses_the_face_not_the_largest_box(client: TestClient) -> None:
