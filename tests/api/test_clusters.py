@@ -202,3 +202,32 @@ def test_stopping_the_service_erases_its_cluster_jobs(
         submit(client, data)
         assert files_under(work_dir)
     assert files_under(work_dir) == []  # a restart forgets jobs: their thumbnails go at stop
+
+
+def guard_pile() -> bytes:
+    """Vladimir_Putin_0007 (Putin before three guardsmen of an honour guard: four faces) with
+    two more photos of Putin and two of Colin Powell."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for person, n in [("Vladimir_Putin", 7), ("Vladimir_Putin", 1), ("Vladimir_Putin", 2)]:
+            zf.write(LFW / person / f"{person}_{n:04d}.jpg", f"p/{person}_{n}.jpg")
+        for n in (1, 2):
+            zf.write(LFW / "Colin_Powell" / f"Colin_Powell_{n:04d}.jpg", f"p/Colin_Powell_{n}.jpg")
+    return buf.getvalue()
+
+
+def test_a_cluster_job_never_puts_two_faces_of_one_photo_in_one_cluster(
+    cluster_client: TestClient,
+) -> None:
+    """Was: the three guardsmen of Vladimir_Putin_0007 came back as one cluster."""
+    client = cluster_client
+    job = submit(client, guard_pile())
+    assert job["summary"]["faces"] >= 7  # the group photo gives four faces
+    view = client.get(f"/v1/jobs/{job['id']}/clusters").json()
+    for c in view["clusters"]:
+        files = [m["file"] for m in c["members"]]
+        assert len(files) == len(set(files)), files
+    putin = [
+        c for c in view["clusters"] if "p/Vladimir_Putin_1.jpg" in {m["file"] for m in c["members"]}
+    ]
+    assert len(putin) == 1 and putin[0]["size"] == 3  # Putin of the group photo joins him
