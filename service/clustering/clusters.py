@@ -88,7 +88,10 @@ class Clustering:
                     "cluster": n,
                     "size": len(c.members),
                     "cohesion": round(c.cohesion, 4),
-                    "representative": face(c.representative),
+                    "representative": face(
+                        c.representative,
+                        next(m.similarity for m in c.members if m.face == c.representative),
+                    ),
                     "members": [face(m.face, m.similarity) for m in c.members],
                 }
                 for n, c in enumerate(self.clusters)

@@ -2,15 +2,21 @@
 
 It holds the job's faces and embeddings in memory and their thumbnails in the job's working
 folder, and nothing else: the photos themselves are deleted once their faces are found. The
-operator merges clusters, removes a wrong face from one, and names a cluster into the gallery
-(``name``: the faces' embeddings go through the gallery's one write path, nothing is detected
-again). Deleting the job (or its expiry) calls ``erase``: the folder with the thumbnails goes
+operator merges clusters, removes a wrong face from one, and names a cluster (or a face left
+alone) into the gallery (``name``: the faces' embeddings go through the gallery's one write path,
+nothing is detected again). Naming is a move: a cluster named again leaves the subject it was
+named before (its faces there are erased, and that subject too when the naming made it and it is
+left empty), so its faces are never in two subjects; and a cluster's name follows the subject:
+once the subject is deleted, the cluster is unnamed.
+
+Deleting the job (or its expiry) calls ``erase``: the folder with the thumbnails goes
 and the embeddings are dropped. Cluster numbers are stable: a merge keeps the first number and
 retires the second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +26,7 @@ import numpy as np
 
 from service.clustering.clusters import Clustering, describe, face_view
 from service.clustering.faces import FoundFace
-from service.errors import ClusterNotFound, InvalidRequest
+from service.errors import ClusterNotFound, FaceNotFound, InvalidRequest, SubjectNotFound
 from service.gallery import Gallery, NewFace
 
 
@@ -35,13 +41,20 @@ class ClusterWork:
     far: float | None
     algorithm: str
     thumbnails: Path | None
+    gallery: Gallery | None = field(default=None, repr=False)  # whose subjects names follow
     named: dict[int, str] = field(default_factory=dict)
+    enrolled: dict[int, list[int]] = field(default_factory=dict)  # face ids a naming created
+    made: dict[int, bool] = field(default_factory=dict)  # the naming created the subject
+    last_cluster: int = -1  # numbers are never reused: a face named alone gets a new one
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _naming: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def of(cls, result: Clustering, thumbnails: Path | None) -> ClusterWork:
+    def of(
+        cls, result: Clustering, thumbnails: Path | None, gallery: Gallery | None = None
+    ) -> ClusterWork:
         """From a finished clustering; thumbnails are written to ``thumbnails`` (the job's
-        folder) and dropped from memory."""
+        folder) and dropped from memory; names are checked against ``gallery``'s subjects."""
         if thumbnails is not None:
             thumbnails.mkdir(parents=True, exist_ok=True)
             for i, face in enumerate(result.faces):
@@ -60,6 +73,8 @@ class ClusterWork:
             result.far,
             result.algorithm,
             thumbnails,
+            gallery,
+            last_cluster=len(groups) - 1,
         )
 
     def _group(self, cluster: int) -> list[int]:
@@ -68,15 +83,26 @@ class ClusterWork:
             raise ClusterNotFound(f"this job has no cluster {cluster}", cluster=cluster)
         return members
 
+    def _prune_names(self) -> None:
+        """Forget the names whose subject is gone (deleted, erased): the name follows it."""
+        if self.gallery is None or not self.named:
+            return
+        existing = self.gallery.existing_subjects(sorted(set(self.named.values())))
+        for n in [n for n, s in self.named.items() if s not in existing]:
+            del self.named[n]
+            self.enrolled.pop(n, None)
+            self.made.pop(n, None)
+
     def _view(self, n: int, members: list[int]) -> dict[str, Any]:
         sub = [self.faces[i] for i in members]
         embeddings = np.stack([f.embedding for f in sub])
         c = describe(sub, embeddings, list(range(len(members))))
+        similarity = {m.face: m.similarity for m in c.members}
         return {
             "cluster": n,
             "size": len(members),
             "cohesion": round(c.cohesion, 4),
-            "representative": self._face(members[c.representative]),
+            "representative": self._face(members[c.representative], similarity[c.representative]),
             "members": [self._face(members[m.face], m.similarity) for m in c.members],
             "subject_id": self.named.get(n),
         }
@@ -87,6 +113,7 @@ class ClusterWork:
     def view(self) -> dict[str, Any]:
         """Every cluster (largest first) and the faces alone."""
         with self._lock:
+            self._prune_names()
             ordered = sorted(self.groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
             return {
                 "faces": len(self.faces),
@@ -100,6 +127,7 @@ class ClusterWork:
     def cluster(self, cluster: int) -> dict[str, Any]:
         """One cluster's view; ClusterNotFound."""
         with self._lock:
+            self._prune_names()
             return self._view(cluster, self._group(cluster))
 
     def merge(self, into: int, other: int) -> dict[str, Any]:
@@ -133,29 +161,76 @@ class ClusterWork:
         self, cluster: int, subject_id: str, name: str | None, gallery: Gallery, model_id: str
     ) -> dict[str, Any]:
         """Enroll the cluster's faces as ``subject_id`` (created, with ``name``, if new; else
-        extended): their embeddings, boxes and photo hashes, nothing detected again."""
-        with self._lock:
-            members = list(self._group(cluster))
-        faces = [
-            NewFace(
-                embedding=self.faces[i].embedding,
-                box=self.faces[i].box,
-                det_score=self.faces[i].det_score,
-                image_sha256=self.faces[i].sha256,
+        extended): their embeddings, boxes and photo hashes, nothing detected again. Named
+        before as another subject: a move (the faces it put there are erased, and that
+        subject too when this naming made it and it is left empty). ClusterNotFound."""
+        with self._naming:  # one naming of this job at a time: a move is read-then-write
+            with self._lock:
+                self._prune_names()
+                members = list(self._group(cluster))
+                previous = self.named.get(cluster)
+                before = list(self.enrolled.get(cluster, []))
+            creates = subject_id not in gallery.existing_subjects([subject_id])
+            faces = [
+                NewFace(
+                    embedding=self.faces[i].embedding,
+                    box=self.faces[i].box,
+                    det_score=self.faces[i].det_score,
+                    image_sha256=self.faces[i].sha256,
+                )
+                for i in members
+            ]
+            results = gallery.add_faces(
+                subject_id, faces, model_id=model_id, create_name=name or subject_id
             )
-            for i in members
-        ]
-        results = gallery.add_faces(
-            subject_id, faces, model_id=model_id, create_name=name or subject_id
-        )
-        with self._lock:
-            self.named[cluster] = subject_id
+            created = [fid for fid, new in results if new]
+            moved = previous is not None and previous != subject_id
+            if previous is not None and moved:  # added first, then erased: never lost
+                self._unname(gallery, previous, before, made=self.made.get(cluster, False))
+            with self._lock:
+                self.named[cluster] = subject_id
+                self.enrolled[cluster] = created if moved else before + created
+                if previous is None or moved:
+                    self.made[cluster] = creates
         return {
             "subject_id": subject_id,
             "cluster": cluster,
-            "face_ids": [fid for fid, created in results if created],
-            "already_present": sum(1 for _, created in results if not created),
+            "face_ids": created,
+            "already_present": sum(1 for _, new in results if not new),
         }
+
+    @staticmethod
+    def _unname(gallery: Gallery, subject_id: str, face_ids: list[int], *, made: bool) -> None:
+        """Take a cluster's faces out of the subject it was named before."""
+        for fid in face_ids:
+            with contextlib.suppress(FaceNotFound):  # deleted meanwhile: nothing to move
+                gallery.delete_face(fid)
+        if made:
+            try:
+                if not gallery.list_faces(subject_id):
+                    gallery.delete_subject(subject_id)
+            except SubjectNotFound:
+                pass
+
+    def name_face(
+        self, face: int, subject_id: str, name: str | None, gallery: Gallery, model_id: str
+    ) -> dict[str, Any]:
+        """Name one face left alone: it becomes a cluster of its own (a new number), named as
+        ``name`` does. ClusterNotFound when the face is not alone."""
+        with self._lock:
+            if face not in self.alone:
+                raise ClusterNotFound(f"face {face} is not a face alone", face=face)
+            self.last_cluster = max([*self.groups, *self.named, self.last_cluster]) + 1
+            cluster = self.last_cluster
+            self.alone.remove(face)
+            self.groups[cluster] = [face]
+        try:
+            return self.name(cluster, subject_id, name, gallery, model_id)
+        except BaseException:
+            with self._lock:  # not named: it is alone again
+                self.groups.pop(cluster, None)
+                self.alone.append(face)
+            raise
 
     def thumbnail(self, face: int) -> Path:
         """The file of one face's thumbnail; ClusterNotFound when the job has none."""

@@ -231,3 +231,82 @@ def test_a_cluster_job_never_puts_two_faces_of_one_photo_in_one_cluster(
         c for c in view["clusters"] if "p/Vladimir_Putin_1.jpg" in {m["file"] for m in c["members"]}
     ]
     assert len(putin) == 1 and putin[0]["size"] == 3  # Putin of the group photo joins him
+
+
+def test_naming_a_cluster_again_moves_its_faces_and_the_name_follows_the_subject(
+    cluster_client: TestClient,
+) -> None:
+    """Was: a second name copied the faces into a second subject (identify answered with
+    either), and the cluster still showed a subject after it was deleted."""
+    client = cluster_client
+    data, owner = pile()
+    job = submit(client, data)
+    base = f"/v1/jobs/{job['id']}/clusters"
+    cluster = client.get(base).json()["clusters"][0]
+    person = owner[cluster["members"][0]["file"]]
+    url = f"{base}/{cluster['cluster']}/subject"
+    first = client.post(url, json={"subject_id": "person0"})
+    assert first.status_code == 200 and len(first.json()["face_ids"]) == cluster["size"]
+    again = client.post(url, json={"subject_id": "person0"})  # the same name: nothing new
+    assert again.status_code == 200 and again.json()["face_ids"] == []
+    second = client.post(url, json={"subject_id": "person0b"})
+    assert second.status_code == 200, second.text
+    assert len(second.json()["face_ids"]) == cluster["size"]
+    assert client.get("/v1/subjects/person0").status_code == 404  # made by the naming, emptied
+    assert len(client.get("/v1/subjects/person0b/faces").json()) == cluster["size"]
+    assert client.get("/readyz").json()["gallery"]["faces"] == cluster["size"]
+    probe = {"image": ("probe.jpg", held_back(person), "image/jpeg")}
+    r = client.post("/v1/identify", files=probe, data={"top_k": "5"})
+    assert r.json()["faces"][0]["match"]["subject_id"] == "person0b"
+    assert {c["subject_id"] for c in r.json()["faces"][0]["candidates"]} == {"person0b"}
+    assert client.get(base).json()["clusters"][0]["subject_id"] == "person0b"
+    assert client.delete("/v1/subjects/person0b").status_code == 200
+    assert client.get(base).json()["clusters"][0]["subject_id"] is None
+    assert client.get(f"{base}/{cluster['cluster']}").json()["subject_id"] is None
+
+
+def test_renaming_into_an_existing_subject_leaves_that_subjects_own_faces(
+    cluster_client: TestClient,
+) -> None:
+    client = cluster_client
+    data, owner = pile()
+    job = submit(client, data)
+    base = f"/v1/jobs/{job['id']}/clusters"
+    cluster = client.get(base).json()["clusters"][0]
+    person = owner[cluster["members"][0]["file"]]
+    assert client.post("/v1/subjects", json={"id": "known", "name": "Known"}).status_code == 201
+    r = client.post(
+        "/v1/subjects/known/faces", files=[("files", ("k.jpg", held_back(person), "image/jpeg"))]
+    )
+    assert r.status_code == 201, r.text
+    url = f"{base}/{cluster['cluster']}/subject"
+    assert client.post(url, json={"subject_id": "known"}).status_code == 200
+    assert client.post(url, json={"subject_id": "elsewhere"}).status_code == 200
+    assert len(client.get("/v1/subjects/known/faces").json()) == 1  # its own face stays
+    assert len(client.get("/v1/subjects/elsewhere/faces").json()) == cluster["size"]
+
+
+def test_faces_alone_are_listed_and_can_be_named_and_representatives_have_a_similarity(
+    cluster_client: TestClient,
+) -> None:
+    """Was: representative.similarity was null where the same face under members had one,
+    and a face alone could not be named."""
+    client = cluster_client
+    job = submit(client, guard_pile())
+    view = client.get(f"/v1/jobs/{job['id']}/clusters").json()
+    for c in view["clusters"]:
+        same = [m for m in c["members"] if m["face"] == c["representative"]["face"]]
+        assert c["representative"]["similarity"] == same[0]["similarity"] is not None
+    alone = view["alone"]
+    assert len(alone) >= 3  # the guardsmen
+    face = alone[0]["face"]
+    r = client.post(f"/v1/jobs/{job['id']}/faces/{face}/subject", json={"subject_id": "guard"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["face_ids"]) == 1
+    after = client.get(f"/v1/jobs/{job['id']}/clusters").json()
+    assert face not in {f["face"] for f in after["alone"]}
+    named = [c for c in after["clusters"] if c["subject_id"] == "guard"]
+    assert len(named) == 1 and [m["face"] for m in named[0]["members"]] == [face]
+    assert len(client.get("/v1/subjects/guard/faces").json()) == 1
+    missing = client.post(f"/v1/jobs/{job['id']}/faces/{face}/subject", json={"subject_id": "x"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "cluster_not_found"
