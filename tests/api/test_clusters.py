@@ -4,18 +4,22 @@ nothing left on disk once the job is deleted or expires."""
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.vision.pipeline import FacePipeline
 from tests.api.test_jobs import wait
+from tests.backends import Distributed
 from tests.conftest import API_KEY, DATA, make_settings
+from tests.test_server import HEADERS, free_port, server
 
 LFW = DATA / "lfw" / "images"
 PEOPLE = ["Colin_Powell", "Tony_Blair", "Serena_Williams"]
@@ -310,3 +314,77 @@ def test_faces_alone_are_listed_and_can_be_named_and_representatives_have_a_simi
     assert len(client.get("/v1/subjects/guard/faces").json()) == 1
     missing = client.post(f"/v1/jobs/{job['id']}/faces/{face}/subject", json={"subject_id": "x"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "cluster_not_found"
+
+
+@pytest.mark.slow
+def test_cluster_review_works_through_either_replica(
+    tmp_path: Path, distributed: Distributed
+) -> None:
+    """Two real API processes on one PostgreSQL job board (and one shared work_dir, as the
+    replicas of a deployment share it): a cluster job run by one replica is reviewed, named
+    and deleted through the other. Was: 404 job_not_found on the replica that did not run it."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    data, owner = pile()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        zf.extractall(photos)
+    env = {
+        **distributed.env(),
+        "MARGINFACE_INTRA_OP_THREADS": "1",
+        "MARGINFACE_JOBS__ALLOWED_ROOTS": json.dumps([str(photos)]),
+        "MARGINFACE_JOBS__WORK_DIR": str(tmp_path / "jobs"),
+    }
+    ports = [free_port(), free_port()]
+    with (
+        server(tmp_path / "gallery-a", ports[0], env),
+        server(tmp_path / "gallery-b", ports[1], env),
+    ):
+        a, b = (
+            httpx.Client(base_url=f"http://127.0.0.1:{p}", headers=HEADERS, timeout=60)
+            for p in ports
+        )
+        r = a.post("/v1/jobs/cluster", data={"path": str(photos)})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 180
+        while (job := b.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert job["status"] == "succeeded", job
+        base = f"/v1/jobs/{job_id}/clusters"
+        seen = b.get(base)
+        assert seen.status_code == 200, seen.text
+        assert seen.json() == a.get(base).json()
+        clusters = seen.json()["clusters"]
+        big = [c for c in clusters if c["size"] >= 3]
+        assert len(big) == 3
+        thumb = b.get(f"/v1/jobs/{job_id}/faces/{big[0]['members'][0]['face']}.jpg")
+        assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+        # a merge through one replica is what the other shows
+        merged = b.post(
+            f"{base}/merge", json={"into": big[1]["cluster"], "other": big[2]["cluster"]}
+        )
+        assert merged.status_code == 200, merged.text
+        assert a.get(f"{base}/{big[2]['cluster']}").status_code == 404
+        assert a.get(f"{base}/{big[1]['cluster']}").json()["size"] == merged.json()["size"]
+        # named through one, renamed through the other: a move, seen by both
+        person = owner[big[0]["members"][0]["file"]]
+        url = f"{base}/{big[0]['cluster']}/subject"
+        assert b.post(url, json={"subject_id": "first"}).status_code == 200
+        assert a.get(f"{base}/{big[0]['cluster']}").json()["subject_id"] == "first"
+        moved = a.post(url, json={"subject_id": "second"})
+        assert moved.status_code == 200 and len(moved.json()["face_ids"]) == big[0]["size"]
+        assert b.get("/v1/subjects/first").status_code == 404
+        assert b.get(f"{base}/{big[0]['cluster']}").json()["subject_id"] == "second"
+        probe = {"image": ("p.jpg", held_back(person), "image/jpeg")}
+        assert b.post("/v1/identify", files=probe).json()["faces"][0]["match"]["subject_id"] == (
+            "second"
+        )
+        # deleted through the replica that did not run it: gone on both, thumbnails too
+        assert b.delete(f"/v1/jobs/{job_id}").status_code == 204
+        for c in (a, b):
+            gone = c.get(base)
+            assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
+        assert not [p for p in (tmp_path / "jobs").rglob("*.jpg")]
+        a.close()
+        b.close()
