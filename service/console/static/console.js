@@ -463,27 +463,45 @@ async function renderClusters() {
     }
     li.append(thumbs);
     if (c.size > THUMBS_PER_CLUSTER) li.append(Object.assign(document.createElement("p"), { className: "hint", textContent: `and ${c.size - THUMBS_PER_CLUSTER} more` }));
-    const form = document.createElement("form");
-    form.className = "row name-cluster";
-    const idInput = Object.assign(document.createElement("input"), { required: true, placeholder: "subject id", pattern: "[A-Za-z0-9][A-Za-z0-9._@\\-]{0,127}" });
-    idInput.setAttribute("aria-label", `Subject id for group ${c.cluster}`);
-    const nameInput = Object.assign(document.createElement("input"), { placeholder: "name (optional)" });
-    nameInput.setAttribute("aria-label", `Name for group ${c.cluster}`);
-    const submit = Object.assign(document.createElement("button"), { type: "submit", textContent: "Name into gallery" });
-    form.append(idInput, nameInput, submit);
-    form.addEventListener("submit", (e) => {
-      e.preventDefault();
-      guarded(async () => {
-        const body = { subject_id: idInput.value.trim() };
-        if (nameInput.value.trim()) body.name = nameInput.value.trim();
-        const r = await api("POST", `/v1/jobs/${state.job}/clusters/${c.cluster}/subject`, body);
-        say(`Named group ${c.cluster} as ${r.subject_id}: ${r.face_ids.length} faces enrolled.`);
-        await renderClusters();
-      });
-    });
-    li.append(form);
+    li.append(nameForm(`group ${c.cluster}`, `/v1/jobs/${state.job}/clusters/${c.cluster}/subject`));
     list.append(li);
   }
+  // faces in no group: shown too, each can be named on its own (it becomes a group of one)
+  const alone = $("alone");
+  alone.replaceChildren();
+  $("alone-title").hidden = view.alone.length === 0;
+  for (const f of view.alone) {
+    const li = document.createElement("li");
+    li.className = "alone";
+    li.dataset.face = String(f.face);
+    const img = Object.assign(document.createElement("img"), { alt: `Face ${f.face} from ${f.file}` });
+    img.src = await thumb(f.face);
+    li.append(img, nameForm(`face ${f.face}`, `/v1/jobs/${state.job}/faces/${f.face}/subject`));
+    alone.append(li);
+  }
+}
+
+// "subject id, name, Name into gallery" for a group or a face alone (naming again moves it)
+function nameForm(what, url) {
+  const form = document.createElement("form");
+  form.className = "row name-cluster";
+  const idInput = Object.assign(document.createElement("input"), { required: true, placeholder: "subject id", pattern: "[A-Za-z0-9][A-Za-z0-9._@\\-]{0,127}" });
+  idInput.setAttribute("aria-label", `Subject id for ${what}`);
+  const nameInput = Object.assign(document.createElement("input"), { placeholder: "name (optional)" });
+  nameInput.setAttribute("aria-label", `Name for ${what}`);
+  const submit = Object.assign(document.createElement("button"), { type: "submit", textContent: "Name into gallery" });
+  form.append(idInput, nameInput, submit);
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    guarded(async () => {
+      const body = { subject_id: idInput.value.trim() };
+      if (nameInput.value.trim()) body.name = nameInput.value.trim();
+      const r = await api("POST", url, body);
+      say(`Named ${what} as ${r.subject_id}: ${r.face_ids.length} faces enrolled.`);
+      await renderClusters();
+    });
+  });
+  return form;
 }
 
 $("cluster-form").addEventListener("submit", (e) => {
@@ -521,6 +539,8 @@ $("discard-job").addEventListener("click", () => guarded(async () => {
   forgetThumbs();
   state.job = null;
   $("clusters").replaceChildren();
+  $("alone").replaceChildren();
+  $("alone-title").hidden = true;
   $("cluster-actions").hidden = true;
   $("cluster-summary").textContent = "";
   say("Job discarded.");
