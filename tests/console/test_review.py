@@ -55,3 +55,48 @@ def test_faces_alone_are_shown_and_can_be_named(  # type: ignore[no-untyped-def]
     page.get_by_role("button", name="Discard this job").click()
     expect(page.locator("#status")).to_contain_text("Job discarded")
     expect(page.locator("#alone li")).to_have_count(0)
+
+
+def test_an_ambiguous_answer_is_shown_with_both_people(  # type: ignore[no-untyped-def]
+    page, base_url: str
+) -> None:
+    """Two subjects that fit a face about equally well (the same man enrolled twice): with a
+    margin the console says ambiguous, and names both, instead of picking one."""
+    headers = {"X-API-Key": API_KEY}
+    for sid, n in (("powell-a", 1), ("powell-b", 3)):
+        r = httpx.post(
+            f"{base_url}/v1/subjects",
+            json={"id": sid, "name": f"Powell {sid[-1].upper()}"},
+            headers=headers,
+        )
+        assert r.status_code == 201, r.text
+        r = httpx.post(
+            f"{base_url}/v1/subjects/{sid}/faces",
+            files=[("files", ("p.jpg", lfw("Colin_Powell", n).read_bytes(), "image/jpeg"))],
+            headers=headers,
+            timeout=60,
+        )
+        assert r.status_code == 201, r.text
+    sign_in(page)
+    page.wait_for_selector("#view-gallery:not([hidden])")
+    page.get_by_role("link", name="Identify").click()
+    page.set_input_files("#identify-file", str(lfw("Colin_Powell", 2)))
+    page.get_by_label("Ambiguity margin").fill("0.5")
+    page.get_by_role("button", name="Identify", exact=True).click()
+    box = page.locator(".face-box.ambiguous")
+    expect(box).to_have_count(1, timeout=60_000)
+    expect(box).to_contain_text("ambiguous")
+    assert page.locator(".face-box.match").count() == 0
+    expect(page.locator("#identify-summary")).to_contain_text("1 ambiguous")
+    box.focus()
+    page.keyboard.press("Enter")
+    note = page.locator("#candidate-ambiguous")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("Powell A")
+    expect(note).to_contain_text("Powell B")
+    expect(page.locator("#candidate-list li").first).to_contain_text("of its faces agree")
+    shot(page, "console-identify-ambiguous")
+    # without a margin (the default) the better one is named
+    page.get_by_label("Ambiguity margin").fill("")
+    page.get_by_role("button", name="Identify", exact=True).click()
+    expect(page.locator(".face-box.match")).to_have_count(1, timeout=60_000)

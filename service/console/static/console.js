@@ -302,9 +302,15 @@ function showCandidates(face, index) {
   const list = $("candidate-list");
   list.replaceChildren();
   $("candidate-quality").textContent = `This face: ${qualityText(face.detection)}.`;
+  const amb = $("candidate-ambiguous");
+  amb.hidden = face.decision !== "ambiguous";
+  amb.textContent = face.decision === "ambiguous"
+    ? `Ambiguous: ${face.ambiguous.map((c) => `${c.name} (${c.score.toFixed(3)})`).join(" and ")} fit about equally well, so neither is named.`
+    : "";
   for (const c of face.candidates) {
     const li = document.createElement("li");
-    li.textContent = `${c.name} (${c.subject_id}): ${c.score.toFixed(3)}`;
+    const agree = c.agreeing ? `, ${c.agreeing} of its faces agree` : "";
+    li.textContent = `${c.name} (${c.subject_id}): ${c.score.toFixed(3)}${agree}`;
     list.append(li);
   }
   if (!face.candidates.length) list.append(Object.assign(document.createElement("li"), { textContent: "No candidates: the gallery is empty." }));
@@ -321,10 +327,11 @@ function drawFaces(result, img) {
     const [x1, y1, x2, y2] = face.detection.box;
     const b = document.createElement("button");
     b.type = "button";
-    b.className = "face-box" + (face.decision === "match" ? " match" : "");
+    b.className = "face-box" + (face.decision === "unknown" ? "" : ` ${face.decision}`);
     b.setAttribute("aria-pressed", "false");
     Object.assign(b.style, { left: `${x1 * pw}%`, top: `${y1 * ph}%`, width: `${(x2 - x1) * pw}%`, height: `${(y2 - y1) * ph}%` });
     const label = face.match ? `${face.match.name} ${face.match.score.toFixed(2)}`
+      : face.decision === "ambiguous" ? `ambiguous: ${face.ambiguous.map((c) => c.name).join(" or ")}`
       : `unknown${face.candidates[0] ? " " + face.candidates[0].score.toFixed(2) : ""}`;
     const q = face.detection.quality ? ` · q ${face.detection.quality.score.toFixed(2)}` : "";
     const tag = document.createElement("span");
@@ -353,6 +360,7 @@ $("identify-form").addEventListener("submit", (e) => {
     const kind = document.querySelector('input[name="op-kind"]:checked').value;
     if (kind === "far") form.append("far", $("identify-far").value);
     else form.append("threshold", $("identify-threshold").value);
+    if ($("identify-margin").value.trim()) form.append("margin", $("identify-margin").value.trim());
     $("candidates").hidden = true;
     $("boxes").replaceChildren();
     say("Identifying…");
@@ -363,7 +371,9 @@ $("identify-form").addEventListener("submit", (e) => {
     await img.decode();
     drawFaces(result, img);
     const known = result.faces.filter((f) => f.decision === "match").length;
-    $("identify-summary").textContent = `${result.faces.length} face(s), ${known} known. Threshold ${result.threshold.value.toFixed(3)} (${result.threshold.source}).`;
+    const unsure = result.faces.filter((f) => f.decision === "ambiguous").length;
+    const ambiguous = unsure ? `, ${unsure} ambiguous` : "";
+    $("identify-summary").textContent = `${result.faces.length} face(s), ${known} known${ambiguous}. Threshold ${result.threshold.value.toFixed(3)} (${result.threshold.source}), margin ${result.margin}.`;
     say("");
   });
 });
