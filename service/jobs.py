@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from service.clustering import cluster_faces, edge_threshold, find_faces
-from service.clustering.work import ClusterWork
+from service.clustering.work import REVIEW_KEY, ClusterWork
 from service.errors import InsufficientStorage, JobNotFinished, JobNotFound, Overloaded
 from service.indexer import BatchIndexer
 from service.photo_tree import PhotoTree
@@ -175,7 +175,9 @@ class Job:
 
     id: str
     source: str
-    tree: PhotoTree  # opened at acceptance, closed when the job ends: never looked up again
+    # opened at acceptance, closed when the job ends: never looked up again (None: a finished
+    # cluster job another replica ran, rebuilt here from the shared board for review)
+    tree: PhotoTree | None
     folder: WorkFolder | None = None  # removed when the job ends (a cluster job: when forgotten)
     kind: JobKind = "index"
     far: float | None = None  # cluster jobs: the FAR asked for (None: by the number of faces)
@@ -358,7 +360,10 @@ class JobRunner:
         else:  # the last record of this job: nothing to throttle any more
             self._published.pop(job.id, None)
         try:
-            self.board.publish(job.to_dict())
+            record = job.to_dict()
+            if job.work is not None:  # a finished cluster job: its review, for every replica
+                record[REVIEW_KEY] = job.work.share(self.board, job.id)
+            self.board.publish(record)
         except Exception as exc:
             log.warning("job %s could not be published to the shared board: %s", job.id, exc)
 
@@ -421,12 +426,47 @@ class JobRunner:
         return ordered[offset : None if limit is None else offset + limit]
 
     def get(self, job_id: str) -> Job:
-        """A job by id; raises JobNotFound."""
+        """A job by id: this replica's, or a finished cluster job another replica ran, rebuilt
+        from the shared board for review; raises JobNotFound."""
         self.expire()
         with self._lock:
             job = self._jobs.get(job_id)
-        if job is None:
+        if job is not None:
+            if job.work is not None:
+                try:
+                    job.work.pull()  # a review changed, or deleted, through another replica
+                except JobNotFound:
+                    with self._lock:
+                        self._jobs.pop(job_id, None)
+                    self._forget(job)
+                    raise
+            return job
+        record = self.board.fetch(job_id) if self.board is not None else None
+        if record is None or self.board is None:
             raise JobNotFound(f"no job with id {job_id!r} (jobs are forgotten on restart)")
+        state = record.get(REVIEW_KEY)
+        if state is None:
+            raise JobNotFound(
+                f"job {job_id!r} runs on another replica (GET /v1/jobs/{job_id} follows it); "
+                "only a cluster job that has succeeded can be reviewed through any replica"
+            )
+        work = ClusterWork.from_shared(state, self.board, job_id)
+        job = Job(
+            id=job_id,
+            source=record["source"],
+            tree=None,
+            kind="cluster",
+            work=work,
+            expires_at=record.get("expires_at"),
+            status=record["status"],
+            created_at=record["created_at"],
+            started_at=record.get("started_at"),
+            finished_at=record.get("finished_at"),
+            summary=record.get("summary"),
+        )
+        if job.expires_at is not None and job.expires_at <= time.time():
+            self._forget(job)  # its replica did not erase it (stopped): erased here
+            raise JobNotFound(f"no job with id {job_id!r} (expired)")
         return job
 
     def list(self) -> list[Job]:
@@ -456,7 +496,8 @@ class JobRunner:
             self.board.close()
 
     def _finish_cancelled(self, job: Job) -> None:
-        job.tree.close()
+        if job.tree is not None:
+            job.tree.close()
         job.status = "cancelled"
         job.finished_at = time.time()
         if job.folder is not None:
@@ -487,6 +528,7 @@ class JobRunner:
             self._publish(job)
 
         # a job's files are bounded as a zip's are (the CLI reads the operator's own trees)
+        assert job.tree is not None, "only jobs accepted here run here"
         job.tree.max_entries = self.indexer.settings.jobs.max_entries
         try:
             if job.kind == "cluster":
@@ -515,6 +557,7 @@ class JobRunner:
     def _cluster(self, job: Job, progress: Callable[[int, int], None]) -> None:
         """Find every face of the tree (with thumbnails), delete the photos, cluster."""
         indexer = self.indexer
+        assert job.tree is not None
         found = find_faces(
             job.tree,
             indexer.settings,

@@ -16,9 +16,10 @@ from typing import Literal
 import numpy as np
 
 from service.calibration import threshold_for_far
-from service.errors import InvalidRequest, NoFace
+from service.errors import InvalidRequest, NoFace, SubjectNotFound
 from service.gallery import Candidate, Gallery, NewFace, backends
 from service.gallery.gallery import WriteObserver
+from service.identification import Answer, SubjectCandidate, decide
 from service.images import ImageVault
 from service.memory import MemoryBudget, decode_bytes
 from service.models import Manifest, resolve_model
@@ -42,27 +43,35 @@ class Threshold:
 
 @dataclass(frozen=True)
 class IdentifiedFace:
-    """One face of a probe image, its candidates and the open-set decision."""
+    """One face of a probe image, its candidate subjects and the open-set answer
+    (``service.identification``)."""
 
     face: Face
-    candidates: list[Candidate]
-    match: Candidate | None
+    candidates: list[SubjectCandidate]
+    answer: Answer
+
+    @property
+    def match(self) -> SubjectCandidate | None:
+        """The subject matched, if the answer is a match."""
+        return self.answer.match
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view (what the CLI prints; the API has its own response models)."""
 
-        def candidate(c: Candidate) -> dict[str, object]:
+        def candidate(c: SubjectCandidate) -> dict[str, object]:
             return {
                 "subject_id": c.subject_id,
                 "name": c.name,
                 "face_id": c.face_id,
                 "score": round(c.score, 6),
+                "agreeing": c.agreeing,
             }
 
         return {
             "detection": self.face.to_dict(),
-            "decision": "match" if self.match else "unknown",
+            "decision": self.answer.decision,
             "match": candidate(self.match) if self.match else None,
+            "ambiguous": [candidate(c) for c in self.answer.contenders],
             "candidates": [candidate(c) for c in self.candidates],
         }
 
@@ -391,22 +400,44 @@ class Recognition:
         top_k: int | None = None,
         threshold: float | None = None,
         far: float | None = None,
+        margin: float | None = None,
         aligned: bool = False,
     ) -> tuple[list[IdentifiedFace], Threshold]:
-        """Open-set identification of every face in the image."""
+        """Open-set identification of every face in the image: candidate subjects and a
+        match, ambiguous or unknown answer (``service.identification``)."""
         chosen = self.threshold(threshold, far, purpose="identify")
         k = self.check_top_k(top_k)
+        gap = self.settings.identify_margin if margin is None else margin
+        if not 0.0 <= gap <= 2.0:
+            raise InvalidRequest(f"margin must be a cosine difference in [0, 2], got {gap}")
         self.gallery.check_model(self.pipeline.model_id)
         faces = self.embed(data, aligned=aligned)
         if not faces:
             return [], chosen
         started = time.perf_counter()
         ranked = self.gallery.search(
-            np.stack([f.embedding for f in faces]), top_k=k, model_id=self.pipeline.model_id
+            np.stack([f.embedding for f in faces]),
+            top_k=max(k, 2),  # the runner-up decides ambiguity even when one is asked for
+            model_id=self.pipeline.model_id,
         )
         self.pipeline.timed("search", started)
         out = []
-        for face, candidates in zip(faces, ranked, strict=True):
-            match = candidates[0] if candidates and candidates[0].score >= chosen.value else None
-            out.append(IdentifiedFace(face, candidates, match))
+        for face, found in zip(faces, ranked, strict=True):
+            subjects = [self._evidence(face.embedding, c, chosen.value) for c in found]
+            answer = decide(subjects, chosen.value, gap)
+            out.append(IdentifiedFace(face, subjects[:k], answer))
         return out, chosen
+
+    def _evidence(self, probe: np.ndarray, c: Candidate, threshold: float) -> SubjectCandidate:
+        """A candidate with the number of its faces at or above the threshold (none when its
+        best face is below; a subject deleted meanwhile counts its best face only)."""
+        agreeing = 0
+        if c.score >= threshold:
+            try:
+                _, vectors = self.gallery.subject_embeddings(
+                    c.subject_id, model_id=self.pipeline.model_id
+                )
+                agreeing = max(1, int((vectors @ probe >= threshold).sum()))
+            except SubjectNotFound:
+                agreeing = 1
+        return SubjectCandidate(c.subject_id, c.name, c.face_id, c.score, agreeing)

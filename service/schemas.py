@@ -180,28 +180,34 @@ class VerifyResponse(BaseModel):
 
 
 class CandidateOut(BaseModel):
-    """A subject resembling the probe face."""
+    """A subject resembling the probe face: its best face (``face_id``, ``score``) and how
+    many of its faces reach the threshold (``agreeing``)."""
 
     subject_id: str
     name: str
     face_id: int
     score: float
+    agreeing: int | None = None
 
 
 class IdentifiedFaceOut(BaseModel):
-    """One face of the probe image and the open-set decision."""
+    """One face of the probe image and the open-set decision: ``match``, ``ambiguous`` (the
+    best subject beat the runner-up by less than the margin: both are in ``ambiguous``, no
+    match) or ``unknown``."""
 
     detection: Box
-    decision: Literal["match", "unknown"]
+    decision: Literal["match", "ambiguous", "unknown"]
     match: CandidateOut | None
+    ambiguous: list[CandidateOut] = []
     candidates: list[CandidateOut]
 
 
 class IdentifyResponse(BaseModel):
-    """Every face in the image with its candidates."""
+    """Every face in the image with its candidate subjects (top-k by subject)."""
 
     model_id: str
     threshold: ThresholdOut
+    margin: float | None = None
     faces: list[IdentifiedFaceOut]
 
 

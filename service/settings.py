@@ -300,6 +300,14 @@ class Settings(BaseSettings):
     identify_far: float | None = Field(
         1e-4, gt=0, lt=1, description="default identify operating point (1:N needs a lower FAR)"
     )
+    identify_margin: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="identify answers 'ambiguous' (no match, both candidates) when the best "
+        "subject beats the runner-up by less than this cosine; 0: off (docs/benchmarks.md, "
+        "'Open-set identification')",
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")

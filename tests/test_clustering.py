@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from service.clustering import chinese_whispers, create, score_clustering
+from service.clustering import (
+    FoundFace,
+    chinese_whispers,
+    cluster_faces,
+    create,
+    score_clustering,
+)
 from service.gallery.neighbours import knn_graph
+from tests.conftest import ROOT, lfw
 
 
 def two_groups(noise: float = 0.05, n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -72,3 +85,51 @@ def test_the_automatic_far_follows_the_number_of_faces() -> None:
     assert edge_threshold(calibration, 1e-4, 10**6)[1] == 1e-4  # a FAR asked for is kept
     with pytest.raises(InvalidRequest):
         edge_threshold(calibration, 1e-9, 100)
+
+
+CLI_OPTIONS = ["--processes", "0", "--no-progress", "--models-dir", str(ROOT / "models")]
+
+
+def faces_at(vectors: np.ndarray, files: list[str]) -> list[FoundFace]:
+    return [FoundFace(f, (0.0, 0.0, 1.0, 1.0), 0.9, v) for f, v in zip(files, vectors, strict=True)]
+
+
+def test_faces_of_one_photo_are_never_put_in_one_cluster() -> None:
+    """Was: a group photo's faces that look alike (three guardsmen of one honour guard) were
+    linked into one cluster; the faces of one photo are different people (cannot-link)."""
+    x, _ = two_groups(n=6)
+    # group 0: six faces, three of them from one photo; group 1: six faces of six photos
+    files = ["guard.jpg"] * 3 + [f"a{i}.jpg" for i in range(3)] + [f"b{i}.jpg" for i in range(6)]
+    result = cluster_faces(faces_at(x, files), threshold=0.5)
+    for c in result.clusters:
+        photos = [files[i] for i in c.faces]
+        assert len(photos) == len(set(photos)), photos
+    assert sorted(len(c.members) for c in result.clusters) == [4, 6]  # one guard stays
+    assert len(result.alone) == 2
+
+
+def test_the_guardsmen_of_one_lfw_photo_stay_apart_in_marginface_cluster(tmp_path: Path) -> None:
+    """The issue's example, through the real CLI: Vladimir_Putin_0007 shows Putin in front of
+    three guardsmen of an honour guard (blurred, quality 0.6-0.7) whose faces are alike enough
+    to link at the automatic FAR; they were one cluster."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for person, n in [("Vladimir_Putin", 7), ("Vladimir_Putin", 1), ("Vladimir_Putin", 2)]:
+        shutil.copy(lfw(person, n), photos / f"{person}_{n}.jpg")
+    for person in ("Colin_Powell", "Serena_Williams"):
+        for n in (1, 2):
+            shutil.copy(lfw(person, n), photos / f"{person}_{n}.jpg")
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.cli", "cluster", str(photos), "--json", *CLI_OPTIONS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    guard_photo = [f for f in out["alone"] if f["file"] == "Vladimir_Putin_7.jpg"]
+    in_clusters = [[m["file"] for m in c["members"]] for c in out["clusters"]]
+    assert sum(f == "Vladimir_Putin_7.jpg" for c in in_clusters for f in c) + len(guard_photo) == 4
+    for files in in_clusters:
+        assert len(files) == len(set(files)), in_clusters

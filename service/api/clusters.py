@@ -12,6 +12,7 @@ from service.api.deps import IsAdmin, State
 from service.api.jobs import job_source
 from service.calibration import threshold_for_far
 from service.clustering import DEFAULT_FAR
+from service.clustering.work import ClusterWork
 from service.schemas import (
     ClusterOut,
     ClustersOut,
@@ -22,6 +23,14 @@ from service.schemas import (
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["clusters"], dependencies=[IsAdmin])
+
+
+def review(state: State, job_id: str) -> ClusterWork:
+    """The reviewable clusters of a finished cluster job, their names following this
+    service's gallery. JobNotFound, JobNotFinished."""
+    work = state.jobs.get(job_id).clusters()
+    work.gallery = state.gallery
+    return work
 
 
 @router.post("/cluster", status_code=202)
@@ -54,37 +63,59 @@ def submit_cluster_job(
 @router.get("/{job_id}/clusters")
 def get_clusters(job_id: str, state: State) -> ClustersOut:
     """The clusters of a finished cluster job (409 job_not_finished before)."""
-    return ClustersOut(**state.jobs.get(job_id).clusters().view())
+    return ClustersOut(**review(state, job_id).view())
 
 
 @router.get("/{job_id}/faces/{face}.jpg", response_class=FileResponse)
 def get_face_thumbnail(job_id: str, face: int, state: State) -> FileResponse:
     """One face's aligned crop, while the job lives."""
-    path = state.jobs.get(job_id).clusters().thumbnail(face)
+    path = review(state, job_id).thumbnail(face)
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/{job_id}/clusters/{cluster}")
+def get_cluster(job_id: str, cluster: int, state: State) -> ClusterOut:
+    """One cluster of a finished cluster job."""
+    return ClusterOut(**review(state, job_id).cluster(cluster))
 
 
 @router.post("/{job_id}/clusters/merge")
 def merge_clusters(job_id: str, body: MergeClustersIn, state: State) -> ClusterOut:
     """The second cluster's faces join the first; the second is retired."""
-    return ClusterOut(**state.jobs.get(job_id).clusters().merge(body.into, body.other))
+    return ClusterOut(**review(state, job_id).merge(body.into, body.other))
 
 
 @router.delete("/{job_id}/clusters/{cluster}/faces/{face}", response_model=None)
 def remove_face(job_id: str, cluster: int, face: int, state: State) -> ClusterOut | Response:
     """Take a wrong face out of a cluster before naming it (204 when the cluster is then
     empty)."""
-    view = state.jobs.get(job_id).clusters().remove(cluster, face)
+    view = review(state, job_id).remove(cluster, face)
     return Response(status_code=204) if view is None else ClusterOut(**view)
 
 
 @router.post("/{job_id}/clusters/{cluster}/subject")
 def name_cluster(job_id: str, cluster: int, body: NameClusterIn, state: State) -> NamedClusterOut:
     """Enroll the cluster's faces as a subject (created if new, else extended); the job's
-    embeddings are used, nothing is detected again."""
-    work = state.jobs.get(job_id).clusters()
+    embeddings are used, nothing is detected again. Named again as another subject: the faces
+    move there (never in two subjects)."""
+    work = review(state, job_id)
     named = work.name(
         cluster,
+        body.subject_id,
+        body.name,
+        state.gallery,
+        state.recognition.pipeline.model_id,
+    )
+    return NamedClusterOut(**named)
+
+
+@router.post("/{job_id}/faces/{face}/subject")
+def name_face(job_id: str, face: int, body: NameClusterIn, state: State) -> NamedClusterOut:
+    """Name a face left alone: it becomes a cluster of its own (a new number), named as a
+    cluster is."""
+    work = review(state, job_id)
+    named = work.name_face(
+        face,
         body.subject_id,
         body.name,
         state.gallery,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from service.gallery import Candidate, FaceRecord, Subject
+from service.gallery import FaceRecord, Subject
+from service.identification import SubjectCandidate
 from service.recognition import IdentifiedFace, Threshold
 from service.schemas import (
     Box,
@@ -74,10 +75,14 @@ def face_record(f: FaceRecord) -> FaceOut:
     )
 
 
-def candidate(c: Candidate) -> CandidateOut:
-    """A search candidate."""
+def candidate(c: SubjectCandidate) -> CandidateOut:
+    """A candidate subject."""
     return CandidateOut(
-        subject_id=c.subject_id, name=c.name, face_id=c.face_id, score=round(c.score, 6)
+        subject_id=c.subject_id,
+        name=c.name,
+        face_id=c.face_id,
+        score=round(c.score, 6),
+        agreeing=c.agreeing,
     )
 
 
@@ -90,7 +95,8 @@ def identified(f: IdentifiedFace) -> IdentifiedFaceOut:
     """One identified face."""
     return IdentifiedFaceOut(
         detection=box(f.face),
-        decision="match" if f.match else "unknown",
+        decision=f.answer.decision,
         match=candidate(f.match) if f.match else None,
+        ambiguous=[candidate(c) for c in f.answer.contenders],
         candidates=[candidate(c) for c in f.candidates],
     )

@@ -80,14 +80,27 @@ def identify(
     threshold: Threshold = None,
     far: Far = None,
     aligned: Aligned = False,
+    margin: Annotated[
+        float | None,
+        Form(
+            ge=0,
+            le=2,
+            description="ambiguous when the best subject beats the runner-up by less than "
+            "this cosine (default: the identify_margin setting; 0: never)",
+        ),
+    ] = None,
 ) -> IdentifyResponse:
-    """Who is this? For every face: top-k candidates and a match, or unknown (open set)."""
+    """Who is this? For every face: the top-k candidate subjects and a match, ambiguous (two
+    subjects too close to tell) or unknown (open set)."""
     rec = state.recognition
     data = read_upload(image, state, "image")
-    faces, chosen = rec.identify(data, top_k=top_k, threshold=threshold, far=far, aligned=aligned)
+    faces, chosen = rec.identify(
+        data, top_k=top_k, threshold=threshold, far=far, margin=margin, aligned=aligned
+    )
     return IdentifyResponse(
         model_id=rec.pipeline.model_id,
         threshold=convert.threshold(chosen),
+        margin=state.settings.identify_margin if margin is None else margin,
         faces=[convert.identified(f) for f in faces],
     )
 

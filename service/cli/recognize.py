@@ -134,7 +134,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     rows: list[tuple[object, ...]] = []
     for i, f in enumerate(faces):
         box = [round(float(v)) for v in f.face.box]
-        decision = f"match: {f.match.subject_id}" if f.match else "unknown"
+        decision = f"match: {f.match.subject_id}" if f.match else f.answer.decision
         if not f.candidates:
             rows.append((i, box, decision, "-", "-", "-"))
         for rank, c in enumerate(f.candidates, start=1):

@@ -7,6 +7,11 @@ members (file, box, quality, similarity to the cluster's centre: the
 normalised mean of its embeddings), a representative face (the member with the best similarity
 x quality) and its cohesion (the mean similarity to the centre). Faces in no cluster of two or
 more are ``alone``.
+
+Faces of one photo are different people (a cannot-link constraint, as every photo tool has it):
+their edges are dropped before clustering, and where a cluster still gathers two faces of one
+photo through other faces, the one nearest the cluster's centre stays and the others are left
+alone. A photo is its file: two copies of one photo are two files whose faces may well join.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from service.calibration import threshold_for_far
-from service.clustering.algorithms import create
+from service.clustering.algorithms import compact, create
 from service.clustering.faces import FoundFace
-from service.gallery.neighbours import knn_graph
+from service.gallery.neighbours import NeighbourGraph, knn_graph
 from service.models import Calibration
 
 #: The FAR the edges are drawn at unless the caller says otherwise is set by the number of
@@ -83,7 +88,10 @@ class Clustering:
                     "cluster": n,
                     "size": len(c.members),
                     "cohesion": round(c.cohesion, 4),
-                    "representative": face(c.representative),
+                    "representative": face(
+                        c.representative,
+                        next(m.similarity for m in c.members if m.face == c.representative),
+                    ),
                     "members": [face(m.face, m.similarity) for m in c.members],
                 }
                 for n, c in enumerate(self.clusters)
@@ -146,6 +154,34 @@ def describe(faces: list[FoundFace], embeddings: np.ndarray, members: list[int])
     )
 
 
+def without_same_photo_edges(graph: NeighbourGraph, photo: np.ndarray) -> NeighbourGraph:
+    """The graph less its edges between two faces of one photo (``photo``: one id per face)."""
+    keep = photo[graph.a] != photo[graph.b]
+    return NeighbourGraph(graph.size, graph.a[keep], graph.b[keep], graph.weight[keep])
+
+
+def keep_photos_apart(labels: np.ndarray, photo: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    """``labels`` where no label holds two faces of one photo: of such faces, the one most
+    similar to its cluster's centre keeps the label, the others get labels of their own."""
+    out = labels.copy()
+    fresh = int(labels.max()) + 1 if labels.size else 0
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    for members in np.split(order, bounds):
+        if members.size < 2 or np.unique(photo[members]).size == members.size:
+            continue
+        centre = embeddings[members].mean(axis=0)
+        sims = embeddings[members] @ centre
+        kept: set[int] = set()
+        for i in members[np.argsort(-sims, kind="stable")]:
+            if int(photo[i]) in kept:
+                out[i] = fresh
+                fresh += 1
+            else:
+                kept.add(int(photo[i]))
+    return out
+
+
 def cluster_faces(
     faces: list[FoundFace],
     *,
@@ -155,12 +191,17 @@ def cluster_faces(
     neighbours: int = DEFAULT_NEIGHBOURS,
     seed: int = 0,
 ) -> Clustering:
-    """Cluster ``faces`` on their embeddings (edges at cosine >= ``threshold``)."""
+    """Cluster ``faces`` on their embeddings (edges at cosine >= ``threshold``; never two
+    faces of one photo in one cluster)."""
     if not faces:
         return Clustering([], [], [], np.zeros(0, np.int64), threshold, far, algorithm, 0)
     embeddings = np.stack([f.embedding for f in faces]).astype(np.float32)
-    graph = knn_graph(embeddings, k=neighbours, threshold=threshold)
+    _, photo = np.unique([f.file for f in faces], return_inverse=True)
+    graph = without_same_photo_edges(
+        knn_graph(embeddings, k=neighbours, threshold=threshold), photo
+    )
     labels = create(algorithm)(graph, seed)
+    labels = compact(keep_photos_apart(labels, photo, embeddings))
     groups: dict[int, list[int]] = {}
     for i, label in enumerate(labels.tolist()):
         groups.setdefault(label, []).append(i)

@@ -2,27 +2,61 @@
 
 It holds the job's faces and embeddings in memory and their thumbnails in the job's working
 folder, and nothing else: the photos themselves are deleted once their faces are found. The
-operator merges clusters, removes a wrong face from one, and names a cluster into the gallery
-(``name``: the faces' embeddings go through the gallery's one write path, nothing is detected
-again). Deleting the job (or its expiry) calls ``erase``: the folder with the thumbnails goes
+operator merges clusters, removes a wrong face from one, and names a cluster (or a face left
+alone) into the gallery (``name``: the faces' embeddings go through the gallery's one write path,
+nothing is detected again). Naming is a move: a cluster named again leaves the subject it was
+named before (its faces there are erased, and that subject too when the naming made it and it is
+left empty), so its faces are never in two subjects; and a cluster's name follows the subject:
+once the subject is deleted, the cluster is unnamed.
+
+Deleting the job (or its expiry) calls ``erase``: the folder with the thumbnails goes
 and the embeddings are dropped. Cluster numbers are stable: a merge keeps the first number and
 retires the second.
+
+With several replicas the review is shared through the job board (``share``): the replica that
+ran the job publishes the review state (the faces, their embeddings and the clusters) with the
+job's last record, any replica rebuilds it from there (``from_shared``), every review reads the
+board's state first and every change is written back, and ``erase`` takes it off the board. The
+thumbnails are files in the job's working folder: another replica serves them where the
+replicas share ``jobs.work_dir``.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from service.clustering.clusters import Clustering, describe, face_view
 from service.clustering.faces import FoundFace
-from service.errors import ClusterNotFound, InvalidRequest
+from service.errors import (
+    ClusterNotFound,
+    FaceNotFound,
+    InvalidRequest,
+    JobNotFound,
+    SubjectNotFound,
+)
 from service.gallery import Gallery, NewFace
 from service.subject_id import check_subject_id
+
+#: the key of a job board record that holds its shared review state
+REVIEW_KEY = "review"
+
+
+class ReviewBoard(Protocol):
+    """The part of the shared job board (``service.jobs.JobBoard``) a review is kept on."""
+
+    def publish(self, record: dict[str, Any]) -> None:
+        """Insert or update one job's record."""
+
+    def fetch(self, job_id: str) -> dict[str, Any] | None:
+        """One job's record, or None."""
 
 
 @dataclass
@@ -36,13 +70,23 @@ class ClusterWork:
     far: float | None
     algorithm: str
     thumbnails: Path | None
+    gallery: Gallery | None = field(default=None, repr=False)  # whose subjects names follow
     named: dict[int, str] = field(default_factory=dict)
+    enrolled: dict[int, list[int]] = field(default_factory=dict)  # face ids a naming created
+    made: dict[int, bool] = field(default_factory=dict)  # the naming created the subject
+    last_cluster: int = -1  # numbers are never reused: a face named alone gets a new one
+    revision: int = 0  # of the review state: each change to it counts one
+    board: ReviewBoard | None = field(default=None, repr=False)
+    job_id: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _naming: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def of(cls, result: Clustering, thumbnails: Path | None) -> ClusterWork:
+    def of(
+        cls, result: Clustering, thumbnails: Path | None, gallery: Gallery | None = None
+    ) -> ClusterWork:
         """From a finished clustering; thumbnails are written to ``thumbnails`` (the job's
-        folder) and dropped from memory."""
+        folder) and dropped from memory; names are checked against ``gallery``'s subjects."""
         if thumbnails is not None:
             thumbnails.mkdir(parents=True, exist_ok=True)
             for i, face in enumerate(result.faces):
@@ -61,7 +105,117 @@ class ClusterWork:
             result.far,
             result.algorithm,
             thumbnails,
+            gallery,
+            last_cluster=len(groups) - 1,
         )
+
+    def share(self, board: ReviewBoard, job_id: str) -> dict[str, Any]:
+        """Keep this review on ``board`` under ``job_id`` from now on; the state to publish
+        with the job's record (under REVIEW_KEY)."""
+        with self._lock:
+            self.board, self.job_id = board, job_id
+            return self._state()
+
+    def _state(self) -> dict[str, Any]:
+        vectors = np.stack([f.embedding for f in self.faces]).astype("<f4") if self.faces else None
+        return {
+            "revision": self.revision,
+            "faces": [
+                {
+                    "file": f.file,
+                    "box": list(f.box),
+                    "quality": f.quality,
+                    "det_score": f.det_score,
+                    "sha256": f.sha256,
+                }
+                for f in self.faces
+            ],
+            "dim": 0 if vectors is None else int(vectors.shape[1]),
+            "embeddings": "" if vectors is None else base64.b64encode(vectors.tobytes()).decode(),
+            "threshold": self.threshold,
+            "far": self.far,
+            "algorithm": self.algorithm,
+            "thumbnails": None if self.thumbnails is None else str(self.thumbnails),
+            **self._review(),
+        }
+
+    def _review(self) -> dict[str, Any]:
+        """What a review changes (JSON keys are strings)."""
+        return {
+            "groups": {str(n): m for n, m in self.groups.items()},
+            "alone": self.alone,
+            "named": {str(n): s for n, s in self.named.items()},
+            "enrolled": {str(n): f for n, f in self.enrolled.items()},
+            "made": {str(n): m for n, m in self.made.items()},
+            "last_cluster": self.last_cluster,
+        }
+
+    def _load_review(self, state: dict[str, Any]) -> None:
+        self.revision = int(state["revision"])
+        self.groups = {int(n): list(m) for n, m in state["groups"].items()}
+        self.alone = list(state["alone"])
+        self.named = {int(n): s for n, s in state["named"].items()}
+        self.enrolled = {int(n): list(f) for n, f in state["enrolled"].items()}
+        self.made = {int(n): bool(m) for n, m in state["made"].items()}
+        self.last_cluster = int(state["last_cluster"])
+
+    @classmethod
+    def from_shared(cls, state: dict[str, Any], board: ReviewBoard, job_id: str) -> ClusterWork:
+        """A review another replica published (``share``), kept on the same board."""
+        n, dim = len(state["faces"]), int(state["dim"])
+        vectors = np.frombuffer(base64.b64decode(state["embeddings"]), dtype="<f4")
+        vectors = vectors.reshape(n, dim) if n else np.zeros((0, dim), np.float32)
+        faces = [
+            FoundFace(
+                f["file"], tuple(f["box"]), f["quality"], vectors[i], f["det_score"], f["sha256"]
+            )
+            for i, f in enumerate(state["faces"])
+        ]
+        thumbnails = state.get("thumbnails")
+        work = cls(
+            faces,
+            {},
+            [],
+            float(state["threshold"]),
+            state["far"],
+            state["algorithm"],
+            None if thumbnails is None else Path(thumbnails),
+            board=board,
+            job_id=job_id,
+        )
+        work._load_review(state)
+        return work
+
+    def _record(self) -> dict[str, Any]:
+        """The job's record on the board; JobNotFound when it or its review is gone (the job
+        was deleted, or expired, through another replica)."""
+        assert self.board is not None
+        record = self.board.fetch(self.job_id)
+        if record is None or REVIEW_KEY not in record:
+            raise JobNotFound(f"no job with id {self.job_id!r} (deleted or expired)")
+        return record
+
+    def pull(self) -> None:
+        """Take the board's review state if another replica changed it; JobNotFound when the
+        review is gone from the board (no-op without a board)."""
+        with self._lock:
+            self._pull()
+
+    def _pull(self) -> None:
+        if self.board is None:
+            return
+        state = self._record()[REVIEW_KEY]
+        if int(state["revision"]) != self.revision:
+            self._load_review(state)
+
+    def _push(self) -> None:
+        """Write this replica's change back to the board (under the lock)."""
+        if self.board is None:
+            return
+        record = self._record()
+        self.revision += 1
+        record[REVIEW_KEY] = self._state()
+        self.board.publish(record)
 
     def _group(self, cluster: int) -> list[int]:
         members = self.groups.get(cluster)
@@ -69,15 +223,26 @@ class ClusterWork:
             raise ClusterNotFound(f"this job has no cluster {cluster}", cluster=cluster)
         return members
 
+    def _prune_names(self) -> None:
+        """Forget the names whose subject is gone (deleted, erased): the name follows it."""
+        if self.gallery is None or not self.named:
+            return
+        existing = self.gallery.existing_subjects(sorted(set(self.named.values())))
+        for n in [n for n, s in self.named.items() if s not in existing]:
+            del self.named[n]
+            self.enrolled.pop(n, None)
+            self.made.pop(n, None)
+
     def _view(self, n: int, members: list[int]) -> dict[str, Any]:
         sub = [self.faces[i] for i in members]
         embeddings = np.stack([f.embedding for f in sub])
         c = describe(sub, embeddings, list(range(len(members))))
+        similarity = {m.face: m.similarity for m in c.members}
         return {
             "cluster": n,
             "size": len(members),
             "cohesion": round(c.cohesion, 4),
-            "representative": self._face(members[c.representative]),
+            "representative": self._face(members[c.representative], similarity[c.representative]),
             "members": [self._face(members[m.face], m.similarity) for m in c.members],
             "subject_id": self.named.get(n),
         }
@@ -88,6 +253,8 @@ class ClusterWork:
     def view(self) -> dict[str, Any]:
         """Every cluster (largest first) and the faces alone."""
         with self._lock:
+            self._pull()
+            self._prune_names()
             ordered = sorted(self.groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
             return {
                 "faces": len(self.faces),
@@ -101,6 +268,8 @@ class ClusterWork:
     def cluster(self, cluster: int) -> dict[str, Any]:
         """One cluster's view; ClusterNotFound."""
         with self._lock:
+            self._pull()
+            self._prune_names()
             return self._view(cluster, self._group(cluster))
 
     def merge(self, into: int, other: int) -> dict[str, Any]:
@@ -108,16 +277,19 @@ class ClusterWork:
         if into == other:
             raise InvalidRequest("merge needs two different clusters")
         with self._lock:
+            self._pull()
             target, source = self._group(into), self._group(other)
             target.extend(source)
             del self.groups[other]
             self.named.pop(other, None)
+            self._push()
             return self._view(into, target)
 
     def remove(self, cluster: int, face: int) -> dict[str, Any] | None:
         """Take one face out of a cluster (it joins the faces alone); the cluster's view, or
         None when it had one face left and is gone."""
         with self._lock:
+            self._pull()
             members = self._group(cluster)
             if face not in members:
                 raise ClusterNotFound(
@@ -127,38 +299,94 @@ class ClusterWork:
             self.alone.append(face)
             if not members:
                 del self.groups[cluster]
-                return None
-            return self._view(cluster, members)
+            self._push()
+            return self._view(cluster, members) if members else None
 
     def name(
         self, cluster: int, subject_id: str, name: str | None, gallery: Gallery, model_id: str
     ) -> dict[str, Any]:
         """Enroll the cluster's faces as ``subject_id`` (created, with ``name``, if new; else
-        extended): their embeddings, boxes and photo hashes, nothing detected again.
-        InvalidSubjectId before ClusterNotFound: the request is wrong whatever the cluster."""
+        extended): their embeddings, boxes and photo hashes, nothing detected again. Named
+        before as another subject: a move (the faces it put there are erased, and that
+        subject too when this naming made it and it is left empty). InvalidSubjectId before
+        ClusterNotFound: the request is wrong whatever the cluster."""
         check_subject_id(subject_id)
-        with self._lock:
-            members = list(self._group(cluster))
-        faces = [
-            NewFace(
-                embedding=self.faces[i].embedding,
-                box=self.faces[i].box,
-                det_score=self.faces[i].det_score,
-                image_sha256=self.faces[i].sha256,
+        with self._naming:  # one naming of this job at a time: a move is read-then-write
+            with self._lock:
+                self._pull()
+                self._prune_names()
+                members = list(self._group(cluster))
+                previous = self.named.get(cluster)
+                before = list(self.enrolled.get(cluster, []))
+            creates = subject_id not in gallery.existing_subjects([subject_id])
+            faces = [
+                NewFace(
+                    embedding=self.faces[i].embedding,
+                    box=self.faces[i].box,
+                    det_score=self.faces[i].det_score,
+                    image_sha256=self.faces[i].sha256,
+                )
+                for i in members
+            ]
+            results = gallery.add_faces(
+                subject_id, faces, model_id=model_id, create_name=name or subject_id
             )
-            for i in members
-        ]
-        results = gallery.add_faces(
-            subject_id, faces, model_id=model_id, create_name=name or subject_id
-        )
-        with self._lock:
-            self.named[cluster] = subject_id
+            created = [fid for fid, new in results if new]
+            moved = previous is not None and previous != subject_id
+            if previous is not None and moved:  # added first, then erased: never lost
+                self._unname(gallery, previous, before, made=self.made.get(cluster, False))
+            with self._lock:
+                self.named[cluster] = subject_id
+                self.enrolled[cluster] = created if moved else before + created
+                if previous is None or moved:
+                    self.made[cluster] = creates
+                self._push()
         return {
             "subject_id": subject_id,
             "cluster": cluster,
-            "face_ids": [fid for fid, created in results if created],
-            "already_present": sum(1 for _, created in results if not created),
+            "face_ids": created,
+            "already_present": sum(1 for _, new in results if not new),
         }
+
+    @staticmethod
+    def _unname(gallery: Gallery, subject_id: str, face_ids: list[int], *, made: bool) -> None:
+        """Take a cluster's faces out of the subject it was named before."""
+        for fid in face_ids:
+            with contextlib.suppress(FaceNotFound):  # deleted meanwhile: nothing to move
+                gallery.delete_face(fid)
+        if made:
+            try:
+                if not gallery.list_faces(subject_id):
+                    gallery.delete_subject(subject_id)
+            except SubjectNotFound:
+                pass
+
+    def name_face(
+        self, face: int, subject_id: str, name: str | None, gallery: Gallery, model_id: str
+    ) -> dict[str, Any]:
+        """Name one face left alone: it becomes a cluster of its own (a new number), named as
+        ``name`` does. ClusterNotFound when the face is not alone."""
+        with self._lock:
+            self._pull()
+            if face not in self.alone:
+                raise ClusterNotFound(f"face {face} is not a face alone", face=face)
+            self.last_cluster = max([*self.groups, *self.named, self.last_cluster]) + 1
+            cluster = self.last_cluster
+            self.alone.remove(face)
+            self.groups[cluster] = [face]
+            self._push()
+        try:
+            return self.name(cluster, subject_id, name, gallery, model_id)
+        except BaseException:
+            with self._lock:  # not named: it is alone again
+                with contextlib.suppress(JobNotFound):
+                    self._pull()
+                self.groups.pop(cluster, None)
+                if face not in self.alone:
+                    self.alone.append(face)
+                with contextlib.suppress(JobNotFound):
+                    self._push()
+            raise
 
     def thumbnail(self, face: int) -> Path:
         """The file of one face's thumbnail; ClusterNotFound when the job has none."""
@@ -168,8 +396,16 @@ class ClusterWork:
         return path
 
     def erase(self) -> None:
-        """Drop the embeddings (the caller removes the folder with the thumbnails)."""
+        """Drop the embeddings and the thumbnails, here and on the board (the caller removes
+        the rest of the job's folder)."""
         with self._lock:
             self.faces = []
             self.groups = {}
             self.alone = []
+            if self.thumbnails is not None:
+                shutil.rmtree(self.thumbnails, ignore_errors=True)
+            if self.board is not None:
+                record = self.board.fetch(self.job_id)
+                if record is not None and REVIEW_KEY in record:
+                    del record[REVIEW_KEY]
+                    self.board.publish(record)

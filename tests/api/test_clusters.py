@@ -4,18 +4,22 @@ nothing left on disk once the job is deleted or expires."""
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.vision.pipeline import FacePipeline
 from tests.api.test_jobs import wait
+from tests.backends import Distributed
 from tests.conftest import API_KEY, DATA, make_settings
+from tests.test_server import HEADERS, free_port, server
 
 LFW = DATA / "lfw" / "images"
 PEOPLE = ["Colin_Powell", "Tony_Blair", "Serena_Williams"]
@@ -202,3 +206,185 @@ def test_stopping_the_service_erases_its_cluster_jobs(
         submit(client, data)
         assert files_under(work_dir)
     assert files_under(work_dir) == []  # a restart forgets jobs: their thumbnails go at stop
+
+
+def guard_pile() -> bytes:
+    """Vladimir_Putin_0007 (Putin before three guardsmen of an honour guard: four faces) with
+    two more photos of Putin and two of Colin Powell."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for person, n in [("Vladimir_Putin", 7), ("Vladimir_Putin", 1), ("Vladimir_Putin", 2)]:
+            zf.write(LFW / person / f"{person}_{n:04d}.jpg", f"p/{person}_{n}.jpg")
+        for n in (1, 2):
+            zf.write(LFW / "Colin_Powell" / f"Colin_Powell_{n:04d}.jpg", f"p/Colin_Powell_{n}.jpg")
+    return buf.getvalue()
+
+
+def test_a_cluster_job_never_puts_two_faces_of_one_photo_in_one_cluster(
+    cluster_client: TestClient,
+) -> None:
+    """Was: the three guardsmen of Vladimir_Putin_0007 came back as one cluster."""
+    client = cluster_client
+    job = submit(client, guard_pile())
+    assert job["summary"]["faces"] >= 7  # the group photo gives four faces
+    view = client.get(f"/v1/jobs/{job['id']}/clusters").json()
+    for c in view["clusters"]:
+        files = [m["file"] for m in c["members"]]
+        assert len(files) == len(set(files)), files
+    putin = [
+        c for c in view["clusters"] if "p/Vladimir_Putin_1.jpg" in {m["file"] for m in c["members"]}
+    ]
+    assert len(putin) == 1 and putin[0]["size"] == 3  # Putin of the group photo joins him
+
+
+def test_naming_a_cluster_again_moves_its_faces_and_the_name_follows_the_subject(
+    cluster_client: TestClient,
+) -> None:
+    """Was: a second name copied the faces into a second subject (identify answered with
+    either), and the cluster still showed a subject after it was deleted."""
+    client = cluster_client
+    data, owner = pile()
+    job = submit(client, data)
+    base = f"/v1/jobs/{job['id']}/clusters"
+    cluster = client.get(base).json()["clusters"][0]
+    person = owner[cluster["members"][0]["file"]]
+    url = f"{base}/{cluster['cluster']}/subject"
+    first = client.post(url, json={"subject_id": "person0"})
+    assert first.status_code == 200 and len(first.json()["face_ids"]) == cluster["size"]
+    again = client.post(url, json={"subject_id": "person0"})  # the same name: nothing new
+    assert again.status_code == 200 and again.json()["face_ids"] == []
+    second = client.post(url, json={"subject_id": "person0b"})
+    assert second.status_code == 200, second.text
+    assert len(second.json()["face_ids"]) == cluster["size"]
+    assert client.get("/v1/subjects/person0").status_code == 404  # made by the naming, emptied
+    assert len(client.get("/v1/subjects/person0b/faces").json()) == cluster["size"]
+    assert client.get("/readyz").json()["gallery"]["faces"] == cluster["size"]
+    probe = {"image": ("probe.jpg", held_back(person), "image/jpeg")}
+    r = client.post("/v1/identify", files=probe, data={"top_k": "5"})
+    assert r.json()["faces"][0]["match"]["subject_id"] == "person0b"
+    assert {c["subject_id"] for c in r.json()["faces"][0]["candidates"]} == {"person0b"}
+    assert client.get(base).json()["clusters"][0]["subject_id"] == "person0b"
+    assert client.delete("/v1/subjects/person0b").status_code == 200
+    assert client.get(base).json()["clusters"][0]["subject_id"] is None
+    assert client.get(f"{base}/{cluster['cluster']}").json()["subject_id"] is None
+
+
+def test_renaming_into_an_existing_subject_leaves_that_subjects_own_faces(
+    cluster_client: TestClient,
+) -> None:
+    client = cluster_client
+    data, owner = pile()
+    job = submit(client, data)
+    base = f"/v1/jobs/{job['id']}/clusters"
+    cluster = client.get(base).json()["clusters"][0]
+    person = owner[cluster["members"][0]["file"]]
+    assert client.post("/v1/subjects", json={"id": "known", "name": "Known"}).status_code == 201
+    r = client.post(
+        "/v1/subjects/known/faces", files=[("files", ("k.jpg", held_back(person), "image/jpeg"))]
+    )
+    assert r.status_code == 201, r.text
+    url = f"{base}/{cluster['cluster']}/subject"
+    assert client.post(url, json={"subject_id": "known"}).status_code == 200
+    assert client.post(url, json={"subject_id": "elsewhere"}).status_code == 200
+    assert len(client.get("/v1/subjects/known/faces").json()) == 1  # its own face stays
+    assert len(client.get("/v1/subjects/elsewhere/faces").json()) == cluster["size"]
+
+
+def test_faces_alone_are_listed_and_can_be_named_and_representatives_have_a_similarity(
+    cluster_client: TestClient,
+) -> None:
+    """Was: representative.similarity was null where the same face under members had one,
+    and a face alone could not be named."""
+    client = cluster_client
+    job = submit(client, guard_pile())
+    view = client.get(f"/v1/jobs/{job['id']}/clusters").json()
+    for c in view["clusters"]:
+        same = [m for m in c["members"] if m["face"] == c["representative"]["face"]]
+        assert c["representative"]["similarity"] == same[0]["similarity"] is not None
+    alone = view["alone"]
+    assert len(alone) >= 3  # the guardsmen
+    face = alone[0]["face"]
+    r = client.post(f"/v1/jobs/{job['id']}/faces/{face}/subject", json={"subject_id": "guard"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["face_ids"]) == 1
+    after = client.get(f"/v1/jobs/{job['id']}/clusters").json()
+    assert face not in {f["face"] for f in after["alone"]}
+    named = [c for c in after["clusters"] if c["subject_id"] == "guard"]
+    assert len(named) == 1 and [m["face"] for m in named[0]["members"]] == [face]
+    assert len(client.get("/v1/subjects/guard/faces").json()) == 1
+    missing = client.post(f"/v1/jobs/{job['id']}/faces/{face}/subject", json={"subject_id": "x"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "cluster_not_found"
+
+
+@pytest.mark.slow
+def test_cluster_review_works_through_either_replica(
+    tmp_path: Path, distributed: Distributed
+) -> None:
+    """Two real API processes on one PostgreSQL job board (and one shared work_dir, as the
+    replicas of a deployment share it): a cluster job run by one replica is reviewed, named
+    and deleted through the other. Was: 404 job_not_found on the replica that did not run it."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    data, owner = pile()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        zf.extractall(photos)
+    env = {
+        **distributed.env(),
+        "MARGINFACE_INTRA_OP_THREADS": "1",
+        "MARGINFACE_JOBS__ALLOWED_ROOTS": json.dumps([str(photos)]),
+        "MARGINFACE_JOBS__WORK_DIR": str(tmp_path / "jobs"),
+    }
+    ports = [free_port(), free_port()]
+    with (
+        server(tmp_path / "gallery-a", ports[0], env),
+        server(tmp_path / "gallery-b", ports[1], env),
+    ):
+        a, b = (
+            httpx.Client(base_url=f"http://127.0.0.1:{p}", headers=HEADERS, timeout=60)
+            for p in ports
+        )
+        r = a.post("/v1/jobs/cluster", data={"path": str(photos)})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 180
+        while (job := b.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert job["status"] == "succeeded", job
+        base = f"/v1/jobs/{job_id}/clusters"
+        seen = b.get(base)
+        assert seen.status_code == 200, seen.text
+        assert seen.json() == a.get(base).json()
+        clusters = seen.json()["clusters"]
+        big = [c for c in clusters if c["size"] >= 3]
+        assert len(big) == 3
+        thumb = b.get(f"/v1/jobs/{job_id}/faces/{big[0]['members'][0]['face']}.jpg")
+        assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+        # a merge through one replica is what the other shows
+        merged = b.post(
+            f"{base}/merge", json={"into": big[1]["cluster"], "other": big[2]["cluster"]}
+        )
+        assert merged.status_code == 200, merged.text
+        assert a.get(f"{base}/{big[2]['cluster']}").status_code == 404
+        assert a.get(f"{base}/{big[1]['cluster']}").json()["size"] == merged.json()["size"]
+        # named through one, renamed through the other: a move, seen by both
+        person = owner[big[0]["members"][0]["file"]]
+        url = f"{base}/{big[0]['cluster']}/subject"
+        assert b.post(url, json={"subject_id": "first"}).status_code == 200
+        assert a.get(f"{base}/{big[0]['cluster']}").json()["subject_id"] == "first"
+        moved = a.post(url, json={"subject_id": "second"})
+        assert moved.status_code == 200 and len(moved.json()["face_ids"]) == big[0]["size"]
+        assert b.get("/v1/subjects/first").status_code == 404
+        assert b.get(f"{base}/{big[0]['cluster']}").json()["subject_id"] == "second"
+        probe = {"image": ("p.jpg", held_back(person), "image/jpeg")}
+        assert b.post("/v1/identify", files=probe).json()["faces"][0]["match"]["subject_id"] == (
+            "second"
+        )
+        # deleted through the replica that did not run it: gone on both, thumbnails too
+        assert b.delete(f"/v1/jobs/{job_id}").status_code == 204
+        for c in (a, b):
+            gone = c.get(base)
+            assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
+        assert not [p for p in (tmp_path / "jobs").rglob("*.jpg")]
+        a.close()
+        b.close()

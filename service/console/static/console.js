@@ -304,9 +304,15 @@ function showCandidates(face, index) {
   const list = $("candidate-list");
   list.replaceChildren();
   $("candidate-quality").textContent = `This face: ${qualityText(face.detection)}.`;
+  const amb = $("candidate-ambiguous");
+  amb.hidden = face.decision !== "ambiguous";
+  amb.textContent = face.decision === "ambiguous"
+    ? `Ambiguous: ${face.ambiguous.map((c) => `${c.name} (${c.score.toFixed(3)})`).join(" and ")} fit about equally well, so neither is named.`
+    : "";
   for (const c of face.candidates) {
     const li = document.createElement("li");
-    li.textContent = `${c.name} (${c.subject_id}): ${c.score.toFixed(3)}`;
+    const agree = c.agreeing ? `, ${c.agreeing} of its faces agree` : "";
+    li.textContent = `${c.name} (${c.subject_id}): ${c.score.toFixed(3)}${agree}`;
     list.append(li);
   }
   if (!face.candidates.length) list.append(Object.assign(document.createElement("li"), { textContent: "No candidates: the gallery is empty." }));
@@ -323,10 +329,11 @@ function drawFaces(result, img) {
     const [x1, y1, x2, y2] = face.detection.box;
     const b = document.createElement("button");
     b.type = "button";
-    b.className = "face-box" + (face.decision === "match" ? " match" : "");
+    b.className = "face-box" + (face.decision === "unknown" ? "" : ` ${face.decision}`);
     b.setAttribute("aria-pressed", "false");
     Object.assign(b.style, { left: `${x1 * pw}%`, top: `${y1 * ph}%`, width: `${(x2 - x1) * pw}%`, height: `${(y2 - y1) * ph}%` });
     const label = face.match ? `${face.match.name} ${face.match.score.toFixed(2)}`
+      : face.decision === "ambiguous" ? `ambiguous: ${face.ambiguous.map((c) => c.name).join(" or ")}`
       : `unknown${face.candidates[0] ? " " + face.candidates[0].score.toFixed(2) : ""}`;
     const q = face.detection.quality ? ` · q ${face.detection.quality.score.toFixed(2)}` : "";
     const tag = document.createElement("span");
@@ -418,6 +425,7 @@ $("identify-form").addEventListener("submit", (e) => {
     const kind = document.querySelector('input[name="op-kind"]:checked').value;
     if (kind === "far") form.append("far", $("identify-far").value);
     else form.append("threshold", $("identify-threshold").value);
+    if ($("identify-margin").value.trim()) form.append("margin", $("identify-margin").value.trim());
     $("candidates").hidden = true;
     $("boxes").replaceChildren();
     say("Identifying…");
@@ -428,7 +436,9 @@ $("identify-form").addEventListener("submit", (e) => {
     await img.decode();
     drawFaces(result, img);
     const known = result.faces.filter((f) => f.decision === "match").length;
-    $("identify-summary").textContent = `${result.faces.length} face(s), ${known} known. Threshold ${result.threshold.value.toFixed(3)} (${result.threshold.source}).`;
+    const unsure = result.faces.filter((f) => f.decision === "ambiguous").length;
+    const ambiguous = unsure ? `, ${unsure} ambiguous` : "";
+    $("identify-summary").textContent = `${result.faces.length} face(s), ${known} known${ambiguous}. Threshold ${result.threshold.value.toFixed(3)} (${result.threshold.source}), margin ${result.margin}.`;
     say("");
   });
 });
@@ -528,27 +538,45 @@ async function renderClusters() {
     }
     li.append(thumbs);
     if (c.size > THUMBS_PER_CLUSTER) li.append(Object.assign(document.createElement("p"), { className: "hint", textContent: `and ${c.size - THUMBS_PER_CLUSTER} more` }));
-    const form = document.createElement("form");
-    form.className = "row name-cluster";
-    const idInput = Object.assign(document.createElement("input"), { required: true, placeholder: "subject id", pattern: "[A-Za-z0-9][A-Za-z0-9._@\\-]{0,127}" });
-    idInput.setAttribute("aria-label", `Subject id for group ${c.cluster}`);
-    const nameInput = Object.assign(document.createElement("input"), { placeholder: "name (optional)" });
-    nameInput.setAttribute("aria-label", `Name for group ${c.cluster}`);
-    const submit = Object.assign(document.createElement("button"), { type: "submit", textContent: "Name into gallery" });
-    form.append(idInput, nameInput, submit);
-    form.addEventListener("submit", (e) => {
-      e.preventDefault();
-      guarded(async () => {
-        const body = { subject_id: idInput.value.trim() };
-        if (nameInput.value.trim()) body.name = nameInput.value.trim();
-        const r = await api("POST", `/v1/jobs/${state.job}/clusters/${c.cluster}/subject`, body);
-        say(`Named group ${c.cluster} as ${r.subject_id}: ${r.face_ids.length} faces enrolled.`);
-        await renderClusters();
-      });
-    });
-    li.append(form);
+    li.append(nameForm(`group ${c.cluster}`, `/v1/jobs/${state.job}/clusters/${c.cluster}/subject`));
     list.append(li);
   }
+  // faces in no group: shown too, each can be named on its own (it becomes a group of one)
+  const alone = $("alone");
+  alone.replaceChildren();
+  $("alone-title").hidden = view.alone.length === 0;
+  for (const f of view.alone) {
+    const li = document.createElement("li");
+    li.className = "alone";
+    li.dataset.face = String(f.face);
+    const img = Object.assign(document.createElement("img"), { alt: `Face ${f.face} from ${f.file}` });
+    img.src = await thumb(f.face);
+    li.append(img, nameForm(`face ${f.face}`, `/v1/jobs/${state.job}/faces/${f.face}/subject`));
+    alone.append(li);
+  }
+}
+
+// "subject id, name, Name into gallery" for a group or a face alone (naming again moves it)
+function nameForm(what, url) {
+  const form = document.createElement("form");
+  form.className = "row name-cluster";
+  const idInput = Object.assign(document.createElement("input"), { required: true, placeholder: "subject id", pattern: "[A-Za-z0-9][A-Za-z0-9._@\\-]{0,127}" });
+  idInput.setAttribute("aria-label", `Subject id for ${what}`);
+  const nameInput = Object.assign(document.createElement("input"), { placeholder: "name (optional)" });
+  nameInput.setAttribute("aria-label", `Name for ${what}`);
+  const submit = Object.assign(document.createElement("button"), { type: "submit", textContent: "Name into gallery" });
+  form.append(idInput, nameInput, submit);
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    guarded(async () => {
+      const body = { subject_id: idInput.value.trim() };
+      if (nameInput.value.trim()) body.name = nameInput.value.trim();
+      const r = await api("POST", url, body);
+      say(`Named ${what} as ${r.subject_id}: ${r.face_ids.length} faces enrolled.`);
+      await renderClusters();
+    });
+  });
+  return form;
 }
 
 $("cluster-form").addEventListener("submit", (e) => {
@@ -586,6 +614,8 @@ $("discard-job").addEventListener("click", () => guarded(async () => {
   forgetThumbs();
   state.job = null;
   $("clusters").replaceChildren();
+  $("alone").replaceChildren();
+  $("alone-title").hidden = true;
   $("cluster-actions").hidden = true;
   $("cluster-summary").textContent = "";
   say("Job discarded.");
