@@ -133,6 +133,8 @@ class DistributedBackend(StoreWithIndex):
 
     def maintain(self) -> bool:
         """Reconcile when Milvus missed a write, seal written segments, VACUUM after deletes."""
+        erased = self.erasure_pending.is_set()
+        self.erasure_pending.clear()  # a delete from now on sets it again
         if self._dirty:
             try:
                 self.index.flush()
@@ -146,10 +148,8 @@ class DistributedBackend(StoreWithIndex):
                 self._behind = False
             except BackendUnavailable as exc:
                 log.warning("Milvus still unavailable (%s); reconcile retried later", exc)
-        if self.erasure_pending.is_set():
-            self.erasure_pending.clear()
-            if not self.store.purge_logs():
-                self.erasure_pending.set()
+        if erased and not self.store.purge_logs():
+            self.erasure_pending.set()
         return self.erasure_pending.is_set() or self._behind
 
     def wait_for_work(self, timeout_s: float) -> bool:

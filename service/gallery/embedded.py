@@ -302,11 +302,13 @@ class EmbeddedBackend(StoreWithIndex):
         if self.index.device_stale:
             with self._lock:
                 self.index.upload()
+        # cleared before the save: a delete that lands while it runs sets it again, so its
+        # vector leaves the file at the next pass, not at the next periodic save
+        erased = self.erasure_pending.is_set()
+        self.erasure_pending.clear()
         self._save()
-        if self.erasure_pending.is_set():
-            self.erasure_pending.clear()  # a delete from now on sets it again
-            if not self.store.purge_logs():
-                self.erasure_pending.set()
+        if erased and not self.store.purge_logs():
+            self.erasure_pending.set()
         self._reserve.ensure()
         return self.erasure_pending.is_set()
 
