@@ -23,6 +23,7 @@ from service.errors import (
     SchemaOutdated,
 )
 from service.gallery import rows
+from service.gallery.owner import FolderLock
 from service.gallery.sql import Cursor, SqlStore, backfill_checksums, migrations, statements
 
 STORE_FILE = "gallery.sqlite3"
@@ -52,6 +53,36 @@ def _full(path: Path) -> InsufficientStorage:
         f"the disk holding the gallery ({path.parent}) is full: nothing was written; free "
         "space and retry (deletes still work)"
     )
+
+
+_HEADER = b"SQLite format 3\x00"
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of the file a connection opened."""
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def _file_problem(path: Path, identity: tuple[int, int]) -> str | None:
+    """What happened to a store file on disk (None: it is the one opened, whole): deleted,
+    replaced by another file, or shorter than its own header says (truncated)."""
+    try:
+        st = path.stat()
+        with path.open("rb") as fh:
+            header = fh.read(100)
+    except FileNotFoundError:
+        return "was deleted"
+    if (st.st_dev, st.st_ino) != identity:
+        return "was replaced by another file"
+    if len(header) < 100 or not header.startswith(_HEADER):
+        return "was truncated"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if st.st_size < pages * page_size:
+        return "was truncated"
+    return None
 
 
 class SqliteStore(SqlStore):
@@ -86,6 +117,8 @@ class SqliteStore(SqlStore):
                 f"the gallery store {path} cannot be read ({exc}); it is left untouched. "
                 "Restore it from a backup (marginface gallery import) or move it aside."
             ) from exc
+        self._identity = _identity(path)
+        self._lost: str | None = None
         try:
             self._upgrade()
             self.model_id = self._pin_model(model_id, embedding_dim)
@@ -93,12 +126,30 @@ class SqliteStore(SqlStore):
             self._conn.close()
             raise
 
+    # ---- the file under the connection
+
+    def check_file(self) -> None:
+        """Raise GalleryCorrupted when the store file this connection opened is gone, replaced
+        or truncated on disk. SQLite keeps writing to an unlinked file and answers from its
+        cache over a truncated one, so without this check writes would be acknowledged and
+        lost; once lost, the store stays refused until the service restarts (where an empty
+        store beside a non-empty index is refused too)."""
+        if self._lost is None:
+            self._lost = _file_problem(self.path, self._identity)
+        if self._lost is not None:
+            raise GalleryCorrupted(
+                f"the gallery store {self.path} {self._lost} while the service ran: writes are "
+                "refused (they would be lost). Stop the service, then restore the store from a "
+                "backup (marginface gallery import); index.faiss still holds the vectors."
+            )
+
     # ---- dialect hooks
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
         """An immediate (write-locking) transaction that commits or rolls back as a whole."""
         with self._lock, self._errors():
+            self.check_file()
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -126,6 +177,7 @@ class SqliteStore(SqlStore):
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock, self._errors():
+            self.check_file()  # a lost file answers stale rows or errors: neither is served
             return self._conn.execute(sql, list(args)).fetchall()
 
     def _bump(self, cur: Cursor) -> None:
@@ -221,6 +273,8 @@ class SqliteStore(SqlStore):
         other connections (a backup reading, say): False when the checkpoint could not complete
         now, and the caller tries again later."""
         with self._lock:
+            if _file_problem(self.path, self._identity) is not None:
+                return True  # a lost file: nothing to write back into it (check_file reports)
             self._conn.execute("PRAGMA busy_timeout=0")
             try:
                 busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -236,10 +290,11 @@ class SqliteStore(SqlStore):
         return SqliteSnapshot(self)
 
     def close(self) -> None:
-        """Checkpoint the WAL and close."""
+        """Checkpoint the WAL and close (a lost file is not written to)."""
         with self._lock:
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if self._lost is None:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass  # a full disk: the WAL stays, SQLite replays it at the next open
             finally:
@@ -259,6 +314,7 @@ class SqliteSnapshot(SqliteStore):
             f"file:{store.path}?mode=ro", uri=True, check_same_thread=False, timeout=30.0
         )
         self._owner = store
+        self._identity, self._lost = store._identity, store._lost
 
     def quarantine(self, bad: list[tuple[int, str]]) -> None:
         """Quarantine through the owning store (this connection is read-only)."""
@@ -340,13 +396,24 @@ def _copy_store(source: Path, target: Path) -> None:
 
 
 def import_store(source: Path, directory: Path, *, replace: bool = False) -> dict[str, Any]:
-    """Restore a backup into a gallery folder (with the service stopped). Refuses to overwrite
-    a gallery that holds faces unless ``replace``; the index is rebuilt at the next start (and
-    an older backup's schema is upgraded then)."""
+    """Restore a backup into a gallery folder (with the service stopped: GalleryBusy while any
+    process holds the folder). Refuses to overwrite a gallery that holds faces unless
+    ``replace``; the index is rebuilt at the next start (and an older backup's schema is
+    upgraded then)."""
+    info = describe_store(source)
+    hold = FolderLock(directory, exclusive=True)
+    try:
+        return _replace_store(source, directory, info, replace=replace)
+    finally:
+        hold.release()
+
+
+def _replace_store(
+    source: Path, directory: Path, info: dict[str, Any], *, replace: bool
+) -> dict[str, Any]:
+    """The restore itself, folder held exclusively: the new store file, no stale index."""
     from service.gallery.index import INDEX_FILE
 
-    info = describe_store(source)
-    directory.mkdir(parents=True, exist_ok=True)
     store = directory / STORE_FILE
     if store.exists() and describe_store(store)["faces"] and not replace:
         raise InvalidRequest(
