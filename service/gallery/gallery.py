@@ -103,7 +103,13 @@ class Gallery:
         self.on_write = on_write
         self._lock = threading.RLock()  # writes, with their photos, one at a time per process
         if images is not None:
-            images.sweep(set(backend.face_ids().tolist()))
+            images.sweep(self._held_faces)
+
+    def _held_faces(self) -> set[int]:
+        """Every face id the store holds, quarantined ones included (their photos are what
+        re-enrolling or re-embedding them needs)."""
+        held = set(self.backend.face_ids().tolist())
+        return held | {q.face_id for q in self.backend.quarantined()}
 
     @property
     def model_id(self) -> str:
