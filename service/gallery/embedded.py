@@ -61,6 +61,7 @@ class EmbeddedBackend(StoreWithIndex):
         exact_below: int = 0,
         verify_on_start: bool = True,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        model_sha256: str = "",
     ) -> None:
         self._hold = FolderLock(directory, exclusive=False)  # a restore waits for us to stop
         self.directory = directory
@@ -87,6 +88,7 @@ class EmbeddedBackend(StoreWithIndex):
             raise
         try:
             self._refuse_lost_store(opened=True)
+            self.store.record_weights(model_id, model_sha256)
             if verify_on_start:
                 self.store.verify_all()
             self._load_or_rebuild()
@@ -422,6 +424,7 @@ def embedded_gallery(
     use_gpu: bool = False,
     exact_below: int = 0,
     images: ImageVault | None = None,
+    model_sha256: str = "",
 ) -> Gallery:
     """A single-process gallery (SQLite and a FAISS index file in ``directory``) without
     settings: for tools, benchmarks and tests. The service opens its gallery through
@@ -434,5 +437,6 @@ def embedded_gallery(
         search_params=search_params,
         use_gpu=use_gpu,
         exact_below=exact_below,
+        model_sha256=model_sha256,
     )
     return Gallery(backend, images=images)
