@@ -8,6 +8,7 @@ A store made by an older release is upgraded in place when it opens (versioned S
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import sqlite3
 import threading
@@ -58,31 +59,44 @@ def _full(path: Path) -> InsufficientStorage:
 _HEADER = b"SQLite format 3\x00"
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    """(device, inode) of the file a connection opened."""
-    st = path.stat()
-    return st.st_dev, st.st_ino
+class StoreFile:
+    """The store file as this process opened it, watched without disturbing SQLite: one
+    descriptor held open for the store's life (closing any descriptor of a database file drops
+    every POSIX lock this process holds on it, SQLite's included, so the file is never opened
+    and closed beside the connection)."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDONLY)
+        st = os.fstat(self._fd)
+        self.identity = (st.st_dev, st.st_ino)
 
-def _file_problem(path: Path, identity: tuple[int, int]) -> str | None:
-    """What happened to a store file on disk (None: it is the one opened, whole): deleted,
-    replaced by another file, or shorter than its own header says (truncated)."""
-    try:
-        st = path.stat()
-        with path.open("rb") as fh:
-            header = fh.read(100)
-    except FileNotFoundError:
-        return "was deleted"
-    if (st.st_dev, st.st_ino) != identity:
-        return "was replaced by another file"
-    if len(header) < 100 or not header.startswith(_HEADER):
-        return "was truncated"
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(header[28:32], "big")
-    if st.st_size < pages * page_size:
-        return "was truncated"
-    return None
+    def problem(self) -> str | None:
+        """What happened to the file on disk (None: it is the one opened, whole): deleted,
+        replaced by another file, or shorter than its own header says (truncated)."""
+        if self._fd is None:
+            return None
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return "was deleted"
+        if (st.st_dev, st.st_ino) != self.identity:
+            return "was replaced by another file"
+        header = os.pread(self._fd, 100, 0)
+        if len(header) < 100 or not header.startswith(_HEADER):
+            return "was truncated"
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        if os.fstat(self._fd).st_size < pages * page_size:
+            return "was truncated"
+        return None
+
+    def close(self) -> None:
+        """Release the descriptor (after the connection is closed)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class SqliteStore(SqlStore):
@@ -117,13 +131,14 @@ class SqliteStore(SqlStore):
                 f"the gallery store {path} cannot be read ({exc}); it is left untouched. "
                 "Restore it from a backup (marginface gallery import) or move it aside."
             ) from exc
-        self._identity = _identity(path)
+        self._file = StoreFile(path)
         self._lost: str | None = None
         try:
             self._upgrade()
             self.model_id = self._pin_model(model_id, embedding_dim)
         except BaseException:
             self._conn.close()
+            self._file.close()
             raise
 
     # ---- the file under the connection
@@ -135,7 +150,7 @@ class SqliteStore(SqlStore):
         lost; once lost, the store stays refused until the service restarts (where an empty
         store beside a non-empty index is refused too)."""
         if self._lost is None:
-            self._lost = _file_problem(self.path, self._identity)
+            self._lost = self._file.problem()
         if self._lost is not None:
             raise GalleryCorrupted(
                 f"the gallery store {self.path} {self._lost} while the service ran: writes are "
@@ -273,7 +288,7 @@ class SqliteStore(SqlStore):
         other connections (a backup reading, say): False when the checkpoint could not complete
         now, and the caller tries again later."""
         with self._lock:
-            if _file_problem(self.path, self._identity) is not None:
+            if self._file.problem() is not None:
                 return True  # a lost file: nothing to write back into it (check_file reports)
             self._conn.execute("PRAGMA busy_timeout=0")
             try:
@@ -299,6 +314,7 @@ class SqliteStore(SqlStore):
                 pass  # a full disk: the WAL stays, SQLite replays it at the next open
             finally:
                 self._conn.close()
+                self._file.close()  # only now: closing it earlier would drop SQLite's locks
 
 
 class SqliteSnapshot(SqliteStore):
@@ -314,7 +330,7 @@ class SqliteSnapshot(SqliteStore):
             f"file:{store.path}?mode=ro", uri=True, check_same_thread=False, timeout=30.0
         )
         self._owner = store
-        self._identity, self._lost = store._identity, store._lost
+        self._file, self._lost = store._file, store._lost  # the owner's descriptor
 
     def quarantine(self, bad: list[tuple[int, str]]) -> None:
         """Quarantine through the owning store (this connection is read-only)."""
