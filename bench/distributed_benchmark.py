@@ -45,15 +45,13 @@ def load(g: Gallery, vectors: np.ndarray) -> dict[str, float]:
     store, then indexed."""
     n = len(vectors)
     t = time.perf_counter()
-    g.backend.import_subjects(
-        [Subject(f"p{i}", f"Person {i}", {}, float(i)) for i in range((n + 4) // 5)]
-    )
+    g.import_subjects([Subject(f"p{i}", f"Person {i}", {}, float(i)) for i in range((n + 4) // 5)])
     for start in range(0, n, 5000):
         rows = [
             (FaceRecord(i + 1, f"p{i // 5}", MODEL, [0, 0, 1, 1], 0.9, f"h{i}", 0.0), vectors[i])
             for i in range(start, min(n, start + 5000))
         ]
-        g.backend.import_faces(rows)
+        g.import_faces(rows)
     g.flush()
     return {"load_rows_per_s": round(n / (time.perf_counter() - t))}
 
@@ -155,9 +153,6 @@ def main() -> None:
                                 "pg_total_relation_size('subjects')"
                             ).fetchone()
                         row["postgres_bytes_per_face"] = round(int(size[0]) / n)  # type: ignore[index]
-                        index = getattr(g.backend, "index", None)
-                        if hasattr(index, "drop"):
-                            index.drop()  # type: ignore[union-attr]
                     g.close()
                     print(json.dumps(row), file=sys.stderr)
                     out["results"].append(row)  # type: ignore[attr-defined]

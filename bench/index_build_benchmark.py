@@ -52,12 +52,12 @@ def main() -> None:
         g = embedded_gallery(
             Path(tmp), model_id=MODEL, embedding_dim=DIM, index_factory=args.factory
         )
-        g.backend.import_subjects([Subject(f"s{i}", "", {}, 0.0) for i in range(args.faces // 4)])
+        g.import_subjects([Subject(f"s{i}", "", {}, 0.0) for i in range(args.faces // 4)])
         for lo in range(0, args.faces, 20_000):
             n = min(20_000, args.faces - lo)
             v = rng.standard_normal((n, DIM)).astype(np.float32)
             v /= np.linalg.norm(v, axis=1, keepdims=True)
-            g.backend.import_faces(
+            g.import_faces(
                 [
                     (
                         FaceRecord(
@@ -81,7 +81,7 @@ def main() -> None:
         during: list[float] = []
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
-        g.backend.repair()  # the builder trains a fresh index beside the live one
+        g.repair_index()  # the builder trains a fresh index beside the live one
         done = threading.Event()
 
         def watch() -> None:

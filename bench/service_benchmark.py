@@ -149,14 +149,12 @@ def bench_gallery(sizes: list[int], queries: int) -> dict[str, object]:
             g = embedded_gallery(Path(tmp), model_id="bench@0", embedding_dim=128)
             start = time.perf_counter()
             # bulk load through the backend (the benchmark is about search)
-            g.backend.import_subjects(
-                [Subject(f"s{i}", f"S{i}", {}, 0.0) for i in range(size // 2)]
-            )
+            g.import_subjects([Subject(f"s{i}", f"S{i}", {}, 0.0) for i in range(size // 2)])
             for lo in range(0, size, 50_000):
                 n = min(50_000, size - lo)
                 v = rng.standard_normal((n, 128)).astype(np.float32)
                 v /= np.linalg.norm(v, axis=1, keepdims=True)
-                g.backend.import_faces(
+                g.import_faces(
                     [
                         (
                             FaceRecord(

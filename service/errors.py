@@ -330,3 +330,11 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MarginFaceError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
+
+
+class GalleryBusy(MarginFaceError):
+    """Another process holds the gallery (a running server): an operation that replaces its
+    store must not run under it."""
+
+    code = "gallery_busy"
+    status = 409

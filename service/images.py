@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -112,13 +113,26 @@ class ImageVault:
             for suffix in ("enc", "img", "tmp"):
                 (self.directory / f"{int(face_id)}.{suffix}").unlink(missing_ok=True)
 
-    def sweep(self, face_ids: set[int]) -> int:
-        """Erase every kept photo whose face is not in ``face_ids`` (what a crash between a
-        face's delete and its photo's, or another replica's delete, can leave); the count."""
+    def sweep(self, known_faces: Callable[[], set[int]]) -> int:
+        """Erase every kept photo whose face the gallery does not hold (what a crash between a
+        face's delete and its photo's, or another replica's delete, can leave); the count.
+
+        The folder is listed before the gallery is asked (``known_faces``): a photo is written
+        after its face is committed, so every photo listed belongs to a face the gallery already
+        answers for, unless that face was erased. The other order erased the photo of a face
+        another replica enrolled between the two reads."""
+        listed = [
+            (path, int(stem))
+            for path in self.directory.iterdir()
+            for stem, _, suffix in [path.name.partition(".")]
+            if suffix in ("enc", "img", "tmp") and stem.isdigit()
+        ]
+        if not listed:
+            return 0
+        known = known_faces()
         removed = 0
-        for path in self.directory.iterdir():
-            stem, _, suffix = path.name.partition(".")
-            if suffix in ("enc", "img", "tmp") and stem.isdigit() and int(stem) not in face_ids:
+        for path, face_id in listed:
+            if face_id not in known:
                 path.unlink(missing_ok=True)
                 removed += 1
         if removed:

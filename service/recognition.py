@@ -155,6 +155,7 @@ def open_gallery(
         embedding_dim=manifest.embedding_dim,
         images=images,
         on_write=on_write,
+        model_sha256=manifest.sha256,
     )
 
 

@@ -181,6 +181,10 @@ def cmd_gallery_verify(args: argparse.Namespace) -> int:
         f"({'consistent' if index['consistent'] else 'INCONSISTENT'}); "
         f"{len(report['quarantined'])} quarantined"
     ] + [f"  face {q['face_id']} of {q['subject_id']}: {q['reason']}" for q in report["quarantine"]]
+    lines += [
+        f"  {count} faces hold embeddings of {model} (kept, never compared)"
+        for model, count in report["other_models"].items()
+    ]
     emit(args, report, "\n".join(lines))
     return 0 if not report["quarantined"] and index["consistent"] else 1
 

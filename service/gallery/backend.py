@@ -125,6 +125,12 @@ class GalleryBackend(Protocol):
     def verify(self) -> list[Quarantined]:
         """Check every stored embedding now; quarantine the ones that fail; all quarantined."""
 
+    def other_models(self) -> dict[str, int]:
+        """model id -> faces stored with another model's embeddings (kept, never compared)."""
+
+    def all_face_ids(self) -> set[int]:
+        """Every stored face id, whatever its state or model."""
+
     def quarantined(self) -> list[Quarantined]:
         """Faces set aside because their stored embedding failed its check."""
 

@@ -22,8 +22,8 @@ from service.settings import GallerySettings
 if TYPE_CHECKING:
     from service.gallery.postgres import PostgresJobBoard
 
-#: opener(settings, model_id, embedding_dim, check_index) -> backend
-Opener = Callable[[GallerySettings, str, int, bool], GalleryBackend]
+#: opener(settings, model_id, embedding_dim, check_index, model_sha256) -> backend
+Opener = Callable[[GallerySettings, str, int, bool, str], GalleryBackend]
 _BACKENDS: dict[str, Opener] = {}
 
 
@@ -47,14 +47,16 @@ def open_backend(
     embedding_dim: int,
     backend: str | None = None,
     check_index: bool = True,
+    model_sha256: str = "",
 ) -> GalleryBackend:
-    """Open (or create) the configured backend (or ``backend``). ConfigError for a name that is
-    not registered."""
+    """Open (or create) the configured backend (or ``backend``); ``model_sha256``, the full
+    sha256 of the model's weights, is recorded with every face it stores. ConfigError for a
+    name that is not registered."""
     name = backend or settings.backend
     opener = _BACKENDS.get(name)
     if opener is None:
         raise ConfigError(f"unknown gallery backend {name!r}; choose one of {list_backends()}")
-    return opener(settings, model_id, embedding_dim, check_index)
+    return opener(settings, model_id, embedding_dim, check_index, model_sha256)
 
 
 def open_gallery(
@@ -66,6 +68,7 @@ def open_gallery(
     check_index: bool = True,
     images: ImageVault | None = None,
     on_write: WriteObserver | None = None,
+    model_sha256: str = "",
 ) -> Gallery:
     """The configured gallery (the one write path) over its backend. ``check_index=False``
     skips the start-up check of a shared index (the reconcile command reports it itself)."""
@@ -75,6 +78,7 @@ def open_gallery(
         embedding_dim=embedding_dim,
         backend=backend,
         check_index=check_index,
+        model_sha256=model_sha256,
     )
     try:
         return Gallery(opened, images=images, on_write=on_write)
@@ -84,7 +88,7 @@ def open_gallery(
 
 
 def _open_embedded(
-    settings: GallerySettings, model_id: str, embedding_dim: int, check_index: bool
+    settings: GallerySettings, model_id: str, embedding_dim: int, check_index: bool, sha: str
 ) -> GalleryBackend:
     from service.gallery.embedded import EmbeddedBackend
 
@@ -98,11 +102,12 @@ def _open_embedded(
         exact_below=settings.exact_below,
         verify_on_start=settings.verify_on_start,
         reserve_bytes=settings.erasure_reserve_bytes,
+        model_sha256=sha,
     )
 
 
 def _open_distributed(
-    settings: GallerySettings, model_id: str, embedding_dim: int, check_index: bool
+    settings: GallerySettings, model_id: str, embedding_dim: int, check_index: bool, sha: str
 ) -> GalleryBackend:
     from service.gallery.distributed import DistributedBackend
     from service.gallery.milvus import MilvusIndex
@@ -110,6 +115,7 @@ def _open_distributed(
 
     store = PostgresStore(postgres_dsn(settings), model_id=model_id, embedding_dim=embedding_dim)
     try:
+        store.record_weights(model_id, sha)
         index = MilvusIndex(
             settings.milvus_uri,
             model_id=store.model_id,

@@ -95,6 +95,14 @@ class StoreWithIndex(ABC):
         """face id -> (subject id, name) of existing, usable faces."""
         return self.store.owners(face_ids)
 
+    def other_models(self) -> dict[str, int]:
+        """Faces of another model, by model id."""
+        return self.store.other_models()
+
+    def all_face_ids(self) -> set[int]:
+        """Every stored face id."""
+        return self.store.all_face_ids()
+
     def quarantined(self) -> list[Quarantined]:
         """Faces set aside."""
         return self.store.quarantined()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import BackendUnavailable
+from service.errors import BackendUnavailable, GalleryCorrupted
 from service.gallery.composite import StoreWithIndex
 from service.gallery.milvus import MilvusIndex
 from service.gallery.postgres import PostgresStore
@@ -57,7 +57,18 @@ class DistributedBackend(StoreWithIndex):
             raise
 
     def _check_at_start(self) -> None:
+        """Reconcile the collection with the store, unless the store is empty while the
+        collection holds vectors: the database was emptied or replaced, and reconciling would
+        erase the last copy of every vector (GalleryCorrupted; ``marginface gallery reconcile``
+        accepts an empty store on purpose)."""
         faces = len(self.store.face_ids())
+        if faces == 0 and self.index.ntotal > 0:
+            raise GalleryCorrupted(
+                f"PostgreSQL holds no faces but the Milvus collection holds {self.index.ntotal} "
+                "vectors: the database was emptied or replaced. Nothing was changed. Restore "
+                "the database, or run `marginface gallery reconcile` to empty the collection "
+                "on purpose."
+            )
         if faces <= FULL_CHECK_FACES or self.index.ntotal != faces:
             self.reconcile()
 
@@ -133,6 +144,8 @@ class DistributedBackend(StoreWithIndex):
 
     def maintain(self) -> bool:
         """Reconcile when Milvus missed a write, seal written segments, VACUUM after deletes."""
+        erased = self.erasure_pending.is_set()
+        self.erasure_pending.clear()  # a delete from now on sets it again
         if self._dirty:
             try:
                 self.index.flush()
@@ -146,10 +159,8 @@ class DistributedBackend(StoreWithIndex):
                 self._behind = False
             except BackendUnavailable as exc:
                 log.warning("Milvus still unavailable (%s); reconcile retried later", exc)
-        if self.erasure_pending.is_set():
-            self.erasure_pending.clear()
-            if not self.store.purge_logs():
-                self.erasure_pending.set()
+        if erased and not self.store.purge_logs():
+            self.erasure_pending.set()
         return self.erasure_pending.is_set() or self._behind
 
     def wait_for_work(self, timeout_s: float) -> bool:

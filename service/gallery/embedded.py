@@ -27,11 +27,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service.errors import InsufficientStorage
+from service.errors import GalleryCorrupted, InsufficientStorage
 from service.gallery.composite import StoreWithIndex
 from service.gallery.gallery import Gallery
 from service.gallery.headroom import RESERVE_FILE, DiskReserve
 from service.gallery.index import INDEX_FILE, VectorIndex
+from service.gallery.owner import FolderLock
 from service.gallery.records import IndexCheck
 from service.gallery.sqlite import STORE_FILE, SqliteStore
 from service.images import ImageVault
@@ -60,8 +61,9 @@ class EmbeddedBackend(StoreWithIndex):
         exact_below: int = 0,
         verify_on_start: bool = True,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        model_sha256: str = "",
     ) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        self._hold = FolderLock(directory, exclusive=False)  # a restore waits for us to stop
         self.directory = directory
         self._reserve = DiskReserve(directory / RESERVE_FILE, reserve_bytes)
         self._lock = threading.RLock()
@@ -78,13 +80,21 @@ class EmbeddedBackend(StoreWithIndex):
         self._idle.set()
         self._builder: threading.Thread | None = None
         self.erasure_pending = threading.Event()
-        super().__init__(self._open_store(directory, model_id, embedding_dim))
         try:
+            self._refuse_lost_store(opened=False)
+            super().__init__(self._open_store(directory, model_id, embedding_dim))
+        except BaseException:
+            self._hold.release()
+            raise
+        try:
+            self._refuse_lost_store(opened=True)
+            self.store.record_weights(model_id, model_sha256)
             if verify_on_start:
                 self.store.verify_all()
             self._load_or_rebuild()
         except BaseException:
             self.store.close()
+            self._hold.release()
             raise
 
     def _new_index(self, embedding_dim: int) -> VectorIndex:
@@ -107,6 +117,30 @@ class EmbeddedBackend(StoreWithIndex):
             )
 
     # ---- start-up
+
+    def _refuse_lost_store(self, *, opened: bool) -> None:
+        """Refuse (GalleryCorrupted) a store that is missing, empty, or emptier and older than
+        the index saved beside it: the store file was deleted, truncated or replaced, and the
+        saved index holds the last copy of every vector; rebuilding it from an empty store
+        would overwrite that copy. Called before the store is opened (opening would create a
+        missing file) and after (an empty store that SQLite opened as new)."""
+        saved = VectorIndex.saved_state(self._index_path)
+        if saved is None or int(saved.get("count", 0)) == 0:
+            return
+        store_file = self.directory / STORE_FILE
+        if not opened:
+            lost = not store_file.is_file() or store_file.stat().st_size == 0
+        else:
+            faces = self.store.counts()[1]
+            lost = faces == 0 and self.store.generation() < int(saved.get("generation", 0))
+        if lost:
+            raise GalleryCorrupted(
+                f"the gallery store {store_file} is missing or empty, but the index saved beside "
+                f"it holds {saved['count']} vectors: the store was deleted, truncated or "
+                "replaced. Nothing was changed. Restore the store from a backup (marginface "
+                "gallery import), or move index.faiss and index.json aside to start an empty "
+                "gallery on purpose."
+            )
 
     def _load_or_rebuild(self) -> None:
         """Use the saved index if it is intact and reflects the store exactly; else rebuild."""
@@ -272,6 +306,10 @@ class EmbeddedBackend(StoreWithIndex):
         with self._lock:
             if self._stale or not self._dirty:
                 return
+            try:
+                self.store.check_file()
+            except GalleryCorrupted:
+                return  # keep the last good index: it may hold the only copy of the vectors
             if self.index.masked:  # deleted vectors still in memory must not reach the disk
                 if self._erased_since_save:
                     VectorIndex.discard(self._index_path)
@@ -302,11 +340,13 @@ class EmbeddedBackend(StoreWithIndex):
         if self.index.device_stale:
             with self._lock:
                 self.index.upload()
+        # cleared before the save: a delete that lands while it runs sets it again, so its
+        # vector leaves the file at the next pass, not at the next periodic save
+        erased = self.erasure_pending.is_set()
+        self.erasure_pending.clear()
         self._save()
-        if self.erasure_pending.is_set():
-            self.erasure_pending.clear()  # a delete from now on sets it again
-            if not self.store.purge_logs():
-                self.erasure_pending.set()
+        if erased and not self.store.purge_logs():
+            self.erasure_pending.set()
         self._reserve.ensure()
         return self.erasure_pending.is_set()
 
@@ -344,7 +384,9 @@ class EmbeddedBackend(StoreWithIndex):
         return {"replayed": len(missing), "removed": len(extra), "faces": len(stored)}
 
     def stats(self) -> dict[str, Any]:
-        """Sizes and the index in use, for /readyz."""
+        """Sizes and the index in use, for /readyz; GalleryCorrupted (not ready) when the store
+        file was lost under the service."""
+        self.store.check_file()
         subjects, faces = self.store.counts()
         return {
             "backend": "embedded",
@@ -369,6 +411,7 @@ class EmbeddedBackend(StoreWithIndex):
             self.maintain()
         finally:
             self.store.close()
+            self._hold.release()
 
 
 def embedded_gallery(
@@ -381,6 +424,7 @@ def embedded_gallery(
     use_gpu: bool = False,
     exact_below: int = 0,
     images: ImageVault | None = None,
+    model_sha256: str = "",
 ) -> Gallery:
     """A single-process gallery (SQLite and a FAISS index file in ``directory``) without
     settings: for tools, benchmarks and tests. The service opens its gallery through
@@ -393,5 +437,6 @@ def embedded_gallery(
         search_params=search_params,
         use_gpu=use_gpu,
         exact_below=exact_below,
+        model_sha256=model_sha256,
     )
     return Gallery(backend, images=images)

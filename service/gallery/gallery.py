@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,26 +99,31 @@ class Gallery:
         images: ImageVault | None = None,
         on_write: WriteObserver | None = None,
     ) -> None:
-        self.backend = backend
+        self._backend = backend  # private: every write goes through this class
         self.images = images
         self.on_write = on_write
         self._lock = threading.RLock()  # writes, with their photos, one at a time per process
         if images is not None:
-            images.sweep(set(backend.face_ids().tolist()))
+            images.sweep(self._held_faces)
+
+    def _held_faces(self) -> set[int]:
+        """Every face id the store holds, quarantined ones and other models' included (their
+        photos are what re-enrolling or re-embedding them needs)."""
+        return self._backend.all_face_ids()
 
     @property
     def model_id(self) -> str:
         """The embedding model this gallery is pinned to."""
-        return self.backend.model_id
+        return self._backend.model_id
 
     @property
     def embedding_dim(self) -> int:
         """The size of its embeddings."""
-        return self.backend.embedding_dim
+        return self._backend.embedding_dim
 
     def check_model(self, model_id: str) -> None:
         """Raise ModelMismatch unless embeddings of ``model_id`` belong here."""
-        self.backend.check_model(model_id)
+        self._backend.check_model(model_id)
 
     def _wrote(self, action: str, **targets: Any) -> None:
         if self.on_write is not None:
@@ -132,19 +137,19 @@ class Gallery:
         check_subject_id(subject_id)
         check_servable(subject_id, name, metadata)
         with self._lock:
-            subject = self.backend.create_subject(subject_id, name, metadata)
+            subject = self._backend.create_subject(subject_id, name, metadata)
         self._wrote("subject_created", subject_id=subject_id)
         return subject
 
     def get_subject(self, subject_id: str) -> Subject:
         """One subject; SubjectNotFound, InvalidSubjectId."""
-        return self.backend.get_subject(check_subject_id(subject_id))
+        return self._backend.get_subject(check_subject_id(subject_id))
 
     def list_subjects(
         self, offset: int, limit: int, search: str | None = None
     ) -> tuple[list[Subject], int]:
         """A page of subjects and the total."""
-        return self.backend.list_subjects(offset, limit, search)
+        return self._backend.list_subjects(offset, limit, search)
 
     def update_subject(
         self, subject_id: str, name: str | None, metadata: dict[str, Any] | None
@@ -153,7 +158,7 @@ class Gallery:
         check_subject_id(subject_id)
         check_servable(subject_id, name, metadata)
         with self._lock:
-            subject = self.backend.update_subject(subject_id, name, metadata)
+            subject = self._backend.update_subject(subject_id, name, metadata)
         self._wrote("subject_updated", subject_id=subject_id)
         return subject
 
@@ -166,7 +171,7 @@ class Gallery:
         looked up as it is, not checked against the rule: an id an earlier release let in
         (a job's ``name\\n``) can still be erased."""
         with self._lock:
-            face_ids = self.backend.delete_subject(subject_id)
+            face_ids = self._backend.delete_subject(subject_id)
             if self.images is not None:
                 self.images.delete(face_ids)
         self._wrote("subject_deleted", subject_id=subject_id, face_ids=face_ids)
@@ -191,7 +196,7 @@ class Gallery:
         check_subject_id(subject_id)
         self.check_model(model_id)
         with self._lock:
-            results = self.backend.add_faces(subject_id, faces, create_name=create_name)
+            results = self._backend.add_faces(subject_id, faces, create_name=create_name)
             if self.images is not None and photos is not None:
                 created = [
                     (fid, data) for (fid, new), data in zip(results, photos, strict=True) if new
@@ -201,7 +206,7 @@ class Gallery:
                         self.images.put(fid, data)
                 except BaseException:
                     for fid, _ in created:  # all or nothing: the faces go with their photos
-                        self.backend.delete_face(fid)
+                        self._backend.delete_face(fid)
                     self.images.delete([fid for fid, _ in created])
                     raise
         self._wrote("faces_added", subject_id=subject_id, face_ids=[f for f, c in results if c])
@@ -224,14 +229,14 @@ class Gallery:
         if not items:
             return []
         with self._lock:
-            results = self.backend.add_faces_many(items, creatable=creatable)
+            results = self._backend.add_faces_many(items, creatable=creatable)
         self._wrote("faces_added", face_ids=[fid for _, fid, c in results if c and fid is not None])
         return results
 
     def delete_face(self, face_id: int) -> str:
         """Erase one face and its kept photo; its subject id. FaceNotFound."""
         with self._lock:
-            subject_id = self.backend.delete_face(face_id)
+            subject_id = self._backend.delete_face(face_id)
             if self.images is not None:
                 self.images.delete([face_id])
         self._wrote("face_deleted", subject_id=subject_id, face_id=face_id)
@@ -239,19 +244,24 @@ class Gallery:
 
     def list_faces(self, subject_id: str) -> list[FaceRecord]:
         """The faces of one subject; InvalidSubjectId."""
-        return self.backend.list_faces(check_subject_id(subject_id))
+        return self._backend.list_faces(check_subject_id(subject_id))
+
+    def face_owner(self, face_id: int) -> str | None:
+        """The subject id a usable face belongs to, or None."""
+        found = self._backend.owners([face_id]).get(face_id)
+        return found[0] if found else None
 
     def known_images(self) -> set[tuple[str, str]]:
         """(subject id, image sha256) of every enrolled face."""
-        return self.backend.known_images()
+        return self._backend.known_images()
 
     def existing_subjects(self, subject_ids: list[str]) -> set[str]:
         """Which of these subject ids exist now."""
-        return self.backend.existing_subjects(subject_ids)
+        return self._backend.existing_subjects(subject_ids)
 
     def counts(self) -> tuple[int, int]:
         """(subjects, faces)."""
-        return self.backend.counts()
+        return self._backend.counts()
 
     def face_photo(self, face_id: int) -> bytes:
         """The kept photo of a face; FaceNotFound when photos are not kept or this one is not."""
@@ -278,9 +288,9 @@ class Gallery:
         todo = list(range(len(queries)))
         k = top_k * 4 + 8
         while todo:
-            reachable = self.backend.searchable()
-            scores, ids = self.backend.search(queries[todo], k)
-            owners = self.backend.owners(sorted({int(i) for i in ids.ravel() if i >= 0}))
+            reachable = self._backend.searchable()
+            scores, ids = self._backend.search(queries[todo], k)
+            owners = self._backend.owners(sorted({int(i) for i in ids.ravel() if i >= 0}))
             again = []
             for row, q in enumerate(todo):
                 ranked = self._rank(scores[row], ids[row], owners, top_k)
@@ -313,7 +323,7 @@ class Gallery:
                 best[sid] = Candidate(sid, name, int(fid), value)
         if corrupt:
             log.error("the index returned scores no unit vectors can have: rebuilding it")
-            self.backend.repair()
+            self._backend.repair()
         return sorted(best.values(), key=lambda c: -c.score)[:top_k]
 
     def subject_embeddings(
@@ -323,15 +333,49 @@ class Gallery:
         InvalidSubjectId."""
         check_subject_id(subject_id)
         self.check_model(model_id)
-        self.backend.get_subject(subject_id)
-        return self.backend.embeddings_of(subject_id)
+        self._backend.get_subject(subject_id)
+        return self._backend.embeddings_of(subject_id)
+
+    # ---- copying a gallery (backend migration, bulk loads of benchmarks)
+
+    def face_ids(self) -> np.ndarray:
+        """Every usable face id, sorted."""
+        return self._backend.face_ids()
+
+    def iter_subjects(self, batch: int) -> Iterator[list[Subject]]:
+        """Every subject, in pages."""
+        return self._backend.iter_subjects(batch)
+
+    def iter_faces(self, batch: int) -> Iterator[list[tuple[FaceRecord, np.ndarray]]]:
+        """Every face with its stored embedding, in id order, in pages."""
+        return self._backend.iter_faces(batch)
+
+    def import_subjects(self, subjects: list[Subject]) -> None:
+        """Insert subjects as they are (ids and creation times kept): a copy of another
+        gallery. SubjectExists-like integrity errors when one is already here."""
+        with self._lock:
+            self._backend.import_subjects(subjects)
+        self._wrote("subjects_imported", subject_ids=[s.id for s in subjects])
+
+    def import_faces(self, faces: list[tuple[FaceRecord, np.ndarray]]) -> None:
+        """Insert faces as they are (face ids kept) and index them: a copy of another gallery
+        of the same model (ModelMismatch otherwise)."""
+        for record, _ in faces[:1]:
+            self.check_model(record.model_id)
+        with self._lock:
+            self._backend.import_faces(faces)
+        self._wrote("faces_imported", face_ids=[f.id for f, _ in faces])
+
+    def repair_index(self) -> None:
+        """Rebuild the index from the store off the request path (searches keep the live one)."""
+        self._backend.repair()
 
     # ---- integrity and upkeep
 
     def integrity(self) -> dict[str, Any]:
         """Quarantined faces and how the index compares with the store."""
-        check = self.backend.check_index()
-        quarantined: list[Quarantined] = self.backend.quarantined()
+        check = self._backend.check_index()
+        quarantined: list[Quarantined] = self._backend.quarantined()
         return {
             "quarantined": [q.face_id for q in quarantined],
             "quarantine": [
@@ -345,34 +389,35 @@ class Gallery:
                 "extra": check.extra,
                 "consistent": check.consistent,
             },
+            "other_models": self._backend.other_models(),
         }
 
     def verify(self) -> dict[str, Any]:
         """Check every stored embedding now, then report (``marginface gallery verify``)."""
-        self.backend.verify()
+        self._backend.verify()
         return self.integrity()
 
     def reconcile(self) -> dict[str, int]:
         """Bring the index in line with the store."""
-        return self.backend.reconcile()
+        return self._backend.reconcile()
 
     def stats(self) -> dict[str, Any]:
         """Sizes for /readyz."""
-        return self.backend.stats()
+        return self._backend.stats()
 
     def wait_for_work(self, timeout_s: float) -> bool:
         """Block until upkeep is due (an erasure to push to disk) or the timeout passes; True
         when it is due."""
-        return self.backend.wait_for_work(timeout_s)
+        return self._backend.wait_for_work(timeout_s)
 
     def wait_until_indexed(self, timeout_s: float) -> bool:
         """Block until no index build is pending; False on timeout."""
-        return self.backend.wait_until_indexed(timeout_s)
+        return self._backend.wait_until_indexed(timeout_s)
 
     def flush(self) -> bool:
         """Upkeep now (persist the index, purge erased rows from logs); True when more is due."""
-        return self.backend.maintain()
+        return self._backend.maintain()
 
     def close(self) -> None:
         """Persist and release everything."""
-        self.backend.close()
+        self._backend.close()

@@ -334,6 +334,7 @@ class VectorIndex:
             "factory": self.factory,
             "active_factory": self.active_factory,
             "dim": self.dim,
+            "count": int((frozen if frozen is not None else self._index).ntotal),
             "sha256": _sha256(tmp),
         }
         meta_path = path.with_suffix(".json")
@@ -347,6 +348,22 @@ class VectorIndex:
         meta_path.unlink(missing_ok=True)  # never a side file that vouches for another index
         tmp.replace(path)
         meta_tmp.replace(meta_path)
+
+    @staticmethod
+    def saved_state(path: Path) -> dict[str, Any] | None:
+        """What a saved index says of itself (generation, digest, ``count`` of vectors), without
+        loading it; None when there is none. A file from before ``count`` was recorded is read
+        to count it."""
+        meta_path = path.with_suffix(".json")
+        if not path.is_file() or not meta_path.is_file():
+            return None
+        try:
+            meta = dict(json.loads(meta_path.read_text()))
+            if "count" not in meta:
+                meta["count"] = int(faiss.read_index(str(path)).ntotal)
+        except Exception:  # unreadable: it proves nothing either way
+            return None
+        return meta
 
     @staticmethod
     def discard(path: Path) -> None:

@@ -30,6 +30,8 @@ class FaceRecord:
     det_score: float
     image_sha256: str
     created_at: float
+    #: the full sha256 of the weights that made its embedding ("" where not recorded)
+    model_sha256: str = ""
 
 
 @dataclass(frozen=True)

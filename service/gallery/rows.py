@@ -22,7 +22,7 @@ SUBJECT_COLUMNS = (
     "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id)"
 )
 #: the face columns every read of FaceRecords selects, in this order (then the embedding)
-FACE_COLUMNS = "id, subject_id, model_id, box, det_score, image_sha256, created_at"
+FACE_COLUMNS = "id, subject_id, model_id, box, det_score, image_sha256, created_at, model_sha256"
 #: what a verified read of embeddings selects
 VECTOR_COLUMNS = "id, subject_id, image_sha256, embedding, checksum"
 #: a stored embedding is a unit vector (the gallery compares by inner product = cosine)
@@ -80,12 +80,14 @@ def subject(row: Sequence[Any]) -> Subject:
 
 def face(row: Sequence[Any]) -> FaceRecord:
     """The FACE_COLUMNS of a row -> FaceRecord."""
-    return FaceRecord(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6])
+    return FaceRecord(
+        row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], str(row[7] or "")
+    )
 
 
 def face_with_embedding(row: Sequence[Any]) -> tuple[FaceRecord, np.ndarray]:
     """FACE_COLUMNS then the embedding blob -> (FaceRecord, vector)."""
-    return face(row), np.frombuffer(bytes(row[7]), dtype=np.float32).copy()
+    return face(row), np.frombuffer(bytes(row[8]), dtype=np.float32).copy()
 
 
 def subject_values(s: Subject) -> tuple[Any, ...]:
@@ -105,24 +107,28 @@ def embedding_bytes(vector: np.ndarray, dim: int) -> bytes:
 
 
 def new_face_values(
-    subject_id: str, new: NewFace, *, model_id: str, dim: int, now: float
+    subject_id: str, new: NewFace, *, model_id: str, model_sha256: str, dim: int, now: float
 ) -> tuple[Any, ...]:
-    """Values for INSERT INTO faces(subject_id, embedding, model_id, box, det_score,
-    image_sha256, created_at, checksum); refuses an embedding of the wrong size or norm."""
+    """Values for INSERT INTO faces(subject_id, embedding, model_id, model_sha256, box,
+    det_score, image_sha256, created_at, checksum); refuses an embedding of the wrong size or
+    norm."""
     blob = embedding_bytes(new.embedding, dim)
     box = json.dumps([round(v, 2) for v in new.box])
     check = checksum(subject_id, new.image_sha256, blob)
-    return (subject_id, blob, model_id, box, new.det_score, new.image_sha256, now, check)
+    return (
+        subject_id, blob, model_id, model_sha256, box, new.det_score, new.image_sha256, now, check
+    )  # fmt: skip
 
 
 def imported_face_values(f: FaceRecord, vector: np.ndarray, dim: int) -> tuple[Any, ...]:
-    """Values for INSERT INTO faces(id, subject_id, embedding, model_id, box, det_score,
-    image_sha256, created_at, checksum): a face copied as it is, id included."""
+    """Values for INSERT INTO faces(id, subject_id, embedding, model_id, model_sha256, box,
+    det_score, image_sha256, created_at, checksum): a face copied as it is, id included."""
     blob = embedding_bytes(vector, dim)
     box = json.dumps(f.box)
     check = checksum(f.subject_id, f.image_sha256, blob)
     return (
-        f.id, f.subject_id, blob, f.model_id, box, f.det_score, f.image_sha256, f.created_at, check
+        f.id, f.subject_id, blob, f.model_id, f.model_sha256, box, f.det_score, f.image_sha256,
+        f.created_at, check,
     )  # fmt: skip
 
 

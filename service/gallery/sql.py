@@ -69,6 +69,8 @@ class SqlStore(ABC):
     backfills: ClassVar[dict[int, Callable[[Cursor, Callable[[str], str]], None]]] = {}
     embedding_dim: int
     model_id: str
+    #: the full sha256 of the gallery's model's weights ("" until a service of it opens it)
+    model_sha256: str = ""
     #: told the ids of faces just quarantined (the backend takes them out of its index)
     on_quarantine: Callable[[list[int]], None] | None = None
 
@@ -233,12 +235,17 @@ class SqlStore(ABC):
     ) -> tuple[int, bool, str]:
         """Insert unless this image is already enrolled for the subject; (id, created, checksum)."""
         values = rows.new_face_values(
-            subject_id, face, model_id=self.model_id, dim=self.embedding_dim, now=now
+            subject_id,
+            face,
+            model_id=self.model_id,
+            model_sha256=self.model_sha256,
+            dim=self.embedding_dim,
+            now=now,
         )
         row = cur.execute(
             self._q(
-                "INSERT INTO faces(subject_id, embedding, model_id, box, det_score, image_sha256, "
-                "created_at, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO faces(subject_id, embedding, model_id, model_sha256, box, det_score, "
+                "image_sha256, created_at, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (subject_id, image_sha256) DO NOTHING RETURNING id"
             ),
             values,
@@ -349,13 +356,22 @@ class SqlStore(ABC):
             self.quarantine(bad)
         return ids, vecs
 
-    _USABLE = "NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.face_id = faces.id)"
+    @property
+    def _usable(self) -> str:
+        """The faces a search may compare: not quarantined, and embedded by the gallery's own
+        model (a row of another model is kept and reported, never compared). The model id is
+        the gallery's own pin (a manifest's name@sha), quoted as a SQL literal."""
+        model = self.model_id.replace("'", "''")
+        return (
+            "NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.face_id = faces.id) "
+            f"AND faces.model_id = '{model}'"
+        )
 
     def embeddings_of(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(face ids, embeddings) of one subject's usable faces (verified)."""
         return self._verified(
             self._read(
-                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE subject_id=? AND {self._USABLE} "
+                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE subject_id=? AND {self._usable} "
                 "ORDER BY id",
                 (subject_id,),
             )
@@ -368,7 +384,7 @@ class SqlStore(ABC):
             chunk = face_ids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             found += self._read(
-                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE id IN ({marks}) AND {self._USABLE}",
+                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE id IN ({marks}) AND {self._usable}",
                 chunk,
             )
         found.sort(key=lambda r: r[0])
@@ -382,7 +398,7 @@ class SqlStore(ABC):
         last = -(2**63)
         while True:
             page = self._read(
-                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE id > ? AND {self._USABLE} "
+                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE id > ? AND {self._usable} "
                 "ORDER BY id LIMIT ?",
                 (last, _PAGE),
             )
@@ -398,7 +414,7 @@ class SqlStore(ABC):
 
     def face_ids(self) -> np.ndarray:
         """Every usable face id, sorted (what reconcile compares the index with)."""
-        found = self._read(f"SELECT id FROM faces WHERE {self._USABLE} ORDER BY id")
+        found = self._read(f"SELECT id FROM faces WHERE {self._usable} ORDER BY id")
         return np.array([r[0] for r in found], dtype=np.int64)
 
     def owners(self, face_ids: list[int]) -> dict[int, tuple[str, str]]:
@@ -411,11 +427,39 @@ class SqlStore(ABC):
             for r in self._read(
                 "SELECT faces.id, s.id, s.name FROM faces "
                 "JOIN subjects s ON s.id = faces.subject_id "
-                f"WHERE faces.id IN ({marks}) AND {self._USABLE}",
+                f"WHERE faces.id IN ({marks}) AND {self._usable}",
                 chunk,
             ):
                 out[int(r[0])] = (str(r[1]), str(r[2]))
         return out
+
+    def record_weights(self, model_id: str, model_sha256: str) -> None:
+        """Remember the full sha256 of the gallery's model's weights, once a service of that
+        model opens it, and give it to the rows stored before it was recorded."""
+        if not model_sha256 or model_id != self.model_id:
+            return
+        self.model_sha256 = model_sha256
+        if self._one("SELECT 1 FROM faces WHERE model_id=? AND model_sha256='' LIMIT 1",
+                     (model_id,)) is None:  # fmt: skip
+            return
+        with self._transaction() as cur:
+            cur.execute(
+                self._q("UPDATE faces SET model_sha256=? WHERE model_id=? AND model_sha256=''"),
+                (model_sha256, model_id),
+            )
+
+    def other_models(self) -> dict[str, int]:
+        """model id -> faces stored with embeddings of another model than the gallery's
+        (kept, never compared)."""
+        found = self._read(
+            "SELECT model_id, COUNT(*) FROM faces WHERE model_id <> ? GROUP BY model_id",
+            (self.model_id,),
+        )
+        return {str(r[0]): int(r[1]) for r in found}
+
+    def all_face_ids(self) -> set[int]:
+        """Every stored face id, whatever its state or model (what kept face data belongs to)."""
+        return {int(r[0]) for r in self._read("SELECT id FROM faces")}
 
     def counts(self) -> tuple[int, int]:
         """(subjects, faces)."""
@@ -461,7 +505,7 @@ class SqlStore(ABC):
         last = -(2**63)
         while True:
             page = self._read(
-                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE id > ? AND {self._USABLE} "
+                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE id > ? AND {self._usable} "
                 "ORDER BY id LIMIT ?",
                 (last, _PAGE),
             )
@@ -506,8 +550,9 @@ class SqlStore(ABC):
         with self._transaction() as cur:
             cur.executemany(
                 self._q(
-                    "INSERT INTO faces(id, subject_id, embedding, model_id, box, det_score, "
-                    "image_sha256, created_at, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO faces(id, subject_id, embedding, model_id, model_sha256, box, "
+                    "det_score, image_sha256, created_at, checksum) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 values,
             )

@@ -8,6 +8,7 @@ A store made by an older release is upgraded in place when it opens (versioned S
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import sqlite3
 import threading
@@ -23,6 +24,7 @@ from service.errors import (
     SchemaOutdated,
 )
 from service.gallery import rows
+from service.gallery.owner import FolderLock
 from service.gallery.sql import Cursor, SqlStore, backfill_checksums, migrations, statements
 
 STORE_FILE = "gallery.sqlite3"
@@ -52,6 +54,49 @@ def _full(path: Path) -> InsufficientStorage:
         f"the disk holding the gallery ({path.parent}) is full: nothing was written; free "
         "space and retry (deletes still work)"
     )
+
+
+_HEADER = b"SQLite format 3\x00"
+
+
+class StoreFile:
+    """The store file as this process opened it, watched without disturbing SQLite: one
+    descriptor held open for the store's life (closing any descriptor of a database file drops
+    every POSIX lock this process holds on it, SQLite's included, so the file is never opened
+    and closed beside the connection)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDONLY)
+        st = os.fstat(self._fd)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def problem(self) -> str | None:
+        """What happened to the file on disk (None: it is the one opened, whole): deleted,
+        replaced by another file, or shorter than its own header says (truncated)."""
+        if self._fd is None:
+            return None
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return "was deleted"
+        if (st.st_dev, st.st_ino) != self.identity:
+            return "was replaced by another file"
+        header = os.pread(self._fd, 100, 0)
+        if len(header) < 100 or not header.startswith(_HEADER):
+            return "was truncated"
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        if os.fstat(self._fd).st_size < pages * page_size:
+            return "was truncated"
+        return None
+
+    def close(self) -> None:
+        """Release the descriptor (after the connection is closed)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class SqliteStore(SqlStore):
@@ -86,12 +131,32 @@ class SqliteStore(SqlStore):
                 f"the gallery store {path} cannot be read ({exc}); it is left untouched. "
                 "Restore it from a backup (marginface gallery import) or move it aside."
             ) from exc
+        self._file = StoreFile(path)
+        self._lost: str | None = None
         try:
             self._upgrade()
             self.model_id = self._pin_model(model_id, embedding_dim)
         except BaseException:
             self._conn.close()
+            self._file.close()
             raise
+
+    # ---- the file under the connection
+
+    def check_file(self) -> None:
+        """Raise GalleryCorrupted when the store file this connection opened is gone, replaced
+        or truncated on disk. SQLite keeps writing to an unlinked file and answers from its
+        cache over a truncated one, so without this check writes would be acknowledged and
+        lost; once lost, the store stays refused until the service restarts (where an empty
+        store beside a non-empty index is refused too)."""
+        if self._lost is None:
+            self._lost = self._file.problem()
+        if self._lost is not None:
+            raise GalleryCorrupted(
+                f"the gallery store {self.path} {self._lost} while the service ran: writes are "
+                "refused (they would be lost). Stop the service, then restore the store from a "
+                "backup (marginface gallery import); index.faiss still holds the vectors."
+            )
 
     # ---- dialect hooks
 
@@ -99,6 +164,7 @@ class SqliteStore(SqlStore):
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
         """An immediate (write-locking) transaction that commits or rolls back as a whole."""
         with self._lock, self._errors():
+            self.check_file()
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -126,6 +192,7 @@ class SqliteStore(SqlStore):
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock, self._errors():
+            self.check_file()  # a lost file answers stale rows or errors: neither is served
             return self._conn.execute(sql, list(args)).fetchall()
 
     def _bump(self, cur: Cursor) -> None:
@@ -221,6 +288,8 @@ class SqliteStore(SqlStore):
         other connections (a backup reading, say): False when the checkpoint could not complete
         now, and the caller tries again later."""
         with self._lock:
+            if self._file.problem() is not None:
+                return True  # a lost file: nothing to write back into it (check_file reports)
             self._conn.execute("PRAGMA busy_timeout=0")
             try:
                 busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -236,14 +305,16 @@ class SqliteStore(SqlStore):
         return SqliteSnapshot(self)
 
     def close(self) -> None:
-        """Checkpoint the WAL and close."""
+        """Checkpoint the WAL and close (a lost file is not written to)."""
         with self._lock:
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if self._lost is None:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass  # a full disk: the WAL stays, SQLite replays it at the next open
             finally:
                 self._conn.close()
+                self._file.close()  # only now: closing it earlier would drop SQLite's locks
 
 
 class SqliteSnapshot(SqliteStore):
@@ -259,6 +330,7 @@ class SqliteSnapshot(SqliteStore):
             f"file:{store.path}?mode=ro", uri=True, check_same_thread=False, timeout=30.0
         )
         self._owner = store
+        self._file, self._lost = store._file, store._lost  # the owner's descriptor
 
     def quarantine(self, bad: list[tuple[int, str]]) -> None:
         """Quarantine through the owning store (this connection is read-only)."""
@@ -349,13 +421,24 @@ def _copy_store(source: Path, target: Path) -> None:
 
 
 def import_store(source: Path, directory: Path, *, replace: bool = False) -> dict[str, Any]:
-    """Restore a backup into a gallery folder (with the service stopped). Refuses to overwrite
-    a gallery that holds faces unless ``replace``; the index is rebuilt at the next start (and
-    an older backup's schema is upgraded then)."""
+    """Restore a backup into a gallery folder (with the service stopped: GalleryBusy while any
+    process holds the folder). Refuses to overwrite a gallery that holds faces unless
+    ``replace``; the index is rebuilt at the next start (and an older backup's schema is
+    upgraded then)."""
+    info = describe_store(source)
+    hold = FolderLock(directory, exclusive=True)
+    try:
+        return _replace_store(source, directory, info, replace=replace)
+    finally:
+        hold.release()
+
+
+def _replace_store(
+    source: Path, directory: Path, info: dict[str, Any], *, replace: bool
+) -> dict[str, Any]:
+    """The restore itself, folder held exclusively: the new store file, no stale index."""
     from service.gallery.index import INDEX_FILE
 
-    info = describe_store(source)
-    directory.mkdir(parents=True, exist_ok=True)
     store = directory / STORE_FILE
     if store.exists() and describe_store(store)["faces"] and not replace:
         raise InvalidRequest(

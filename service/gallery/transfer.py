@@ -38,11 +38,11 @@ def copy_gallery(source: Gallery, target: Gallery, *, batch: int = 2000) -> dict
         )
     started = time.monotonic()
     copied_subjects = copied_faces = 0
-    for page in source.backend.iter_subjects(batch):
-        target.backend.import_subjects(page)
+    for page in source.iter_subjects(batch):
+        target.import_subjects(page)
         copied_subjects += len(page)
-    for rows in source.backend.iter_faces(batch):
-        target.backend.import_faces(rows)  # indexed as they are copied
+    for rows in source.iter_faces(batch):
+        target.import_faces(rows)  # indexed as they are copied
         copied_faces += len(rows)
         log.info("copied %d faces", copied_faces)
     target.flush()
@@ -60,7 +60,7 @@ def compare_galleries(
     so it is a near neighbour, not the stored vector) through both: same subjects, same faces,
     scores within 1e-4. Returns the figures and the probes that differ."""
     src_counts, dst_counts = source.counts(), target.counts()
-    ids = source.backend.face_ids()
+    ids = source.face_ids()
     rng = np.random.default_rng(seed)
     sample = sorted(rng.choice(ids, size=min(probes, len(ids)), replace=False).tolist())
     vectors = _vectors_of(source, sample)
@@ -101,7 +101,7 @@ def _vectors_of(gallery: Gallery, face_ids: list[int]) -> np.ndarray:
     """The stored embeddings of these faces, in the order given."""
     wanted = set(face_ids)
     found: dict[int, np.ndarray] = {}
-    for page in gallery.backend.iter_faces(2000):
+    for page in gallery.iter_faces(2000):
         for record, vector in page:
             if record.id in wanted:
                 found[record.id] = vector

@@ -90,7 +90,7 @@ def clustered_gallery(g: Gallery, subjects: int, per_subject: int, seed: int = 0
     """Bulk-load people whose faces cluster around a centre (like real embeddings do)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((subjects, DIM)).astype(np.float32)
-    g.backend.import_subjects(
+    g.import_subjects(
         [Subject(f"p{i:05d}", f"Person {i}", {"i": i}, 1000.0 + i) for i in range(subjects)]
     )
     rows = []
@@ -103,7 +103,7 @@ def clustered_gallery(g: Gallery, subjects: int, per_subject: int, seed: int = 0
             )
             rows.append((face, v))
     for start in range(0, len(rows), 5000):
-        g.backend.import_faces(rows[start : start + 5000])  # indexed as they are imported
+        g.import_faces(rows[start : start + 5000])  # indexed as they are imported
     g.flush()
 
 
@@ -132,11 +132,11 @@ def test_migrate_round_trips_10k_faces_with_identical_searches(
     a = embedded_gallery(source_dir, model_id=MODEL, embedding_dim=DIM)
     b = embedded_gallery(back_dir, model_id=MODEL, embedding_dim=DIM)
     try:  # the round trip kept everything: subjects, metadata, face ids, embeddings bit for bit
-        assert [s for p in a.backend.iter_subjects(500) for s in p] == [
-            s for p in b.backend.iter_subjects(500) for s in p
+        assert [s for p in a.iter_subjects(500) for s in p] == [
+            s for p in b.iter_subjects(500) for s in p
         ]
-        ids_a, vecs_a, _ = a.backend.store.all_embeddings()  # type: ignore[attr-defined]
-        ids_b, vecs_b, _ = b.backend.store.all_embeddings()  # type: ignore[attr-defined]
+        ids_a, vecs_a, _ = a._backend.store.all_embeddings()  # type: ignore[attr-defined]
+        ids_b, vecs_b, _ = b._backend.store.all_embeddings()  # type: ignore[attr-defined]
         np.testing.assert_array_equal(ids_a, ids_b)
         assert vecs_a.tobytes() == vecs_b.tobytes()
         probes = vecs_a[::97] + 0.01
@@ -183,7 +183,7 @@ def test_reconcile_command_repairs_the_shared_index(distributed: Distributed) ->
     settings = GallerySettings(**distributed.settings())
     g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
     clustered_gallery(g, subjects=20, per_subject=3)
-    g.backend.index.remove([1, 2, 3, 4])  # type: ignore[attr-defined]  # a lost index write
+    g._backend.index.remove([1, 2, 3, 4])  # type: ignore[attr-defined]  # a lost index write
     g.close()
     r = cli("gallery", "reconcile", "--json", env=distributed.env())
     assert r.returncode == 0, r.stderr
@@ -227,8 +227,8 @@ def test_an_enrollment_milvus_missed_is_acknowledged_then_replayed(
             if not g.flush():  # client's first calls after the outage fail while it reconnects
                 break
             time.sleep(0.5)
-        ids, vectors, _ = g.backend.store.all_embeddings()  # type: ignore[attr-defined]
-        index_ids, index_vectors = g.backend.index.vectors()  # type: ignore[attr-defined]
+        ids, vectors, _ = g._backend.store.all_embeddings()  # type: ignore[attr-defined]
+        index_ids, index_vectors = g._backend.index.vectors()  # type: ignore[attr-defined]
         np.testing.assert_array_equal(ids, index_ids)
         np.testing.assert_allclose(vectors, index_vectors, atol=1e-6)
         (top,) = g.search(v[1:], top_k=1, model_id=MODEL)
@@ -308,8 +308,8 @@ def test_erasure_reaches_postgres_and_milvus(
         GallerySettings(**distributed.settings()), model_id="x", embedding_dim=1
     )
     try:
-        index: Any = g.backend.index  # type: ignore[attr-defined]
-        assert not set(powell_ids) & set(g.backend.face_ids().tolist())
+        index: Any = g._backend.index  # type: ignore[attr-defined]
+        assert not set(powell_ids) & set(g.face_ids().tolist())
         assert not set(powell_ids) & set(index.ids().tolist())
         assert len(index.ids()) == 1  # blair's face stays
     finally:

@@ -105,7 +105,7 @@ class FaceCollection:
         """The subject a face belongs to; FaceNotFound."""
         from service.errors import FaceNotFound
 
-        owners = self.gallery.backend.owners([face_id])
-        if face_id not in owners:
+        subject_id = self.gallery.face_owner(face_id)
+        if subject_id is None:
             raise FaceNotFound(f"no example with image id for face {face_id}")
-        return self.gallery.get_subject(owners[face_id][0])
+        return self.gallery.get_subject(subject_id)
