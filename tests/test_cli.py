@@ -14,7 +14,11 @@ CLI = [sys.executable, "-m", "service.cli"]
 
 
 def run(*args: str, gallery: Path | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [*CLI, *args, "--models-dir", str(ROOT / "models"), "--device", "cpu"]
+    cmd = [*CLI, *args]
+    if args[0] not in ("keys", "db", "--help"):
+        cmd += ["--models-dir", str(ROOT / "models")]
+    if args[0] not in ("keys", "db", "models", "gallery", "--help"):  # no model runs there
+        cmd += ["--device", "cpu"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
@@ -107,3 +111,32 @@ def test_cluster_groups_a_nested_tree_and_follows_no_link(tmp_path: Path) -> Non
     assert 0.3 < out["threshold"] < 0.6
     bad = run("cluster", str(tmp_path / "photos"), "--json", "--far", "1e-12")
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["code"] == "invalid_request"
+
+
+def test_the_help_is_written_for_users() -> None:
+    """`marginface --help` once showed a developer docstring with RST backticks, 39 options and
+    arguments had no help, and --device / --models-dir were offered where they mean nothing."""
+    import argparse
+
+    from service.cli import build_parser
+
+    top = run("--help")
+    assert top.returncode == 0 and "``" not in top.stdout, top.stdout
+    missing, offered = [], {}
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}".strip())
+            elif not isinstance(action, argparse._HelpAction):
+                if not action.help:
+                    missing.append(f"{path} {action.option_strings or action.dest}")
+                for option in action.option_strings:
+                    offered.setdefault(option, set()).add(path)
+
+    walk(build_parser(), "")
+    assert not missing, missing
+    no_model = {"keys create", "keys list", "keys revoke", "keys images-key", "db upgrade"}
+    assert not no_model & offered["--device"] and not no_model & offered["--models-dir"]
+    assert {"serve", "identify", "index", "cluster", "eval lfw"} <= offered["--device"]

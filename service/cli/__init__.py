@@ -1,9 +1,4 @@
-"""The ``marginface`` command: serve, models, detect, verify, identify, index, cluster, gallery,
-db, keys, calibrate, eval; one module per command group, each adding its own parsers (``register``).
-
-``--json`` prints exactly one JSON object on stdout; logs go to stderr. Errors exit with status 2
-and print the same error body the API uses.
-"""
+"""The ``marginface`` command; one module per command group, each adding its own parsers."""
 
 from __future__ import annotations
 
@@ -23,8 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
         prog="marginface",
-        description=__doc__,
-        epilog="marginface train ... runs python -m training.train ... (needs the train extra)",
+        description="MarginFace: face detection, verification and identification, its REST API, "
+        "its gallery and its models. Every command takes --help; --json prints one JSON object on "
+        "stdout (logs go to stderr); an error exits with status 2 and prints the API's error body.",
+        epilog="marginface train --help: train your own recognizer (needs the train extra: "
+        "pip install -e '.[train]'); docs: README.md",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:

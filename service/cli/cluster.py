@@ -35,7 +35,13 @@ def register(sub: Subcommands) -> None:
         default="all",
         help="every face of each photo (default), or only the one nearest the centre",
     )
-    p.add_argument("--algorithm", choices=available(), default="chinese-whispers")
+    p.add_argument(
+        "--algorithm",
+        choices=available(),
+        default="chinese-whispers",
+        help="how linked faces are grouped (default: chinese-whispers, as face_recognition and "
+        "dlib users know it; docs/benchmarks.md compares them)",
+    )
     p.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, help="k of the graph")
     p.add_argument("--model", help="recognizer (default: the embedder setting)")
     add_worker_options(p)

@@ -30,11 +30,23 @@ class MissingFile(MarginFaceError):
     status = 404
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
-    """The options every command takes."""
+def add_common(
+    parser: argparse.ArgumentParser, *, models_dir: bool = True, device: bool = True
+) -> None:
+    """The options a command takes: ``--json`` always; ``--models-dir`` where it reads the model
+    registry and ``--device`` where it runs a model (elsewhere they would mean nothing)."""
     parser.add_argument("--json", action="store_true", help="print one JSON object to stdout")
-    parser.add_argument("--models-dir", help="model registry folder (default: models)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    if models_dir:
+        parser.add_argument(
+            "--models-dir", help="model registry folder (default: MARGINFACE_MODELS_DIR or models)"
+        )
+    if device:
+        parser.add_argument(
+            "--device",
+            choices=["auto", "cpu", "cuda"],
+            help="where the models run: auto takes CUDA when it works, cuda refuses to start "
+            "without it (default: MARGINFACE_DEVICE or auto)",
+        )
 
 
 def add_worker_options(parser: argparse.ArgumentParser, *, threads_note: str = "") -> None:

@@ -38,11 +38,13 @@ def register(sub: Subcommands) -> None:
     evaluate = sub.add_parser("eval", help="evaluation protocols through the full pipeline")
     esub = evaluate.add_subparsers(dest="eval_command", required=True)
     lfw = esub.add_parser("lfw", help="LFW View-2 10-fold protocol")
-    lfw.add_argument("--images", required=True)
-    lfw.add_argument("--pairs", required=True)
+    lfw.add_argument("--images", required=True, help="LFW's image root (one folder per person)")
+    lfw.add_argument("--pairs", required=True, help="LFW's pairs.txt (View 2, 10 folds)")
     lfw.set_defaults(func=cmd_eval_lfw)
     pairs = esub.add_parser("pairs", help="a CSV of image_a,image_b,same")
-    pairs.add_argument("--csv", required=True)
+    pairs.add_argument(
+        "--csv", required=True, help="image_a,image_b,same rows; paths relative to the CSV"
+    )
     pairs.set_defaults(func=cmd_eval_pairs)
     for p in (lfw, pairs):
         p.add_argument("--model", help="recognizer (default: the configured one)")
@@ -58,9 +60,15 @@ def register(sub: Subcommands) -> None:
     ident = esub.add_parser("identify", help="open-set identification")
     ident.add_argument("--gallery", required=True, help="folder per person to enroll")
     ident.add_argument("--probes", help="folder per person to search (else split --gallery)")
-    ident.add_argument("--enrolled-people", type=int, default=12)
-    ident.add_argument("--gallery-photos", type=int, default=5)
-    ident.add_argument("--probes-per-person", type=int, default=20)
+    ident.add_argument(
+        "--enrolled-people", type=int, default=12, help="people enrolled (the rest are strangers)"
+    )
+    ident.add_argument(
+        "--gallery-photos", type=int, default=5, help="photos enrolled per enrolled person"
+    )
+    ident.add_argument(
+        "--probes-per-person", type=int, default=20, help="photos searched for, per person"
+    )
     ident.add_argument("--aligned", action="store_true", help="photos are aligned 112x112 crops")
     ident.add_argument("--model", help="recognizer (default: the configured one)")
     ident.set_defaults(func=cmd_eval_identify)

@@ -37,10 +37,10 @@ def register(sub: Subcommands) -> None:
     gal = sub.add_parser("gallery", help="back up, restore, reconcile and migrate the gallery")
     gsub = gal.add_subparsers(dest="gallery_command", required=True)
     gexport = gsub.add_parser("export", help="consistent backup, server running")
-    gexport.add_argument("file")
+    gexport.add_argument("file", help="the export file to write (a single .tar)")
     gexport.set_defaults(func=cmd_gallery_export)
     gimport = gsub.add_parser("import", help="restore (server stopped)")
-    gimport.add_argument("file")
+    gimport.add_argument("file", help="an export file written by gallery export")
     gimport.add_argument("--replace", action="store_true", help="overwrite a non-empty gallery")
     gimport.set_defaults(func=cmd_gallery_import)
     greconcile = gsub.add_parser(
@@ -54,7 +54,12 @@ def register(sub: Subcommands) -> None:
     gmigrate = gsub.add_parser(
         "migrate", help="copy the gallery to the other backend (API stopped) and compare the two"
     )
-    gmigrate.add_argument("--to", required=True, choices=["distributed", "embedded"])
+    gmigrate.add_argument(
+        "--to",
+        required=True,
+        choices=["distributed", "embedded"],
+        help="the backend to copy the gallery into (its settings come from MARGINFACE_GALLERY__*)",
+    )
     gmigrate.add_argument("--probes", type=int, default=100, help="sampled searches to compare")
     gmigrate.add_argument("--batch", type=int, default=2000, help="rows per transaction")
     gmigrate.set_defaults(func=cmd_gallery_migrate)
@@ -66,8 +71,10 @@ def register(sub: Subcommands) -> None:
     dbup = dbsub.add_parser("upgrade", help="apply pending schema migrations")
     dbup.add_argument("--dsn", help="connection string (default: gallery.postgres_dsn)")
     dbup.set_defaults(func=cmd_db_upgrade)
-    for p in (index, gexport, gimport, greconcile, gverify, gmigrate, dbup):
-        add_common(p)
+    add_common(index)
+    for p in (gexport, gimport, greconcile, gverify, gmigrate):
+        add_common(p, device=False)  # the model's id, never its weights
+    add_common(dbup, models_dir=False, device=False)
 
 
 def cmd_index(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ def register(sub: Subcommands) -> None:
     klist = ksub.add_parser("list", help="key ids and scopes")
     klist.set_defaults(func=cmd_keys_list)
     krevoke = ksub.add_parser("revoke", help="remove a key")
-    krevoke.add_argument("id")
+    krevoke.add_argument("id", help="the key's id (marginface keys list shows them)")
     krevoke.set_defaults(func=cmd_keys_revoke)
     kimages = ksub.add_parser("images-key", help="print a new key for privacy.images_key")
     kimages.set_defaults(func=cmd_keys_images_key)
@@ -37,7 +37,7 @@ def register(sub: Subcommands) -> None:
             "--file", help="keys file (default: MARGINFACE_AUTH__KEYS_FILE or var/keys.json)"
         )
     for p in (kcreate, klist, krevoke, kimages):
-        add_common(p)
+        add_common(p, models_dir=False, device=False)
 
 
 def _keys_file(args: argparse.Namespace) -> Path:

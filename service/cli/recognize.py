@@ -19,16 +19,16 @@ from service.recognition import Recognition
 def register(sub: Subcommands) -> None:
     """Add the commands."""
     detect = sub.add_parser("detect", help="detect faces in an image")
-    detect.add_argument("image")
+    detect.add_argument("image", help="a photo (JPEG, PNG, WebP, TIFF, ...)")
     detect.set_defaults(func=cmd_detect)
 
     verify = sub.add_parser("verify", help="same person in two images?")
-    verify.add_argument("image_a")
-    verify.add_argument("image_b")
+    verify.add_argument("image_a", help="a photo of one person")
+    verify.add_argument("image_b", help="a photo of the same person, or not")
     verify.set_defaults(func=cmd_verify)
 
     identify = sub.add_parser("identify", help="identify faces against the gallery")
-    identify.add_argument("image")
+    identify.add_argument("image", help="a photo; every face in it is searched for")
     identify.add_argument("--top-k", type=int, default=None, help="candidates per face")
     identify.add_argument("--gallery", help="gallery folder (default: var/gallery)")
     identify.set_defaults(func=cmd_identify)

@@ -21,7 +21,7 @@ def register(sub: Subcommands) -> None:
     listing = msub.add_parser("list", help="list models")
     listing.set_defaults(func=cmd_models_list)
     for p in (fetch, listing):
-        add_common(p)
+        add_common(p, device=False)
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:

@@ -11,8 +11,10 @@ def register(sub: Subcommands) -> None:
     """Add the command."""
     serve = sub.add_parser("serve", help="run the REST API")
     add_common(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     serve.add_argument("--gallery", help="gallery folder (default: var/gallery)")
     serve.set_defaults(func=cmd_serve)
 

@@ -40,7 +40,8 @@ GLINT = DATA / "glint24_aligned"
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `marginface ...` as a user would (models from the repo)."""
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args, "--models-dir", str(ROOT / "models")],
+        [sys.executable, "-m", "service.cli", *args]
+        + ([] if args[0] == "db" else ["--models-dir", str(ROOT / "models")]),
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,
