@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
 
 from service.api import clusters, compreface, faces, health, jobs, recognize, subjects
@@ -147,6 +148,12 @@ def create_app(
     routers.extend(compreface.routers)  # CompreFace's REST API: docs/compreface.md
     for router in routers:
         app.include_router(router)
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> RedirectResponse:
+        """ReDoc's bundle fetches its badge from a CDN, so /redoc leads to the offline /docs."""
+        return RedirectResponse("/docs", status_code=307)
+
     if settings.console_enabled:
         mount_console(app)
     install_handlers(app)
