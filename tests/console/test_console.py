@@ -367,3 +367,26 @@ def test_identify_labels_stay_on_the_photo_and_apart(browser, base_url: str, wid
                 or b["y"] + b["height"] <= a["y"] + eps
             )
             assert apart, (a, b)
+
+
+def test_phone_width_keeps_labels_with_their_inputs_and_shows_disabled_paging(  # type: ignore[no-untyped-def]
+    browser, base_url: str
+) -> None:
+    """At 390 px the "Name" label and its input once landed on different rows, and Previous /
+    Next looked active on a single page (disabled, but drawn as any other button)."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    pg = context.new_page()
+    pg.goto(f"{base_url}/console/")
+    sign_in(pg)
+    pg.wait_for_selector("#view-gallery:not([hidden])")
+    for field in ("new-id", "new-name"):
+        label = pg.locator(f"label[for='{field}']").bounding_box()
+        box = pg.locator(f"#{field}").bounding_box()
+        assert label is not None and box is not None
+        middle = lambda b: b["y"] + b["height"] / 2  # noqa: E731
+        assert abs(middle(label) - middle(box)) < 6, (field, label, box)
+    assert pg.locator("#prev").is_disabled()
+    opacity = float(pg.evaluate("getComputedStyle(document.getElementById('prev')).opacity"))
+    shot(pg, "console-phone-gallery")
+    context.close()
+    assert opacity < 0.7, opacity
