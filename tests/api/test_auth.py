@@ -43,6 +43,8 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/jobs/{job_id}/clusters/merge"): "admin",
     ("DELETE", "/v1/jobs/{job_id}/clusters/{cluster}/faces/{face}"): "admin",
     ("POST", "/v1/jobs/{job_id}/clusters/{cluster}/subject"): "admin",
+    ("GET", "/v1/jobs/{job_id}/clusters/{cluster}"): "admin",
+    ("POST", "/v1/jobs/{job_id}/faces/{face}/subject"): "admin",
     ("GET", "/v1/jobs"): "admin",
     ("GET", "/v1/jobs/{job_id}/report"): "admin",
     ("GET", "/v1/gallery/export"): "admin",
