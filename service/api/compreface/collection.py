@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from service.errors import SubjectExists, SubjectNotFound
 from service.gallery import FaceRecord, Gallery, Subject
+from service.subject_id import is_subject_id
 
 PAGE = 500
 
@@ -32,12 +33,13 @@ class FaceCollection:
 
     def find(self, name: str) -> Subject | None:
         """The subject called ``name``, or None."""
-        try:
-            subject = self.gallery.get_subject(name)
-            if subject.name == name:
-                return subject
-        except SubjectNotFound:
-            pass
+        if is_subject_id(name):  # the fast way, where the name can be an id
+            try:
+                subject = self.gallery.get_subject(name)
+                if subject.name == name:
+                    return subject
+            except SubjectNotFound:
+                pass
         pattern = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         offset = 0
         while True:
@@ -60,10 +62,12 @@ class FaceCollection:
         """A new subject; SubjectExists when the name is taken."""
         if self.find(name) is not None:
             raise SubjectExists("Subject already exists")
-        try:
-            return self.gallery.create_subject(name, name, {})
-        except SubjectExists:  # the id is taken by a renamed subject: a fresh id
-            return self.gallery.create_subject(uuid.uuid4().hex, name, {})
+        if is_subject_id(name):  # the name is the id where it can be ("Colin Powell" cannot)
+            try:
+                return self.gallery.create_subject(name, name, {})
+            except SubjectExists:  # the id is taken by a renamed subject: a fresh id
+                pass
+        return self.gallery.create_subject(uuid.uuid4().hex, name, {})
 
     def ensure(self, name: str) -> Subject:
         """The subject called ``name``, created if missing (CompreFace's add example does)."""
