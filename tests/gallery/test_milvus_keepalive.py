@@ -13,12 +13,13 @@ import grpc
 import pytest
 
 from service.gallery.milvus import MilvusIndex
+from tests.backends import milvus_server
 
 DEFAULT_MIN_PING_INTERVAL_MS = 300_000  # gRPC core's GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_...
 
 
 def test_the_client_never_pings_a_default_grpc_server_into_goaway(
-    milvus_uri: str, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     opened: list[dict[str, Any]] = []
     real = grpc.insecure_channel
@@ -28,12 +29,14 @@ def test_the_client_never_pings_a_default_grpc_server_into_goaway(
         return real(target, options, *args, **kwargs)
 
     monkeypatch.setattr(grpc, "insecure_channel", recording)
-    index = MilvusIndex(milvus_uri, model_id="keepalive-test", dim=8, gallery_id="keepalive")
-    try:
-        assert index.ntotal == 0  # the real server answers through that channel
-    finally:
-        index.drop()
-        index.close()
+    # a server of its own: pymilvus reuses a channel another test opened to the session's server
+    with milvus_server() as server:
+        index = MilvusIndex(server.uri, model_id="keepalive-test", dim=8, gallery_id="keepalive")
+        try:
+            assert index.ntotal == 0  # the real server answers through that channel
+        finally:
+            index.drop()
+            index.close()
     assert opened, "pymilvus opened no channel through grpc.insecure_channel"
     for options in opened:
         time_ms = int(options.get("grpc.keepalive_time_ms", 2**31 - 1))
