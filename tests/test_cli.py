@@ -62,6 +62,10 @@ def test_identify_prints_every_candidate_and_index_every_outcome(tmp_path: Path)
                "--report", str(tmp_path / "report.json"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "chosen face of several" in proc.stdout and "low quality" in proc.stdout
+    # with a progress bar and worker processes, it says why the bar waits at 0 (models loading)
+    proc = run("index", str(root), "--gallery", str(gallery), "--processes", "2",
+               "--report", str(tmp_path / "report2.json"))  # fmt: skip
+    assert proc.returncode == 0 and "each loads the models" in proc.stderr, proc.stderr
     probe = str(lfw("Colin_Powell", 3))
     proc = run("identify", probe, "--gallery", str(gallery), "--top-k", "3")
     assert proc.returncode == 0, proc.stderr

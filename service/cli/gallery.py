@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from service.cli.common import (
@@ -92,6 +93,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         processes=args.processes,
     )
+    if not args.no_progress and args.processes > 1:
+        # each worker loads its own models before the first photo is counted: say so, or the
+        # bar sits at 0 for many seconds with no sign of life
+        print(
+            f"indexing: starting {args.processes} worker processes (each loads the models)",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         with progress_bar("indexing", disable=args.no_progress) as progress:
             summary = indexer.run(existing(args.root), progress=progress)
