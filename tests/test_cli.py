@@ -144,3 +144,14 @@ def test_the_help_is_written_for_users() -> None:
     no_model = {"keys create", "keys list", "keys revoke", "keys images-key", "db upgrade"}
     assert not no_model & offered["--device"] and not no_model & offered["--models-dir"]
     assert {"serve", "identify", "index", "cluster", "eval lfw"} <= offered["--device"]
+
+
+def test_eval_identify_takes_photos_not_a_gallery_folder() -> None:
+    """`--gallery` names a gallery's folder for identify, index and serve, but meant a folder of
+    photos for `eval identify`: that option is `--photos` now (`--gallery` still accepted)."""
+    small = ["--aligned", "--json", "--enrolled-people", "4", "--gallery-photos", "2",
+             "--probes-per-person", "1"]  # fmt: skip
+    for option in ("--photos", "--gallery"):
+        proc = run("eval", "identify", option, str(DATA / "glint24_aligned"), *small)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert json.loads(proc.stdout)["enrolled_people"] == 4

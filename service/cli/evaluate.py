@@ -58,8 +58,13 @@ def register(sub: Subcommands) -> None:
         )
         p.add_argument("--out", default="var/eval", help="folder for report.json and roc.png")
     ident = esub.add_parser("identify", help="open-set identification")
-    ident.add_argument("--gallery", required=True, help="folder per person to enroll")
-    ident.add_argument("--probes", help="folder per person to search (else split --gallery)")
+    # --photos, not --gallery: everywhere else --gallery names a gallery's folder (the old name
+    # is still accepted)
+    ident.add_argument(
+        "--photos", "--gallery", dest="photos", required=True,
+        help="photos, a folder per person, to enroll (--gallery: its old name)",
+    )  # fmt: skip
+    ident.add_argument("--probes", help="folder per person to search (else split --photos)")
     ident.add_argument(
         "--enrolled-people", type=int, default=12, help="people enrolled (the rest are strangers)"
     )
@@ -200,7 +205,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
 
     report = folder_identification(
         embed,
-        existing(args.gallery),
+        existing(args.photos),
         existing(args.probes) if args.probes else None,
         enrolled=args.enrolled_people,
         gallery_photos=args.gallery_photos,
