@@ -121,6 +121,8 @@ def test_enroll_identify_verify_delete(page) -> None:  # type: ignore[no-untyped
     page.wait_for_selector(".face-box")
     assert page.locator(".face-box").count() == 6
     assert "6 face(s)" in page.locator("#identify-summary").inner_text()
+    assert "(default" not in page.locator("#identify-summary").inner_text()  # a short line
+    assert "impostor pairs" in page.locator("#identify-source").inner_text()
     shot(page, "console-identify-group")
 
     # a known face: labelled, and its candidates a keypress away

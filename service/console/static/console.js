@@ -438,7 +438,10 @@ $("identify-form").addEventListener("submit", (e) => {
     const known = result.faces.filter((f) => f.decision === "match").length;
     const unsure = result.faces.filter((f) => f.decision === "ambiguous").length;
     const ambiguous = unsure ? `, ${unsure} ambiguous` : "";
-    $("identify-summary").textContent = `${result.faces.length} face(s), ${known} known${ambiguous}. Threshold ${result.threshold.value.toFixed(3)} (${result.threshold.source}), margin ${result.margin}.`;
+    // a short line, and where the threshold comes from on a line of its own (it was one
+    // sentence of nested parentheses)
+    $("identify-summary").textContent = `${result.faces.length} face(s), ${known} known${ambiguous} · threshold ${result.threshold.value.toFixed(3)} · margin ${result.margin}`;
+    $("identify-source").textContent = `Threshold from: ${result.threshold.source}`;
     say("");
   });
 });
