@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from training.clipping import clip_global_grad_norm
 from training.config import TrainConfig
 from training.data import FaceDataset, Normalisation, image_folder, record_dataset
 from training.losses import MarginHead
@@ -348,8 +349,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizer.param_groups for p in g["params"]], config.optim.grad_clip
+        # one global norm on every rank: the backbone's (DDP-averaged) gradients and, with
+        # Partial FC across ranks, every shard's class centres (training/clipping.py)
+        sharded_head = isinstance(head, PartialFC) and world.world_size > 1
+        grad_norm = clip_global_grad_norm(
+            [*model.parameters(), *([] if sharded_head else head.parameters())],
+            head.parameters() if sharded_head else [],
+            config.optim.grad_clip,
+            device,
         )
         scaler.step(optimizer)
         scaler.update()
@@ -372,6 +379,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 "past_arcface_fallback": past_fallback_fraction(output.target_cos, margin.m2_rad),
                 "scale": current_scale,
                 "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,  # before clipping (optim.grad_clip)
                 "samples_per_s": seen / max(elapsed, 1e-9),
             }
             seen, tick = 0, time.perf_counter()
