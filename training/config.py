@@ -139,7 +139,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 64
     max_steps: int = 1000
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # auto: bf16 on CUDA, fp32 on the CPU; bf16: bf16 autocast on either; fp16: CUDA only
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 20
     eval_every: int = 0  # 0: only at the end
@@ -180,6 +181,8 @@ class TrainConfig:
             raise ValueError(f"head.sample_rate must be in (0, 1], got {self.head.sample_rate}")
         if self.batch_size < 2 or self.max_steps < 1:
             raise ValueError("batch_size must be >= 2 and max_steps >= 1")
+        if self.amp == "fp16" and self.device == "cpu":
+            raise ValueError("amp=fp16 needs CUDA (loss scaling); use amp=bf16 or off on the CPU")
         if self.optim.lr <= 0:
             raise ValueError("optim.lr must be positive")
         if self.model.freeze_steps < 0:

@@ -1,8 +1,9 @@
 """The training loop: read it top to bottom.
 
 One process or torchrun DDP (gloo on the CPU, NCCL on GPUs; no process group at all for a single
-process, so one GPU needs no NCCL). AMP (bf16, or fp16 with loss scaling) on CUDA, fp32 on the
-CPU. Checkpoints carry their config and every RNG state, so a resumed run continues exactly.
+process, so one GPU needs no NCCL). AMP: bf16 on CUDA by default, fp16 with loss scaling on CUDA
+when asked, bf16 on the CPU when asked (amp=bf16), fp32 otherwise. Checkpoints carry their config
+and every RNG state, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -81,10 +82,16 @@ def pick_device(config: TrainConfig) -> torch.device:
 
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 or fp16 autocast on CUDA; None (fp32) on the CPU or when off."""
-    if device.type != "cuda" or config.amp == "off":
+    """The autocast dtype: bf16 when asked on any device (CPU autocast supports it), auto is
+    bf16 on CUDA and fp32 (None) on the CPU, fp16 only on CUDA (its loss scaler is CUDA's).
+    Raises ValueError for fp16 on the CPU (device=auto without a GPU)."""
+    if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
         return None
-    return torch.float16 if config.amp == "fp16" else torch.bfloat16
+    if config.amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp=fp16 needs CUDA (loss scaling); use amp=bf16 or off on the CPU")
+        return torch.float16
+    return torch.bfloat16
 
 
 def lr_lambda(config: TrainConfig) -> Any:
@@ -181,6 +188,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; returns the final metrics. Raises RuntimeError on a NaN loss."""
     config.validate()
     device = pick_device(config)
+    dtype = amp_dtype(config, device)  # refuses fp16 on the CPU before any work
     world = setup_distributed(device)
     out = Path(config.output_dir)
     if world.is_main:
@@ -249,7 +257,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
             params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    dtype = amp_dtype(config, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     step, epoch = 0, 0
@@ -380,6 +387,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 "scale": current_scale,
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,  # before clipping (optim.grad_clip)
+                "amp": str(dtype).removeprefix("torch.") if dtype is not None else "fp32",
                 "samples_per_s": seen / max(elapsed, 1e-9),
             }
             seen, tick = 0, time.perf_counter()

@@ -75,3 +75,21 @@ def test_a_scale_far_above_the_derived_one_warns_at_load(
     with caplog.at_level("WARNING"):
         load_config(None, [f"--data.root={tmp_path}", "--head.preset=cosface"])
     assert "head.scale" not in caplog.text
+
+
+def test_amp_bf16_is_honoured_on_the_cpu_and_fp16_refused() -> None:
+    """amp=bf16 on the CPU was silently fp32 (issue 29, finding 7): it autocasts to bf16 now;
+    fp16 (which needs CUDA's loss scaler) is refused when the config loads."""
+    import torch
+
+    from training.engine import amp_dtype
+
+    cpu = torch.device("cpu")
+    bf16 = load_config(None, ["--data.root=x", "--amp=bf16", "--device=cpu"])
+    assert amp_dtype(bf16, cpu) == torch.bfloat16
+    assert amp_dtype(load_config(None, ["--data.root=x", "--amp=auto"]), cpu) is None
+    assert amp_dtype(load_config(None, ["--data.root=x", "--amp=off"]), cpu) is None
+    with pytest.raises(ValueError, match="amp=fp16 needs CUDA"):
+        load_config(None, ["--data.root=x", "--amp=fp16", "--device=cpu"])
+    with pytest.raises(ValueError, match="amp=fp16 needs CUDA"):
+        amp_dtype(load_config(None, ["--data.root=x", "--amp=fp16"]), cpu)  # auto fell to CPU

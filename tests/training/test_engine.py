@@ -70,6 +70,15 @@ def test_short_run_logs_curves_and_config(aligned_subset: Path, tmp_path: Path) 
     assert saved.head.preset == "arcface" and saved.max_steps == 4
 
 
+def test_amp_bf16_trains_on_the_cpu(aligned_subset: Path, tmp_path: Path) -> None:
+    """amp=bf16 on the CPU runs the steps under bf16 autocast (it was silently fp32)."""
+    out = tmp_path / "bf16"
+    train(run_config(aligned_subset, out, "--max_steps=2", "--amp=bf16", "--device=cpu"))
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["amp"] for r in rows] == ["bfloat16", "bfloat16"]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+
+
 class _Crash(Exception):
     pass
 
