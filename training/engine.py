@@ -8,6 +8,7 @@ and every RNG state, so a resumed run continues exactly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from training.clipping import clip_global_grad_norm
 from training.config import TrainConfig
@@ -122,18 +123,45 @@ def build_dataset(config: TrainConfig, norm: Normalisation) -> FaceDataset:
     return record_dataset(Path(config.data.rec), flip=config.data.flip, seed=config.seed, norm=norm)
 
 
+class EpochSampler(Sampler[int]):
+    """The training order: one reshuffle per epoch (seeded by the epoch, so any epoch can be
+    replayed), and a resume point inside an epoch that skips the used indices without loading
+    their images (decoding an epoch's worth of skipped batches would take hours at scale)."""
+
+    def __init__(self, inner: RandomSampler | DistributedSampler[Any], seed: int) -> None:
+        self.inner = inner
+        self.seed = seed
+        self.skip = 0  # indices of the next pass to drop (then back to 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch``."""
+        if isinstance(self.inner, DistributedSampler):
+            self.inner.set_epoch(epoch)
+        elif self.inner.generator is not None:
+            self.inner.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.inner), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
 def infinite_batches(
-    loader: DataLoader[Any], dataset: FaceDataset, start_epoch: int
+    loader: DataLoader[Any], dataset: FaceDataset, step: int
 ) -> Iterator[tuple[int, Any]]:
-    """(epoch, batch) forever; each epoch reshuffles (sampler seeded by epoch)."""
-    epoch = start_epoch
+    """(epoch, batch) forever, starting where ``step`` batches from the start leave off: every
+    step uses one batch, so step // batches-per-epoch is the epoch (a checkpoint at an epoch's
+    last step resumes with the next epoch, not a replay) and the remainder the batches to skip."""
+    sampler = loader.sampler
+    assert isinstance(sampler, EpochSampler)
+    per_epoch = len(loader)  # drop_last: whole batches only
+    epoch, skip = divmod(step, per_epoch)
+    sampler.skip = skip * (loader.batch_size or 1)
     while True:
         dataset.epoch = epoch
-        sampler = loader.sampler
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
-            sampler.generator.manual_seed(dataset.seed * 1_000_003 + epoch)
+        sampler.set_epoch(epoch)
         for batch in loader:
             yield epoch, batch
         epoch += 1
@@ -200,16 +228,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
     backbone, norm, init_manifest = backbone_for(config.model)
     backbone = backbone.to(device)
     dataset = build_dataset(config, norm)
+    order: RandomSampler | DistributedSampler[Any]
     if world.world_size > 1:
-        sampler: Any = DistributedSampler(
+        order = DistributedSampler(
             dataset, world.world_size, world.rank, shuffle=True, seed=config.seed
         )
     else:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(config.seed))
+        order = RandomSampler(dataset, generator=torch.Generator().manual_seed(config.seed))
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
-        sampler=sampler,
+        sampler=EpochSampler(order, config.seed),
+        # its own generator for the workers' base seed: starting an epoch's iterator must not
+        # draw from the global RNG, which a resumed run restores at its checkpoint's step
+        generator=torch.Generator().manual_seed(config.seed + world.rank),
         num_workers=config.data.workers,
         drop_last=True,
         persistent_workers=False,
@@ -284,7 +316,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if world.is_main and angle_steps:
         angles = AngleMonitor(dataset, config.angle_samples, out / "angles.jsonl")
     log_path = out / "log.jsonl"
-    batches = infinite_batches(loader, dataset, epoch)
+    if len(loader) == 0:
+        raise ValueError(
+            f"{len(dataset)} training faces per rank make no whole batch of {config.batch_size}"
+        )
+    batches = infinite_batches(loader, dataset, step)
     seen, tick = 0, time.perf_counter()
     metrics: dict[str, Any] = {}
 
@@ -315,10 +351,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
         angles.snapshot(0, backbone, class_centres(), device)
     model.train()
     head.train()
-    # Resuming mid-epoch: skip the batches this epoch already used, so the data order is exact.
-    skip = step % max(1, len(loader))
-    for _ in range(skip):
-        next(batches)
     while step < config.max_steps:
         epoch, (images, labels) = next(batches)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
