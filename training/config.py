@@ -32,6 +32,9 @@ class DataConfig:
     val_pairs: str = ""  # pairs.txt
     val_pair_limit: int = 0  # 0: all pairs; else this many, half same and half different
     val_cache: str = ""  # where the aligned validation crops are cached (default: the run dir)
+    # insightface verification .bin files, comma-separated (lfw.bin,cfp_fp.bin,agedb_30.bin):
+    # validated at eval_every and at the end, logged as <stem>_accuracy (lfw_accuracy, ...)
+    val_bins: str = ""
     openset_images: str = ""  # aligned crops, a folder per person (Glint-24): DIR at FPIR at end
     openset_enrolled: int = 12  # the first N people are enrolled, the others are strangers
     openset_gallery_photos: int = 5
@@ -39,6 +42,10 @@ class DataConfig:
     max_identities: int = 0  # train on the first N identity folders only (0: all)
     workers: int = 2
     flip: bool = True
+
+    def bin_paths(self) -> list[Path]:
+        """The verification .bin files of ``val_bins``."""
+        return [Path(p.strip()) for p in self.val_bins.split(",") if p.strip()]
 
 
 @dataclass
@@ -163,6 +170,14 @@ class TrainConfig:
                 "data.val_pair_limit must be a multiple of 20 (10 folds, half same and half "
                 f"different pairs), got {self.data.val_pair_limit}"
             )
+        for path in self.data.bin_paths():
+            if path.suffix != ".bin":
+                raise ValueError(f"data.val_bins: {path} is not a .bin file")
+            if path.stem == "lfw" and self.data.val_pairs:
+                raise ValueError(
+                    "data.val_bins has an lfw.bin and data.val_pairs is set: both would log "
+                    "lfw_accuracy; use one of them"
+                )
         classes = self.class_count()
         if classes and margin.kind != "softmax" and self.head.scale is not None:
             derived = derived_scale(classes, margin)

@@ -36,6 +36,7 @@ from training.partial_fc import HeadOutput, PartialFC
 from training.pretrained import backbone_for
 from training.validation import (
     AngleMonitor,
+    BinValidator,
     OpenSetValidator,
     Validator,
     degrees,
@@ -176,7 +177,7 @@ def write_curves(log_path: Path, out: Path) -> None:
 
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
-    val = [r for r in rows if "lfw_accuracy" in r]
+    val_keys = sorted({k for r in rows if "loss" not in r for k in r if k.endswith("_accuracy")})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
     axes[0].set(title="training loss", xlabel="step")
@@ -184,10 +185,10 @@ def write_curves(log_path: Path, out: Path) -> None:
     axes[1].plot(steps, [r["accuracy"] for r in train], label="train (margin logits)")
     if train and "plain_accuracy" in train[0]:
         axes[1].plot(steps, [r["plain_accuracy"] for r in train], label="train (plain cosines)")
-    if val:
-        axes[1].plot(
-            [r["step"] for r in val], [r["lfw_accuracy"] for r in val], "o-", label="LFW 10-fold"
-        )
+    for key in val_keys:  # lfw_accuracy (pairs.txt or lfw.bin), cfp_fp_accuracy, ...
+        val = [r for r in rows if key in r]
+        label = key.removesuffix("_accuracy") + " 10-fold"
+        axes[1].plot([r["step"] for r in val], [r[key] for r in val], "o-", label=label)
     axes[1].set(title="accuracy", xlabel="step", ylim=(0, 1))
     axes[1].legend()
     fig.tight_layout()
@@ -310,6 +311,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if world.is_main and config.data.val_pairs:
         cache = Path(config.data.val_cache) if config.data.val_cache else out / "val_crops.npz"
         validator = Validator(config, cache, norm)
+    bins = [BinValidator(path, norm) for path in config.data.bin_paths()] if world.is_main else []
     if world.is_main and config.data.openset_images:
         openset = OpenSetValidator(config, norm)
     angle_steps = snapshot_steps(config.max_steps, config.angle_snapshots)
@@ -441,6 +443,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
             with log_path.open("a") as fh:
                 fh.write(json.dumps({"step": step, **result}) + "\n")
             log.warning("step %d LFW %s", step, result)
+            metrics.update(result)
+        if bins and (at_eval or step == config.max_steps):
+            result = {}
+            for bin_validator in bins:
+                result.update(bin_validator.evaluate(backbone, device))
+            with log_path.open("a") as fh:
+                fh.write(json.dumps({"step": step, **result}) + "\n")
+            log.warning("step %d %s", step, result)
             metrics.update(result)
         if angles is not None and step in angle_steps:
             angles.snapshot(step, backbone, class_centres(), device)
