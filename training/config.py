@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from training.losses import PRESET_SCHEDULES, PRESETS, MarginConfig, MarginSchedule, derived_scale
+from training.losses import (
+    PRESET_SCHEDULES,
+    PRESETS,
+    PUBLISHED_SCALE_MIN_CLASSES,
+    MarginConfig,
+    MarginSchedule,
+    derived_scale,
+)
 
 log = logging.getLogger(__name__)
 #: a set scale more than this many times the derived one is warned about at load
@@ -73,7 +80,9 @@ class HeadConfig:
     """The margin head (a preset, optionally with explicit margins) and Partial FC."""
 
     preset: str = "arcface"
-    scale: float | None = None  # None: derived from the class count (training.losses)
+    # None: s = 64 (the published recipe) from 10,000 classes up, derived from the class count
+    # below (training.losses.default_scale)
+    scale: float | None = None
     adaptive_scale: bool = False  # AdaCos's dynamic scale, updated every step
     m1: int | None = None
     m2_rad: float | None = None
@@ -179,7 +188,12 @@ class TrainConfig:
                     "lfw_accuracy; use one of them"
                 )
         classes = self.class_count()
-        if classes and margin.kind != "softmax" and self.head.scale is not None:
+        if (
+            classes
+            and classes < PUBLISHED_SCALE_MIN_CLASSES  # at 10k+ classes s = 64 is the recipe
+            and margin.kind != "softmax"
+            and self.head.scale is not None
+        ):
             derived = derived_scale(classes, margin)
             if self.head.scale > SCALE_WARN_FACTOR * derived:
                 log.warning(

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 from training.clipping import clip_global_grad_norm
 from training.config import TrainConfig
 from training.data import FaceDataset, Normalisation, image_folder, record_dataset
-from training.losses import MarginHead
+from training.losses import PUBLISHED_SCALE_MIN_CLASSES, MarginHead
 from training.partial_fc import HeadOutput, PartialFC
 from training.pretrained import backbone_for
 from training.validation import (
@@ -266,7 +266,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
             margin.kind,
             dataset.num_classes,
             margin.scale,
-            "set" if config.head.scale is not None else "derived from the class count",
+            "set"
+            if config.head.scale is not None
+            else "the published s = 64: 10,000 classes or more"
+            if dataset.num_classes >= PUBLISHED_SCALE_MIN_CLASSES
+            else "derived from the class count: below 10,000 classes, docs/loss_study.md",
             ", AdaCos dynamic" if config.head.adaptive_scale else "",
         )
     model: nn.Module = backbone
