@@ -243,6 +243,26 @@ class TrainConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def describe_keys(config: Any = None, prefix: str = "") -> list[str]:
+    """Every settable key as ``--a.b=DEFAULT  (type)``: the help of ``marginface train``."""
+    config = TrainConfig() if config is None else config
+    lines = []
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += describe_keys(value, f"{prefix}{f.name}.")
+            continue
+        hint = hints[f.name]
+        kind = (
+            "|".join(map(str, typing.get_args(hint)))
+            if typing.get_origin(hint) is Literal
+            else getattr(hint, "__name__", str(hint).replace("typing.", ""))
+        )
+        lines.append(f"--{prefix}{f.name}={value!s}  ({kind})")
+    return lines
+
+
 def _build(cls: type, data: dict[str, Any]) -> Any:
     """Instantiate a (nested) dataclass from a dict, refusing unknown keys."""
     hints = typing.get_type_hints(cls)
