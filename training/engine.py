@@ -327,7 +327,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             f"{len(dataset)} training faces per rank make no whole batch of {config.batch_size}"
         )
     batches = infinite_batches(loader, dataset, step)
-    seen, tick = 0, time.perf_counter()
+    seen, tick, last_logged_step = 0, time.perf_counter(), step
     metrics: dict[str, Any] = {}
 
     def save(step: int, epoch: int) -> None:
@@ -427,18 +427,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 "grad_norm": grad_norm,  # before clipping (optim.grad_clip)
                 "amp": str(dtype).removeprefix("torch.") if dtype is not None else "fp32",
                 "samples_per_s": seen / max(elapsed, 1e-9),
+                # the steps left at this interval's pace (validation pauses not counted)
+                "eta_s": (config.max_steps - step) * elapsed / max(1, step - last_logged_step),
             }
-            seen, tick = 0, time.perf_counter()
+            seen, tick, last_logged_step = 0, time.perf_counter(), step
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             log.warning(
-                "step %d loss %.4f acc %.3f (plain %.3f) lr %.4g %.1f samples/s",
+                "step %d/%d loss %.4f acc %.3f (plain %.3f) lr %.4g %.1f samples/s, ETA %.0f s",
                 step,
+                config.max_steps,
                 row["loss"],
                 row["accuracy"],
                 row["plain_accuracy"],
                 row["lr"],
                 row["samples_per_s"],
+                row["eta_s"],
             )
             metrics.update(row)
         at_eval = config.eval_every and step % config.eval_every == 0

@@ -76,6 +76,7 @@ def test_amp_bf16_trains_on_the_cpu(aligned_subset: Path, tmp_path: Path) -> Non
     train(run_config(aligned_subset, out, "--max_steps=2", "--amp=bf16", "--device=cpu"))
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["amp"] for r in rows] == ["bfloat16", "bfloat16"]
+    assert rows[0]["eta_s"] > 0 and rows[-1]["eta_s"] == 0  # progress: the time left
     assert all(np.isfinite(r["loss"]) for r in rows)
 
 
