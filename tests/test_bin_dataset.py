@@ -31,7 +31,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="session")
 def lfw_subset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 40-pair LFW pairs file (same format as pairs.txt) and the lfw.bin our `eval write-bin`
-    makes from it (the full 6,000-pair file is 70 MB and 10 minutes of aligning: not in git)."""
+    makes from it (the full 6,000-pair file is 62 MB and minutes of aligning: not in git)."""
     root = tmp_path_factory.mktemp("lfw_bin")
     pairs = balanced_pairs(
         read_lfw_pairs(DATA / "lfw/pairs.txt", DATA / "lfw/images"), PAIRS
