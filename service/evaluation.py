@@ -88,6 +88,18 @@ def read_lfw_pairs(pairs_file: Path, images_dir: Path) -> list[Pair]:
     return pairs
 
 
+def balanced_pairs(pairs: list[Pair], limit: int) -> list[Pair]:
+    """``limit`` pairs (a multiple of 20): an equal share of each of the 10 folds, half
+    same-person and half different-person (each fold of pairs.txt lists its same pairs first,
+    so the first N of a fold would all be same pairs)."""
+    per_class = limit // 20
+    chosen = []
+    for fold in range(10):
+        for same in (True, False):
+            chosen += [p for p in pairs if p.fold == fold and p.same == same][:per_class]
+    return chosen
+
+
 def accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float) -> float:
     """Fraction of pairs judged right when score >= threshold means 'same'."""
     return float(((np.asarray(scores) >= threshold) == np.asarray(same, dtype=bool)).mean())

@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from training.losses import PRESET_SCHEDULES, PRESETS, MarginConfig, MarginSchedule, derived_scale
+from training.losses import (
+    PRESET_SCHEDULES,
+    PRESETS,
+    PUBLISHED_SCALE_MIN_CLASSES,
+    MarginConfig,
+    MarginSchedule,
+    derived_scale,
+)
 
 log = logging.getLogger(__name__)
 #: a set scale more than this many times the derived one is warned about at load
@@ -32,6 +39,9 @@ class DataConfig:
     val_pairs: str = ""  # pairs.txt
     val_pair_limit: int = 0  # 0: all pairs; else this many, half same and half different
     val_cache: str = ""  # where the aligned validation crops are cached (default: the run dir)
+    # insightface verification .bin files, comma-separated (lfw.bin,cfp_fp.bin,agedb_30.bin):
+    # validated at eval_every and at the end, logged as <stem>_accuracy (lfw_accuracy, ...)
+    val_bins: str = ""
     openset_images: str = ""  # aligned crops, a folder per person (Glint-24): DIR at FPIR at end
     openset_enrolled: int = 12  # the first N people are enrolled, the others are strangers
     openset_gallery_photos: int = 5
@@ -39,6 +49,10 @@ class DataConfig:
     max_identities: int = 0  # train on the first N identity folders only (0: all)
     workers: int = 2
     flip: bool = True
+
+    def bin_paths(self) -> list[Path]:
+        """The verification .bin files of ``val_bins``."""
+        return [Path(p.strip()) for p in self.val_bins.split(",") if p.strip()]
 
 
 @dataclass
@@ -66,7 +80,9 @@ class HeadConfig:
     """The margin head (a preset, optionally with explicit margins) and Partial FC."""
 
     preset: str = "arcface"
-    scale: float | None = None  # None: derived from the class count (training.losses)
+    # None: s = 64 (the published recipe) from 10,000 classes up, derived from the class count
+    # below (training.losses.default_scale)
+    scale: float | None = None
     adaptive_scale: bool = False  # AdaCos's dynamic scale, updated every step
     m1: int | None = None
     m2_rad: float | None = None
@@ -139,7 +155,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 64
     max_steps: int = 1000
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # auto: bf16 on CUDA, fp32 on the CPU; bf16: bf16 autocast on either; fp16: CUDA only
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 20
     eval_every: int = 0  # 0: only at the end
@@ -162,8 +179,21 @@ class TrainConfig:
                 "data.val_pair_limit must be a multiple of 20 (10 folds, half same and half "
                 f"different pairs), got {self.data.val_pair_limit}"
             )
+        for path in self.data.bin_paths():
+            if path.suffix != ".bin":
+                raise ValueError(f"data.val_bins: {path} is not a .bin file")
+            if path.stem == "lfw" and self.data.val_pairs:
+                raise ValueError(
+                    "data.val_bins has an lfw.bin and data.val_pairs is set: both would log "
+                    "lfw_accuracy; use one of them"
+                )
         classes = self.class_count()
-        if classes and margin.kind != "softmax" and self.head.scale is not None:
+        if (
+            classes
+            and classes < PUBLISHED_SCALE_MIN_CLASSES  # at 10k+ classes s = 64 is the recipe
+            and margin.kind != "softmax"
+            and self.head.scale is not None
+        ):
             derived = derived_scale(classes, margin)
             if self.head.scale > SCALE_WARN_FACTOR * derived:
                 log.warning(
@@ -180,6 +210,8 @@ class TrainConfig:
             raise ValueError(f"head.sample_rate must be in (0, 1], got {self.head.sample_rate}")
         if self.batch_size < 2 or self.max_steps < 1:
             raise ValueError("batch_size must be >= 2 and max_steps >= 1")
+        if self.amp == "fp16" and self.device == "cpu":
+            raise ValueError("amp=fp16 needs CUDA (loss scaling); use amp=bf16 or off on the CPU")
         if self.optim.lr <= 0:
             raise ValueError("optim.lr must be positive")
         if self.model.freeze_steps < 0:
@@ -209,6 +241,26 @@ class TrainConfig:
         """Write as JSON (beside the checkpoints)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def describe_keys(config: Any = None, prefix: str = "") -> list[str]:
+    """Every settable key as ``--a.b=DEFAULT  (type)``: the help of ``marginface train``."""
+    config = TrainConfig() if config is None else config
+    lines = []
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += describe_keys(value, f"{prefix}{f.name}.")
+            continue
+        hint = hints[f.name]
+        kind = (
+            "|".join(map(str, typing.get_args(hint)))
+            if typing.get_origin(hint) is Literal
+            else getattr(hint, "__name__", str(hint).replace("typing.", ""))
+        )
+        lines.append(f"--{prefix}{f.name}={value!s}  ({kind})")
+    return lines
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:

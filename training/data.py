@@ -12,10 +12,12 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterator
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -189,20 +191,21 @@ def to_tensor(image: np.ndarray, norm: Normalisation = DEFAULT_NORMALISATION) ->
 
 
 class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Aligned faces with integer labels, from any source of (loader, label)."""
+    """Aligned faces with integer labels: ``load(i)`` gives image i (one function, not a
+    closure per image: at 42M faces those alone would take gigabytes per process)."""
 
     def __init__(
         self,
-        loaders: list[Callable[[], np.ndarray]],
-        labels: list[int],
-        classes: list[str],
+        load: Callable[[int], np.ndarray],
+        labels: Sequence[int] | np.ndarray,
+        classes: Sequence[str] | np.ndarray,
         *,
         train: bool = True,
         flip: bool = True,
         seed: int = 0,
         norm: Normalisation = DEFAULT_NORMALISATION,
     ) -> None:
-        self.loaders = loaders
+        self.load = load
         self.labels = labels
         self.classes = classes
         self.train = train
@@ -220,19 +223,15 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.loaders[index]()
+        image = self.load(index)
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image = augment(image, rng, flip=self.flip)
-        return to_tensor(image, self.norm), self.labels[index]
+        return to_tensor(image, self.norm), int(self.labels[index])
 
     def image(self, index: int) -> np.ndarray:
         """The crop at ``index`` as stored (no augmentation): for measurements on the data."""
-        return self.loaders[index]()
-
-
-def _loader(path: Path) -> Callable[[], np.ndarray]:
-    return lambda: _load_rgb(path)
+        return self.load(index)
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -257,13 +256,21 @@ def image_folder(
         classes = classes[:max_identities]
     if not classes:
         raise ValueError(f"no identity folders under {root}")
-    loaders, labels = [], []
+    paths, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                loaders.append(_loader(path))
+                paths.append(path)
                 labels.append(label)
-    return FaceDataset(loaders, labels, classes, train=train, flip=flip, seed=seed, norm=norm)
+    return FaceDataset(
+        lambda i: _load_rgb(paths[i]),
+        labels,
+        classes,
+        train=train,
+        flip=flip,
+        seed=seed,
+        norm=norm,
+    )
 
 
 # insightface / MXNet RecordIO: records framed by a magic number; each payload starts with an
@@ -283,15 +290,28 @@ class RecordHeader:
     id2: int
 
 
+def _frame(cflag: int, part: bytes) -> bytes:
+    return struct.pack("<II", RECORD_MAGIC, (cflag << 29) | len(part)) + part
+
+
 def pack_record(header: RecordHeader, payload: bytes) -> bytes:
-    """One framed RecordIO record (used by tests and by whoever writes .rec files)."""
+    """One record framed as MXNet's (dmlc-core's) writer frames it: where the magic number
+    sits at a 4-byte-aligned offset of the body, the record is split into parts there (the
+    magic dropped; cflag 1 first, 2 between, 3 last), so a reader never mistakes it for a
+    frame start. Used by tests and by whoever writes .rec files."""
     labels = header.label if isinstance(header.label, tuple) else None
     flag = len(labels) if labels else 0
     scalar = float(header.label) if isinstance(header.label, (int, float)) else 0.0
     head = IR_HEADER.pack(flag, scalar, header.id, header.id2)
     extra = struct.pack(f"<{flag}f", *labels) if labels else b""
     body = head + extra + payload
-    framed = struct.pack("<II", RECORD_MAGIC, len(body)) + body
+    magic = struct.pack("<I", RECORD_MAGIC)
+    framed, start = b"", 0
+    for i in range(0, len(body) // 4 * 4, 4):
+        if body[i : i + 4] == magic:
+            framed += _frame(1 if start == 0 else 2, body[start:i])
+            start = i + 4
+    framed += _frame(3 if start else 0, body[start:])
     return framed + b"\0" * (-len(body) % 4)
 
 
@@ -306,41 +326,106 @@ def unpack_record(data: bytes) -> tuple[RecordHeader, bytes]:
     return RecordHeader(flag, labels, rid, rid2), data[offset:]
 
 
+INDEX_DTYPE = np.dtype([("key", "<i8"), ("offset", "<i8")])
+
+
+def _cached_array(path: Path, source: Path, build: Callable[[], np.ndarray]) -> np.ndarray:
+    """``build()`` saved once as ``path`` (.npy) and memory-mapped, so every rank and loader
+    worker shares one copy in the page cache instead of parsing its own. Rebuilt when older
+    than ``source``; kept in memory (with a warning) where the folder is read-only."""
+    if path.is_file() and path.stat().st_mtime >= source.stat().st_mtime:
+        return np.load(path, mmap_mode="r")
+    array = build()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    try:
+        with tmp.open("wb") as fh:
+            np.save(fh, array)
+        tmp.replace(path)  # atomic: ranks building at once each write a whole file
+    except OSError as exc:
+        log.warning("cannot cache %s (%s): every process keeps its own copy in memory", path, exc)
+        return array
+    return np.load(path, mmap_mode="r")
+
+
+def _parse_index(idx: Path) -> np.ndarray:
+    """The .idx text (key TAB offset per line) as an array sorted by key."""
+    table = np.loadtxt(idx, dtype=np.int64, delimiter="\t", ndmin=2)
+    index = np.empty(len(table), dtype=INDEX_DTYPE)
+    index["key"], index["offset"] = table[:, 0], table[:, 1]
+    return np.sort(index, order="key")
+
+
 class RecordFile:
-    """Random access to an indexed RecordIO file (.rec + .idx) without MXNet."""
+    """Random access to an indexed RecordIO file (.rec + .idx) without MXNet.
+
+    The index is parsed once into ``<name>.idx.npy`` beside the .idx and memory-mapped (16
+    bytes per record, shared by all processes on a machine); records MXNet's writer split
+    (continuation flags) are joined back."""
 
     def __init__(self, rec: Path, idx: Path | None = None) -> None:
         self.rec_path = rec
-        idx = idx or rec.with_suffix(".idx")
-        self.offsets: dict[int, int] = {}
-        for line in idx.read_text().splitlines():
-            if line.strip():
-                key, offset = line.split("\t")
-                self.offsets[int(key)] = int(offset)
-        self._fh = rec.open("rb")
-        self._pid = os.getpid()
+        self.idx_path = idx or rec.with_suffix(".idx")
+        self.index = _cached_array(
+            self.idx_path.with_name(self.idx_path.name + ".npy"),
+            self.idx_path,
+            lambda: _parse_index(self.idx_path),
+        )
+        self._fh: BinaryIO | None = None
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, object]:
+        # a worker started by spawn maps the index itself instead of receiving a pickled copy
+        return {"rec_path": self.rec_path, "idx_path": self.idx_path}
+
+    def __setstate__(self, state: dict[str, Path]) -> None:
+        self.__init__(state["rec_path"], state["idx_path"])  # type: ignore[misc]
+
+    def offset(self, key: int) -> int:
+        """Byte offset of record ``key``; raises KeyError when the index lacks it."""
+        keys = self.index["key"]
+        i = int(np.searchsorted(keys, key))
+        if i >= len(keys) or int(keys[i]) != key:
+            raise KeyError(f"record {key} is not in {self.idx_path}")
+        return int(self.index["offset"][i])
 
     def read(self, key: int) -> bytes:
-        """The payload of record ``key``; raises ValueError on a broken frame."""
-        if self._pid != os.getpid():  # a DataLoader worker: never share a file offset
+        """The payload of record ``key`` (split parts joined); raises ValueError on a broken
+        frame."""
+        if self._fh is None or self._pid != os.getpid():  # a worker: never share a file offset
             self._fh = self.rec_path.open("rb")
             self._pid = os.getpid()
-        self._fh.seek(self.offsets[key])
-        magic, length_word = struct.unpack("<II", self._fh.read(8))
-        if magic != RECORD_MAGIC:
-            raise ValueError(f"record {key} of {self.rec_path} has a bad magic number {magic:#x}")
-        cflag, length = length_word >> 29, length_word & ((1 << 29) - 1)
-        if cflag != 0:
-            raise ValueError(f"record {key} is split across frames (cflag {cflag}); not supported")
-        return self._fh.read(length)
+        fh = self._fh
+        fh.seek(self.offset(key))
+        parts: list[bytes] = []
+        while True:
+            frame = fh.read(8)
+            if len(frame) < 8:
+                raise ValueError(f"record {key} of {self.rec_path} is truncated")
+            magic, length_word = struct.unpack("<II", frame)
+            if magic != RECORD_MAGIC:
+                raise ValueError(
+                    f"record {key} of {self.rec_path} has a bad magic number {magic:#x}"
+                )
+            cflag, length = length_word >> 29, length_word & ((1 << 29) - 1)
+            if (cflag in (0, 1)) != (not parts):
+                raise ValueError(
+                    f"record {key} of {self.rec_path}: continuation flag {cflag} out of order"
+                )
+            parts.append(fh.read(length))
+            if cflag in (0, 3):
+                break
+            # middle parts are whole words; the writer dropped a magic number between parts
+        return struct.pack("<I", RECORD_MAGIC).join(parts)
 
-    def keys(self) -> list[int]:
-        """Record keys in file order."""
-        return sorted(self.offsets)
+    def keys(self) -> np.ndarray:
+        """Record keys in ascending order."""
+        return self.index["key"]
 
     def close(self) -> None:
         """Close the file."""
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def write_record_file(rec: Path, records: Iterator[tuple[RecordHeader, bytes]]) -> None:
@@ -351,6 +436,16 @@ def write_record_file(rec: Path, records: Iterator[tuple[RecordHeader, bytes]]) 
             idx_lines.append(f"{key}\t{fh.tell()}")
             fh.write(pack_record(header, payload))
     rec.with_suffix(".idx").write_text("\n".join(idx_lines) + "\n")
+
+
+def _record_labels(records: RecordFile, image_keys: np.ndarray) -> np.ndarray:
+    """Each image record's label, read from its header (once per file: then cached)."""
+    labels = np.empty(len(image_keys), dtype=np.int64)
+    for i, key in enumerate(tqdm(image_keys, desc="reading labels", disable=len(image_keys) < 1e5)):
+        header, _ = unpack_record(records.read(int(key)))
+        label = header.label[0] if isinstance(header.label, tuple) else header.label
+        labels[i] = int(label)
+    return labels
 
 
 def record_dataset(
@@ -364,36 +459,58 @@ def record_dataset(
     """A dataset over an insightface .rec (MS1MV2, Glint360K, WebFace layout).
 
     Record 0 with flag > 0 is the index header: its labels give the range of image records.
+    Labels are read once into ``<name>.labels.npy`` (dense class ids) and memory-mapped, as the
+    index is: nothing per record is held in each process's own memory.
     """
     records = RecordFile(rec)
     keys = records.keys()
-    first, _ = unpack_record(records.read(keys[0]))
+    first, _ = unpack_record(records.read(int(keys[0])))
     if first.flag > 0 and isinstance(first.label, tuple):
-        image_keys = list(range(1, int(first.label[0])))
+        image_keys = np.arange(1, int(first.label[0]), dtype=np.int64)
     else:
-        image_keys = keys
-    labels_raw = []
-    for key in image_keys:
-        header, _ = unpack_record(records.read(key))
-        label = header.label[0] if isinstance(header.label, tuple) else header.label
-        labels_raw.append(int(label))
-    classes_sorted = sorted(set(labels_raw))
-    remap = {c: i for i, c in enumerate(classes_sorted)}
+        image_keys = np.asarray(keys, dtype=np.int64)
 
-    def loader(key: int) -> Callable[[], np.ndarray]:
-        def load() -> np.ndarray:
-            _, payload = unpack_record(records.read(key))
-            with Image.open(io.BytesIO(payload)) as img:
-                return np.asarray(img.convert("RGB").resize((112, 112)))
+    def dense_labels() -> np.ndarray:
+        raw = _record_labels(records, image_keys)
+        classes = np.unique(raw)
+        return np.stack([np.searchsorted(classes, raw), raw])  # (2, N): dense id, raw label
 
-        return load
+    table = _cached_array(rec.with_name(rec.name + ".labels.npy"), rec, dense_labels)
+    labels = table[0]
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+
+    def load(i: int) -> np.ndarray:
+        _, payload = unpack_record(records.read(int(image_keys[i])))
+        with Image.open(io.BytesIO(payload)) as img:
+            return np.asarray(img.convert("RGB").resize((112, 112)))
 
     return FaceDataset(
-        [loader(k) for k in image_keys],
-        [remap[c] for c in labels_raw],
-        [str(c) for c in classes_sorted],
+        load,
+        labels,
+        _ClassNames(num_classes),
         train=train,
         flip=flip,
         seed=seed,
         norm=norm,
     )
+
+
+class _ClassNames(Sequence[str]):
+    """Class names of a RecordIO set: its dense ids, without a list of millions of strings."""
+
+    def __init__(self, count: int) -> None:
+        self.size = count
+
+    def __len__(self) -> int:
+        return self.size
+
+    @typing.overload
+    def __getitem__(self, i: int) -> str: ...
+    @typing.overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [str(j) for j in range(self.size)[i]]
+        if not -self.size <= i < self.size:
+            raise IndexError(i)
+        return str(range(self.size)[i])

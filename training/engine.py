@@ -1,12 +1,14 @@
 """The training loop: read it top to bottom.
 
 One process or torchrun DDP (gloo on the CPU, NCCL on GPUs; no process group at all for a single
-process, so one GPU needs no NCCL). AMP (bf16, or fp16 with loss scaling) on CUDA, fp32 on the
-CPU. Checkpoints carry their config and every RNG state, so a resumed run continues exactly.
+process, so one GPU needs no NCCL). AMP: bf16 on CUDA by default, fp16 with loss scaling on CUDA
+when asked, bf16 on the CPU when asked (amp=bf16), fp32 otherwise. Checkpoints carry their config
+and every RNG state, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -24,15 +26,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
+from training.clipping import clip_global_grad_norm
 from training.config import TrainConfig
 from training.data import FaceDataset, Normalisation, image_folder, record_dataset
-from training.losses import MarginHead
+from training.losses import PUBLISHED_SCALE_MIN_CLASSES, MarginHead
 from training.partial_fc import HeadOutput, PartialFC
 from training.pretrained import backbone_for
 from training.validation import (
     AngleMonitor,
+    BinValidator,
     OpenSetValidator,
     Validator,
     degrees,
@@ -80,10 +84,16 @@ def pick_device(config: TrainConfig) -> torch.device:
 
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 or fp16 autocast on CUDA; None (fp32) on the CPU or when off."""
-    if device.type != "cuda" or config.amp == "off":
+    """The autocast dtype: bf16 when asked on any device (CPU autocast supports it), auto is
+    bf16 on CUDA and fp32 (None) on the CPU, fp16 only on CUDA (its loss scaler is CUDA's).
+    Raises ValueError for fp16 on the CPU (device=auto without a GPU)."""
+    if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
         return None
-    return torch.float16 if config.amp == "fp16" else torch.bfloat16
+    if config.amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp=fp16 needs CUDA (loss scaling); use amp=bf16 or off on the CPU")
+        return torch.float16
+    return torch.bfloat16
 
 
 def lr_lambda(config: TrainConfig) -> Any:
@@ -114,18 +124,45 @@ def build_dataset(config: TrainConfig, norm: Normalisation) -> FaceDataset:
     return record_dataset(Path(config.data.rec), flip=config.data.flip, seed=config.seed, norm=norm)
 
 
+class EpochSampler(Sampler[int]):
+    """The training order: one reshuffle per epoch (seeded by the epoch, so any epoch can be
+    replayed), and a resume point inside an epoch that skips the used indices without loading
+    their images (decoding an epoch's worth of skipped batches would take hours at scale)."""
+
+    def __init__(self, inner: RandomSampler | DistributedSampler[Any], seed: int) -> None:
+        self.inner = inner
+        self.seed = seed
+        self.skip = 0  # indices of the next pass to drop (then back to 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch``."""
+        if isinstance(self.inner, DistributedSampler):
+            self.inner.set_epoch(epoch)
+        elif self.inner.generator is not None:
+            self.inner.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.inner), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
 def infinite_batches(
-    loader: DataLoader[Any], dataset: FaceDataset, start_epoch: int
+    loader: DataLoader[Any], dataset: FaceDataset, step: int
 ) -> Iterator[tuple[int, Any]]:
-    """(epoch, batch) forever; each epoch reshuffles (sampler seeded by epoch)."""
-    epoch = start_epoch
+    """(epoch, batch) forever, starting where ``step`` batches from the start leave off: every
+    step uses one batch, so step // batches-per-epoch is the epoch (a checkpoint at an epoch's
+    last step resumes with the next epoch, not a replay) and the remainder the batches to skip."""
+    sampler = loader.sampler
+    assert isinstance(sampler, EpochSampler)
+    per_epoch = len(loader)  # drop_last: whole batches only
+    epoch, skip = divmod(step, per_epoch)
+    sampler.skip = skip * (loader.batch_size or 1)
     while True:
         dataset.epoch = epoch
-        sampler = loader.sampler
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
-            sampler.generator.manual_seed(dataset.seed * 1_000_003 + epoch)
+        sampler.set_epoch(epoch)
         for batch in loader:
             yield epoch, batch
         epoch += 1
@@ -140,7 +177,7 @@ def write_curves(log_path: Path, out: Path) -> None:
 
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
-    val = [r for r in rows if "lfw_accuracy" in r]
+    val_keys = sorted({k for r in rows if "loss" not in r for k in r if k.endswith("_accuracy")})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
     axes[0].set(title="training loss", xlabel="step")
@@ -148,10 +185,10 @@ def write_curves(log_path: Path, out: Path) -> None:
     axes[1].plot(steps, [r["accuracy"] for r in train], label="train (margin logits)")
     if train and "plain_accuracy" in train[0]:
         axes[1].plot(steps, [r["plain_accuracy"] for r in train], label="train (plain cosines)")
-    if val:
-        axes[1].plot(
-            [r["step"] for r in val], [r["lfw_accuracy"] for r in val], "o-", label="LFW 10-fold"
-        )
+    for key in val_keys:  # lfw_accuracy (pairs.txt or lfw.bin), cfp_fp_accuracy, ...
+        val = [r for r in rows if key in r]
+        label = key.removesuffix("_accuracy") + " 10-fold"
+        axes[1].plot([r["step"] for r in val], [r[key] for r in val], "o-", label=label)
     axes[1].set(title="accuracy", xlabel="step", ylim=(0, 1))
     axes[1].legend()
     fig.tight_layout()
@@ -180,6 +217,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; returns the final metrics. Raises RuntimeError on a NaN loss."""
     config.validate()
     device = pick_device(config)
+    dtype = amp_dtype(config, device)  # refuses fp16 on the CPU before any work
     world = setup_distributed(device)
     out = Path(config.output_dir)
     if world.is_main:
@@ -191,16 +229,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
     backbone, norm, init_manifest = backbone_for(config.model)
     backbone = backbone.to(device)
     dataset = build_dataset(config, norm)
+    order: RandomSampler | DistributedSampler[Any]
     if world.world_size > 1:
-        sampler: Any = DistributedSampler(
+        order = DistributedSampler(
             dataset, world.world_size, world.rank, shuffle=True, seed=config.seed
         )
     else:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(config.seed))
+        order = RandomSampler(dataset, generator=torch.Generator().manual_seed(config.seed))
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
-        sampler=sampler,
+        sampler=EpochSampler(order, config.seed),
+        # its own generator for the workers' base seed: starting an epoch's iterator must not
+        # draw from the global RNG, which a resumed run restores at its checkpoint's step
+        generator=torch.Generator().manual_seed(config.seed + world.rank),
         num_workers=config.data.workers,
         drop_last=True,
         persistent_workers=False,
@@ -224,7 +266,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
             margin.kind,
             dataset.num_classes,
             margin.scale,
-            "set" if config.head.scale is not None else "derived from the class count",
+            "set"
+            if config.head.scale is not None
+            else "the published s = 64: 10,000 classes or more"
+            if dataset.num_classes >= PUBLISHED_SCALE_MIN_CLASSES
+            else "derived from the class count: below 10,000 classes, docs/loss_study.md",
             ", AdaCos dynamic" if config.head.adaptive_scale else "",
         )
     model: nn.Module = backbone
@@ -248,7 +294,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
             params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    dtype = amp_dtype(config, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     step, epoch = 0, 0
@@ -270,14 +315,19 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if world.is_main and config.data.val_pairs:
         cache = Path(config.data.val_cache) if config.data.val_cache else out / "val_crops.npz"
         validator = Validator(config, cache, norm)
+    bins = [BinValidator(path, norm) for path in config.data.bin_paths()] if world.is_main else []
     if world.is_main and config.data.openset_images:
         openset = OpenSetValidator(config, norm)
     angle_steps = snapshot_steps(config.max_steps, config.angle_snapshots)
     if world.is_main and angle_steps:
         angles = AngleMonitor(dataset, config.angle_samples, out / "angles.jsonl")
     log_path = out / "log.jsonl"
-    batches = infinite_batches(loader, dataset, epoch)
-    seen, tick = 0, time.perf_counter()
+    if len(loader) == 0:
+        raise ValueError(
+            f"{len(dataset)} training faces per rank make no whole batch of {config.batch_size}"
+        )
+    batches = infinite_batches(loader, dataset, step)
+    seen, tick, last_logged_step = 0, time.perf_counter(), step
     metrics: dict[str, Any] = {}
 
     def save(step: int, epoch: int) -> None:
@@ -307,10 +357,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
         angles.snapshot(0, backbone, class_centres(), device)
     model.train()
     head.train()
-    # Resuming mid-epoch: skip the batches this epoch already used, so the data order is exact.
-    skip = step % max(1, len(loader))
-    for _ in range(skip):
-        next(batches)
     while step < config.max_steps:
         epoch, (images, labels) = next(batches)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -348,8 +394,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizer.param_groups for p in g["params"]], config.optim.grad_clip
+        # one global norm on every rank: the backbone's (DDP-averaged) gradients and, with
+        # Partial FC across ranks, every shard's class centres (training/clipping.py)
+        sharded_head = isinstance(head, PartialFC) and world.world_size > 1
+        grad_norm = clip_global_grad_norm(
+            [*model.parameters(), *([] if sharded_head else head.parameters())],
+            head.parameters() if sharded_head else [],
+            config.optim.grad_clip,
+            device,
         )
         scaler.step(optimizer)
         scaler.update()
@@ -372,19 +424,25 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 "past_arcface_fallback": past_fallback_fraction(output.target_cos, margin.m2_rad),
                 "scale": current_scale,
                 "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,  # before clipping (optim.grad_clip)
+                "amp": str(dtype).removeprefix("torch.") if dtype is not None else "fp32",
                 "samples_per_s": seen / max(elapsed, 1e-9),
+                # the steps left at this interval's pace (validation pauses not counted)
+                "eta_s": (config.max_steps - step) * elapsed / max(1, step - last_logged_step),
             }
-            seen, tick = 0, time.perf_counter()
+            seen, tick, last_logged_step = 0, time.perf_counter(), step
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             log.warning(
-                "step %d loss %.4f acc %.3f (plain %.3f) lr %.4g %.1f samples/s",
+                "step %d/%d loss %.4f acc %.3f (plain %.3f) lr %.4g %.1f samples/s, ETA %.0f s",
                 step,
+                config.max_steps,
                 row["loss"],
                 row["accuracy"],
                 row["plain_accuracy"],
                 row["lr"],
                 row["samples_per_s"],
+                row["eta_s"],
             )
             metrics.update(row)
         at_eval = config.eval_every and step % config.eval_every == 0
@@ -393,6 +451,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
             with log_path.open("a") as fh:
                 fh.write(json.dumps({"step": step, **result}) + "\n")
             log.warning("step %d LFW %s", step, result)
+            metrics.update(result)
+        if bins and (at_eval or step == config.max_steps):
+            result = {}
+            for bin_validator in bins:
+                result.update(bin_validator.evaluate(backbone, device))
+            with log_path.open("a") as fh:
+                fh.write(json.dumps({"step": step, **result}) + "\n")
+            log.warning("step %d %s", step, result)
             metrics.update(result)
         if angles is not None and step in angle_steps:
             angles.snapshot(step, backbone, class_centres(), device)

@@ -7,7 +7,9 @@ warning that says why.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import warnings
@@ -37,8 +39,13 @@ def export_onnx(backbone: torch.nn.Module, path: Path, opset: int = 18) -> str:
     backbone.eval()
     dummy = torch.randn(2, 3, 112, 112)
     path.parent.mkdir(parents=True, exist_ok=True)
+    noise = io.StringIO()  # the exporter's progress lines ("[torch.onnx] Obtain model graph")
     try:
-        with warnings.catch_warnings():
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(noise),
+            contextlib.redirect_stderr(noise),
+        ):
             warnings.simplefilter("ignore")  # torch.export's notes about its own internals
             torch.onnx.export(
                 backbone,
@@ -53,6 +60,7 @@ def export_onnx(backbone: torch.nn.Module, path: Path, opset: int = 18) -> str:
                 verbose=False,
             )
         exporter = "dynamo"
+        log.debug("torch.onnx.export said: %s", noise.getvalue())
     except Exception as exc:  # the exporter raises many kinds; the legacy path is the fallback
         log.warning(
             "torch's ONNX exporter (dynamo) failed (%s: %s); falling back to the deprecated "
@@ -155,7 +163,8 @@ def export_run(
     model_dir = models_dir / name
     onnx_path = model_dir / f"{name}.onnx"
     exporter = export_onnx(backbone, onnx_path)
-    worst = parity_check(backbone, onnx_path, _crops(parity_images), norm)
+    crops = _crops(parity_images)
+    worst = parity_check(backbone, onnx_path, crops, norm)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     head = config["head"]
@@ -205,6 +214,8 @@ def export_run(
             "evaluation": evaluation,
             "exporter": exporter,
             "parity_min_cosine": worst,
+            "parity_faces": len(crops),
+            "parity_required": PARITY_MIN_COSINE,
         },
     )
     save_manifest(model_dir, manifest)
@@ -247,7 +258,8 @@ def write_model_card(model_dir: Path, manifest: Manifest) -> Path:
         f"| LFW TAR at FAR 1e-2 (same pairs) | {metrics.get('lfw_tar_at_far_1e-2')} |",
         f"| open-set DIR at FPIR 1e-2 | {metrics.get('openset_dir_at_fpir_1e-2')} |",
         f"| ONNX exporter | {t.get('exporter')} |",
-        f"| ONNX vs PyTorch parity (lowest cosine) | {t.get('parity_min_cosine')} |",
+        f"| ONNX vs PyTorch parity | lowest cosine {t.get('parity_min_cosine')} over "
+        f"{t.get('parity_faces')} real aligned faces (required: >= {PARITY_MIN_COSINE}) |",
         f"| licence | {manifest.licence} |",
         "",
         "The licence of a trained model follows its training data: a model trained on CelebA",

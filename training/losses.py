@@ -12,10 +12,12 @@ Monotonic forms, so that a larger angle never gives a larger target logit:
   ablation that checks whether the correction matters.
 Margins are in radians (m2) or cosine units (m3); m1 is an integer multiplier.
 
-The scale s: when a config leaves it unset it is derived from the number of classes
-(``derived_scale``): AdaCos's fixed scale √2·ln(C−1) (Zhang et al. 2019), divided by ψ(0), the
-best target cosine the margin allows, so that every head's best-case target logit is the same.
-A fixed s = 64 with a few hundred classes saturates the softmax from the first step.
+The scale s (``default_scale``) when a config leaves it unset: from 10,000 classes up, the
+published s = 64 (every published margin result, CASIA-WebFace to WebFace42M, used it); below,
+derived from the number of classes (``derived_scale``): AdaCos's fixed scale √2·ln(C−1) (Zhang
+et al. 2019), divided by ψ(0), the best target cosine the margin allows, so that every head's
+best-case target logit is the same. A fixed s = 64 with a few hundred classes saturates the
+softmax from the first step (docs/loss_study.md).
 
 Schedules (``MarginSchedule``): a linear warm-up of m2 and m3 over the first steps, and
 SphereFace's λ annealing, f = (λ·cos θ + ψ(θ)) / (1 + λ) with λ = max(λ_min, λ0·(1 + γ·t)^-p)
@@ -44,7 +46,7 @@ class MarginConfig:
     """One member of the family; ``validate`` refuses combinations we do not implement exactly."""
 
     kind: HeadKind = "arcface"
-    scale: float | None = None  # None: derived from the class count (``derived_scale``)
+    scale: float | None = None  # None: from the class count (``default_scale``)
     m1: int = 1
     m2_rad: float = 0.0
     m3: float = 0.0
@@ -91,7 +93,7 @@ class MarginConfig:
         """This config with its scale filled in (derived from ``num_classes`` when unset)."""
         if self.scale is not None:
             return self
-        return dataclasses.replace(self, scale=derived_scale(num_classes, self))
+        return dataclasses.replace(self, scale=default_scale(num_classes, self))
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,24 @@ def adacos_fixed_scale(num_classes: int) -> float:
 def best_target_cosine(config: MarginConfig) -> float:
     """ψ(0): the highest target cosine the margins allow (1 without a margin)."""
     return math.cos(config.m2_rad) - config.m3
+
+
+#: the scale every published margin recipe trains with (ArcFace, CosFace, insightface's
+#: arcface_torch on CASIA-WebFace's 10,575 people, MS1MV2, Glint360K, WebFace42M)
+PUBLISHED_SCALE = 64.0
+#: from this many classes the default is the published scale; below it (no published margin
+#: recipe; our study at 299 classes, docs/loss_study.md) the derived one
+PUBLISHED_SCALE_MIN_CLASSES = 10_000
+
+
+def default_scale(num_classes: int, config: MarginConfig) -> float:
+    """The scale of a head that leaves it unset: the published s = 64 from 10,000 classes up
+    (the regime every published result was trained in, so a user reproducing MS1MV2 or
+    Glint360K gets the published recipe), ``derived_scale`` below (where s = 64 saturates the
+    softmax from the first step: docs/loss_study.md)."""
+    if num_classes >= PUBLISHED_SCALE_MIN_CLASSES:
+        return PUBLISHED_SCALE
+    return derived_scale(num_classes, config)
 
 
 def derived_scale(num_classes: int, config: MarginConfig) -> float:

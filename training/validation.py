@@ -17,8 +17,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from service.bin_dataset import read_bin
 from service.evaluation import (
     Pair,
+    balanced_pairs,
     identification_report,
     kfold_accuracy,
     open_set_search,
@@ -72,14 +74,7 @@ class Validator:
         lists its same pairs first, so the first N of a fold would all be same pairs)."""
         pairs = read_lfw_pairs(Path(config.data.val_pairs), Path(config.data.val_images))
         limit = config.data.val_pair_limit
-        if not limit:
-            return pairs
-        per_class = limit // 20  # 10 folds x (same, different)
-        chosen = []
-        for fold in range(10):
-            for same in (True, False):
-                chosen += [p for p in pairs if p.fold == fold and p.same == same][:per_class]
-        return chosen
+        return balanced_pairs(pairs, limit) if limit else pairs
 
     def _crops(self, cache: Path) -> tuple[np.ndarray, dict[Path, int]]:
         paths = sorted({p.a for p in self.pairs} | {p.b for p in self.pairs})
@@ -122,6 +117,36 @@ class Validator:
         impostors = scores[~same]
         if len(impostors) >= 100:
             out["lfw_tar_at_far_1e-2"] = tar_at(scores[same], threshold_at_far(impostors, 1e-2))
+        return out
+
+
+class BinValidator:
+    """Verification on an insightface .bin (lfw.bin, cfp_fp.bin, agedb_30.bin, ...), as
+    arcface_torch validates: its aligned crops, flip-averaged embeddings, 10 contiguous folds.
+    The crops are decoded once; the file is read by the service's reader (``eval bin``'s)."""
+
+    def __init__(self, path: Path, norm: Normalisation) -> None:
+        data = read_bin(path)
+        self.name = path.stem
+        self.crops = data.decode()  # (2N, 112, 112, 3)
+        self.same = np.array(data.issame)
+        self.folds = data.folds()
+        self.norm = norm
+
+    def evaluate(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
+        """``<name>_accuracy`` (10-fold), its std, and TAR at FAR 1e-2 when the pairs allow."""
+        emb = embed_crops(backbone, self.crops, self.norm, device)
+        scores = np.einsum("ij,ij->i", emb[0::2], emb[1::2])
+        mean, std, _ = kfold_accuracy(scores, self.same, self.folds)
+        out = {
+            f"{self.name}_accuracy": mean,
+            f"{self.name}_accuracy_std": std,
+            f"{self.name}_pairs": float(len(scores)),
+        }
+        impostors = scores[~self.same]
+        if len(impostors) >= 100:
+            threshold = threshold_at_far(impostors, 1e-2)
+            out[f"{self.name}_tar_at_far_1e-2"] = tar_at(scores[self.same], threshold)
         return out
 
 

@@ -27,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.register(sub)
+    # handed to training.train before parsing (main below); listed here so --help shows it
+    sub.add_parser(
+        "train",
+        help="train, fine-tune or export a recognizer (needs the train extra): "
+        "marginface train --help",
+        add_help=False,
+    )
     return parser
 
 

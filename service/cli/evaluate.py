@@ -1,6 +1,6 @@
-"""``marginface calibrate | eval lfw | eval pairs | eval identify``: the evaluation protocols
-through the full pipeline (their arithmetic lives in ``service.evaluation`` and
-``service.calibration``)."""
+"""``marginface calibrate | eval lfw | eval pairs | eval bin | eval write-bin | eval identify``:
+the evaluation protocols through the full pipeline (their arithmetic lives in
+``service.evaluation`` and ``service.calibration``, the .bin format in ``service.bin_dataset``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from service.cli import bin_commands
 from service.cli.common import (
     Subcommands,
     add_common,
@@ -57,6 +58,7 @@ def register(sub: Subcommands) -> None:
             "uses (validity, quality, size)",
         )
         p.add_argument("--out", default="var/eval", help="folder for report.json and roc.png")
+    binary, write_bin = bin_commands.register(esub)
     ident = esub.add_parser("identify", help="open-set identification")
     # --photos, not --gallery: everywhere else --gallery names a gallery's folder (the old name
     # is still accepted)
@@ -77,7 +79,7 @@ def register(sub: Subcommands) -> None:
     ident.add_argument("--aligned", action="store_true", help="photos are aligned 112x112 crops")
     ident.add_argument("--model", help="recognizer (default: the configured one)")
     ident.set_defaults(func=cmd_eval_identify)
-    for p in (lfw, pairs, ident):
+    for p in (lfw, pairs, ident, binary, write_bin):
         add_common(p)
 
 

@@ -75,3 +75,51 @@ def test_a_scale_far_above_the_derived_one_warns_at_load(
     with caplog.at_level("WARNING"):
         load_config(None, [f"--data.root={tmp_path}", "--head.preset=cosface"])
     assert "head.scale" not in caplog.text
+
+
+def test_amp_bf16_is_honoured_on_the_cpu_and_fp16_refused() -> None:
+    """amp=bf16 on the CPU was silently fp32 (issue 29, finding 7): it autocasts to bf16 now;
+    fp16 (which needs CUDA's loss scaler) is refused when the config loads."""
+    import torch
+
+    from training.engine import amp_dtype
+
+    cpu = torch.device("cpu")
+    bf16 = load_config(None, ["--data.root=x", "--amp=bf16", "--device=cpu"])
+    assert amp_dtype(bf16, cpu) == torch.bfloat16
+    assert amp_dtype(load_config(None, ["--data.root=x", "--amp=auto"]), cpu) is None
+    assert amp_dtype(load_config(None, ["--data.root=x", "--amp=off"]), cpu) is None
+    with pytest.raises(ValueError, match="amp=fp16 needs CUDA"):
+        load_config(None, ["--data.root=x", "--amp=fp16", "--device=cpu"])
+    with pytest.raises(ValueError, match="amp=fp16 needs CUDA"):
+        amp_dtype(load_config(None, ["--data.root=x", "--amp=fp16"]), cpu)  # auto fell to CPU
+
+
+@pytest.mark.parametrize("classes", [10_000, 85_742, 360_232, 1_000_000])
+@pytest.mark.parametrize("preset", ["arcface", "cosface", "combined", "normface", "sphereface"])
+def test_the_default_scale_from_10k_classes_up_is_the_published_64(
+    tmp_path: Path, classes: int, preset: str
+) -> None:
+    """MS1MV2 (85,742), Glint360K (360,232), WebFace (up to 2M): every published margin recipe
+    uses s = 64; the AdaCos-derived scale would silently give 13-30 there (issue 29, finding 5).
+    Below 10k classes (no published recipe; our study at 299) the derived one stays."""
+    import math
+
+    from training.losses import PUBLISHED_SCALE, PUBLISHED_SCALE_MIN_CLASSES
+
+    assert PUBLISHED_SCALE == 64.0 and PUBLISHED_SCALE_MIN_CLASSES == 10_000
+    config = load_config(None, [f"--data.root={tmp_path}", f"--head.preset={preset}"])
+    assert config.head.margin(num_classes=classes).scale == 64.0
+    below = config.head.margin(num_classes=PUBLISHED_SCALE_MIN_CLASSES - 1).scale
+    assert below is not None and below < 30 and not math.isclose(below, 64.0)
+
+
+def test_the_published_scale_on_a_large_image_folder_is_not_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """s = 64 on 10,000 identity folders is the published recipe: no "may not train"."""
+    for i in range(10_000):
+        (tmp_path / str(i)).mkdir()
+    with caplog.at_level("WARNING"):
+        load_config(None, [f"--data.root={tmp_path}", "--head.preset=arcface", "--head.scale=64"])
+    assert "may not train" not in caplog.text

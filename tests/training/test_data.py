@@ -98,3 +98,74 @@ def test_recordio_multi_label_header_and_bad_magic(tmp_path: Path) -> None:
     rec.with_suffix(".idx").write_text("0\t0\n")
     with pytest.raises(ValueError, match="magic"):
         RecordFile(rec).read(0)
+
+
+def _mxnet_write_record(payload: bytes) -> bytes:
+    """dmlc-core's RecordIOWriter::WriteRecord, transcribed: wherever the magic number sits at a
+    4-byte-aligned offset of the payload, the record is split there (the magic dropped, cflag 1
+    for the first part, 2 in between, 3 for the last) and the reader puts the magic back."""
+    import struct
+
+    from training.data import RECORD_MAGIC
+
+    magic = struct.pack("<I", RECORD_MAGIC)
+    out, start = b"", 0
+    for i in range(0, len(payload) // 4 * 4, 4):
+        if payload[i : i + 4] == magic:
+            flag = 1 if start == 0 else 2
+            out += magic + struct.pack("<I", (flag << 29) | (i - start)) + payload[start:i]
+            start = i + 4
+    flag = 3 if start else 0
+    out += magic + struct.pack("<I", (flag << 29) | (len(payload) - start)) + payload[start:]
+    return out + b"\0" * (-len(payload) % 4)
+
+
+def test_recordio_reads_records_mxnet_split(tmp_path: Path) -> None:
+    """A payload holding the magic number at aligned offsets (here the IRHeader's id and id2)
+    is written by MXNet as a split record; on main a loader worker crashed on it."""
+    from training.data import IR_HEADER, RECORD_MAGIC
+
+    jpeg = sorted((DATA / "glint24_aligned").iterdir())[0].joinpath("1.jpg").read_bytes()
+    header = RecordHeader(2, (3.0, 3.0), 0, 0)
+    index_payload = IR_HEADER.pack(2, 0.0, 0, 0) + np.array([3.0, 3.0], "<f4").tobytes()
+    split = IR_HEADER.pack(0, 5.0, RECORD_MAGIC, RECORD_MAGIC) + jpeg  # magic at 8 and 16
+    plain = IR_HEADER.pack(0, 7.0, 1, 2) + jpeg
+    frames = [_mxnet_write_record(p) for p in (index_payload, split, plain)]
+    assert (int.from_bytes(frames[1][4:8], "little") >> 29) == 1  # really split: cflag 1, 2, 3
+    rec = tmp_path / "split.rec"
+    rec.write_bytes(b"".join(frames))
+    offsets = np.cumsum([0] + [len(f) for f in frames[:-1]])
+    rec.with_suffix(".idx").write_text("".join(f"{k}\t{o}\n" for k, o in enumerate(offsets)))
+    records = RecordFile(rec)
+    got_header, got_image = unpack_record(records.read(1))
+    assert got_image == jpeg and got_header.id == RECORD_MAGIC == got_header.id2
+    assert got_header.label == 5.0
+    ds = record_dataset(rec, train=False)
+    assert len(ds) == 2 and ds.num_classes == 2
+    assert ds[0][0].shape == (3, 112, 112) and [ds[i][1] for i in range(2)] == [0, 1]
+    # our writer frames records as MXNet's does, split included
+    assert pack_record(header, b"") == _mxnet_write_record(index_payload)
+    assert pack_record(RecordHeader(0, 5.0, RECORD_MAGIC, RECORD_MAGIC), jpeg) == frames[1]
+
+
+def test_recordio_index_is_memory_mapped_not_parsed_per_rank(tmp_path: Path) -> None:
+    """Every rank (and loader worker) used to parse the whole .idx into a dict and read every
+    record's header (407 MiB per million records per process). The index and the labels are
+    parsed once into .npy files beside the .rec and memory-mapped: the page cache is shared."""
+    people = sorted((DATA / "glint24_aligned").iterdir())[:2]
+    items = [
+        (label, p) for label, person in enumerate(people) for p in sorted(person.glob("*.jpg"))[:3]
+    ]
+
+    def records():  # type: ignore[no-untyped-def]
+        for label, path in items:
+            yield RecordHeader(0, float(label), 0, 0), path.read_bytes()
+
+    rec = tmp_path / "train.rec"
+    write_record_file(rec, records())
+    ds = record_dataset(rec, train=False)
+    index = RecordFile(rec).index
+    assert isinstance(index, np.memmap) and len(index) == 6
+    assert [ds[i][1] for i in range(6)] == [label for label, _ in items]
+    again = record_dataset(rec, train=False)  # second rank: maps the same files
+    assert isinstance(again.labels, np.memmap)
