@@ -93,14 +93,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         processes=args.processes,
     )
-    if not args.no_progress and args.processes > 1:
-        # each worker loads its own models before the first photo is counted: say so, or the
-        # bar sits at 0 for many seconds with no sign of life
-        print(
-            f"indexing: starting {args.processes} worker processes (each loads the models)",
-            file=sys.stderr,
-            flush=True,
-        )
+    if not args.no_progress and args.processes > 1:  # else the bar waits at 0, unexplained
+        note = f"indexing: starting {args.processes} worker processes (each loads the models)"
+        print(note, file=sys.stderr, flush=True)
     try:
         with progress_bar("indexing", disable=args.no_progress) as progress:
             summary = indexer.run(existing(args.root), progress=progress)
