@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,16 @@ def test_cluster_groups_a_nested_tree_and_follows_no_link(tmp_path: Path) -> Non
     assert sorted(len(g) for g in groups) == [1, 1] and len(groups) == 2, out["clusters"]
     assert out["far"] == 1e-3  # 12 faces: 0.1 / 12, capped at the loosest automatic FAR
     assert 0.3 < out["threshold"] < 0.6
+    # without --json the table names every member's photo, not only the representative's
+    table = subprocess.run(
+        [*CLI, "cluster", str(tmp_path / "photos"), "--processes", "0", "--no-progress",
+         "--models-dir", str(ROOT / "models"), "--device", "cpu"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "COLUMNS": "400"},  # a wide terminal: rich wraps no cell
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    people = enumerate(["Colin_Powell", "Serena_Williams"] * 3)
+    assert all(f"{p}_{k}.jpg" in table.stdout for k, p in people), table.stdout
     bad = run("cluster", str(tmp_path / "photos"), "--json", "--far", "1e-12")
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["code"] == "invalid_request"
 

@@ -90,15 +90,21 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         "unreadable": found.unreadable,
         "skipped_links": found.skipped,
     }
+    def photos(members: list[int]) -> str:
+        """Every member's photo (the representative first), up to 6: who is in the cluster."""
+        files = [found.faces[i].file for i in members]
+        return ", ".join(files[:6]) + (f" (+{len(files) - 6} more)" if len(files) > 6 else "")
+
     rows = [
-        (n, len(c.members), f"{c.cohesion:.3f}", found.faces[c.representative].file)
+        (n, len(c.members), f"{c.cohesion:.3f}",
+         photos([c.representative, *(m.face for m in c.members if m.face != c.representative)]))
         for n, c in enumerate(result.clusters[:50])
-    ]
+    ]  # fmt: skip
     view = table(
         f"{len(result.clusters)} clusters, {len(result.alone)} faces alone, of {len(found.faces)} "
         f"faces in {found.photos} photos ({len(found.without_face)} without a face); edges at "
         f"cosine >= {threshold:.3f} (FAR {far:g})",
-        ("cluster", "faces", "cohesion", "representative"),
+        ("cluster", "faces", "cohesion", "photos (representative first)"),
         rows,
     )
     emit(args, payload, view)
