@@ -121,8 +121,8 @@ def test_dockerfile_targets_copy_paths_user_and_healthcheck() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    assert {"onnxruntime-gpu", "faiss-gpu"} <= {re.split(r"[<>=]", d)[0] for d in extras["gpu"]}
-    assert not {"onnxruntime", "faiss-cpu"} & {re.split(r"[<>=]", d)[0] for d in extras["gpu"]}
+    assert {"onnxruntime-gpu", "faiss-gpu"} <= {re.split(r"[\[<>=]", d)[0] for d in extras["gpu"]}
+    assert not {"onnxruntime", "faiss-cpu"} & {re.split(r"[\[<>=]", d)[0] for d in extras["gpu"]}
 
 
 def test_compose_agrees_with_the_dockerfile_and_the_settings() -> None:
