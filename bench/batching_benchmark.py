@@ -17,13 +17,11 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,38 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from tests.test_server import HEADERS, free_port, serve_command  # noqa: E402
-
-
-@contextmanager
-def serving(gallery: Path, port: int, env: dict[str, str], device: str) -> Iterator[None]:
-    """`marginface serve` on ``device`` until /readyz answers; stopped on exit."""
-    full_env = {**os.environ, "MARGINFACE_AUTH__API_KEYS": json.dumps([HEADERS["X-API-Key"]])}
-    log_path = gallery.parent / f"server-{port}.log"
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(
-            serve_command(port, gallery, device),
-            env={**full_env, **env},
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
-            yield
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+from tests.test_server import HEADERS, free_port, server  # noqa: E402
 
 
 def load(port: int, clients: int, seconds: float, photos: list[bytes]) -> dict[str, float]:
@@ -155,7 +122,7 @@ def run(
         }
         with (
             tempfile.TemporaryDirectory() as tmp,
-            serving(Path(tmp) / "gallery", port, env, device),
+            server(Path(tmp) / "gallery", port, env, device=device),
         ):
             load(port, 2, min(3.0, seconds), photos)  # warm-up
             points = []

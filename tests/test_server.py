@@ -40,15 +40,17 @@ def server(
     *,
     log_dir: Path | None = None,
     cwd: Path = ROOT,
+    device: str = "cpu",
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `marginface serve` as a user would (in ``cwd``), wait until /readyz answers."""
+    """Start `marginface serve` as a user would (in ``cwd``, on ``device``), wait until /readyz
+    answers."""
     env = {
         **os.environ,
         "MARGINFACE_AUTH__API_KEYS": json.dumps([API_KEY]),
         "MARGINFACE_GALLERY__FLUSH_INTERVAL_S": "3600",  # so SIGKILL always finds a stale index
         **(extra_env or {}),
     }
-    cmd = serve_command(port, gallery)
+    cmd = serve_command(port, gallery, device)
     # the log goes to a file: a pipe nobody reads fills up and blocks the server's logging
     log_path = (log_dir or gallery.parent) / f"server-{port}.log"
     log_file = log_path.open("ab")
