@@ -138,9 +138,16 @@ class MilvusIndex:
             metric_type="IP",
             params=self.index_params,
         )
-        c.create_collection(
-            self.name, schema=schema, index_params=params, consistency_level="Strong"
-        )
+        try:
+            c.create_collection(
+                self.name, schema=schema, index_params=params, consistency_level="Strong"
+            )
+        except MilvusException as exc:
+            if "already exists" not in str(exc):
+                raise
+            # another replica created it between our check and our create: use (and check) it
+            self._ensure_collection()
+            return
         log.info("Milvus collection %s created (%s, IP)", self.name, self.index_type)
 
     @property

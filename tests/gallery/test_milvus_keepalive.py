@@ -42,3 +42,26 @@ def test_the_client_never_pings_a_default_grpc_server_into_goaway(
         time_ms = int(options.get("grpc.keepalive_time_ms", 2**31 - 1))
         assert time_ms >= DEFAULT_MIN_PING_INTERVAL_MS, options
         assert not options.get("grpc.keepalive_permit_without_calls"), options
+
+
+def test_replicas_starting_together_share_one_new_collection() -> None:
+    """Two API replicas started at once (the compose file's distributed profile) both found no
+    collection and both created it; the second got "collection already exists" and never became
+    healthy (seen in the Docker deployment test)."""
+    import threading
+
+    errors: list[str] = []
+
+    def open_index() -> None:
+        try:
+            MilvusIndex(server.uri, model_id="race", dim=8, gallery_id="race").close()
+        except Exception as exc:
+            errors.append(repr(exc)[:200])
+
+    with milvus_server() as server:
+        threads = [threading.Thread(target=open_index) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
