@@ -142,10 +142,11 @@ class MilvusIndex:
             c.create_collection(
                 self.name, schema=schema, index_params=params, consistency_level="Strong"
             )
-        except MilvusException as exc:
-            if "already exists" not in str(exc):
+        except MilvusException:
+            # another replica created it between our check and our create (Milvus says "already
+            # exists", milvus-lite may say "File exists"): use it, and check it, if it is there
+            if not c.has_collection(self.name):
                 raise
-            # another replica created it between our check and our create: use (and check) it
             self._ensure_collection()
             return
         log.info("Milvus collection %s created (%s, IP)", self.name, self.index_type)
