@@ -114,6 +114,15 @@ def commented(jpeg: bytes, note: str) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
 
 
+def shed_reason(r: httpx.Response) -> str:
+    """Which bound shed a request: its error message with the numbers taken out."""
+    try:
+        message = str(r.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        message = r.text[:80]
+    return re.sub(r"\d+", "N", re.sub(r"key '[^']*'", "key K", message))
+
+
 def post(c: httpx.Client, route: str, person: Person, note: str = "") -> httpx.Response:
     """One request of the cell's kind (``note`` makes an enrolled photo new)."""
     if route == "enroll":
@@ -129,6 +138,7 @@ def cell(
     """Closed-loop clients on one route for ``seconds``; the figures of that cell."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
+    shed_by: Counter[str] = Counter()
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
@@ -151,6 +161,8 @@ def cell(
                     if 200 <= status < 300:
                         latencies.append(dt)
                 if status in (429, 503):  # shed: come back when told to
+                    with lock:
+                        shed_by[shed_reason(r)] += 1
                     time.sleep(min(float(r.headers.get("Retry-After", 1)), 5.0))
 
     batches0, faces0 = batch_counters(port)
@@ -179,6 +191,7 @@ def cell(
         "too_many_429": statuses[429],
         "other_errors": {str(k): v for k, v in sorted(statuses.items()) if k >= 300 and
                          k not in (429, 503)} | ({"no_answer": statuses[0]} if statuses[0] else {}),
+        "shed_by": dict(shed_by),
         "server_cpu_s": round(cpu, 2),
         "server_cpu_ms_per_ok": round(1000 * cpu / ok, 1) if ok else None,
         "server_cpu_ms_per_answer": round(1000 * cpu / answered, 1) if answered else None,

@@ -269,7 +269,15 @@ class Settings(BaseSettings):
 
     models_dir: Path = Path("models")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = Field(0, ge=0, description="0 lets ONNX Runtime choose")
+    intra_op_threads: int = Field(
+        1,
+        ge=0,
+        description="ONNX Runtime threads per model call; 0 lets it choose (a pool per "
+        "session). 1: concurrent requests fill the cores themselves; on 2 cores ONNX Runtime's "
+        "choice spent more server CPU per request at every client count (median +46%) and "
+        "served fewer requests/s in 7 of 8 cells (docs/benchmarks.md, 'Service throughput "
+        "under concurrent clients')",
+    )
     detector: DetectorSettings = DetectorSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     gallery: GallerySettings = GallerySettings()

@@ -77,3 +77,22 @@ def test_the_default_gallery_is_exact_until_300k_faces_then_a_tuned_ivf() -> Non
     assert index.active_factory == "Flat"
     assert index.describe() == "Flat (exact until 300000 faces, then IVF4096,Flat)"
     assert g.search_params == "nprobe=1024"
+
+
+def test_the_shipped_throughput_defaults_are_the_ones_docs_benchmarks_chose() -> None:
+    """docs/benchmarks.md, 'Service throughput under concurrent clients': one ONNX Runtime
+    thread per call (its own choice, a pool per session, spent a median 46% more server CPU
+    per request on 2 cores), no micro-batching on a CPU, 64 requests in flight. The README
+    states the same figures."""
+    settings = Settings(models_dir=ROOT / "models", device="cpu")
+    assert settings.intra_op_threads == 1
+    pipeline = build_pipeline(settings)
+    assert pipeline.batcher is None  # auto: off on a CPU
+    sessions = [pipeline.detector.session, pipeline.embedder.session]  # type: ignore[attr-defined]
+    if pipeline.second_detector is not None:
+        sessions.append(pipeline.second_detector.session)  # type: ignore[attr-defined]
+    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1] * len(sessions)
+    assert settings.limits.max_inflight_requests == 64
+    readme = (ROOT / "README.md").read_text()
+    assert "`MARGINFACE_INTRA_OP_THREADS` (default 1:" in readme
+    assert "`MARGINFACE_LIMITS__MAX_INFLIGHT_REQUESTS` (64)" in readme
