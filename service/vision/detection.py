@@ -191,7 +191,12 @@ class OnnxDetector(ABC):
     def _preprocess(
         self, image: np.ndarray, max_side: int, upscale_below: int
     ) -> tuple[np.ndarray, float]:
-        """Resize so the long side fits, pad to the stride multiple, normalise per the manifest."""
+        """Resize so the long side fits, pad to the stride multiple, normalise per the manifest.
+
+        Each channel is normalised straight into its plane of the padded (1, 3, H, W) tensor:
+        no whole float copies of the image, no transposed view for ONNX Runtime to copy again
+        (the same values as ``(image - mean) / std``; for a 250x250 photo 0.16 ms of CPU
+        instead of 1.4 ms, beside the graph's 5.4 ms: bench/request_profile.py)."""
         h, w = image.shape[:2]
         scale = min(1.0, max_side / max(h, w))
         if max(h, w) < upscale_below:
@@ -201,15 +206,16 @@ class OnnxDetector(ABC):
             image = cv2.resize(
                 image, (round(w * scale), round(h * scale)), interpolation=interpolation
             )
-        if self.manifest.input.color_order == "BGR":
-            image = image[:, :, ::-1]
-        x = (image.astype(np.float32) - self._mean) / self._std
         pad = self.spec.pad_to
-        rh, rw = x.shape[:2]
+        rh, rw = image.shape[:2]
         ph, pw = -(-rh // pad) * pad, -(-rw // pad) * pad
-        padded = np.zeros((ph, pw, 3), dtype=np.float32)  # zero after normalising = mean colour
-        padded[:rh, :rw] = x
-        return padded.transpose(2, 0, 1)[None], scale
+        tensor = np.zeros((1, 3, ph, pw), dtype=np.float32)  # zero after normalising = mean colour
+        sources = (2, 1, 0) if self.manifest.input.color_order == "BGR" else (0, 1, 2)
+        for channel, source in enumerate(sources):
+            plane = tensor[0, channel, :rh, :rw]
+            np.subtract(image[:, :, source], self._mean[channel], out=plane, dtype=np.float32)
+            np.divide(plane, self._std[channel], out=plane)
+        return tensor, scale
 
 
 DetectorFactory = Callable[..., OnnxDetector]
