@@ -27,7 +27,7 @@ def anchor_count(spec: DetectorSpec, height: int, width: int) -> int:
 def anchors_at(spec: DetectorSpec, height: int, width: int, index: np.ndarray) -> np.ndarray:
     """The anchors (cx, cy, size) at these positions of the model's order (stride by stride,
     cells row by row, the stride's sizes per cell): the few a photo keeps are computed, not
-    every anchor of the input (about 11k for a 250x250 photo) on every request."""
+    every anchor of the input (2,688 for a 250x250 photo, 37,800 at 960 px) on every request."""
     out = np.empty((len(index), 3), dtype=np.float64)
     start = 0
     for stride, sizes in zip(spec.strides, spec.min_sizes, strict=True):
