@@ -112,7 +112,7 @@ def paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
     }
     seeds = sorted(s for h, s in by if h == a and (b, s) in by)
     diffs = [by[(a, s)] - by[(b, s)] for s in seeds]
-    mean, std = mean_std(diffs)  # type: ignore[arg-type]
+    mean, std = mean_std(diffs)
     out: dict[str, Any] = {
         "seeds": seeds,
         "differences": diffs,
