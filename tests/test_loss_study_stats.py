@@ -192,3 +192,32 @@ def test_the_summary_json_claims_carry_the_paired_test_not_a_spread_rule() -> No
     assert cos["p_t"] == pytest.approx(0.150, abs=0.001)
     assert cos["ci95"][0] < 0 < cos["ci95"][1]
     assert not any("beyond" in k for c in found.values() for k in [*c, *c["paired"]])
+
+
+def test_per_pair_outcomes_reproduce_the_10_fold_accuracy_and_their_discordance() -> None:
+    from bench.lfw_discordance import correct_per_pair, discordance
+    from service.bin_dataset import fold_of
+    from service.evaluation import kfold_accuracy
+
+    rng = np.random.default_rng(0)
+    same = np.arange(600) % 2 == 0
+    folds = fold_of(600)
+    base = np.where(same, 0.5, 0.1) + rng.normal(0, 0.2, 600)
+    a = base + rng.normal(0, 0.05, 600)  # two models that share most of their errors
+    b = base + rng.normal(0, 0.05, 600)
+    right_a = correct_per_pair(a, same, folds)
+    right_b = correct_per_pair(b, same, folds)
+    for scores, right in ((a, right_a), (b, right_b)):
+        mean, _, _ = kfold_accuracy(scores, same, folds)
+        # equal folds: the mean of the folds' accuracies is the share of pairs right
+        assert right.mean() == pytest.approx(mean)
+    found = discordance(right_a, right_b)
+    assert found["discordant"] == pytest.approx(float((right_a != right_b).mean()))
+    # shared errors: far fewer discordant pairs than the bound (the two error rates summed)
+    bound = (1 - found["accuracy_a"]) + (1 - found["accuracy_b"])
+    assert found["discordant"] < bound
+    assert paired_pair_se(
+        found["accuracy_a"], found["accuracy_b"], 600, found["discordant"]
+    ) == pytest.approx(
+        float(np.std(right_a.astype(float) - right_b.astype(float)) / math.sqrt(600))
+    )
