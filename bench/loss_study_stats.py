@@ -452,21 +452,26 @@ def _p(x: float) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The claims table the document carries."""
+    """The claims table the document carries (with a measured-discordance interval when one
+    was given)."""
+    measured = result["method"]["discordance_measured"] is not None
+    extra = " | 95% CI with LFW's pair sampling (measured)" if measured else ""
     lines = [
         "| head − softmax | per seed (0, 1, 2), points | mean, points | d_z | 95% CI (seeds) "
-        "| 95% CI with LFW's pair sampling (bound) | paired t p | Holm p | sign p (min possible) "
-        "| verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| 95% CI with LFW's pair sampling (bound){extra} | paired t p | Holm p "
+        "| sign p (min possible) | verdict |",
+        "|---" * (10 + measured) + "|",
     ]
     for r in result["against_softmax"]:
         per_seed = ", ".join(_pts(d) for d in r["differences"])
-        lo, hi = r["ci_low"], r["ci_high"]
-        blo, bhi = r["ci_with_lfw_bound"]
+        cis = [(r["ci_low"], r["ci_high"]), tuple(r["ci_with_lfw_bound"])]
+        if measured:
+            cis.append(tuple(r["ci_with_lfw_measured"]))
+        ci_text = " | ".join(f"[{_pts(lo)}, {_pts(hi)}]" for lo, hi in cis)
         lines.append(
-            f"| {r['head']} | {per_seed} | {_pts(r['mean'])} | {r['d_z']:+.2f} | "
-            f"[{_pts(lo)}, {_pts(hi)}] | [{_pts(blo)}, {_pts(bhi)}] | {_p(r['p_t'])} | "
-            f"{_p(r['p_holm'])} | {_p(r['p_sign'])} ({_p(r['p_sign_min'])}) | {r['verdict']} |"
+            f"| {r['head']} | {per_seed} | {_pts(r['mean'])} | {r['d_z']:+.2f} | {ci_text} | "
+            f"{_p(r['p_t'])} | {_p(r['p_holm'])} | {_p(r['p_sign'])} ({_p(r['p_sign_min'])}) | "
+            f"{r['verdict']} |"
         )
     return "\n".join(lines)
 

@@ -221,3 +221,13 @@ def test_per_pair_outcomes_reproduce_the_10_fold_accuracy_and_their_discordance(
     ) == pytest.approx(
         float(np.std(right_a.astype(float) - right_b.astype(float)) / math.sqrt(600))
     )
+
+
+def test_the_documents_claims_table_is_the_scripts_output() -> None:
+    from bench.loss_study_stats import markdown
+
+    summary = json.loads(SUMMARY.read_text())
+    doc = (SUMMARY.parent / "loss_study.md").read_text()
+    assert markdown(study_statistics(summary)) in doc
+    measured = markdown(study_statistics(summary, discordance=0.08)).splitlines()
+    assert "(measured)" in measured[0] and measured[1].count("---") == 11
