@@ -2,7 +2,9 @@
 claim checked against them. Writes docs/loss_study_summary.json; prints the Markdown tables.
 
 Usage: python bench/loss_study_table.py [RUNS] [SUMMARY_JSON]
-(runs are folders NAME-sSEED with metrics.json, config.json, log.jsonl and angles.jsonl)
+(runs are folders NAME-sSEED with metrics.json, config.json, log.jsonl and angles.jsonl; RUNS
+may instead be a summary JSON, whose per-run records are then summarised again, e.g. after a
+change to the claims: python bench/loss_study_table.py docs/loss_study_summary.json)
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.loss_study_stats import paired_test
 
 #: the plain training accuracy whose first crossing counts as "converged" for the CosFace vs
 #: ArcFace claim (about half of what every head reaches at the end of the budget)
@@ -96,8 +102,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
     """Head a minus head b seed by seed. A seed fixes the backbone's initial weights and the
     order of the batches for every head, so what a seed does to all heads alike (a hard data
-    order) cancels in the difference: the spread of the differences is the noise of the
-    comparison itself, where the spread of each head's accuracy also holds the seed's effect."""
+    order) cancels in the difference. With three seeds a consistent sign is weak evidence: the
+    paired t-test and the sign test say how weak (bench/loss_study_stats.py adds the interval,
+    Holm's correction over all heads and LFW's own sampling error)."""
     by = {
         (re.sub(r"-s\d+$", "", r["run"]), r["seed"]): r["lfw_accuracy"]
         for r in runs
@@ -105,18 +112,18 @@ def paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
     }
     seeds = sorted(s for h, s in by if h == a and (b, s) in by)
     diffs = [by[(a, s)] - by[(b, s)] for s in seeds]
-    mean, std = mean_std(diffs)  # type: ignore[arg-type]
-    return {
+    mean, std = mean_std(diffs)
+    out: dict[str, Any] = {
         "seeds": seeds,
         "differences": diffs,
         "mean": mean,
         "std": std,
         "positive": f"{sum(d > 0 for d in diffs)}/{len(diffs)}",
-        "beyond_its_spread": mean is not None
-        and std is not None
-        and len(diffs) > 1
-        and abs(mean) > std,
     }
+    if len(diffs) > 1:
+        test = paired_test(diffs)
+        out.update(ci95=[test.ci_low, test.ci_high], d_z=test.d_z, p_t=test.p_t, p_sign=test.p_sign)
+    return out
 
 
 def claims(
@@ -134,7 +141,6 @@ def claims(
         if a not in heads or b not in heads:
             return
         (ma, sa), (mb, sb) = acc(a), acc(b)
-        spread = max(sa, sb)
         found.append(
             {
                 "claim": claim,
@@ -143,8 +149,7 @@ def claims(
                 "lfw_a": ma,
                 "lfw_b": mb,
                 "difference": ma - mb,
-                "seed_spread": spread,
-                "beyond_spread": abs(ma - mb) > spread,
+                "seed_spread": max(sa, sb),
                 "paired": paired(runs or [], a, b),
             }
         )
@@ -189,9 +194,14 @@ def fmt(value: dict[str, float | None], scale: float = 100.0, digits: int = 2) -
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/loss_study")
     summary_path = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/loss_study_summary.json")
-    runs = [
-        read_run(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "metrics.json").is_file()
-    ]
+    if root.is_file():  # a summary already written: its per-run records
+        runs = json.loads(root.read_text())["runs"]
+    else:
+        runs = [
+            read_run(p)
+            for p in sorted(root.iterdir())
+            if p.is_dir() and (p / "metrics.json").is_file()
+        ]
     heads = summarise(runs)
     checked = claims(heads, runs)
     summary_path.parent.mkdir(parents=True, exist_ok=True)
