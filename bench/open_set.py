@@ -419,12 +419,30 @@ def run_set(name: str, args: argparse.Namespace, service_threshold: float) -> di
             neg = with_negatives(
                 emb, labels, files, k, service_threshold, args.deltas, seed, strangers(seed)
             )
-            rows = {r: headline(v) for r, v in neg["rules"].items()}  # type: ignore[attr-defined]
+            rows = {
+                f"negatives_{r}": headline(v)
+                for r, v in neg["rules"].items()  # type: ignore[attr-defined]
+            }
             if name != "lfw":  # LFW's strangers do not depend on the seed
-                base = evaluate(emb, labels, files, k, [0.0], service_threshold, strangers(seed))
-                rows["per_face_all_probes"] = headline(
-                    base["rules"]["per_face"]["margin_0"]  # type: ignore[index]
+                base = evaluate(
+                    emb, labels, files, k, [0.0, 0.05], service_threshold, strangers(seed)
                 )
+                for rule, by_margin in base["rules"].items():  # type: ignore[attr-defined]
+                    for m, row in by_margin.items():
+                        rows[f"all_probes_{rule}_{m}"] = headline(row)
+                recurring = with_negatives(
+                    emb,
+                    labels,
+                    files,
+                    k,
+                    service_threshold,
+                    args.deltas,
+                    seed,
+                    strangers(seed),
+                    strangers_by_person=False,
+                )
+                for r, v in recurring["rules"].items():  # type: ignore[attr-defined]
+                    rows[f"recurring_strangers_{r}"] = headline(v)
             per_seed[f"enrolled_{k}"] = rows
         summary[f"seed_{seed}"] = per_seed
     out["other_seeds"] = summary
