@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.open_set import VETOED, fuse_max, halves, held_out_people, split, veto, wrong_matches
+from bench.open_set import (
+    VETOED,
+    fuse_max,
+    halves,
+    held_out_people,
+    merge_duplicates,
+    split,
+    veto,
+    wrong_matches,
+)
 
 
 def test_split_holds_out_people_and_single_photo_people() -> None:
@@ -76,3 +85,16 @@ def test_veto_drops_a_subject_whose_negative_is_at_least_as_close_as_its_best_fa
     assert veto(gallery_scores, negative_scores, 0.01)[0, 0] == np.float32(0.70)
     # every candidate vetoed: nothing reaches any threshold (unknown)
     assert veto(gallery_scores, np.full_like(gallery_scores, 0.9)).max() < -1
+
+
+def test_merge_duplicates_joins_one_person_under_two_labels_only() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.linalg.qr(rng.standard_normal((8, 8)))[0][:4]  # 4 orthogonal people
+    labels = np.repeat(np.array(["p", "q", "r", "s"]), 3)
+    emb = np.repeat(centres, 3, axis=0) + 0.05 * rng.standard_normal((12, 8))
+    emb[labels == "s"] = centres[1] + 0.05 * rng.standard_normal((3, 8))  # s is q again
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    merged_labels, merged = merge_duplicates(labels, emb)
+    assert merged == {"s": "q"}
+    assert merged_labels.tolist() == ["p"] * 3 + ["q"] * 3 + ["r"] * 3 + ["q"] * 3
+    assert labels[-1] == "s"  # the caller's labels are left alone
