@@ -84,7 +84,7 @@ def load_celeba_aligned(folder: Path = CELEBA_ALIGNED, batch: int = 64) -> dict[
         "cpu_seconds": np.array(time.process_time() - cpu),
     }
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **out)
+    np.savez(path, **out)  # type: ignore[arg-type]  # numpy stubs take **out for allow_pickle
     return out
 
 
@@ -122,7 +122,10 @@ def split(
     held_out = set() if strangers is None else set(strangers.tolist())
     order = np.lexsort((files, labels))
     people, start, count = np.unique(labels[order], return_index=True, return_counts=True)
-    gallery, owner, genuine, stranger_rows = [], [], [], []
+    gallery: list[int] = []
+    owner: list[int] = []
+    genuine: list[int] = []
+    stranger_rows: list[int] = []
     subject = 0
     for person, s, n in zip(people, start, count, strict=True):
         rows = order[s : s + n]
@@ -505,6 +508,8 @@ def main() -> None:
 
     settings = Settings(device="cpu")
     far = args.identify_far if args.identify_far is not None else settings.identify_far
+    if far is None:
+        raise SystemExit("the identify FAR is unset (best-accuracy threshold): pass --identify-far")
     manifest, _ = resolve_model(settings.models_dir, settings.embedder.model)
     service_threshold, used_far = threshold_for_far(manifest.calibration, far)
     started, cpu = time.perf_counter(), time.process_time()
