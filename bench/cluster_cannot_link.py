@@ -8,7 +8,8 @@ above ``min_quality``: ``service.clustering.faces.faces_of`` with ``which="all"`
 central faces come from the cache, matched by file (the same detector, the same face: the one
 nearest the centre, as ``service.calibration.central_face`` picks it). All faces (central +
 extra) are clustered as the CLI and the job do (``edge_threshold`` at the automatic FAR for the
-number of faces, then ``cluster_faces``), once as shipped and once with the rule off: each
+number of faces, then ``cluster_faces``; also at the looser FARs that ``--far`` gives and that a
+smaller library gets automatically), once as shipped and once with the rule off: each
 face gets a file of its own (``apart``), the only thing the rule reads, so everything else is
 the same code path. Scores (BCubed and pairwise, ``service.clustering.scores``) are on the
 labelled (central) faces; the extra faces are unlabelled (bystanders, other people in the
@@ -16,7 +17,7 @@ photo) and are reported by how they fall: how many share a cluster with a face o
 photo (impossible with the rule), and how many clusters differ between the two runs.
 
 Usage: nice -n 10 python bench/cluster_cannot_link.py [--processes 2] >
-    runs/cluster/cannot_link.json
+    docs/cluster_cannot_link.json   (stages cached under runs/cluster/; a rerun only clusters)
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def central_row(boxes: np.ndarray, width: int, height: int) -> int:
         return -1
     centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
     return int(np.argmin(np.linalg.norm(centres - np.array([width / 2, height / 2]), axis=1)))
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two boxes (x1, y1, x2, y2): near 1 is one face found twice."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
 
 
 # ---- detection (cached) ----
@@ -287,15 +296,18 @@ def assemble(det: dict[str, Any], several: dict[str, Any]) -> dict[str, Any]:
         "emb": np.stack(emb).astype(np.float32),
         "labels": np.array(label),
         "labelled": np.array(labelled),
+        "boxes": boxes,
         "dropped": dropped,
         "cosine_to_cache": cosines,
         "min_quality": min_quality,
     }
 
 
-def cluster(faces: dict[str, Any], files: list[str]) -> tuple[Any, float, float]:
-    """The service's clustering as ``marginface cluster`` and the job run it (automatic FAR for
-    the number of faces); (result, wall seconds, CPU seconds)."""
+def cluster(
+    faces: dict[str, Any], files: list[str], far: float | None = None
+) -> tuple[Any, float, float]:
+    """The service's clustering as ``marginface cluster`` and the job run it (``far`` None: the
+    automatic FAR for the number of faces; else as ``--far``); (result, wall s, CPU s)."""
     from service.clustering import FoundFace, cluster_faces, edge_threshold
     from service.models import load_manifest
 
@@ -304,8 +316,8 @@ def cluster(faces: dict[str, Any], files: list[str]) -> tuple[Any, float, float]
         FoundFace(f, (0.0, 0.0, 0.0, 0.0), 1.0, v) for f, v in zip(files, faces["emb"], strict=True)
     ]
     t0, c0 = time.perf_counter(), time.process_time()
-    threshold, far = edge_threshold(calibration, None, len(found))
-    result = cluster_faces(found, threshold=threshold, far=far)
+    threshold, used = edge_threshold(calibration, far, len(found))
+    result = cluster_faces(found, threshold=threshold, far=used)
     return result, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -334,9 +346,39 @@ def report(faces: dict[str, Any], result: Any, wall: float, cpu: float) -> dict[
         "clusters_with_two_faces_of_one_photo": int(np.unique(labels[crowded]).size),
         "extra_faces_in_a_cluster": int((extra & (sizes[labels] > 1)).sum()),
         "extra_faces_alone": int((extra & (sizes[labels] == 1)).sum()),
+        "same_photo_in_one_cluster": crowded_detail(faces, labels, crowded)[:10],
         "wall_seconds": round(wall, 2),
         "cpu_seconds": round(cpu, 2),
     }
+
+
+def crowded_detail(
+    faces: dict[str, Any], labels: np.ndarray, crowded: np.ndarray
+) -> list[dict[str, Any]]:
+    """Each photo with two faces in one cluster: the cluster's size and people, and the overlap
+    of those faces' boxes (near 1: one face detected twice; near 0: two people)."""
+    out = []
+    seen: set[tuple[int, str]] = set()
+    for i in np.flatnonzero(crowded).tolist():
+        key = (int(labels[i]), faces["files"][i])
+        if key in seen:
+            continue
+        seen.add(key)
+        members = np.flatnonzero(labels == labels[i])
+        mine = [m for m in members.tolist() if faces["files"][m] == key[1]]
+        people = sorted({str(faces["labels"][m]) for m in members} - {""})
+        out.append(
+            {
+                "file": key[1],
+                "cluster_size": int(members.size),
+                "people_in_cluster": len(people),
+                "some_of_them": people[:5],
+                "faces_of_this_photo": len(mine),
+                "labelled_among_them": int(sum(faces["labels"][m] != "" for m in mine)),
+                "box_iou": round(iou(faces["boxes"][mine[0]], faces["boxes"][mine[1]]), 3),
+            }
+        )
+    return out
 
 
 def photo_story(faces: dict[str, Any], labels: np.ndarray, name: str) -> list[dict[str, Any]]:
@@ -348,9 +390,10 @@ def photo_story(faces: dict[str, Any], labels: np.ndarray, name: str) -> list[di
         out.append(
             {
                 "face": i,
+                "people_in_cluster": len(people),
                 "labelled": bool(faces["labels"][i] != ""),
                 "cluster_size": int(members.size),
-                "people_in_cluster": people[:5],
+                "some_of_them": people[:5],
                 "unlabelled_in_cluster": int((faces["labels"][members] == "").sum()),
                 "faces_of_this_photo_in_cluster": int(
                     sum(faces["files"][m] == name for m in members)
@@ -368,6 +411,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--detect-only", action="store_true")
     parser.add_argument("--photo", default="Vladimir_Putin/Vladimir_Putin_0007.jpg")
+    parser.add_argument(
+        "--fars",
+        nargs="*",
+        default=["auto", "1e-5", "1e-4", "1e-3"],
+        help="edge FARs: 'auto' (the default of the CLI and the job) and as --far gives them",
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     det = detect_all(args.processes)
@@ -385,8 +434,25 @@ def main() -> None:
         "labelled": np.arange(len(labelled)),
     }
     base, bw, bc = cluster(central_only, central_only["files"])
-    on, w1, c1 = cluster(faces, files)
-    off, w0, c0 = cluster(faces, apart(files))
+    by_far = []
+    for asked in args.fars:
+        far = None if asked == "auto" else float(asked)
+        on, w1, c1 = cluster(faces, files, far)
+        off, w0, c0 = cluster(faces, apart(files), far)
+        by_far.append(
+            {
+                "far_asked": asked,
+                "rule_on": report(faces, on, w1, c1),
+                "rule_off": report(faces, off, w0, c0),
+                "changes_off_to_on": changed(off.labels, on.labels),
+                "photo": {
+                    "file": args.photo,
+                    "rule_on": photo_story(faces, on.labels, args.photo),
+                    "rule_off": photo_story(faces, off.labels, args.photo),
+                },
+            }
+        )
+        print(json.dumps(by_far[-1]["rule_off"]["labelled"]), file=sys.stderr, flush=True)
     cos = np.array(faces["cosine_to_cache"])
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -406,14 +472,7 @@ def main() -> None:
             "median": round(float(np.median(cos)), 5) if cos.size else None,
         },
         "central_only": report(central_only, base, bw, bc),
-        "rule_on": report(faces, on, w1, c1),
-        "rule_off": report(faces, off, w0, c0),
-        "changes_off_to_on": changed(off.labels, on.labels),
-        "photo": {
-            "file": args.photo,
-            "rule_on": photo_story(faces, on.labels, args.photo),
-            "rule_off": photo_story(faces, off.labels, args.photo),
-        },
+        "by_far": by_far,
         "seconds": {
             "detect_wall": round(float(det["wall_seconds"]), 1),
             "embed_several_wall": round(float(several["wall_seconds"]), 1),

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.cluster_cannot_link import apart, central_row, changed, clusters_of, with_own_photo
+from bench.cluster_cannot_link import (
+    apart,
+    central_row,
+    changed,
+    clusters_of,
+    iou,
+    with_own_photo,
+)
 from service.clustering import FoundFace, cluster_faces
 from service.vision.detection import DetectedFace, nearest_to_centre
 
@@ -65,3 +72,9 @@ def test_central_row_is_the_service_s_nearest_to_centre() -> None:
         chosen = nearest_to_centre(faces, 250, 250)
         assert faces[central_row(boxes, 250, 250)] is chosen
     assert central_row(np.zeros((0, 4)), 250, 250) == -1
+
+
+def test_iou_tells_one_face_found_twice_from_two_faces() -> None:
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == 50 / 150
+    assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
