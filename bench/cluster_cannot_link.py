@@ -304,7 +304,7 @@ def assemble(det: dict[str, Any], several: dict[str, Any]) -> dict[str, Any]:
 
 
 def cluster(
-    faces: dict[str, Any], files: list[str], far: float | None = None
+    faces: dict[str, Any], files: list[str], far: float | None = None, seed: int = 0
 ) -> tuple[Any, float, float]:
     """The service's clustering as ``marginface cluster`` and the job run it (``far`` None: the
     automatic FAR for the number of faces; else as ``--far``); (result, wall s, CPU s)."""
@@ -317,7 +317,7 @@ def cluster(
     ]
     t0, c0 = time.perf_counter(), time.process_time()
     threshold, used = edge_threshold(calibration, far, len(found))
-    result = cluster_faces(found, threshold=threshold, far=used)
+    result = cluster_faces(found, threshold=threshold, far=used, seed=seed)
     return result, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -407,10 +407,13 @@ def main() -> None:
     """Stage by stage; each stage's output is cached."""
     import resource
 
+    from service.clustering import score_clustering
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--detect-only", action="store_true")
     parser.add_argument("--photo", default="Vladimir_Putin/Vladimir_Putin_0007.jpg")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds at the automatic FAR")
     parser.add_argument(
         "--fars",
         nargs="*",
@@ -453,6 +456,17 @@ def main() -> None:
             }
         )
         print(json.dumps(by_far[-1]["rule_off"]["labelled"]), file=sys.stderr, flush=True)
+    seeds: dict[str, dict[str, list[float]]] = {"rule_on": {}, "rule_off": {}}
+    for seed in range(args.seeds):  # Chinese whispers' random order: how much is seed noise
+        for key, names in (("rule_on", files), ("rule_off", apart(files))):
+            result, _, _ = cluster(faces, names, None, seed)
+            got = score_clustering(result.labels[labelled], faces["labels"][labelled]).to_dict()
+            for k in ("bcubed_f", "pairwise_f1"):
+                seeds[key].setdefault(k, []).append(float(got[k]))
+    seeds_out = {
+        key: {k: {"values": v, "median": float(np.median(v))} for k, v in per.items()}
+        for key, per in seeds.items()
+    }
     cos = np.array(faces["cosine_to_cache"])
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -473,6 +487,7 @@ def main() -> None:
         },
         "central_only": report(central_only, base, bw, bc),
         "by_far": by_far,
+        "seeds_at_auto_far": seeds_out,
         "seconds": {
             "detect_wall": round(float(det["wall_seconds"]), 1),
             "embed_several_wall": round(float(several["wall_seconds"]), 1),
