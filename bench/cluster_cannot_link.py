@@ -233,7 +233,7 @@ def embed_several(det: dict[str, Any], processes: int) -> dict[str, Any]:
         "valid": np.concatenate([r["valid"] for r in results]),
         "wall_seconds": np.array(time.perf_counter() - t0),
     }
-    np.savez(EXTRA, **out)
+    np.savez(EXTRA, **out)  # type: ignore[arg-type]  # numpy stubs: **kwds vs allow_pickle
     return out
 
 
