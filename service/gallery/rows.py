@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.gallery.records import FaceRecord, NewFace, Subject
+from service.gallery.records import FaceRecord, Negative, NewFace, Subject
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,10 @@ SUBJECT_COLUMNS = (
 FACE_COLUMNS = "id, subject_id, model_id, box, det_score, image_sha256, created_at, model_sha256"
 #: what a verified read of embeddings selects
 VECTOR_COLUMNS = "id, subject_id, image_sha256, embedding, checksum"
+#: the columns every read of Negatives selects, in this order (then the embedding)
+NEGATIVE_COLUMNS = "id, subject_id, model_id, source, face_id, created_at, model_sha256"
+#: what a verified read of negative embeddings selects (the VECTOR_COLUMNS layout)
+NEGATIVE_VECTOR_COLUMNS = "id, subject_id, 'negative', embedding, checksum"
 #: a stored embedding is a unit vector (the gallery compares by inner product = cosine)
 UNIT_NORM_TOLERANCE = 1e-3
 _DIGEST_MOD = 1 << 64
@@ -88,6 +92,20 @@ def face(row: Sequence[Any]) -> FaceRecord:
 def face_with_embedding(row: Sequence[Any]) -> tuple[FaceRecord, np.ndarray]:
     """FACE_COLUMNS then the embedding blob -> (FaceRecord, vector)."""
     return face(row), np.frombuffer(bytes(row[8]), dtype=np.float32).copy()
+
+
+def negative(row: Sequence[Any]) -> Negative:
+    """The NEGATIVE_COLUMNS of a row -> Negative."""
+    face_id = None if row[4] is None else int(row[4])
+    return Negative(
+        int(row[0]), str(row[1]), str(row[2]), row[3], face_id, float(row[5]), str(row[6] or "")
+    )
+
+
+def negative_checksum(subject_id: str, embedding: bytes) -> str:
+    """A negative's checksum: a face's, with "negative" in place of the image hash (a flipped
+    byte, or a row moved to another subject, no longer matches)."""
+    return checksum(subject_id, "negative", embedding)
 
 
 def subject_values(s: Subject) -> tuple[Any, ...]:
