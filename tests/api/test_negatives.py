@@ -8,6 +8,7 @@ him; deleting a negative brings the answer back, erasing the subject erases its 
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +184,25 @@ def test_the_rule_is_n_at_least_s() -> None:
     assert [(v.subject_id, v.score, round(v.negative, 6)) for v in vetoed] == [("a", 0.6, 0.6)]
     kept, vetoed = veto(probe, [C("a", 0.61)], negatives)
     assert [c.subject_id for c in kept] == ["a"] and vetoed == []
+
+
+def test_the_cli_identify_says_which_subjects_were_vetoed(tmp_path: Path) -> None:
+    """`marginface identify` goes through the same rule and prints the vetoed subject."""
+    from service.gallery.embedded import embedded_gallery
+    from tests.test_cli import make_people, run
+
+    root, gallery = tmp_path / "people", tmp_path / "gallery"
+    make_people(root, {"Colin_Prescot": [1], "Jan_Bjoerklund": [1]})
+    proc = run("index", str(root), "--gallery", str(gallery), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    g = embedded_gallery(gallery, model_id="pinned-in-the-store@x", embedding_dim=128)
+    jan = g.list_faces("Jan_Bjoerklund")[0].id
+    g.add_negative("Colin_Prescot", model_id=g.model_id, source="face", face_id=jan)
+    g.close()
+    proc = run("identify", str(JAN), "--gallery", str(gallery), "--top-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (face,) = json.loads(proc.stdout)["faces"]
+    assert [c["subject_id"] for c in face["candidates"]] == ["Jan_Bjoerklund"]
+    assert [v["subject_id"] for v in face["vetoed"]] == ["Colin_Prescot"]
+    proc = run("identify", str(JAN), "--gallery", str(gallery), "--top-k", "3")
+    assert proc.returncode == 0 and "vetoed" in proc.stdout, proc.stdout  # a row of its own
