@@ -9,11 +9,11 @@ A face's answer is decided on the subjects, not on single faces:
   (cosine): two people fit about equally well, so neither is named, and both are returned;
 - ``match``: otherwise, the best subject.
 
-- ``vetoed`` (before the above): a subject the user said a face like this one is not ("not
-  this person": negative examples kept per subject, ``Gallery.add_negative``) is dropped from
-  the candidates when the probe is at least as close to one of its negatives as to its best
-  face (``is_vetoed``: n >= s, both cosines, same model); the answer falls to the next subject,
-  or to unknown, and the response lists the vetoed subjects with both cosines.
+Before that, "not this person" (negative examples kept per subject, ``Gallery.add_negative``):
+a candidate subject is **vetoed**, dropped from the candidates, when the probe is at least as
+close to one of its negatives as to its best face (``is_vetoed``: n >= s, both cosines, same
+model); the answer falls to the next subject, or to unknown, and the response lists the vetoed
+subjects with both cosines (``veto``, applied by ``Recognition.rank``).
 
 Each candidate says how many of its faces agree (reach the threshold): evidence a reviewer can
 weigh, not part of the rule. The score is the best face's (not a fusion of a subject's faces):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from service.identification import is_vetoed, veto
+from service.vision.pipeline import FacePipeline
 from tests.backends import free_port
 from tests.conftest import API_KEY, lfw
 from tests.test_server import server
@@ -206,3 +207,36 @@ def test_the_cli_identify_says_which_subjects_were_vetoed(tmp_path: Path) -> Non
     assert [v["subject_id"] for v in face["vetoed"]] == ["Colin_Prescot"]
     proc = run("identify", str(JAN), "--gallery", str(gallery), "--top-k", "3")
     assert proc.returncode == 0 and "vetoed" in proc.stdout, proc.stdout  # a row of its own
+
+
+def test_vetoes_widen_the_search_until_top_k_subjects_stand(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """Five subjects closest to the probe are all vetoed: the search widens (2, 4, 8 subjects)
+    until two that stand are found, so the answer falls past all of them."""
+    from service.gallery.embedded import embedded_gallery
+    from service.gallery.records import NewFace
+    from service.recognition import Recognition
+    from tests.conftest import make_settings
+
+    rng = np.random.default_rng(36)
+    probe = rng.standard_normal(128).astype(np.float32)
+    probe /= np.linalg.norm(probe)
+    model = pipeline.model_id
+    g = embedded_gallery(tmp_path / "g", model_id=model, embedding_dim=128)
+    for i in range(8):  # s0 nearest the probe, s7 farthest
+        away = rng.standard_normal(128).astype(np.float32)
+        away -= (away @ probe) * probe  # orthogonal to the probe: cosine is cos(angle) exactly
+        away /= np.linalg.norm(away)
+        angle = 0.3 + 0.1 * i
+        v = np.cos(angle) * probe + np.sin(angle) * away
+        g.create_subject(f"s{i}", f"S{i}", {})
+        g.add_faces(f"s{i}", [NewFace(v, (0, 0, 1, 1), 1.0, f"f{i}")], model_id=model)
+        if i < 5:
+            g.add_negative(f"s{i}", probe, model_id=model, source="probe")
+    rec = Recognition(make_settings(tmp_path), pipeline, g)
+    ((kept, vetoed),) = rec.rank(probe[None], 2)
+    assert [c.subject_id for c in kept] == ["s5", "s6"]
+    assert [v.subject_id for v in vetoed] == [f"s{i}" for i in range(5)]
+    assert all(v.negative > 0.999 and v.negative >= v.score for v in vetoed)
+    g.close()
