@@ -192,3 +192,32 @@ def test_negatives_are_exported_and_imported_and_old_exports_still_import(
     upgraded.add_negative("a", probe, model_id=MODEL, source="probe")
     assert len(upgraded.negatives_of(["a"], model_id=MODEL)["a"]) == 1
     upgraded.close()
+
+
+def test_a_verified_read_reports_each_bad_row_with_its_reason_in_row_order() -> None:
+    """The vector checks of ``rows.verified`` run on all rows at once (every identify reads its
+    candidates' faces and negatives through it): the same rows pass and fail, for the same
+    reasons, as when each row was checked on its own."""
+    from service.gallery import rows
+
+    good = (np.ones(4, np.float32) / 2).tobytes()
+    long = (np.ones(4, np.float32)).tobytes()  # norm 2
+    nan = np.array([np.nan, 0, 0, 1], np.float32).tobytes()
+    found = [
+        (1, "s", "a", good, rows.checksum("s", "a", good)),
+        (2, "s", "b", long, rows.checksum("s", "b", long)),
+        (3, "s", "c", good, "0" * 16),
+        (4, "s", "d", nan, rows.checksum("s", "d", nan)),
+        (5, "s", "e", b"12", ""),
+        (6, "t", "f", good, rows.checksum("t", "f", good)),
+    ]
+    ids, vectors, bad = rows.verified(found, 4)
+    assert ids.tolist() == [1, 6] and vectors.shape == (2, 4)
+    assert bad == [
+        (2, "not a unit vector (norm 2)"),
+        (3, "checksum mismatch"),
+        (4, "not finite"),
+        (5, "embedding of 2 bytes, expected 16"),
+    ]
+    empty_ids, empty, none = rows.verified([], 4)
+    assert len(empty_ids) == 0 and empty.shape == (0, 4) and none == []
