@@ -10,17 +10,21 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import psycopg
 import pytest
 
+from service.gallery.postgres import upgrade
 from service.identification import is_vetoed, veto
 from service.vision.pipeline import FacePipeline
-from tests.backends import free_port
+from tests.backends import Distributed, free_port
 from tests.conftest import API_KEY, lfw
 from tests.test_server import server
 
@@ -28,13 +32,41 @@ JAN = lfw("Jan_Bjoerklund", 1)
 HEADERS = {"X-API-Key": API_KEY}
 
 
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real server (`marginface serve`) for this module's tests."""
+@dataclass
+class Served:
+    """A real server (`marginface serve`) on one gallery backend, and a read of its store."""
+
+    url: str
+    sql: Callable[[str], list[Any]]  # rows of one SELECT on the server's store
+
+
+@pytest.fixture(scope="module", params=["embedded", "distributed"])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """One real server for this module's tests, on either backend (the distributed one on the
+    session's PostgreSQL and milvus-lite servers)."""
     root = tmp_path_factory.mktemp("negatives")
     port = free_port()
-    with server(root / "gallery", port):
-        yield f"http://127.0.0.1:{port}"
+    env: dict[str, str] = {}
+    if request.param == "distributed":
+        dsn = request.getfixturevalue("postgres").new_database()
+        upgrade(dsn)
+        env = Distributed(dsn, request.getfixturevalue("milvus_uri"),
+                          "neg" + uuid.uuid4().hex[:8]).env()  # fmt: skip
+
+        def sql(query: str) -> list[Any]:
+            with psycopg.connect(dsn) as conn:
+                return list(conn.execute(query).fetchall())
+    else:
+
+        def sql(query: str) -> list[Any]:
+            store = root / "gallery" / "gallery.sqlite3"
+            with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as conn:
+                return list(conn.execute(query).fetchall())
+
+    with server(root / "gallery", port, env):
+        yield Served(f"http://127.0.0.1:{port}", sql)
 
 
 def call(method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -65,7 +97,8 @@ def answer(face: dict[str, Any]) -> str | None:
     return face["match"]["subject_id"] if face["match"] else None
 
 
-def test_not_this_person_vetoes_the_subject_for_that_face_and_no_other(base_url: str) -> None:
+def test_not_this_person_vetoes_the_subject_for_that_face_and_no_other(served: Served) -> None:
+    base_url = served.url
     enroll(base_url, "prescot", "Colin Prescot", lfw("Colin_Prescot", 1))
     enroll(base_url, "powell", "Colin Powell", lfw("Colin_Powell", 1))
     before = identify(base_url, JAN)
@@ -119,12 +152,11 @@ def test_not_this_person_vetoes_the_subject_for_that_face_and_no_other(base_url:
     assert r.status_code == 404 and r.json()["error"]["code"] == "negative_not_found"
 
 
-def test_a_gallery_face_marked_not_this_person_and_erasure(
-    base_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_a_gallery_face_marked_not_this_person_and_erasure(served: Served) -> None:
     """A gallery face (Jan, enrolled as his own subject) marked as not Prescot: photos like it
     are no longer Prescot; the copy goes when Jan's subject is erased, and Prescot's negatives
     when Prescot is."""
+    base_url = served.url
     enroll(base_url, "jan", "Jan Bjoerklund", JAN)
     enroll(base_url, "prescot2", "Colin Prescot", lfw("Colin_Prescot", 1))
     jan_face = call("GET", f"{base_url}/v1/subjects/jan/faces").json()[0]["id"]
@@ -161,11 +193,7 @@ def test_a_gallery_face_marked_not_this_person_and_erasure(
     assert call("DELETE", f"{base_url}/v1/subjects/prescot2").status_code == 200
     r = call("GET", f"{base_url}/v1/subjects/prescot2/negatives")
     assert r.status_code == 404
-    store = next(tmp_path_factory.getbasetemp().glob("negatives*/gallery/gallery.sqlite3"))
-    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as conn:
-        rows = conn.execute(
-            "SELECT subject_id FROM negatives WHERE subject_id IN ('jan', 'prescot2')"
-        ).fetchall()
+    rows = served.sql("SELECT subject_id FROM negatives WHERE subject_id IN ('jan', 'prescot2')")
     assert rows == []
 
 
