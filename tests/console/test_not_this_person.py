@@ -55,6 +55,18 @@ def test_not_this_person_on_an_identify_candidate(  # type: ignore[no-untyped-de
     listed = httpx.get(f"{base_url}/v1/subjects/prescot/negatives", headers=HEADERS).json()
     assert [n["source"] for n in listed["negatives"]] == ["probe"]
 
+    # the subject's page lists it; forgetting it lets Prescot be named again
+    page.get_by_role("link", name="Gallery").click()
+    page.locator("tr[data-subject='prescot']").get_by_role("button", name="Open").click()
+    expect(page.locator("#negatives li")).to_have_count(1)
+    expect(page.locator("#negatives")).to_contain_text("an identify photo")
+    page.locator("#negatives li").get_by_role("button", name="Forget").click()
+    expect(page.locator("#status")).to_contain_text("Forgot that an identify photo is not prescot")
+    expect(page.locator("#negatives li")).to_have_count(0)
+    page.get_by_role("link", name="Identify").click()
+    page.get_by_role("button", name="Identify", exact=True).click()
+    expect(page.locator(".face-box.match")).to_contain_text("Colin Prescot", timeout=60_000)
+
 
 def test_not_this_person_on_a_member_of_a_named_group(  # type: ignore[no-untyped-def]
     page, base_url: str, tmp_path: Path

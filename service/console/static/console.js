@@ -229,6 +229,30 @@ async function loadFaces() {
     })));
     list.append(li);
   }
+  await loadNegatives();
+}
+
+// "not this person" examples of the open subject: kept as embeddings only; forgetting one lets
+// the subject be named again for faces like it
+async function loadNegatives() {
+  const sid = encodeURIComponent(state.subject.id);
+  const found = await api("GET", `/v1/subjects/${sid}/negatives`);
+  const list = $("negatives");
+  list.replaceChildren();
+  $("negatives-title").hidden = found.negatives.length === 0;
+  for (const n of found.negatives) {
+    const li = document.createElement("li");
+    const from = n.source === "probe" ? "an identify photo" : n.face_id ? `gallery face ${n.face_id}` : "a cluster face";
+    li.textContent = `Not this person: ${from}, ${new Date(n.created_at * 1000).toLocaleString()} `;
+    const forget = button("Forget", "secondary", () => guarded(async () => {
+      await api("DELETE", `/v1/subjects/${sid}/negatives/${n.id}`);
+      say(`Forgot that ${from} is not ${state.subject.id}.`);
+      await loadNegatives();
+    }));
+    forget.setAttribute("aria-label", `Forget "not this person" ${n.id}`);
+    li.append(forget);
+    list.append(li);
+  }
 }
 
 async function addFaces(files) {
