@@ -140,6 +140,13 @@ def test_not_this_person_vetoes_the_subject_for_that_face_and_no_other(served: S
     assert r.status_code == 200, r.text
     names = [s["subject"] for s in r.json()["result"][0]["subjects"]]
     assert "Colin Prescot" not in names and "Colin Powell" not in names
+    embedding = call("POST", f"{base_url}/v1/embed", files=photo(JAN)).json()["faces"][0]
+    r = httpx.post(f"{base_url}/api/v1/recognition/embeddings/recognize",
+                   headers={"x-api-key": API_KEY}, params={"prediction_count": 3},
+                   json={"embeddings": [embedding["embedding"]]}, timeout=120)  # fmt: skip
+    assert r.status_code == 200, r.text
+    names = [s["subject"] for s in r.json()["result"][0]["similarities"]]
+    assert "Colin Prescot" not in names and "Colin Powell" not in names
 
     # listed (never with embeddings), deleted: Prescot is Jan's answer again
     listed = call("GET", f"{base_url}/v1/subjects/prescot/negatives").json()
