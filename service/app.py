@@ -17,7 +17,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
 
-from service.api import clusters, compreface, faces, health, jobs, recognize, subjects
+from service.api import (
+    clusters,
+    compreface,
+    faces,
+    health,
+    jobs,
+    negatives,
+    recognize,
+    subjects,
+)
 from service.api.deps import AppState, known_query_only
 from service.api.image_body import IMAGE_ROUTES, Base64Bodies
 from service.api.json_line import JSONLineResponse
@@ -142,7 +151,8 @@ def create_app(
         dependencies=[Depends(known_query_only)],
         default_response_class=JSONLineResponse,
     )
-    routers = [health.router, subjects.router, faces.router, recognize.router, clusters.router]
+    routers = [health.router, subjects.router, faces.router, negatives.router, recognize.router,
+               clusters.router]  # fmt: skip
     routers.append(jobs.router)
     routers.append(jobs.export_router)
     routers.extend(compreface.routers)  # CompreFace's REST API: docs/compreface.md

@@ -43,6 +43,8 @@ def audit_targets(action: str, targets: dict[str, Any]) -> None:
     touched.setdefault("actions", []).append(action)
     if face_ids:
         touched.setdefault("face_ids", []).extend(face_ids)
+    if "negative_id" in targets:
+        touched.setdefault("negative_ids", []).append(int(targets["negative_id"]))
 
 
 class AuditFile:
@@ -107,6 +109,8 @@ class AuditTrail:
         entry.update({k: str(params[k]) for k in _TARGETS if k in params})
         if touched.get("face_ids"):
             entry["face_ids"] = sorted(set(touched["face_ids"]))
+        if touched.get("negative_ids"):
+            entry["negative_ids"] = sorted(set(touched["negative_ids"]))
         audit_log.info("audit", extra={"audit": entry})
         if self.file is not None:
             try:

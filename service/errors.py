@@ -119,6 +119,21 @@ class FaceNotFound(MarginFaceError):
     status = 404
 
 
+class NegativeNotFound(MarginFaceError):
+    """No negative example ("not this person") with that id for that subject."""
+
+    code = "negative_not_found"
+    status = 404
+
+
+class TooManyNegatives(MarginFaceError):
+    """A subject holds as many negative examples as it may (``details.limit``): delete some
+    first. The bound keeps every identify's veto check cheap."""
+
+    code = "too_many_negatives"
+    status = 409
+
+
 class SubjectExists(MarginFaceError):
     """A subject with that id already exists."""
 

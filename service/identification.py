@@ -9,6 +9,12 @@ A face's answer is decided on the subjects, not on single faces:
   (cosine): two people fit about equally well, so neither is named, and both are returned;
 - ``match``: otherwise, the best subject.
 
+Before that, "not this person" (negative examples kept per subject, ``Gallery.add_negative``):
+a candidate subject is **vetoed**, dropped from the candidates, when the probe is at least as
+close to one of its negatives as to its best face (``is_vetoed``: n >= s, both cosines, same
+model); the answer falls to the next subject, or to unknown, and the response lists the vetoed
+subjects with both cosines (``veto``, applied by ``Recognition.rank``).
+
 Each candidate says how many of its faces agree (reach the threshold): evidence a reviewer can
 weigh, not part of the rule. The score is the best face's (not a fusion of a subject's faces):
 chosen by measurement in docs/benchmarks.md, "Open-set identification", where also the margin's
@@ -17,8 +23,11 @@ cost in detection rate is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
+
+import numpy as np
 
 Decision = Literal["match", "ambiguous", "unknown"]
 
@@ -52,3 +61,55 @@ def decide(candidates: list[SubjectCandidate], threshold: float, margin: float) 
     if len(candidates) > 1 and best.score - candidates[1].score < margin:
         return Answer("ambiguous", None, [best, candidates[1]])
     return Answer("match", best, [])
+
+
+class Scored(Protocol):
+    """What the veto reads of a candidate: its subject and its best face's cosine."""
+
+    @property
+    def subject_id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def score(self) -> float: ...
+
+
+C = TypeVar("C", bound=Scored)
+
+
+@dataclass(frozen=True)
+class Vetoed:
+    """A candidate subject dropped by its negatives: the probe's cosine to its best face
+    (``score``) and to the nearest of its negative examples (``negative``)."""
+
+    subject_id: str
+    name: str
+    score: float
+    negative: float
+
+
+def is_vetoed(score: float, negative: float) -> bool:
+    """The rule, in one place: a subject is vetoed when the probe is at least as close to
+    something the user said is not that subject (``negative``, the highest cosine to its
+    negatives) as to the subject itself (``score``, its best face's cosine)."""
+    return negative >= score
+
+
+def veto(
+    probe: np.ndarray, candidates: Sequence[C], negatives: Mapping[str, np.ndarray]
+) -> tuple[list[C], list[Vetoed]]:
+    """The candidates that stand (in their order) and the ones vetoed, for one probe (a unit
+    vector) and the negatives (unit rows, of the probe's model) of the candidates' subjects."""
+    kept: list[C] = []
+    vetoed: list[Vetoed] = []
+    for c in candidates:
+        rows = negatives.get(c.subject_id)
+        if rows is not None and len(rows):
+            nearest = float(np.max(rows @ probe))
+            if is_vetoed(c.score, nearest):
+                vetoed.append(Vetoed(c.subject_id, c.name, c.score, nearest))
+                continue
+        kept.append(c)
+    return kept, vetoed

@@ -10,16 +10,16 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from service.calibration import threshold_for_far
 from service.errors import InvalidRequest, NoFace, SubjectNotFound
-from service.gallery import Candidate, Gallery, NewFace, backends
+from service.gallery import Candidate, Gallery, Negative, NewFace, backends
 from service.gallery.gallery import WriteObserver
-from service.identification import Answer, SubjectCandidate, decide
+from service.identification import Answer, SubjectCandidate, Vetoed, decide, veto
 from service.images import ImageVault
 from service.memory import MemoryBudget, decode_bytes
 from service.models import Manifest, resolve_model
@@ -31,6 +31,8 @@ from service.vision.image import decode_image
 from service.vision.pipeline import Chosen, EnrollPolicy, Face, FacePipeline
 
 log = logging.getLogger(__name__)
+#: searches one identify may make when negatives veto its candidates (each twice as wide)
+VETO_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class IdentifiedFace:
     face: Face
     candidates: list[SubjectCandidate]
     answer: Answer
+    vetoed: list[Vetoed] = field(default_factory=list)
 
     @property
     def match(self) -> SubjectCandidate | None:
@@ -73,6 +76,11 @@ class IdentifiedFace:
             "match": candidate(self.match) if self.match else None,
             "ambiguous": [candidate(c) for c in self.answer.contenders],
             "candidates": [candidate(c) for c in self.candidates],
+            "vetoed": [
+                {"subject_id": v.subject_id, "name": v.name, "score": round(v.score, 6),
+                 "negative": round(v.negative, 6)}
+                for v in self.vetoed
+            ],
         }
 
 
@@ -415,19 +423,77 @@ class Recognition:
         faces = self.embed(data, aligned=aligned)
         if not faces:
             return [], chosen
-        started = time.perf_counter()
-        ranked = self.gallery.search(
-            np.stack([f.embedding for f in faces]),
-            top_k=max(k, 2),  # the runner-up decides ambiguity even when one is asked for
-            model_id=self.pipeline.model_id,
-        )
-        self.pipeline.timed("search", started)
+        ranked = self.rank(np.stack([f.embedding for f in faces]), max(k, 2))
         out = []
-        for face, found in zip(faces, ranked, strict=True):
+        for face, (found, vetoed) in zip(faces, ranked, strict=True):
             subjects = [self._evidence(face.embedding, c, chosen.value) for c in found]
             answer = decide(subjects, chosen.value, gap)
-            out.append(IdentifiedFace(face, subjects[:k], answer))
+            out.append(IdentifiedFace(face, subjects[:k], answer, vetoed))
         return out, chosen
+
+    def rank(
+        self, probes: np.ndarray, top_k: int
+    ) -> list[tuple[list[Candidate], list[Vetoed]]]:
+        """For each probe (unit rows of the running model): its top-k candidate subjects once
+        the subjects its negatives veto are dropped (``service.identification.veto``), and
+        those vetoed. Every identify goes through here (ours, the CLI's, CompreFace's
+        recognize by image and by embedding). The negatives of the candidates are read in one
+        query; when vetoes leave fewer than ``top_k`` and the gallery has more subjects, the
+        search widens (a few rounds at most: only subjects with negatives are ever dropped)."""
+        model_id = self.pipeline.model_id
+        results: list[tuple[list[Candidate], list[Vetoed]] | None] = [None] * len(probes)
+        todo, k = list(range(len(probes))), top_k
+        for round_ in range(VETO_ROUNDS):
+            started = time.perf_counter()
+            ranked = self.gallery.search(probes[todo], top_k=k, model_id=model_id)
+            self.pipeline.timed("search", started)
+            subjects = sorted({c.subject_id for found in ranked for c in found})
+            negatives = self.gallery.negatives_of(subjects, model_id=model_id)
+            again = []
+            for q, found in zip(todo, ranked, strict=True):
+                kept, vetoed = veto(probes[q], found, negatives)
+                exhausted = len(found) < k or round_ == VETO_ROUNDS - 1
+                if len(kept) >= top_k or exhausted:
+                    results[q] = (kept[:top_k], vetoed)
+                else:
+                    again.append(q)
+            todo, k = again, k * 2
+            if not todo:
+                break
+        return [r or ([], []) for r in results]
+
+    def not_this_person(
+        self,
+        subject_id: str,
+        data: bytes,
+        *,
+        box: tuple[float, float, float, float] | None = None,
+        aligned: bool = False,
+    ) -> tuple[Negative, bool, Face]:
+        """Remember that a face of an identify photo (sent again) is not ``subject_id``: its
+        embedding only is kept, as a negative example (``Gallery.add_negative``). The face
+        is the one whose box overlaps ``box`` (the identify answer's ``detection.box``) the
+        most, at least half (IoU): NoFace otherwise; without ``box``, the photo's main face
+        (verify's choice). Also (negative, created, the face used)."""
+        self.gallery.check_model(self.pipeline.model_id)
+        self.gallery.get_subject(subject_id)  # 404 before any image work
+        if box is None:
+            face = self.one_face(data, policy="largest", aligned=aligned).face
+        else:
+            faces = self.embed(data, aligned=aligned)
+            overlaps = [(_iou(f.box, box), i) for i, f in enumerate(faces)]
+            best = max(overlaps, default=(0.0, -1))
+            if best[0] < 0.5:
+                raise NoFace(
+                    f"no face of the photo overlaps box {list(box)} by half or more (IoU); "
+                    "send the box of the face as identify answered it (detection.box)",
+                    faces_found=len(faces),
+                )
+            face = faces[best[1]]
+        negative, created = self.gallery.add_negative(
+            subject_id, face.embedding, model_id=self.pipeline.model_id, source="probe"
+        )
+        return negative, created, face
 
     def _evidence(self, probe: np.ndarray, c: Candidate, threshold: float) -> SubjectCandidate:
         """A candidate with the number of its faces at or above the threshold (none when its
@@ -442,3 +508,12 @@ class Recognition:
             except SubjectNotFound:
                 agreeing = 1
         return SubjectCandidate(c.subject_id, c.name, c.face_id, c.score, agreeing)
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, w) * max(0.0, h)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

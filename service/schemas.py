@@ -190,16 +190,87 @@ class CandidateOut(BaseModel):
     agreeing: int | None = None
 
 
+class VetoedOut(BaseModel):
+    """A subject dropped from the candidates by its negative examples ("not this person"):
+    the probe is at least as close to one of them (``negative``) as to the subject's best
+    face (``score``)."""
+
+    subject_id: str
+    name: str
+    score: float = Field(description="cosine to the subject's best face")
+    negative: float = Field(description="cosine to the nearest of its negatives (>= score)")
+
+
 class IdentifiedFaceOut(BaseModel):
     """One face of the probe image and the open-set decision: ``match``, ``ambiguous`` (the
     best subject beat the runner-up by less than the margin: both are in ``ambiguous``, no
-    match) or ``unknown``."""
+    match) or ``unknown``. Subjects vetoed by their negatives are not candidates: they are
+    listed in ``vetoed``."""
 
     detection: Box
     decision: Literal["match", "ambiguous", "unknown"]
     match: CandidateOut | None
     ambiguous: list[CandidateOut] = []
     candidates: list[CandidateOut]
+    vetoed: list[VetoedOut] = []
+
+
+class NegativeOut(BaseModel):
+    """A negative example of a subject ("not this person"): kept as an embedding only."""
+
+    id: int
+    subject_id: str
+    source: Literal["probe", "face"] = Field(
+        description="probe: an identify photo's face (only its embedding is kept); face: a "
+        "gallery face (face_id; erased with it) or a cluster job's face"
+    )
+    face_id: int | None = None
+    model_id: str
+    created_at: float
+
+
+class NegativeAdded(NegativeOut):
+    """A negative example stored (201), or the one stored before for the same face (200,
+    ``created: false``)."""
+
+    created: bool
+    detection: Box | None = Field(
+        default=None, description="the face of the photo that was used (photo requests)"
+    )
+
+
+class NegativeList(BaseModel):
+    """A subject's negative examples, oldest first, and how many it may hold."""
+
+    subject_id: str
+    negatives: list[NegativeOut]
+    limit: int
+
+
+class NegativeDeleted(BaseModel):
+    """What deleting a negative example removed."""
+
+    negative_id: int
+    negatives_deleted: int = Field(description="always 1")
+
+
+class NotSubjectIn(BaseModel):
+    """The subject a cluster member is not (default: the subject the cluster was named)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject_id: str | None = Field(None, json_schema_extra=SUBJECT_ID_FIELD)
+
+
+class NotSubjectOut(BaseModel):
+    """What saying "not this person" of a cluster member did: the negative example stored, and
+    the gallery face erased from the subject when a naming had enrolled it."""
+
+    subject_id: str
+    cluster: int
+    face: int
+    negative_id: int
+    erased_face_id: int | None = None
 
 
 class IdentifyResponse(BaseModel):

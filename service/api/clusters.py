@@ -20,6 +20,8 @@ from service.schemas import (
     MergeClustersIn,
     NameClusterIn,
     NamedClusterOut,
+    NotSubjectIn,
+    NotSubjectOut,
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["clusters"], dependencies=[IsAdmin])
@@ -91,6 +93,21 @@ def remove_face(job_id: str, cluster: int, face: int, state: State) -> ClusterOu
     empty)."""
     view = review(state, job_id).remove(cluster, face)
     return Response(status_code=204) if view is None else ClusterOut(**view)
+
+
+@router.post("/{job_id}/clusters/{cluster}/faces/{face}/not-subject")
+def not_this_person(
+    job_id: str, cluster: int, face: int, body: NotSubjectIn, state: State
+) -> NotSubjectOut:
+    """Not this person: a member of a named cluster is not its subject (or ``subject_id``).
+    Its embedding is kept as a negative example of the subject (identify stops naming the
+    subject for faces like it), it leaves the cluster, the face a naming enrolled from it is
+    erased from the subject, and naming never puts it there again."""
+    work = review(state, job_id)
+    done = work.not_this_person(
+        cluster, face, body.subject_id, state.gallery, state.recognition.pipeline.model_id
+    )
+    return NotSubjectOut(**done)
 
 
 @router.post("/{job_id}/clusters/{cluster}/subject")

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from service.gallery import FaceRecord, Subject
-from service.identification import SubjectCandidate
+from service.gallery import FaceRecord, Negative, Subject
+from service.identification import SubjectCandidate, Vetoed
 from service.recognition import IdentifiedFace, Threshold
 from service.schemas import (
     Box,
     CandidateOut,
     FaceOut,
     IdentifiedFaceOut,
+    NegativeOut,
     PoseOut,
     QualityOut,
     SubjectOut,
     ThresholdOut,
     UsedFace,
+    VetoedOut,
 )
 from service.vision.detection import DetectedFace
 from service.vision.pipeline import Chosen, Face
@@ -99,4 +101,27 @@ def identified(f: IdentifiedFace) -> IdentifiedFaceOut:
         match=candidate(f.match) if f.match else None,
         ambiguous=[candidate(c) for c in f.answer.contenders],
         candidates=[candidate(c) for c in f.candidates],
+        vetoed=[vetoed(v) for v in f.vetoed],
+    )
+
+
+def vetoed(v: Vetoed) -> VetoedOut:
+    """A subject vetoed by its negatives, with both cosines."""
+    return VetoedOut(
+        subject_id=v.subject_id,
+        name=v.name,
+        score=round(v.score, 6),
+        negative=round(v.negative, 6),
+    )
+
+
+def negative(n: Negative) -> NegativeOut:
+    """A negative example (never its embedding)."""
+    return NegativeOut(
+        id=n.id,
+        subject_id=n.subject_id,
+        source=n.source,
+        face_id=n.face_id,
+        model_id=n.model_id,
+        created_at=n.created_at,
     )

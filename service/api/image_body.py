@@ -22,6 +22,7 @@ from service.errors import InvalidImage, InvalidRequest, MarginFaceError, Payloa
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
 
 
 def decode_base64(value: object, field: str) -> bytes:
@@ -104,17 +105,18 @@ class NotMultipart(MarginFaceError):
 
 
 def json_to_multipart(
-    body: bytes, file_fields: tuple[str, ...], required: str, *, boundary: str
+    body: bytes, file_fields: tuple[str, ...], required: str | None, *, boundary: str
 ) -> bytes:
     """A JSON object's images (base64 strings, or lists of them) and plain fields as the
-    multipart body the route parses. InvalidImage, InvalidRequest."""
+    multipart body the route parses (``required``: the image it must hold; None: the route
+    says what it needs). InvalidImage, InvalidRequest."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the body is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise InvalidRequest('the JSON body must be an object: {"<field>": "<base64>", ...}')
-    if data.get(required) in (None, [], ""):
+    if required is not None and data.get(required) in (None, [], ""):
         raise InvalidImage(
             f"no image in {required!r}: send it as a {MULTIPART} file field {required!r} or as "
             f'{JSON} {{"{required}": "<base64>"}}'
@@ -153,7 +155,9 @@ class Base64Bodies:
     multipart ones. Any other body gets an error that names both ways. ``routes`` maps
     (method, path template) to (file fields, the required one)."""
 
-    def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], tuple[tuple[str, ...], str]]):
+    def __init__(
+        self, app: ASGIApp, routes: dict[tuple[str, str], tuple[tuple[str, ...], str | None]]
+    ):
         self.app = app
         self.routes = [
             (method, compile_path(path)[0], fields) for (method, path), fields in routes.items()
@@ -171,12 +175,13 @@ class Base64Bodies:
         headers = [(k, v) for k, v in scope.get("headers") or []]
         types = [v for k, v in headers if k == b"content-type"]
         kind = types[0].split(b";")[0].strip().lower().decode("latin-1") if types else ""
-        if kind == MULTIPART:
+        file_fields, required = found
+        if kind == MULTIPART or (kind == FORM and required is None):
+            # a route whose image is optional also takes a plain form (its other fields)
             await self.app(scope, receive, send)
             return
         from service.middleware import send_error  # the one error body
 
-        file_fields, required = found
         if kind != JSON:
             said = f"Content-Type {kind!r}" if kind else "no Content-Type"
             await send_error(
@@ -218,11 +223,13 @@ class Base64Bodies:
         await self.app({**scope, "headers": kept}, replay, send)
 
 
-#: our image routes: (method, path) -> (file fields, the one that must be there)
-IMAGE_ROUTES: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
+#: our image routes: (method, path) -> (file fields, the one that must be there, if one must)
+IMAGE_ROUTES: dict[tuple[str, str], tuple[tuple[str, ...], str | None]] = {
     ("POST", "/v1/identify"): (("image",), "image"),
     ("POST", "/v1/detect"): (("image",), "image"),
     ("POST", "/v1/embed"): (("image",), "image"),
     ("POST", "/v1/verify"): (("image_a", "image_b"), "image_a"),
     ("POST", "/v1/subjects/{subject_id}/faces"): (("files",), "files"),
+    # a photo (`image`) or a gallery face (`face_id`): the route refuses neither or both
+    ("POST", "/v1/subjects/{subject_id}/negatives"): (("image",), None),
 }

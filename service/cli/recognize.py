@@ -149,6 +149,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     f"{c.score:.4f}",
                 )
             )
+        for v in f.vetoed:  # "not this person": at least as close to one of its negatives
+            rows.append(("", "", "", "vetoed", f"{v.subject_id} ({v.name})",
+                         f"{v.score:.4f} <= negative {v.negative:.4f}"))  # fmt: skip
     view = table(
         f"{len(faces)} face(s) in {args.image}; threshold {threshold.value:.4f} "
         f"({threshold.source})",

@@ -2,7 +2,9 @@
 
 It holds the job's faces and embeddings in memory and their thumbnails in the job's working
 folder, and nothing else: the photos themselves are deleted once their faces are found. The
-operator merges clusters, removes a wrong face from one, and names a cluster (or a face left
+operator merges clusters, removes a wrong face from one, says a member is not the subject its
+cluster was named (``not_this_person``: a negative example of that subject, the face leaves the
+cluster, and no naming of the review puts it there again), and names a cluster (or a face left
 alone) into the gallery (``name``: the faces' embeddings go through the gallery's one write path,
 nothing is detected again). Naming is a move: a cluster named again leaves the subject it was
 named before (its faces there are erased, and that subject too when the naming made it and it is
@@ -74,6 +76,8 @@ class ClusterWork:
     named: dict[int, str] = field(default_factory=dict)
     enrolled: dict[int, list[int]] = field(default_factory=dict)  # face ids a naming created
     made: dict[int, bool] = field(default_factory=dict)  # the naming created the subject
+    #: cannot-link from the review: face -> the subjects the operator said it is not
+    not_subject: dict[int, list[str]] = field(default_factory=dict)
     last_cluster: int = -1  # numbers are never reused: a face named alone gets a new one
     revision: int = 0  # of the review state: each change to it counts one
     board: ReviewBoard | None = field(default=None, repr=False)
@@ -147,6 +151,7 @@ class ClusterWork:
             "named": {str(n): s for n, s in self.named.items()},
             "enrolled": {str(n): f for n, f in self.enrolled.items()},
             "made": {str(n): m for n, m in self.made.items()},
+            "not_subject": {str(n): s for n, s in self.not_subject.items()},
             "last_cluster": self.last_cluster,
         }
 
@@ -157,6 +162,7 @@ class ClusterWork:
         self.named = {int(n): s for n, s in state["named"].items()}
         self.enrolled = {int(n): list(f) for n, f in state["enrolled"].items()}
         self.made = {int(n): bool(m) for n, m in state["made"].items()}
+        self.not_subject = {int(n): list(s) for n, s in state.get("not_subject", {}).items()}
         self.last_cluster = int(state["last_cluster"])
 
     @classmethod
@@ -315,7 +321,15 @@ class ClusterWork:
             with self._lock:
                 self._pull()
                 self._prune_names()
-                members = list(self._group(cluster))
+                members = [
+                    i for i in self._group(cluster)
+                    if subject_id not in self.not_subject.get(i, [])
+                ]  # fmt: skip
+                if not members:
+                    raise InvalidRequest(
+                        f"every face of cluster {cluster} was marked as not {subject_id!r}",
+                        cluster=cluster,
+                    )
                 previous = self.named.get(cluster)
                 before = list(self.enrolled.get(cluster, []))
             creates = subject_id not in gallery.existing_subjects([subject_id])
@@ -387,6 +401,83 @@ class ClusterWork:
                 with contextlib.suppress(JobNotFound):
                     self._push()
             raise
+
+    def not_this_person(
+        self,
+        cluster: int,
+        face: int,
+        subject_id: str | None,
+        gallery: Gallery,
+        model_id: str,
+    ) -> dict[str, Any]:
+        """The operator says a member of a cluster is not ``subject_id`` (default: the name
+        the cluster was given): its embedding is kept as a negative example of that subject
+        (identify stops naming the subject for faces like it), the face leaves the cluster (it
+        joins the faces alone), the gallery face a naming enrolled from it is erased from the
+        subject, and no naming of this review puts it into that subject again (cannot-link).
+        ClusterNotFound, InvalidRequest (no subject to say it is not), SubjectNotFound."""
+        with self._naming:  # reads and changes what the namings enrolled
+            with self._lock:
+                self._pull()
+                self._prune_names()
+                members = self._group(cluster)
+                if face not in members:
+                    raise ClusterNotFound(
+                        f"face {face} is not in cluster {cluster}", cluster=cluster, face=face
+                    )
+                subject = subject_id if subject_id is not None else self.named.get(cluster)
+                if subject is None:
+                    raise InvalidRequest(
+                        f"cluster {cluster} is not named: say which subject face {face} is not"
+                    )
+                check_subject_id(subject)
+                found = self.faces[face]
+                enrolled = list(self.enrolled.get(cluster, [])) if (
+                    self.named.get(cluster) == subject
+                ) else []  # fmt: skip
+            gallery.get_subject(subject)  # SubjectNotFound before anything changes
+            erased = self._erase_enrolled(gallery, subject, found, enrolled)
+            negative, _ = gallery.add_negative(
+                subject, found.embedding, model_id=model_id, source="face"
+            )
+            with self._lock:
+                self._pull()
+                self.not_subject.setdefault(face, [])
+                if subject not in self.not_subject[face]:
+                    self.not_subject[face].append(subject)
+                members = self.groups.get(cluster, [])
+                if face in members:
+                    members.remove(face)
+                    self.alone.append(face)
+                    if not members:
+                        del self.groups[cluster]
+                if erased is not None and cluster in self.enrolled:
+                    self.enrolled[cluster] = [f for f in self.enrolled[cluster] if f != erased]
+                self._push()
+        return {
+            "subject_id": subject,
+            "cluster": cluster,
+            "face": face,
+            "negative_id": negative.id,
+            "erased_face_id": erased,
+        }
+
+    @staticmethod
+    def _erase_enrolled(
+        gallery: Gallery, subject_id: str, found: FoundFace, enrolled: list[int]
+    ) -> int | None:
+        """Erase the gallery face a naming of this cluster enrolled from ``found`` into
+        ``subject_id`` (the same photo and box among the faces it created); its id, or None."""
+        if not enrolled:
+            return None
+        box = [round(v, 2) for v in found.box]
+        for record in gallery.list_faces(subject_id):
+            same_box = all(abs(a - b) <= 0.01 for a, b in zip(record.box, box, strict=True))
+            if record.id in enrolled and record.image_sha256 == found.sha256 and same_box:
+                with contextlib.suppress(FaceNotFound):
+                    gallery.delete_face(record.id)
+                return record.id
+        return None
 
     def thumbnail(self, face: int) -> Path:
         """The file of one face's thumbnail; ClusterNotFound when the job has none."""

@@ -19,7 +19,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.gallery.records import FaceRecord, IndexCheck, NewFace, Quarantined, Subject
+from service.gallery.records import (
+    FaceRecord,
+    IndexCheck,
+    Negative,
+    NegativeSource,
+    NewFace,
+    Quarantined,
+    Subject,
+)
 
 
 class GalleryBackend(Protocol):
@@ -97,6 +105,31 @@ class GalleryBackend(Protocol):
     def embeddings_of(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(face ids, embeddings) of a subject's usable faces, verified."""
 
+    # ---- negative examples ("not this person"): in the store only, never in the index
+
+    def add_negative(
+        self,
+        subject_id: str,
+        embedding: np.ndarray | None,
+        *,
+        source: NegativeSource,
+        face_id: int | None,
+        limit: int,
+    ) -> tuple[Negative, bool]:
+        """Store a negative example of a subject (``embedding``, or a copy of gallery face
+        ``face_id``'s); (negative, created). SubjectNotFound, FaceNotFound, InvalidRequest,
+        TooManyNegatives."""
+
+    def list_negatives(self, subject_id: str) -> list[Negative]:
+        """A subject's negative examples, oldest first; SubjectNotFound."""
+
+    def delete_negative(self, subject_id: str, negative_id: int) -> None:
+        """Erase one negative example (also on a full disk); NegativeNotFound."""
+
+    def negatives_of(self, subject_ids: list[str]) -> dict[str, np.ndarray]:
+        """subject id -> embeddings of its negatives of the gallery's model (verified), for
+        those of ``subject_ids`` that have any."""
+
     # ---- search
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,6 +188,12 @@ class GalleryBackend(Protocol):
 
     def iter_faces(self, batch: int) -> Iterator[list[tuple[FaceRecord, np.ndarray]]]:
         """Every face with its embedding, in id order, in pages."""
+
+    def iter_negatives(self, batch: int) -> Iterator[list[tuple[Negative, np.ndarray]]]:
+        """Every negative example with its embedding, in pages."""
+
+    def import_negatives(self, negatives: list[tuple[Negative, np.ndarray]]) -> None:
+        """Insert negative examples as they are (after their subjects and faces)."""
 
     def import_subjects(self, subjects: list[Subject]) -> None:
         """Insert subjects as they are (ids and creation times kept)."""

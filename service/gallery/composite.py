@@ -6,6 +6,7 @@ writes need a lock (``_guard``) and how an erasure gets disk headroom (``_erase`
 from __future__ import annotations
 
 import contextlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -13,7 +14,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service.gallery.records import FaceRecord, NewFace, Quarantined, Subject
+from service.gallery.records import (
+    FaceRecord,
+    Negative,
+    NegativeSource,
+    NewFace,
+    Quarantined,
+    Subject,
+)
 from service.gallery.sql import SqlStore
 
 T = TypeVar("T")
@@ -21,6 +29,9 @@ T = TypeVar("T")
 
 class StoreWithIndex(ABC):
     """A ``GalleryBackend`` made of a ``SqlStore`` and a derived index (see the subclasses)."""
+
+    #: set by every erasure: upkeep then pushes erased rows out of the store's logs
+    erasure_pending: threading.Event
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store
@@ -119,6 +130,18 @@ class StoreWithIndex(ABC):
         """Every face with its embedding, in pages."""
         return self.store.iter_faces(batch)
 
+    def list_negatives(self, subject_id: str) -> list[Negative]:
+        """A subject's negative examples."""
+        return self.store.list_negatives(subject_id)
+
+    def negatives_of(self, subject_ids: list[str]) -> dict[str, np.ndarray]:
+        """The negatives of these subjects of the gallery's model, by subject."""
+        return self.store.negatives_of(subject_ids)
+
+    def iter_negatives(self, batch: int) -> Iterator[list[tuple[Negative, np.ndarray]]]:
+        """Every negative example with its embedding, in pages."""
+        return self.store.iter_negatives(batch)
+
     # ---- writes: the store commits, then the index follows
 
     def create_subject(self, subject_id: str, name: str, metadata: dict[str, Any]) -> Subject:
@@ -173,6 +196,33 @@ class StoreWithIndex(ABC):
             ]
             self._index_new(new)
             return results
+
+    def add_negative(
+        self,
+        subject_id: str,
+        embedding: np.ndarray | None,
+        *,
+        source: NegativeSource,
+        face_id: int | None,
+        limit: int,
+    ) -> tuple[Negative, bool]:
+        """Store a negative example (not indexed: only identify's veto reads them)."""
+        with self._guard():
+            return self.store.add_negative(
+                subject_id, embedding, source=source, face_id=face_id, limit=limit
+            )
+
+    def delete_negative(self, subject_id: str, negative_id: int) -> None:
+        """Erase one negative example; upkeep then pushes it out of the store's logs."""
+        with self._guard():
+            self._erase(lambda: self.store.delete_negative(subject_id, negative_id))
+            self.erasure_pending.set()
+
+    def import_negatives(self, negatives: list[tuple[Negative, np.ndarray]]) -> None:
+        """Insert negative examples as they are."""
+        if negatives:
+            with self._guard():
+                self.store.import_negatives(negatives)
 
     def _index_new(self, new: list[tuple[int, NewFace]]) -> None:
         if not new:

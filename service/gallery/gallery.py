@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from service.gallery.backend import GalleryBackend
-from service.gallery.records import FaceRecord, NewFace, Quarantined, Subject
+from service.gallery.records import (
+    FaceRecord,
+    Negative,
+    NegativeSource,
+    NewFace,
+    Quarantined,
+    Subject,
+)
 from service.images import ImageVault
 from service.subject_id import check_subject_id
 
@@ -36,6 +43,9 @@ SCORE_SLACK = 1e-3
 METADATA_MAX_BYTES = 16 * 1024
 METADATA_MAX_DEPTH = 32
 WriteObserver = Callable[[str, dict[str, Any]], None]
+#: negative examples ("not this person") a subject may hold: every identify compares a probe
+#: with the negatives of its few candidate subjects, so the bound keeps that cheap
+NEGATIVES_PER_SUBJECT = 100
 
 
 def _depth(value: Any) -> int:
@@ -272,6 +282,66 @@ class Gallery:
                 f"no photo is kept for face {face_id}: privacy.keep_images is off (the default)"
             )
         return self.images.get(face_id)
+
+    # ---- negative examples ("not this person")
+
+    def add_negative(
+        self,
+        subject_id: str,
+        embedding: np.ndarray | None = None,
+        *,
+        model_id: str,
+        source: NegativeSource,
+        face_id: int | None = None,
+    ) -> tuple[Negative, bool]:
+        """Remember that a face is not ``subject_id``: ``embedding`` (a probe's, or a cluster
+        job face's, of ``model_id``), or gallery face ``face_id``'s stored embedding (copied,
+        and erased with that face). At most NEGATIVES_PER_SUBJECT per subject; (negative,
+        created): a face already marked is not stored twice. SubjectNotFound, FaceNotFound,
+        ModelMismatch, InvalidRequest (a face of the subject itself), TooManyNegatives,
+        InvalidSubjectId."""
+        check_subject_id(subject_id)
+        self.check_model(model_id)
+        if embedding is None and face_id is None:
+            raise ValueError("a negative needs an embedding or a gallery face id")
+        with self._lock:
+            negative, created = self._backend.add_negative(
+                subject_id, embedding, source=source, face_id=face_id,
+                limit=NEGATIVES_PER_SUBJECT,
+            )  # fmt: skip
+        if created:
+            self._wrote("negative_added", subject_id=subject_id, negative_id=negative.id,
+                        source=source, copied_face_id=face_id)  # fmt: skip
+        return negative, created
+
+    def list_negatives(self, subject_id: str) -> list[Negative]:
+        """A subject's negative examples, oldest first (no embeddings); SubjectNotFound,
+        InvalidSubjectId."""
+        return self._backend.list_negatives(check_subject_id(subject_id))
+
+    def delete_negative(self, subject_id: str, negative_id: int) -> None:
+        """Erase one negative example of a subject; NegativeNotFound."""
+        with self._lock:
+            self._backend.delete_negative(subject_id, negative_id)
+        self._wrote("negative_deleted", subject_id=subject_id, negative_id=negative_id)
+
+    def negatives_of(self, subject_ids: list[str], *, model_id: str) -> dict[str, np.ndarray]:
+        """subject id -> (n, dim) embeddings of its negatives, of ``model_id`` only (the
+        gallery's: ModelMismatch otherwise), for those of ``subject_ids`` that have any; one
+        query (per 500 subjects)."""
+        self.check_model(model_id)
+        if not subject_ids:
+            return {}
+        return self._backend.negatives_of(subject_ids)
+
+    def iter_negatives(self, batch: int) -> Iterator[list[tuple[Negative, np.ndarray]]]:
+        """Every negative example with its embedding, in pages (copying a gallery)."""
+        return self._backend.iter_negatives(batch)
+
+    def import_negatives(self, negatives: list[tuple[Negative, np.ndarray]]) -> None:
+        """Insert negative examples as they are: a copy of another gallery."""
+        with self._lock:
+            self._backend.import_negatives(negatives)
 
     # ---- search
 

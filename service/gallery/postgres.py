@@ -236,7 +236,7 @@ class PostgresStore(SqlStore):
         until then. Not a byte-level wipe of the disk: see docs/security.md."""
         try:
             with _connect(self._link.dsn) as conn:
-                conn.execute("VACUUM faces, subjects, quarantine")
+                conn.execute("VACUUM faces, subjects, quarantine, negatives")
         except (BackendUnavailable, psycopg.Error) as exc:
             log.warning("VACUUM after a delete failed (%s); retrying later", exc)
             return False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -68,3 +68,23 @@ class IndexCheck:
     def consistent(self) -> bool:
         """Whether the index holds exactly the store's usable faces."""
         return self.missing == 0 and self.extra == 0 and self.faces == self.indexed
+
+
+#: where a negative example came from: an identify probe's embedding (no photo is kept), or a
+#: face (enrolled in the gallery, or one of a cluster job)
+NegativeSource = Literal["probe", "face"]
+
+
+@dataclass(frozen=True)
+class Negative:
+    """A face the user said is not this subject ("not this person"): kept as an embedding of
+    one model (compared only with probes of that model), erased with the subject, and with
+    the gallery face it was copied from (``face_id``)."""
+
+    id: int
+    subject_id: str
+    model_id: str
+    source: NegativeSource
+    face_id: int | None
+    created_at: float
+    model_sha256: str = ""

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.gallery.records import FaceRecord, NewFace, Subject
+from service.gallery.records import FaceRecord, Negative, NewFace, Subject
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,10 @@ SUBJECT_COLUMNS = (
 FACE_COLUMNS = "id, subject_id, model_id, box, det_score, image_sha256, created_at, model_sha256"
 #: what a verified read of embeddings selects
 VECTOR_COLUMNS = "id, subject_id, image_sha256, embedding, checksum"
+#: the columns every read of Negatives selects, in this order (then the embedding)
+NEGATIVE_COLUMNS = "id, subject_id, model_id, source, face_id, created_at, model_sha256"
+#: what a verified read of negative embeddings selects (the VECTOR_COLUMNS layout)
+NEGATIVE_VECTOR_COLUMNS = "id, subject_id, 'negative', embedding, checksum"
 #: a stored embedding is a unit vector (the gallery compares by inner product = cosine)
 UNIT_NORM_TOLERANCE = 1e-3
 _DIGEST_MOD = 1 << 64
@@ -90,6 +94,20 @@ def face_with_embedding(row: Sequence[Any]) -> tuple[FaceRecord, np.ndarray]:
     return face(row), np.frombuffer(bytes(row[8]), dtype=np.float32).copy()
 
 
+def negative(row: Sequence[Any]) -> Negative:
+    """The NEGATIVE_COLUMNS of a row -> Negative."""
+    face_id = None if row[4] is None else int(row[4])
+    return Negative(
+        int(row[0]), str(row[1]), str(row[2]), row[3], face_id, float(row[5]), str(row[6] or "")
+    )
+
+
+def negative_checksum(subject_id: str, embedding: bytes) -> str:
+    """A negative's checksum: a face's, with "negative" in place of the image hash (a flipped
+    byte, or a row moved to another subject, no longer matches)."""
+    return checksum(subject_id, "negative", embedding)
+
+
 def subject_values(s: Subject) -> tuple[Any, ...]:
     """Values for INSERT INTO subjects(id, name, metadata, created_at)."""
     return (s.id, s.name, json.dumps(s.metadata), s.created_at)
@@ -136,29 +154,32 @@ def verified(
     rows: Sequence[Sequence[Any]], dim: int
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """(id, subject_id, image_sha256, embedding, checksum) rows -> (ids, (n, dim) vectors) of
-    the rows that pass their checksum and the unit-norm check, and (id, reason) of the rest."""
-    good_ids: list[int] = []
+    the rows that pass their checksum and the unit-norm check, and (id, reason) of the rest,
+    in row order. The vector checks run on all rows at once (every identify reads a few
+    hundred rows: the candidates' faces and negatives)."""
+    bad: list[tuple[int, int, str]] = []  # (row, id, reason)
+    kept: list[tuple[int, int]] = []  # (row, id) of the rows whose checksum holds
     blobs: list[bytes] = []
-    bad: list[tuple[int, str]] = []
-    for face_id, subject_id, image_sha256, blob, stored in rows:
+    for row, (face_id, subject_id, image_sha256, blob, stored) in enumerate(rows):
         data = bytes(blob)
         if len(data) != 4 * dim:
-            bad.append((int(face_id), f"embedding of {len(data)} bytes, expected {4 * dim}"))
-            continue
-        if checksum(str(subject_id), str(image_sha256), data) != stored:
-            bad.append((int(face_id), "checksum mismatch"))
-            continue
-        problem = vector_problem(np.frombuffer(data, dtype=np.float32))
-        if problem is not None:
-            bad.append((int(face_id), problem))
-            continue
-        good_ids.append(int(face_id))
-        blobs.append(data)
-    ids = np.array(good_ids, dtype=np.int64)
-    if not blobs:
-        return ids, np.zeros((0, dim), dtype=np.float32), bad
+            bad.append((row, int(face_id), f"embedding of {len(data)} bytes, expected {4 * dim}"))
+        elif checksum(str(subject_id), str(image_sha256), data) != stored:
+            bad.append((row, int(face_id), "checksum mismatch"))
+        else:
+            kept.append((row, int(face_id)))
+            blobs.append(data)
     vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()
-    return ids, vecs, bad
+    finite = np.asarray(np.isfinite(vecs).all(axis=1))
+    norms = np.linalg.norm(np.where(finite[:, None], vecs, 0.0), axis=1)
+    unit = finite & (np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE)
+    for i in np.flatnonzero(~unit):
+        row, face_id = kept[i]
+        reason = "not finite" if not finite[i] else f"not a unit vector (norm {norms[i]:.4g})"
+        bad.append((row, face_id, reason))
+    ids = np.array([face_id for (_, face_id), ok in zip(kept, unit, strict=True) if ok],
+                   dtype=np.int64)  # fmt: skip
+    return ids, vecs[unit], [(face_id, reason) for _, face_id, reason in sorted(bad)]
 
 
 def subject_pages(

@@ -20,9 +20,24 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from service.errors import FaceNotFound, ModelMismatch, SubjectExists, SubjectNotFound
+from service.errors import (
+    FaceNotFound,
+    InvalidRequest,
+    ModelMismatch,
+    NegativeNotFound,
+    SubjectExists,
+    SubjectNotFound,
+    TooManyNegatives,
+)
 from service.gallery import rows
-from service.gallery.records import FaceRecord, NewFace, Quarantined, Subject
+from service.gallery.records import (
+    FaceRecord,
+    Negative,
+    NegativeSource,
+    NewFace,
+    Quarantined,
+    Subject,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +232,15 @@ class SqlStore(ABC):
         """Delete a subject and its faces; the deleted face ids. SubjectNotFound."""
         with self._transaction() as cur:
             self._lock_subject(cur, subject_id, "UPDATE")
+            # its negatives, and the negatives of others copied from its faces (the foreign
+            # keys cascade too: said here, where erasure is read)
+            cur.execute(
+                self._q(
+                    "DELETE FROM negatives WHERE subject_id=? OR face_id IN "
+                    "(SELECT id FROM faces WHERE subject_id=?)"
+                ),
+                (subject_id, subject_id),
+            )
             removed = cur.execute(
                 self._q("DELETE FROM faces WHERE subject_id=? RETURNING id, checksum"),
                 (subject_id,),
@@ -337,6 +361,8 @@ class SqlStore(ABC):
         if not -(2**63) <= face_id < 2**63:
             raise FaceNotFound(f"no face with id {face_id}")
         with self._transaction() as cur:
+            # the negatives copied from it go with it (the foreign key cascades too)
+            cur.execute(self._q("DELETE FROM negatives WHERE face_id=?"), (face_id,))
             row = cur.execute(
                 self._q("DELETE FROM faces WHERE id=? RETURNING subject_id, checksum"), (face_id,)
             ).fetchone()
@@ -346,6 +372,138 @@ class SqlStore(ABC):
             self._digest_change(cur, -rows.digest_of([row[1]]))
             self._bump(cur)
         return str(row[0])
+
+    # ---- negatives ("not this person")
+
+    def add_negative(
+        self,
+        subject_id: str,
+        embedding: np.ndarray | None,
+        *,
+        source: NegativeSource,
+        face_id: int | None,
+        limit: int,
+    ) -> tuple[Negative, bool]:
+        """Store a negative example of a subject: ``embedding`` (a probe's, or a cluster job
+        face's), or, when it is None, a copy of gallery face ``face_id``'s stored embedding
+        (verified; with that face's model). A face already stored as a negative of this
+        subject comes back with created=False. SubjectNotFound, FaceNotFound, InvalidRequest
+        (a face of the subject itself), TooManyNegatives (``limit`` per subject)."""
+        now = time.time()
+        model_id, model_sha256 = self.model_id, self.model_sha256
+        with self._transaction() as cur:
+            self._lock_subject(cur, subject_id, "UPDATE")  # one count-then-insert at a time
+            if face_id is not None:
+                existing = cur.execute(
+                    self._q(
+                        f"SELECT {rows.NEGATIVE_COLUMNS} FROM negatives "
+                        "WHERE subject_id=? AND face_id=?"
+                    ),
+                    (subject_id, face_id),
+                ).fetchone()
+                if existing is not None:
+                    return rows.negative(existing), False
+            count = cur.execute(
+                self._q("SELECT COUNT(*) FROM negatives WHERE subject_id=?"), (subject_id,)
+            ).fetchone()[0]
+            if int(count) >= limit:
+                raise TooManyNegatives(
+                    f"subject {subject_id!r} holds {count} negative examples, the most it may; "
+                    "delete some (DELETE /v1/subjects/{id}/negatives/{negative_id}) first",
+                    subject_id=subject_id,
+                    limit=limit,
+                )
+            if embedding is None:
+                assert face_id is not None
+                blob, model_id, model_sha256 = self._face_to_copy(cur, subject_id, face_id)
+            else:
+                blob = rows.embedding_bytes(embedding, self.embedding_dim)
+            row = cur.execute(
+                self._q(
+                    "INSERT INTO negatives(subject_id, model_id, model_sha256, embedding, "
+                    "checksum, source, face_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "RETURNING id"
+                ),
+                (subject_id, model_id, model_sha256, blob,
+                 rows.negative_checksum(subject_id, blob), source, face_id, now),
+            ).fetchone()  # fmt: skip
+        negative = Negative(
+            int(row[0]), subject_id, model_id, source, face_id, now, model_sha256
+        )
+        return negative, True
+
+    def _face_to_copy(
+        self, cur: Cursor, subject_id: str, face_id: int
+    ) -> tuple[bytes, str, str]:
+        """(embedding, model id, model sha256) of a gallery face to keep as a negative of
+        another subject, verified; FaceNotFound, InvalidRequest."""
+        if not -(2**63) <= face_id < 2**63:
+            raise FaceNotFound(f"no face with id {face_id}")
+        found = cur.execute(
+            self._q(
+                f"SELECT {rows.VECTOR_COLUMNS}, model_id, model_sha256 FROM faces "
+                f"WHERE id=? {self._lock_clause('SHARE')}"
+            ),
+            (face_id,),
+        ).fetchone()
+        if found is None:
+            raise FaceNotFound(f"no face with id {face_id}")
+        if str(found[1]) == subject_id:
+            raise InvalidRequest(
+                f"face {face_id} is enrolled as {subject_id!r}: to say it is not that person, "
+                f"delete it (DELETE /v1/faces/{face_id})"
+            )
+        _, _, bad = rows.verified([found[:5]], self.embedding_dim)
+        if bad:
+            raise FaceNotFound(f"face {face_id} is quarantined ({bad[0][1]}): it is not copied")
+        return bytes(found[3]), str(found[5]), str(found[6] or "")
+
+    def list_negatives(self, subject_id: str) -> list[Negative]:
+        """The negative examples of a subject, oldest first (no embeddings); SubjectNotFound."""
+        self.get_subject(subject_id)
+        found = self._read(
+            f"SELECT {rows.NEGATIVE_COLUMNS} FROM negatives WHERE subject_id=? ORDER BY id",
+            (subject_id,),
+        )
+        return [rows.negative(r) for r in found]
+
+    def delete_negative(self, subject_id: str, negative_id: int) -> None:
+        """Erase one negative example of a subject; NegativeNotFound."""
+        if not -(2**63) <= negative_id < 2**63:
+            raise NegativeNotFound(f"subject {subject_id!r} has no negative {negative_id}")
+        with self._transaction() as cur:
+            row = cur.execute(
+                self._q("DELETE FROM negatives WHERE id=? AND subject_id=? RETURNING id"),
+                (negative_id, subject_id),
+            ).fetchone()
+            if row is None:
+                raise NegativeNotFound(f"subject {subject_id!r} has no negative {negative_id}")
+
+    def negatives_of(self, subject_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """subject id -> (n, dim) embeddings of its negatives of the gallery's own model (a
+        row of another model, or of other weights, is never compared), verified (a row that
+        fails is logged and left out), for the subjects that have any: one query per 500."""
+        ids = sorted(set(subject_ids))
+        model = (self.model_id, self.model_sha256)
+        out: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found = self._read(
+                f"SELECT {rows.NEGATIVE_VECTOR_COLUMNS} FROM negatives "
+                f"WHERE subject_id IN ({marks}) AND model_id=? "
+                "AND (model_sha256='' OR ?='' OR model_sha256=?) ORDER BY id",
+                [*chunk, model[0], model[1], model[1]],
+            )
+            _, vectors, bad = rows.verified(found, self.embedding_dim)
+            for negative_id, reason in bad:
+                log.error("negative %d is not compared: its stored embedding is %s",
+                          negative_id, reason)  # fmt: skip
+            bad_ids = {b for b, _ in bad}
+            good = [r for r in found if int(r[0]) not in bad_ids]
+            for r, vector in zip(good, vectors, strict=True):
+                out.setdefault(str(r[1]), []).append(vector)
+        return {sid: np.stack(vs) for sid, vs in out.items()}
 
     # ---- embeddings, always verified
 
@@ -534,6 +692,41 @@ class SqlStore(ABC):
                 return
             yield [rows.face_with_embedding(r) for r in found]
             last = int(found[-1][0])
+
+    def iter_negatives(self, batch: int) -> Iterator[list[tuple[Negative, np.ndarray]]]:
+        """Every negative example with its embedding, in id order, in pages."""
+        last = -(2**63)
+        while True:
+            found = self._read(
+                f"SELECT {rows.NEGATIVE_COLUMNS}, embedding FROM negatives "
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (last, batch),
+            )
+            if not found:
+                return
+            yield [
+                (rows.negative(r), np.frombuffer(bytes(r[7]), dtype=np.float32).copy())
+                for r in found
+            ]
+            last = int(found[-1][0])
+
+    def import_negatives(self, negatives: list[tuple[Negative, np.ndarray]]) -> None:
+        """Insert negative examples as they are (new ids; subjects and faces copied first)."""
+        values = []
+        for n, vector in negatives:
+            blob = rows.embedding_bytes(vector, self.embedding_dim)
+            values.append(
+                (n.subject_id, n.model_id, n.model_sha256, blob,
+                 rows.negative_checksum(n.subject_id, blob), n.source, n.face_id, n.created_at)
+            )  # fmt: skip
+        with self._transaction() as cur:
+            cur.executemany(
+                self._q(
+                    "INSERT INTO negatives(subject_id, model_id, model_sha256, embedding, "
+                    "checksum, source, face_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
+                values,
+            )
 
     def import_subjects(self, subjects: list[Subject]) -> None:
         """Insert subjects as they are (ids and creation times kept)."""

@@ -1,7 +1,8 @@
 """Copying a gallery between backends (`marginface gallery migrate`), and proving the copy.
 
-Subjects and faces are copied as they are (ids, names, metadata, creation times, face ids and
-embeddings), so the two galleries answer a search with the same subjects, faces and scores.
+Subjects, faces and negative examples are copied as they are (ids, names, metadata, creation
+times, face ids and embeddings), so the two galleries answer a search with the same subjects,
+faces and scores, and veto the same ones.
 Run it with the API stopped (or read-only): pages are read one after another, not from one
 snapshot.
 """
@@ -45,10 +46,15 @@ def copy_gallery(source: Gallery, target: Gallery, *, batch: int = 2000) -> dict
         target.import_faces(rows)  # indexed as they are copied
         copied_faces += len(rows)
         log.info("copied %d faces", copied_faces)
+    copied_negatives = 0
+    for negatives in source.iter_negatives(batch):  # after the faces they may be copies of
+        target.import_negatives(negatives)
+        copied_negatives += len(negatives)
     target.flush()
     return {
         "subjects": copied_subjects,
         "faces": copied_faces,
+        "negatives": copied_negatives,
         "seconds": round(time.monotonic() - started, 2),
     }
 

@@ -28,6 +28,9 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/subjects/{subject_id}/faces"): "write",
     ("GET", "/v1/subjects/{subject_id}/faces"): "read",
     ("DELETE", "/v1/faces/{face_id}"): "write",
+    ("POST", "/v1/subjects/{subject_id}/negatives"): "write",
+    ("GET", "/v1/subjects/{subject_id}/negatives"): "read",
+    ("DELETE", "/v1/subjects/{subject_id}/negatives/{negative_id}"): "write",
     ("GET", "/v1/faces/{face_id}/image"): "read",
     ("POST", "/v1/verify"): "read",
     ("POST", "/v1/identify"): "read",
@@ -45,6 +48,7 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/jobs/{job_id}/clusters/{cluster}/subject"): "admin",
     ("GET", "/v1/jobs/{job_id}/clusters/{cluster}"): "admin",
     ("POST", "/v1/jobs/{job_id}/faces/{face}/subject"): "admin",
+    ("POST", "/v1/jobs/{job_id}/clusters/{cluster}/faces/{face}/not-subject"): "admin",
     ("GET", "/v1/jobs"): "admin",
     ("GET", "/v1/jobs/{job_id}/report"): "admin",
     ("GET", "/v1/gallery/export"): "admin",
@@ -93,6 +97,7 @@ def routes(client: TestClient) -> set[tuple[str, str]]:
 
 def call(client: TestClient, method: str, path: str, key: str | None):  # type: ignore[no-untyped-def]
     url = path.replace("{subject_id}", "someone").replace("{face_id}", "1")
+    url = url.replace("{negative_id}", "1")
     url = url.replace("{job_id}", "0").replace("{cluster}", "0").replace("{face}", "0")
     url = url.replace("{subject}", "someone").replace("{image}", "0" * 32)
     if "{api_key}" in url:  # CompreFace's direct image link carries the key in its path

@@ -388,3 +388,49 @@ def test_cluster_review_works_through_either_replica(
         assert not [p for p in (tmp_path / "jobs").rglob("*.jpg")]
         a.close()
         b.close()
+
+
+def test_a_member_marked_not_this_person_leaves_the_subject_and_is_never_named_so_again(
+    cluster_client: TestClient,
+) -> None:
+    """Two people's clusters merged by mistake and named as one: saying "not this person" of
+    the wrong members erases them from the subject, keeps them as its negatives (the held-back
+    photo of the wrong man is vetoed, not named), and no later naming puts them back."""
+    client = cluster_client
+    data, owner = pile()
+    job = submit(client, data)
+    base = f"/v1/jobs/{job['id']}/clusters"
+    first, second = client.get(base).json()["clusters"][:2]
+    right = owner[first["members"][0]["file"]]
+    wrong = owner[second["members"][0]["file"]]
+    unnamed = client.post(f"{base}/{first['cluster']}/faces/{first['members'][0]['face']}"
+                          "/not-subject", json={})  # fmt: skip
+    assert unnamed.status_code == 422 and unnamed.json()["error"]["code"] == "invalid_request"
+    client.post(f"{base}/merge", json={"into": first["cluster"], "other": second["cluster"]})
+    r = client.post(f"{base}/{first['cluster']}/subject", json={"subject_id": "one"})
+    assert r.status_code == 200 and len(r.json()["face_ids"]) == first["size"] + second["size"]
+    probe = {"image": ("probe.jpg", held_back(wrong), "image/jpeg")}
+    named = client.post("/v1/identify", files=probe).json()["faces"][0]["match"]
+    assert named["subject_id"] == "one"  # the wrong man is named as the subject, so far
+
+    for member in second["members"]:
+        r = client.post(f"{base}/{first['cluster']}/faces/{member['face']}/not-subject", json={})
+        assert r.status_code == 200, r.text
+        assert r.json()["subject_id"] == "one" and r.json()["erased_face_id"] is not None
+    left = client.get(f"{base}/{first['cluster']}").json()
+    assert {owner[m["file"]] for m in left["members"]} == {right}
+    faces = client.get("/v1/subjects/one/faces").json()
+    assert len(faces) == first["size"]
+    negatives = client.get("/v1/subjects/one/negatives").json()["negatives"]
+    assert len(negatives) == second["size"] and {n["source"] for n in negatives} == {"face"}
+    face = client.post("/v1/identify", files=probe).json()["faces"][0]
+    assert face["match"] is None or face["match"]["subject_id"] != "one"
+    assert "one" in [v["subject_id"] for v in face["vetoed"]]
+    own = {"image": ("probe.jpg", held_back(right), "image/jpeg")}
+    assert client.post("/v1/identify", files=own).json()["faces"][0]["match"]["subject_id"] == "one"
+    # cannot-link: naming a marked face as that subject again is refused
+    marked = second["members"][0]["face"]
+    assert marked in {f["face"] for f in client.get(base).json()["alone"]}
+    again = client.post(f"/v1/jobs/{job['id']}/faces/{marked}/subject", json={"subject_id": "one"})
+    assert again.status_code == 422 and again.json()["error"]["code"] == "invalid_request"
+    assert len(client.get("/v1/subjects/one/faces").json()) == first["size"]

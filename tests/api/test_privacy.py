@@ -93,6 +93,8 @@ def test_every_write_and_admin_request_is_audited_without_biometrics(
         assert c.patch("/v1/subjects/powell", json={"name": "C. Powell"}).status_code == 200
         probe = {"image": ("p.jpg", read(lfw("Colin_Powell", 3)), "image/jpeg")}
         assert c.post("/v1/identify", files=probe).status_code == 200  # a read: not audited
+        negative = c.post("/v1/subjects/powell/negatives", files=probe)  # "not this person"
+        assert negative.status_code == 201, negative.text
         assert c.delete(f"/v1/faces/{face_ids[0]}").status_code == 200
         refused = c.delete("/v1/subjects/powell", headers={"X-API-Key": reader})
         assert refused.status_code == 403
@@ -104,14 +106,17 @@ def test_every_write_and_admin_request_is_audited_without_biometrics(
         ("hr-desk", "POST /v1/subjects", 201),
         ("hr-desk", "POST /v1/subjects/{subject_id}/faces", 201),
         ("hr-desk", "PATCH /v1/subjects/{subject_id}", 200),
+        ("hr-desk", "POST /v1/subjects/{subject_id}/negatives", 201),
         ("hr-desk", "DELETE /v1/faces/{face_id}", 200),
         ("door-camera", "DELETE /v1/subjects/{subject_id}", 403),
         ("unknown-key", "DELETE /v1/subjects/{subject_id}", 401),
         ("ops", "GET /v1/gallery/export", 200),
         ("hr-desk", "DELETE /v1/subjects/{subject_id}", 200),
     ]
-    assert entries[3]["face_id"] == str(face_ids[0]) and entries[4]["subject_id"] == "powell"
-    assert entries[4]["outcome"] == "refused" and entries[0]["outcome"] == "ok"
+    assert entries[3]["negative_ids"] == [negative.json()["id"]]
+    assert entries[3]["subject_id"] == "powell" and "embedding" not in entries[3]
+    assert entries[4]["face_id"] == str(face_ids[0]) and entries[5]["subject_id"] == "powell"
+    assert entries[5]["outcome"] == "refused" and entries[0]["outcome"] == "ok"
     assert all(e["at"].endswith("+00:00") and len(e["request_id"]) >= 8 for e in entries)
     text = audit.read_text()
     for secret in ("Colin Powell", "C. Powell", "B-1234", writer, reader, admin, "stolen"):

@@ -286,7 +286,7 @@ def recognize_embeddings(
     rec = state.recognition
     rows = unit_rows(rec, body.embeddings)
     rec.gallery.check_model(rec.pipeline.model_id)
-    ranked = rec.gallery.search(rows, top_k=prediction_count, model_id=rec.pipeline.model_id)
+    ranked = [found for found, _ in rec.rank(rows, prediction_count)]  # negatives veto here too
     sim = scale(rec)
     return EmbeddingsRecognition(
         result=[

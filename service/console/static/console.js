@@ -5,7 +5,7 @@ const KEY = "marginface.apiKey";
 const PAGE = 20;
 const $ = (id) => document.getElementById(id);
 const state = { offset: 0, total: 0, search: "", subject: null, faces: [], model: null, stream: null,
-  job: null, thumbs: new Map() };
+  job: null, thumbs: new Map(), identified: null };
 const VIEWS = ["gallery", "identify", "verify", "people"];
 const THUMBS_PER_CLUSTER = 16;
 
@@ -30,6 +30,8 @@ function messageOf(body, status) {
     overloaded: "The service is busy; try again in a moment.",
     job_not_found: "That job is gone (discarded, expired, or the service restarted).",
     cluster_not_found: "That group is gone (merged or emptied).",
+    too_many_negatives: "That subject holds as many \"not this person\" examples as it may; delete some first.",
+    negative_not_found: "That \"not this person\" example is gone.",
   }[err.code];
   const scope = err.code === "forbidden" && err.details && err.details.required_scope;
   if (scope) return `This key may not do that: it needs the '${scope}' scope (admin includes write, write includes read). (forbidden)`;
@@ -227,6 +229,30 @@ async function loadFaces() {
     })));
     list.append(li);
   }
+  await loadNegatives();
+}
+
+// "not this person" examples of the open subject: kept as embeddings only; forgetting one lets
+// the subject be named again for faces like it
+async function loadNegatives() {
+  const sid = encodeURIComponent(state.subject.id);
+  const found = await api("GET", `/v1/subjects/${sid}/negatives`);
+  const list = $("negatives");
+  list.replaceChildren();
+  $("negatives-title").hidden = found.negatives.length === 0;
+  for (const n of found.negatives) {
+    const li = document.createElement("li");
+    const from = n.source === "probe" ? "an identify photo" : n.face_id ? `gallery face ${n.face_id}` : "a cluster face";
+    li.textContent = `Not this person: ${from}, ${new Date(n.created_at * 1000).toLocaleString()} `;
+    const forget = button("Forget", "secondary", () => guarded(async () => {
+      await api("DELETE", `/v1/subjects/${sid}/negatives/${n.id}`);
+      say(`Forgot that ${from} is not ${state.subject.id}.`);
+      await loadNegatives();
+    }));
+    forget.setAttribute("aria-label", `Forget "not this person" ${n.id}`);
+    li.append(forget);
+    list.append(li);
+  }
 }
 
 async function addFaces(files) {
@@ -312,10 +338,20 @@ function showCandidates(face, index) {
   for (const c of face.candidates) {
     const li = document.createElement("li");
     const agree = c.agreeing ? `, ${c.agreeing} of its faces agree` : "";
-    li.textContent = `${c.name} (${c.subject_id}): ${c.score.toFixed(3)}${agree}`;
+    const text = document.createElement("span");
+    text.textContent = `${c.name} (${c.subject_id}): ${c.score.toFixed(3)}${agree} `;
+    // "not this person": the photo is sent again with this face's box; only its embedding is
+    // kept, and identify stops naming the subject for faces at least as close to it
+    const not = button("Not this person", "secondary", () => guarded(() => notThisPerson(face, index, c)));
+    not.setAttribute("aria-label", `Not ${c.name}: remember that face ${index + 1} is not ${c.subject_id}`);
+    li.append(text, not);
     list.append(li);
   }
-  if (!face.candidates.length) list.append(Object.assign(document.createElement("li"), { textContent: "No candidates: the gallery is empty." }));
+  const vetoed = $("candidate-vetoed");
+  vetoed.hidden = !face.vetoed || face.vetoed.length === 0;
+  vetoed.textContent = vetoed.hidden ? ""
+    : `Not named because you said this face is not them: ${face.vetoed.map((v) => `${v.name} (${v.score.toFixed(3)}, but ${v.negative.toFixed(3)} to a face that is not them)`).join(", ")}.`;
+  if (!face.candidates.length) list.append(Object.assign(document.createElement("li"), { textContent: face.vetoed && face.vetoed.length ? "No other candidates." : "No candidates: the gallery is empty." }));
   $("candidates-title").textContent = `Candidates for face ${index + 1}`;
   $("candidates").hidden = false;
 }
@@ -414,37 +450,55 @@ function layoutLabels() {
 
 window.addEventListener("resize", () => { if ($("boxes").childElementCount) layoutLabels(); });
 
+// remember that one face of the photo identified last is not subject c, then ask again
+async function notThisPerson(face, index, c) {
+  const form = new FormData();
+  form.append("image", state.identified);
+  form.append("box", face.detection.box.join(","));
+  await api("POST", `/v1/subjects/${encodeURIComponent(c.subject_id)}/negatives`, form);
+  await identify(state.identified);
+  const again = $("boxes").querySelectorAll(".face-box")[index];
+  if (again) again.click();
+  say(`Remembered: face ${index + 1} is not ${c.name}.`);
+}
+
 $("identify-form").addEventListener("submit", (e) => {
   e.preventDefault();
   guarded(async () => {
     const file = $("identify-file").files[0];
     if (!file) throw new Error("Choose a photo first.");
-    const form = new FormData();
-    form.append("image", file);
-    form.append("top_k", "5");
-    const kind = document.querySelector('input[name="op-kind"]:checked').value;
-    if (kind === "far") form.append("far", $("identify-far").value);
-    else form.append("threshold", $("identify-threshold").value);
-    if ($("identify-margin").value.trim()) form.append("margin", $("identify-margin").value.trim());
-    $("candidates").hidden = true;
-    $("boxes").replaceChildren();
-    say("Identifying…");
-    const result = await api("POST", "/v1/identify", form);
-    const img = $("identify-image");
-    img.src = URL.createObjectURL(file);
-    img.hidden = false;
-    await img.decode();
-    drawFaces(result, img);
-    const known = result.faces.filter((f) => f.decision === "match").length;
-    const unsure = result.faces.filter((f) => f.decision === "ambiguous").length;
-    const ambiguous = unsure ? `, ${unsure} ambiguous` : "";
-    // a short line, and where the threshold comes from on a line of its own (it was one
-    // sentence of nested parentheses)
-    $("identify-summary").textContent = `${result.faces.length} face(s), ${known} known${ambiguous} · threshold ${result.threshold.value.toFixed(3)} · margin ${result.margin}`;
-    $("identify-source").textContent = `Threshold from: ${result.threshold.source}`;
-    say("");
+    await identify(file);
   });
 });
+
+// identify a photo (the form's, or the last one again) and draw its answer
+async function identify(file) {
+  const form = new FormData();
+  form.append("image", file);
+  form.append("top_k", "5");
+  const kind = document.querySelector('input[name="op-kind"]:checked').value;
+  if (kind === "far") form.append("far", $("identify-far").value);
+  else form.append("threshold", $("identify-threshold").value);
+  if ($("identify-margin").value.trim()) form.append("margin", $("identify-margin").value.trim());
+  $("candidates").hidden = true;
+  $("boxes").replaceChildren();
+  say("Identifying…");
+  const result = await api("POST", "/v1/identify", form);
+  const img = $("identify-image");
+  img.src = URL.createObjectURL(file);
+  img.hidden = false;
+  await img.decode();
+  drawFaces(result, img);
+  const known = result.faces.filter((f) => f.decision === "match").length;
+  const unsure = result.faces.filter((f) => f.decision === "ambiguous").length;
+  const ambiguous = unsure ? `, ${unsure} ambiguous` : "";
+  // a short line, and where the threshold comes from on a line of its own (it was one
+  // sentence of nested parentheses)
+  $("identify-summary").textContent = `${result.faces.length} face(s), ${known} known${ambiguous} · threshold ${result.threshold.value.toFixed(3)} · margin ${result.margin}`;
+  $("identify-source").textContent = `Threshold from: ${result.threshold.source}`;
+  state.identified = file;
+  say("");
+}
 
 // ---------------------------------------------------------------- verify
 
@@ -537,6 +591,15 @@ async function renderClusters() {
       }));
       remove.setAttribute("aria-label", `Remove face ${m.face} from group ${c.cluster}`);
       t.append(img, remove);
+      if (c.subject_id) {  // a named group: this face is not that person (remembered)
+        const not = button(`Not ${c.subject_id}`, "secondary not-person", () => guarded(async () => {
+          const r = await api("POST", `/v1/jobs/${state.job}/clusters/${c.cluster}/faces/${m.face}/not-subject`, {});
+          await renderClusters();
+          say(`Face ${m.face} is not ${r.subject_id}: remembered, and taken out of group ${c.cluster}.`);
+        }));
+        not.setAttribute("aria-label", `Face ${m.face} is not ${c.subject_id}`);
+        t.append(not);
+      }
       thumbs.append(t);
     }
     li.append(thumbs);
