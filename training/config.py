@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from training import tensorboard_log
 from training.losses import (
     PRESET_SCHEDULES,
     PRESETS,
@@ -153,12 +154,19 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    batch_size: int = 64
+    batch_size: int = 64  # per rank and per micro-batch
+    # gradient accumulation: micro-batches per optimizer step (the batch an optimizer step sees
+    # is batch_size x accumulate x ranks); max_steps, the lr schedule, logging and checkpoints
+    # count optimizer steps. Batch norm still normalises over each micro-batch of batch_size.
+    accumulate: int = 1
     max_steps: int = 1000
     # auto: bf16 on CUDA, fp32 on the CPU; bf16: bf16 autocast on either; fp16: CUDA only
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 20
+    # TensorBoard event files in output_dir/tensorboard beside log.jsonl (scalars, target-angle
+    # histograms); needs the tensorboard package (train extra)
+    tensorboard: bool = False
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 500
     angle_snapshots: int = 0  # histograms of the target angle at this many evenly spaced steps
@@ -210,6 +218,12 @@ class TrainConfig:
             raise ValueError(f"head.sample_rate must be in (0, 1], got {self.head.sample_rate}")
         if self.batch_size < 2 or self.max_steps < 1:
             raise ValueError("batch_size must be >= 2 and max_steps >= 1")
+        if self.accumulate < 1:
+            raise ValueError(
+                f"accumulate (micro-batches per step) must be >= 1, got {self.accumulate}"
+            )
+        if self.tensorboard and not tensorboard_log.available():
+            raise ValueError(tensorboard_log.MISSING)
         if self.amp == "fp16" and self.device == "cpu":
             raise ValueError("amp=fp16 needs CUDA (loss scaling); use amp=bf16 or off on the CPU")
         if self.optim.lr <= 0:

@@ -16,8 +16,8 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from training.data import FaceDataset, Normalisation, image_folder, record_datas
 from training.losses import PUBLISHED_SCALE_MIN_CLASSES, MarginHead
 from training.partial_fc import HeadOutput, PartialFC
 from training.pretrained import backbone_for
+from training.tensorboard_log import TensorBoardLog
 from training.validation import (
     AngleMonitor,
     BinValidator,
@@ -322,11 +323,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if world.is_main and angle_steps:
         angles = AngleMonitor(dataset, config.angle_samples, out / "angles.jsonl")
     log_path = out / "log.jsonl"
+    board = (
+        TensorBoardLog(out / "tensorboard", resume_step=step)
+        if world.is_main and config.tensorboard
+        else None
+    )
     if len(loader) == 0:
         raise ValueError(
             f"{len(dataset)} training faces per rank make no whole batch of {config.batch_size}"
         )
-    batches = infinite_batches(loader, dataset, step)
+    batches = infinite_batches(loader, dataset, step * config.accumulate)
     seen, tick, last_logged_step = 0, time.perf_counter(), step
     metrics: dict[str, Any] = {}
 
@@ -355,14 +361,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     if angles is not None and step == 0 and 0 in angle_steps:
         angles.snapshot(0, backbone, class_centres(), device)
-    model.train()
-    head.train()
-    while step < config.max_steps:
-        epoch, (images, labels) = next(batches)
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def forward(images: torch.Tensor, labels: torch.Tensor, frozen: bool) -> HeadOutput:
+        """One micro-batch's loss and what is logged beside it."""
         context = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-        frozen = step < config.model.freeze_steps
-        model.train(not frozen)
         with context:
             if frozen:
                 with torch.no_grad():
@@ -370,32 +372,61 @@ def train(config: TrainConfig) -> dict[str, Any]:
             else:
                 features = model(images)
             if isinstance(head, PartialFC):
-                head.set_step(step)
-                output: HeadOutput = head(features.float(), labels)
-            else:
-                logits = head(features.float(), labels)
-                inner = head.module if isinstance(head, DistributedDataParallel) else head
-                with torch.no_grad():
-                    cos = inner.cosine(features.float())
-                    target_cos = cos.gather(1, labels[:, None])[:, 0]
-                accuracy = (logits.argmax(1) == labels).float().mean()
-                output = HeadOutput(
-                    torch.nn.functional.cross_entropy(logits, labels),
-                    accuracy,
-                    accuracy,  # no margin: the logits' accuracy is the plain one
-                    target_cos,
-                )
-            loss = output.loss
-        if not torch.isfinite(loss):
-            raise RuntimeError(
-                f"loss is {loss.item()} at step {step} (lr {scheduler.get_last_lr()[0]:.4g}); "
-                "lower optim.lr, raise optim.warmup_steps, or use amp=bf16 instead of fp16"
+                return head(features.float(), labels)
+            logits = head(features.float(), labels)
+            inner = head.module if isinstance(head, DistributedDataParallel) else head
+            with torch.no_grad():
+                cos = inner.cosine(features.float())
+                target_cos = cos.gather(1, labels[:, None])[:, 0]
+            accuracy = (logits.argmax(1) == labels).float().mean()
+            return HeadOutput(
+                torch.nn.functional.cross_entropy(logits, labels),
+                accuracy,
+                accuracy,  # no margin: the logits' accuracy is the plain one
+                target_cos,
             )
+
+    model.train()
+    head.train()
+    while step < config.max_steps:
+        frozen = step < config.model.freeze_steps
+        model.train(not frozen)
+        if isinstance(head, PartialFC):
+            head.set_step(step)  # the margin schedule counts optimizer steps
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        parts: list[HeadOutput] = []
+        for micro in range(config.accumulate):
+            epoch, (images, labels) = next(batches)
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with ExitStack() as no_sync:
+                if micro < config.accumulate - 1:  # DDP averages once, on the last backward
+                    for wrapped in (model, head):
+                        if isinstance(wrapped, DistributedDataParallel):
+                            no_sync.enter_context(wrapped.no_sync())
+                part = forward(images, labels, frozen)
+                if not torch.isfinite(part.loss):
+                    raise RuntimeError(
+                        f"loss is {part.loss.item()} at step {step} "
+                        f"(lr {scheduler.get_last_lr()[0]:.4g}); lower optim.lr, raise "
+                        "optim.warmup_steps, or use amp=bf16 instead of fp16"
+                    )
+                # each micro-batch's mean loss over accumulate: the gradients sum to those of
+                # the mean over the whole step's batch
+                scaler.scale(part.loss / config.accumulate).backward()
+            parts.append(replace(part, loss=part.loss.detach()))  # its graph is freed
+            seen += len(images) * world.world_size
+        output = HeadOutput(
+            torch.stack([p.loss for p in parts]).mean(),
+            torch.stack([p.accuracy for p in parts]).mean(),
+            torch.stack([p.plain_accuracy for p in parts]).mean(),
+            torch.cat([p.target_cos for p in parts]),
+        )
+        loss = output.loss
         scaler.unscale_(optimizer)
-        # one global norm on every rank: the backbone's (DDP-averaged) gradients and, with
-        # Partial FC across ranks, every shard's class centres (training/clipping.py)
+        # once per optimizer step, on the accumulated gradients: one global norm on every rank,
+        # the backbone's (DDP-averaged) gradients and, with Partial FC across ranks, every
+        # shard's class centres (training/clipping.py)
         sharded_head = isinstance(head, PartialFC) and world.world_size > 1
         grad_norm = clip_global_grad_norm(
             [*model.parameters(), *([] if sharded_head else head.parameters())],
@@ -407,7 +438,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
         scaler.update()
         scheduler.step()
         step += 1
-        seen += len(images) * world.world_size
         if world.is_main and (step % config.log_every == 0 or step == config.max_steps):
             elapsed = time.perf_counter() - tick
             inner_head = head.module if isinstance(head, DistributedDataParallel) else head
@@ -433,6 +463,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
             seen, tick, last_logged_step = 0, time.perf_counter(), step
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
+            if board is not None:
+                board.scalars(step, row, "train/")
+                board.angles(step, degrees(output.target_cos))
             log.warning(
                 "step %d/%d loss %.4f acc %.3f (plain %.3f) lr %.4g %.1f samples/s, ETA %.0f s",
                 step,
@@ -451,6 +484,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             with log_path.open("a") as fh:
                 fh.write(json.dumps({"step": step, **result}) + "\n")
             log.warning("step %d LFW %s", step, result)
+            if board is not None:
+                board.scalars(step, result, "val/")
             metrics.update(result)
         if bins and (at_eval or step == config.max_steps):
             result = {}
@@ -459,6 +494,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             with log_path.open("a") as fh:
                 fh.write(json.dumps({"step": step, **result}) + "\n")
             log.warning("step %d %s", step, result)
+            if board is not None:
+                board.scalars(step, result, "val/")
             metrics.update(result)
         if angles is not None and step in angle_steps:
             angles.snapshot(step, backbone, class_centres(), device)
@@ -466,9 +503,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
             found = openset.evaluate(backbone, device)
             with log_path.open("a") as fh:
                 fh.write(json.dumps({"step": step, **found}) + "\n")
+            if board is not None:
+                board.scalars(step, found, "val/")
             metrics.update(found)
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             save(step, epoch)
+    if board is not None:
+        board.close()
     if world.is_main and log_path.is_file():
         write_curves(log_path, out / "curves.png")
         metrics["num_classes"] = dataset.num_classes

@@ -26,6 +26,7 @@ def test_overrides_are_typed(tmp_path: Path) -> None:
     ("overrides", "message"),
     [
         (["--data.root=x", "--nope=1"], "unknown config key"),
+        (["--data.root=x", "--accumulate=0"], "accumulate"),
         (["--data.root=x", "--head.preset=magic"], "unknown head preset"),
         (["--data.root=x", "--head.preset=arcface", "--head.m1=4"], "no monotonic form"),
         (["--data.root=x", "--head.sample_rate=0"], "sample_rate"),
@@ -123,3 +124,16 @@ def test_the_published_scale_on_a_large_image_folder_is_not_warned_about(
     with caplog.at_level("WARNING"):
         load_config(None, [f"--data.root={tmp_path}", "--head.preset=arcface", "--head.scale=64"])
     assert "may not train" not in caplog.text
+
+
+def test_tensorboard_without_its_package_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tensorboard=true where the package is missing is a clear error when the config loads,
+    not a traceback at the first log line (the shared venv has no tensorboard)."""
+    from training import tensorboard_log
+
+    monkeypatch.setattr(tensorboard_log, "available", lambda: False)
+    with pytest.raises(ValueError, match=r"needs the tensorboard package.*marginface\[train\]"):
+        load_config(None, ["--data.root=x", "--tensorboard=true"])
+    assert load_config(None, ["--data.root=x"]).tensorboard is False  # off by default

@@ -233,12 +233,15 @@ def test_two_process_gloo_ddp_with_partial_fc(aligned_subset: Path, tmp_path: Pa
     assert rows[-1]["step"] == 3
 
 
+@pytest.mark.parametrize("accumulate", [1, 2])
 def test_ranks_hold_identical_backbones_with_clipping_and_partial_fc(
-    aligned_subset: Path, tmp_path: Path
+    aligned_subset: Path, tmp_path: Path, accumulate: int
 ) -> None:
     """Gradient clipping with Partial FC: each rank holds its own shard of class centres, so a
     norm over "this rank's parameters" differs per rank; the clip must use one global norm, or
-    the backbones drift apart (on main 93 of 94 tensors differed after 4 steps)."""
+    the backbones drift apart (on main 93 of 94 tensors differed after 4 steps). With gradient
+    accumulation DDP skips its all-reduce on the first micro-batch (no_sync) and clips once
+    per optimizer step: the ranks still agree."""
     out = tmp_path / "ddp-clip"
     cmd = [
         sys.executable,
@@ -257,6 +260,7 @@ def test_ranks_hold_identical_backbones_with_clipping_and_partial_fc(
         "--head.preset=arcface",
         "--head.sample_rate=0.5",
         "--optim.grad_clip=0.05",  # far below the gradients' norm: every step is clipped
+        f"--accumulate={accumulate}",
         "--device=cpu",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -437,3 +441,139 @@ def test_freeze_steps_hold_the_backbone_then_train_it(aligned_subset: Path, tmp_
     train(run_config(aligned_subset, tmp_path / "run", *extra))
     after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["backbone"]
     assert any(not torch.equal(after[k], v) for k, v in start.items())
+
+
+def _batch_norm_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backbones whose batch norms always normalise with their (initial) running statistics:
+    a network without batch-statistics effects, for which a batch split into micro-batches
+    must train exactly as the whole batch (with live batch norm each micro-batch is
+    normalised by its own statistics: the one documented difference)."""
+    from training import engine
+    from training.pretrained import backbone_for
+
+    def held(config):  # type: ignore[no-untyped-def]
+        module, norm, manifest = backbone_for(config)
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                layer.eval()
+                layer.train = lambda mode=True, layer=layer: layer  # type: ignore[method-assign]
+        return module, norm, manifest
+
+    monkeypatch.setattr(engine, "backbone_for", held)
+
+
+@pytest.mark.parametrize("grad_clip", ["1e9", "0.05"])  # never clipped; clipped every step
+def test_accumulating_two_micro_batches_trains_as_one_double_batch(
+    aligned_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grad_clip: str
+) -> None:
+    """accumulate=2 at batch 4 against batch 8 on the same samples: the same loss, gradient
+    norm (clipped once per optimizer step, on the summed gradients), learning rate (the
+    schedule counts optimizer steps) and weights after 3 steps, through Partial FC."""
+    _batch_norm_held(monkeypatch)
+    extra = ("--max_steps=3", "--head.preset=arcface", f"--optim.grad_clip={grad_clip}")
+    train(run_config(aligned_subset, tmp_path / "whole", *extra))
+    train(
+        run_config(aligned_subset, tmp_path / "split", *extra, "--batch_size=4", "--accumulate=2")
+    )
+    rows = {
+        run: [json.loads(x) for x in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        for run in ("whole", "split")
+    }
+    assert [r["step"] for r in rows["split"]] == [1, 2, 3]
+    for whole, split in zip(rows["whole"], rows["split"], strict=True):
+        assert split["lr"] == whole["lr"]
+        assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+        assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+        assert split["accuracy"] == pytest.approx(whole["accuracy"], abs=1e-6)
+        assert (split["grad_norm"] > float(grad_clip)) == (grad_clip == "0.05")  # clipped?
+    states = {
+        run: torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)
+        for run in ("whole", "split")
+    }
+    # the same sums in another order: float32 rounding, measured against the whole update
+    # (per element, batch-norm biases' gradients are sums with heavy cancellation)
+    config = run_config(aligned_subset, tmp_path / "init", *extra)
+    torch.manual_seed(config.seed)
+    from training import engine
+
+    start = engine.backbone_for(config.model)[0].state_dict()  # the runs' initial weights
+    keys = [k for k, v in start.items() if v.is_floating_point()]
+
+    def flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([state[k].double().flatten() for k in keys])
+
+    whole, split = flat(states["whole"]["backbone"]), flat(states["split"]["backbone"])
+    assert float((split - whole).norm()) < 1e-4 * float((whole - flat(start)).norm())
+    torch.testing.assert_close(
+        states["split"]["head"]["head.weight"],
+        states["whole"]["head"]["head.weight"],
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_resume_with_accumulation_across_an_epoch_boundary_is_exact(
+    aligned_subset: Path, tmp_path: Path
+) -> None:
+    """With accumulate=2 a step consumes two batches: a resumed run skips 2 x step batches,
+    here landing on an optimizer step whose micro-batches straddle two epochs."""
+    from training.data import image_folder
+
+    per_epoch = len(image_folder(aligned_subset, max_identities=2)) // 8  # batches of 8
+    steps = per_epoch  # two epochs' worth of batches
+    crash_at = per_epoch // 2  # 2 x crash_at batches: the epoch's end or one short of it
+    extra = (
+        "--data.max_identities=2",
+        "--accumulate=2",
+        f"--max_steps={steps}",
+        f"--checkpoint_every={crash_at}",
+        "--head.preset=cosface",
+    )
+    train(run_config(aligned_subset, tmp_path / "a", *extra))
+    _train_and_crash_after(run_config(aligned_subset, tmp_path / "b", *extra), steps=crash_at)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == crash_at
+    train(run_config(aligned_subset, tmp_path / "b", *extra))
+    sa = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    sb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert sa["step"] == sb["step"] == steps and sa["epoch"] == sb["epoch"] == 1
+    for key, value in sa["backbone"].items():
+        torch.testing.assert_close(sb["backbone"][key], value, rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(sb["head"]["head.weight"], sa["head"]["head.weight"], rtol=0, atol=0)
+
+
+def test_tensorboard_logs_scalars_and_target_angle_histograms(
+    aligned_subset: Path, tmp_path: Path
+) -> None:
+    """tensorboard=true: the JSON log's scalars (loss, lr, accuracy, ...) and a histogram of
+    the target angles at every log step, and the validation accuracies, as event files."""
+    pytest.importorskip("tensorboard", reason="the train extra's tensorboard is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _bin_from_aligned(aligned_subset, tmp_path / "celeba.bin", 20)
+    out = tmp_path / "run"
+    train(
+        run_config(
+            aligned_subset,
+            out,
+            "--max_steps=2",
+            "--tensorboard=true",
+            f"--data.val_bins={tmp_path / 'celeba.bin'}",
+        )
+    )
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    for key in ("loss", "lr", "accuracy", "plain_accuracy", "grad_norm", "samples_per_s"):
+        logged = events.Scalars(f"train/{key}")
+        assert [e.step for e in logged] == [1, 2]
+        assert [e.value for e in logged] == pytest.approx([r[key] for r in train_rows], rel=1e-6)
+    angles = events.Histograms("train/target_angle_deg")
+    assert [h.step for h in angles] == [1, 2]
+    assert all(h.histogram_value.num == 8 for h in angles)  # one angle per face of the batch
+    assert all(0.0 <= h.histogram_value.min <= h.histogram_value.max <= 180.0 for h in angles)
+    val = events.Scalars("val/celeba_accuracy")
+    assert [e.step for e in val] == [2]
+    assert val[0].value == pytest.approx(
+        next(r for r in rows if "celeba_accuracy" in r)["celeba_accuracy"]
+    )
