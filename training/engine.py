@@ -262,7 +262,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             adaptive_scale=config.head.adaptive_scale,
         ).to(device)
     if world.is_main:
-        log.warning(
+        log.info(
             "%s head, %d classes, scale %.3g (%s)%s",
             margin.kind,
             dataset.num_classes,
@@ -310,7 +310,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         scaler.load_state_dict(state["scaler"])
         step, epoch = state["step"], state["epoch"]
         _set_rng_state(state["rng"])
-        log.warning("resumed from %s at step %d", ckpt_path, step)
+        log.info("resumed from %s at step %d", ckpt_path, step)
 
     validator = openset = angles = None
     if world.is_main and config.data.val_pairs:
@@ -466,7 +466,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             if board is not None:
                 board.scalars(step, row, "train/")
                 board.angles(step, degrees(output.target_cos))
-            log.warning(
+            log.info(
                 "step %d/%d loss %.4f acc %.3f (plain %.3f) lr %.4g %.1f samples/s, ETA %.0f s",
                 step,
                 config.max_steps,
@@ -483,7 +483,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             result = validator.evaluate(backbone, device)
             with log_path.open("a") as fh:
                 fh.write(json.dumps({"step": step, **result}) + "\n")
-            log.warning("step %d LFW %s", step, result)
+            log.info("step %d LFW %s", step, result)
             if board is not None:
                 board.scalars(step, result, "val/")
             metrics.update(result)
@@ -493,7 +493,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 result.update(bin_validator.evaluate(backbone, device))
             with log_path.open("a") as fh:
                 fh.write(json.dumps({"step": step, **result}) + "\n")
-            log.warning("step %d %s", step, result)
+            log.info("step %d %s", step, result)
             if board is not None:
                 board.scalars(step, result, "val/")
             metrics.update(result)

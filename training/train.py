@@ -44,10 +44,27 @@ def _missing(modules: tuple[str, ...]) -> list[str]:
     return missing
 
 
+class _Format(logging.Formatter):
+    """Progress is information and is printed bare; a warning or an error keeps its word."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname} {text}"
+
+
+def _configure_logging() -> None:
+    """Our information and everyone's warnings on stderr: the training loop's progress lines
+    are INFO, not WARNING; other libraries' INFO chatter stays out."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Format("%(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("training").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch: prepare, export, or train (or the help)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    _configure_logging()
     missing = _missing(TRAIN_EXTRA[:1] if args[:1] == ["prepare"] else TRAIN_EXTRA)
     if missing:
         print(

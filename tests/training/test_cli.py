@@ -84,3 +84,35 @@ def test_export_prints_its_parity_figure_and_no_exporter_noise(
     assert manifest["training"]["parity_faces"] == summary["parity_faces"]
     card = (models / "tiny" / "MODEL_CARD.md").read_text()
     assert f"over {summary['parity_faces']} real aligned faces" in card
+
+
+def test_progress_lines_are_not_warnings_and_warnings_still_are(
+    aligned_subset: Path, tmp_path: Path
+) -> None:
+    """A trial read "WARNING step 10/400 loss ..." on every normal line (issue 29): progress,
+    the head's line and validation results are information; a real warning keeps its word."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.train",
+        f"--data.root={aligned_subset}",
+        f"--output_dir={tmp_path / 'run'}",
+        "--batch_size=8",
+        "--data.workers=0",
+        "--optim.warmup_steps=1",
+        "--log_every=1",
+        "--model.backbone=mobilefacenet",
+        "--model.embedding_dim=64",
+        "--max_steps=2",
+        "--head.preset=cosface",
+        "--head.scale=64",  # far above the derived scale at a few classes: a real warning
+        "--device=cpu",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    steps = [line for line in lines if "step 2/2" in line]
+    assert steps and not steps[0].startswith("WARNING"), steps
+    head = [line for line in lines if "cosface head" in line]
+    assert head and not head[0].startswith("WARNING"), head
+    assert any(line.startswith("WARNING") and "head.scale=64" in line for line in lines), lines
