@@ -481,7 +481,10 @@ class Recognition:
         groups' faces go through one search."""
         if not groups or self._gallery is None:
             return [None] * len(groups)
-        chosen = self.threshold(purpose="identify")
+        try:
+            chosen = self.threshold(purpose="identify")
+        except InvalidRequest:  # no calibration, no recommended threshold: nothing to suggest
+            return [None] * len(groups)
         margin = self.settings.identify_margin
         self.gallery.check_model(self.pipeline.model_id)
         probes = np.concatenate([g for g, _ in groups])
