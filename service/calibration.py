@@ -194,6 +194,16 @@ def threshold_for_far(calibration: Calibration | None, far: float) -> tuple[floa
     return float(threshold), chosen_far
 
 
+def calibrated_far(calibration: Calibration | None, score: float) -> float | None:
+    """The calibrated FAR a cosine reaches: the strictest calibrated operating point whose
+    threshold it is at or above (how often a stranger scores as high, per comparison); None
+    without a calibration or below its loosest point."""
+    if calibration is None:
+        return None
+    reached = [float(k) for k, t in calibration.thresholds_by_far.items() if score >= t]
+    return min(reached, default=None)
+
+
 def read_pairs_csv(path: Path) -> list[Pair]:
     """A CSV of image_a,image_b,same (1/0, yes/no, true/false); paths relative to the CSV."""
     import csv

@@ -113,3 +113,34 @@ def veto(
                 continue
         kept.append(c)
     return kept, vetoed
+
+
+@dataclass(frozen=True)
+class LooksLike:
+    """A cluster resembles a subject of the gallery: the subject most of its checked members
+    are matched to (each decided as an identify decides), the best cosine among them, how many
+    of the ``checked`` members agree, and the calibrated FAR of that cosine (``far``: the
+    strictest calibrated operating point it reaches, None without a calibration)."""
+
+    subject_id: str
+    name: str
+    similarity: float
+    agreeing: int
+    checked: int
+    far: float | None
+    threshold: float
+    source: str
+
+
+def vote(answers: Sequence[Answer]) -> tuple[SubjectCandidate, int] | None:
+    """The subject the most of a cluster's members' answers match (ties: the higher cosine),
+    with its best-scoring match and the number of members matched to it; None when no member
+    is a match (unknown or ambiguous)."""
+    tally: dict[str, list[SubjectCandidate]] = {}
+    for a in answers:
+        if a.match is not None:
+            tally.setdefault(a.match.subject_id, []).append(a.match)
+    if not tally:
+        return None
+    matches = max(tally.values(), key=lambda m: (len(m), max(c.score for c in m)))
+    return max(matches, key=lambda c: c.score), len(matches)

@@ -8,18 +8,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from service.calibration import threshold_for_far
+from service.calibration import calibrated_far, threshold_for_far
 from service.errors import InvalidRequest, NoFace, SubjectNotFound
 from service.gallery import Candidate, Gallery, Negative, NewFace, backends
 from service.gallery.gallery import WriteObserver
-from service.identification import Answer, SubjectCandidate, Vetoed, decide, veto
+from service.identification import (
+    Answer,
+    LooksLike,
+    SubjectCandidate,
+    Vetoed,
+    decide,
+    veto,
+    vote,
+)
 from service.images import ImageVault
 from service.memory import MemoryBudget, decode_bytes
 from service.models import Manifest, resolve_model
@@ -461,6 +469,57 @@ class Recognition:
             if not todo:
                 break
         return [r or ([], []) for r in results]
+
+    def looks_like(
+        self, groups: Sequence[tuple[np.ndarray, Collection[str]]]
+    ) -> list[LooksLike | None]:
+        """For each group of faces (a cluster's sampled members: unit rows of the running
+        model, and the subjects the operator said they are not), the gallery subject they look
+        like, or None. Each face is decided as an identify without a threshold or far decides
+        (the server's identify FAR, margin and negatives: ``rank`` and ``decide``), the refused
+        subjects dropped first; the subject most faces are matched to is the suggestion. All
+        groups' faces go through one search."""
+        if not groups or self._gallery is None:
+            return [None] * len(groups)
+        try:
+            chosen = self.threshold(purpose="identify")
+        except InvalidRequest:  # no calibration, no recommended threshold: nothing to suggest
+            return [None] * len(groups)
+        margin = self.settings.identify_margin
+        self.gallery.check_model(self.pipeline.model_id)
+        probes = np.concatenate([g for g, _ in groups])
+        if not len(probes):
+            return [None] * len(groups)
+        k = 2 + max(len(refused) for _, refused in groups)
+        ranked = iter(self.rank(probes, k))
+        calibration = self.recognizer.calibration
+        out: list[LooksLike | None] = []
+        for faces, refused in groups:
+            answers = []
+            for _ in range(len(faces)):
+                found, _vetoed = next(ranked)
+                subjects = [
+                    SubjectCandidate(c.subject_id, c.name, c.face_id, c.score, 0)
+                    for c in found
+                    if c.subject_id not in refused
+                ]
+                answers.append(decide(subjects, chosen.value, margin))
+            best = vote(answers)
+            out.append(
+                None
+                if best is None
+                else LooksLike(
+                    subject_id=best[0].subject_id,
+                    name=best[0].name,
+                    similarity=best[0].score,
+                    agreeing=best[1],
+                    checked=len(faces),
+                    far=calibrated_far(calibration, best[0].score),
+                    threshold=chosen.value,
+                    source=chosen.source,
+                )
+            )
+        return out
 
     def not_this_person(
         self,

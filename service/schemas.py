@@ -356,9 +356,28 @@ class ClusterFaceOut(BaseModel):
     similarity: float | None = None
 
 
+class LooksLikeOut(BaseModel):
+    """The gallery subject a cluster not yet named looks like: up to five of its members (the
+    representative and the closest to its centre, ``checked``) are each decided as an identify
+    decides (the server's identify FAR, margin and "not this person" negatives; a subject a
+    member was said not to be is never suggested); the subject most are matched to."""
+
+    subject_id: str
+    name: str
+    similarity: float = Field(description="the best cosine of a member matched to the subject")
+    agreeing: int = Field(description="how many of the checked members are matched to it")
+    checked: int = Field(description="how many members were compared with the gallery")
+    far: float | None = Field(
+        description="the calibrated FAR of ``similarity``: the strictest calibrated operating "
+        "point it reaches (how often a stranger scores as high, per comparison)"
+    )
+    threshold: ThresholdOut = Field(description="the identify threshold each member had to reach")
+
+
 class ClusterOut(BaseModel):
     """One cluster: its faces by similarity to its centre, a representative, its cohesion
-    (mean similarity to the centre) and the subject it was named into, if any."""
+    (mean similarity to the centre), the subject it was named into, if any, and else the
+    gallery subject it looks like, if any (computed when read)."""
 
     cluster: int
     size: int
@@ -366,6 +385,7 @@ class ClusterOut(BaseModel):
     representative: ClusterFaceOut
     members: list[ClusterFaceOut]
     subject_id: str | None = None
+    looks_like: LooksLikeOut | None = None
 
 
 class ClustersOut(BaseModel):

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.calibration import PairScores, calibrate, cross_identity_scores, threshold_for_far
+from service.calibration import (
+    PairScores,
+    calibrate,
+    calibrated_far,
+    cross_identity_scores,
+    threshold_for_far,
+)
 from service.errors import InvalidRequest
 from service.evaluation import far_at, kfold_accuracy, threshold_at_far
 from service.models import load_manifest
@@ -125,3 +131,15 @@ def test_identification_report_dir_at_fpir() -> None:
     assert isinstance(dirs, dict)
     assert dirs["1e-01"]["dir"] == 0.9  # the five weak genuine matches fall below the threshold
     assert dirs["1e-02"]["dir"] == 0.9
+
+
+def test_a_cosine_reaches_the_strictest_calibrated_far_whose_threshold_it_is_at() -> None:
+    calibration = load_manifest(ROOT / "models" / "sface-2021dec").calibration
+    assert calibration is not None
+    table = sorted((float(k), t) for k, t in calibration.thresholds_by_far.items())
+    loosest, strictest = table[-1], table[0]
+    assert calibrated_far(calibration, strictest[1]) == strictest[0]
+    assert calibrated_far(calibration, 1.0) == strictest[0]
+    assert calibrated_far(calibration, loosest[1]) == loosest[0]
+    assert calibrated_far(calibration, loosest[1] - 1e-3) is None
+    assert calibrated_far(None, 0.9) is None

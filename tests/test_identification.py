@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.identification import SubjectCandidate, decide
+from service.identification import Answer, SubjectCandidate, decide, vote
 
 
 def subject(sid: str, score: float) -> SubjectCandidate:
@@ -30,3 +30,15 @@ def test_a_clear_lead_or_no_margin_is_a_match() -> None:
     assert decide([a, subject("b", 0.50)], threshold=0.42, margin=0.05).match == a
     assert decide([a, subject("b", 0.60)], threshold=0.42, margin=0.0).match == a  # off
     assert decide([a], threshold=0.42, margin=0.05).match == a  # no runner-up
+
+
+def test_a_cluster_looks_like_the_subject_most_members_match_and_never_on_no_match() -> None:
+    def matched(sid: str, score: float) -> Answer:
+        return Answer("match", subject(sid, score), [])
+
+    unknown, torn = Answer("unknown", None, []), Answer("ambiguous", None, [])
+    assert vote([unknown, torn]) is None and vote([]) is None
+    best, agreeing = vote([matched("a", 0.5), unknown, matched("b", 0.9), matched("a", 0.6)])
+    assert (best.subject_id, best.score, agreeing) == ("a", 0.6, 2)  # most members, then cosine
+    best, agreeing = vote([matched("a", 0.5), matched("b", 0.7)])
+    assert (best.subject_id, agreeing) == ("b", 1)

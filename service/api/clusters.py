@@ -64,8 +64,9 @@ def submit_cluster_job(
 
 @router.get("/{job_id}/clusters")
 def get_clusters(job_id: str, state: State) -> ClustersOut:
-    """The clusters of a finished cluster job (409 job_not_finished before)."""
-    return ClustersOut(**review(state, job_id).view())
+    """The clusters of a finished cluster job (409 job_not_finished before); each one not
+    yet named says which gallery subject it looks like (``looks_like``, or null)."""
+    return ClustersOut(**review(state, job_id).view(state.recognition.looks_like))
 
 
 @router.get("/{job_id}/faces/{face}.jpg", response_class=FileResponse)
@@ -78,20 +79,21 @@ def get_face_thumbnail(job_id: str, face: int, state: State) -> FileResponse:
 @router.get("/{job_id}/clusters/{cluster}")
 def get_cluster(job_id: str, cluster: int, state: State) -> ClusterOut:
     """One cluster of a finished cluster job."""
-    return ClusterOut(**review(state, job_id).cluster(cluster))
+    return ClusterOut(**review(state, job_id).cluster(cluster, state.recognition.looks_like))
 
 
 @router.post("/{job_id}/clusters/merge")
 def merge_clusters(job_id: str, body: MergeClustersIn, state: State) -> ClusterOut:
     """The second cluster's faces join the first; the second is retired."""
-    return ClusterOut(**review(state, job_id).merge(body.into, body.other))
+    work = review(state, job_id)
+    return ClusterOut(**work.merge(body.into, body.other, state.recognition.looks_like))
 
 
 @router.delete("/{job_id}/clusters/{cluster}/faces/{face}", response_model=None)
 def remove_face(job_id: str, cluster: int, face: int, state: State) -> ClusterOut | Response:
     """Take a wrong face out of a cluster before naming it (204 when the cluster is then
     empty)."""
-    view = review(state, job_id).remove(cluster, face)
+    view = review(state, job_id).remove(cluster, face, state.recognition.looks_like)
     return Response(status_code=204) if view is None else ClusterOut(**view)
 
 

@@ -11,6 +11,12 @@ named before (its faces there are erased, and that subject too when the naming m
 left empty), so its faces are never in two subjects; and a cluster's name follows the subject:
 once the subject is deleted, the cluster is unnamed.
 
+Reading the review (``view``, ``cluster``) with a ``Suggester`` says, for each cluster not yet
+named, which gallery subject it looks like (``looks_like``): computed at each read, because the
+gallery changes after the job ran, from a few sampled members decided as an identify decides;
+a subject a member was said not to be (``not_this_person``, kept per cluster in ``refused``,
+also after the face left it) is never suggested for that cluster.
+
 Deleting the job (or its expiry) calls ``erase``: the folder with the thumbnails goes
 and the embeddings are dropped. Cluster numbers are stable: a merge keeps the first number and
 retires the second.
@@ -29,6 +35,7 @@ import base64
 import contextlib
 import shutil
 import threading
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,10 +52,25 @@ from service.errors import (
     SubjectNotFound,
 )
 from service.gallery import Gallery, NewFace
+from service.identification import LooksLike
 from service.subject_id import check_subject_id
 
 #: the key of a job board record that holds its shared review state
 REVIEW_KEY = "review"
+#: members of a cluster compared with the gallery for its "looks like" (the representative
+#: and the ones closest to the cluster's centre): a review read stays cheap
+LOOKS_LIKE_SAMPLE = 5
+
+
+class Suggester(Protocol):
+    """What suggests the gallery subject a cluster looks like
+    (``service.recognition.Recognition.looks_like``)."""
+
+    def __call__(
+        self, groups: Sequence[tuple[np.ndarray, Collection[str]]]
+    ) -> list[LooksLike | None]:
+        """For each (members' embeddings, subjects refused), the subject they look like."""
+        ...
 
 
 class ReviewBoard(Protocol):
@@ -78,6 +100,8 @@ class ClusterWork:
     made: dict[int, bool] = field(default_factory=dict)  # the naming created the subject
     #: cannot-link from the review: face -> the subjects the operator said it is not
     not_subject: dict[int, list[str]] = field(default_factory=dict)
+    #: cluster -> the subjects a member of it was said not to be: never suggested for it
+    refused: dict[int, list[str]] = field(default_factory=dict)
     last_cluster: int = -1  # numbers are never reused: a face named alone gets a new one
     revision: int = 0  # of the review state: each change to it counts one
     board: ReviewBoard | None = field(default=None, repr=False)
@@ -152,6 +176,7 @@ class ClusterWork:
             "enrolled": {str(n): f for n, f in self.enrolled.items()},
             "made": {str(n): m for n, m in self.made.items()},
             "not_subject": {str(n): s for n, s in self.not_subject.items()},
+            "refused": {str(n): s for n, s in self.refused.items()},
             "last_cluster": self.last_cluster,
         }
 
@@ -163,6 +188,7 @@ class ClusterWork:
         self.enrolled = {int(n): list(f) for n, f in state["enrolled"].items()}
         self.made = {int(n): bool(m) for n, m in state["made"].items()}
         self.not_subject = {int(n): list(s) for n, s in state.get("not_subject", {}).items()}
+        self.refused = {int(n): list(s) for n, s in state.get("refused", {}).items()}
         self.last_cluster = int(state["last_cluster"])
 
     @classmethod
@@ -251,35 +277,86 @@ class ClusterWork:
             "representative": self._face(members[c.representative], similarity[c.representative]),
             "members": [self._face(members[m.face], m.similarity) for m in c.members],
             "subject_id": self.named.get(n),
+            "looks_like": None,
         }
+
+    def _pending(
+        self, views: list[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any], np.ndarray, set[str]]]:
+        """What a suggestion needs for each view of a cluster not yet named (under the lock):
+        its sampled members' embeddings (the representative first, then the closest to the
+        centre) and the subjects it must never be said to look like (those a member, present
+        or gone, was said not to be)."""
+        pending = []
+        for v in views:
+            if v["subject_id"] is not None:
+                continue
+            first = v["representative"]["face"]
+            rest = [m["face"] for m in v["members"] if m["face"] != first]
+            sample = [first, *rest[: LOOKS_LIKE_SAMPLE - 1]]
+            refused = set(self.refused.get(v["cluster"], []))
+            for i in self.groups.get(v["cluster"], []):
+                refused.update(self.not_subject.get(i, []))
+            vectors = np.stack([self.faces[i].embedding for i in sample])
+            pending.append((v, vectors, refused))
+        return pending
+
+    @staticmethod
+    def _suggest(
+        pending: list[tuple[dict[str, Any], np.ndarray, set[str]]], looks_like: Suggester | None
+    ) -> None:
+        """Fill in the views' ``looks_like`` (outside the lock: it searches the gallery)."""
+        if looks_like is None or not pending:
+            return
+        found = looks_like([(vectors, refused) for _, vectors, refused in pending])
+        for (view, _, _), s in zip(pending, found, strict=True):
+            view["looks_like"] = None if s is None else {
+                "subject_id": s.subject_id,
+                "name": s.name,
+                "similarity": round(s.similarity, 6),
+                "agreeing": s.agreeing,
+                "checked": s.checked,
+                "far": s.far,
+                "threshold": {"value": round(s.threshold, 6), "source": s.source},
+            }  # fmt: skip
 
     def _face(self, i: int, similarity: float | None = None) -> dict[str, Any]:
         return face_view(self.faces, i, similarity)
 
-    def view(self) -> dict[str, Any]:
-        """Every cluster (largest first) and the faces alone."""
+    def view(self, looks_like: Suggester | None = None) -> dict[str, Any]:
+        """Every cluster (largest first) and the faces alone; with ``looks_like``, each
+        cluster not yet named says which gallery subject it looks like (computed now: the
+        gallery changes after the job ran)."""
         with self._lock:
             self._pull()
             self._prune_names()
             ordered = sorted(self.groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-            return {
+            clusters = [self._view(n, m) for n, m in ordered]
+            pending = self._pending(clusters) if looks_like is not None else []
+            out = {
                 "faces": len(self.faces),
-                "clusters": [self._view(n, m) for n, m in ordered],
+                "clusters": clusters,
                 "alone": [self._face(i) for i in sorted(self.alone)],
                 "threshold": round(self.threshold, 6),
                 "far": self.far,
                 "algorithm": self.algorithm,
             }
+        self._suggest(pending, looks_like)
+        return out
 
-    def cluster(self, cluster: int) -> dict[str, Any]:
-        """One cluster's view; ClusterNotFound."""
+    def cluster(self, cluster: int, looks_like: Suggester | None = None) -> dict[str, Any]:
+        """One cluster's view (with its ``looks_like``, as ``view``); ClusterNotFound."""
         with self._lock:
             self._pull()
             self._prune_names()
-            return self._view(cluster, self._group(cluster))
+            view = self._view(cluster, self._group(cluster))
+            pending = self._pending([view]) if looks_like is not None else []
+        self._suggest(pending, looks_like)
+        return view
 
-    def merge(self, into: int, other: int) -> dict[str, Any]:
-        """Move ``other``'s faces into ``into``; ``other`` is retired."""
+    def merge(self, into: int, other: int, looks_like: Suggester | None = None) -> dict[str, Any]:
+        """Move ``other``'s faces into ``into``; ``other`` is retired (the subjects refused
+        for it are refused for ``into``)."""
         if into == other:
             raise InvalidRequest("merge needs two different clusters")
         with self._lock:
@@ -288,10 +365,18 @@ class ClusterWork:
             target.extend(source)
             del self.groups[other]
             self.named.pop(other, None)
+            for subject in self.refused.pop(other, []):
+                if subject not in self.refused.setdefault(into, []):
+                    self.refused[into].append(subject)
             self._push()
-            return self._view(into, target)
+            view = self._view(into, target)
+            pending = self._pending([view]) if looks_like is not None else []
+        self._suggest(pending, looks_like)
+        return view
 
-    def remove(self, cluster: int, face: int) -> dict[str, Any] | None:
+    def remove(
+        self, cluster: int, face: int, looks_like: Suggester | None = None
+    ) -> dict[str, Any] | None:
         """Take one face out of a cluster (it joins the faces alone); the cluster's view, or
         None when it had one face left and is gone."""
         with self._lock:
@@ -306,7 +391,12 @@ class ClusterWork:
             if not members:
                 del self.groups[cluster]
             self._push()
-            return self._view(cluster, members) if members else None
+            if not members:
+                return None
+            view = self._view(cluster, members)
+            pending = self._pending([view]) if looks_like is not None else []
+        self._suggest(pending, looks_like)
+        return view
 
     def name(
         self, cluster: int, subject_id: str, name: str | None, gallery: Gallery, model_id: str
@@ -445,6 +535,8 @@ class ClusterWork:
                 self.not_subject.setdefault(face, [])
                 if subject not in self.not_subject[face]:
                     self.not_subject[face].append(subject)
+                if subject not in self.refused.setdefault(cluster, []):
+                    self.refused[cluster].append(subject)
                 members = self.groups.get(cluster, [])
                 if face in members:
                     members.remove(face)

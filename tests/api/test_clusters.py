@@ -380,6 +380,19 @@ def test_cluster_review_works_through_either_replica(
         assert b.post("/v1/identify", files=probe).json()["faces"][0]["match"]["subject_id"] == (
             "second"
         )
+        # a suggestion read through either replica; refused through one, gone on the other
+        mixed = big[1]["cluster"]
+        other = owner[a.get(f"{base}/{mixed}").json()["representative"]["file"]]
+        assert b.post("/v1/subjects", json={"id": "known", "name": "Known"}).status_code == 201
+        again = {"files": ("k.jpg", (LFW / other / f"{other}_0007.jpg").read_bytes(), "image/jpeg")}
+        assert b.post("/v1/subjects/known/faces", files=again).status_code == 201
+        seen_a, seen_b = (c.get(f"{base}/{mixed}").json() for c in (a, b))
+        assert seen_a["looks_like"]["subject_id"] == "known", seen_a
+        assert seen_a == seen_b
+        member = next(m["face"] for m in seen_a["members"] if owner[m["file"]] == other)
+        r = a.post(f"{base}/{mixed}/faces/{member}/not-subject", json={"subject_id": "known"})
+        assert r.status_code == 200, r.text
+        assert b.get(f"{base}/{mixed}").json()["looks_like"] is None
         # deleted through the replica that did not run it: gone on both, thumbnails too
         assert b.delete(f"/v1/jobs/{job_id}").status_code == 204
         for c in (a, b):
@@ -434,3 +447,58 @@ def test_a_member_marked_not_this_person_leaves_the_subject_and_is_never_named_s
     again = client.post(f"/v1/jobs/{job['id']}/faces/{marked}/subject", json={"subject_id": "one"})
     assert again.status_code == 422 and again.json()["error"]["code"] == "invalid_request"
     assert len(client.get("/v1/subjects/one/faces").json()) == first["size"]
+
+
+def test_a_cluster_of_an_enrolled_person_looks_like_them_until_a_member_is_said_not_to_be(
+    cluster_client: TestClient,
+) -> None:
+    """A person enrolled from one photo: the cluster of their other photos is suggested as
+    that subject (with the calibrated FAR of the suggestion), the strangers' clusters are
+    not; once one member is said not to be the subject, the cluster is no longer suggested
+    as it, and a named cluster suggests nothing."""
+    client = cluster_client
+    person = PEOPLE[0]
+    r = client.post("/v1/subjects", json={"id": "known", "name": "Known Person"})
+    assert r.status_code == 201, r.text
+    r = client.post("/v1/subjects/known/faces",
+                    files=[("files", ("known.jpg", held_back(person), "image/jpeg"))])  # fmt: skip
+    assert r.status_code == 201, r.text
+    data, owner = pile()
+    job = submit(client, data)
+    base = f"/v1/jobs/{job['id']}/clusters"
+    clusters = client.get(base).json()["clusters"]
+    theirs = [c for c in clusters if {owner[m["file"]] for m in c["members"]} == {person}]
+    strangers = [c for c in clusters if person not in {owner[m["file"]] for m in c["members"]}]
+    assert theirs and strangers, clusters
+    mine = max(theirs, key=lambda c: c["size"])
+    suggestion = mine["looks_like"]
+    assert suggestion is not None, mine
+    assert suggestion["subject_id"] == "known" and suggestion["name"] == "Known Person"
+    assert 1 <= suggestion["agreeing"] <= suggestion["checked"] <= min(5, mine["size"])
+    assert suggestion["far"] is not None and suggestion["far"] <= 1e-4  # identify's default
+    assert suggestion["similarity"] >= suggestion["threshold"]["value"]
+    assert "identify" in suggestion["threshold"]["source"]
+    assert all(c["looks_like"] is None for c in strangers), strangers
+    one = client.get(f"{base}/{mine['cluster']}").json()
+    assert one["looks_like"] is not None and one["looks_like"]["subject_id"] == "known"
+
+    member = mine["members"][-1]["face"]
+    r = client.post(f"{base}/{mine['cluster']}/faces/{member}/not-subject",
+                    json={"subject_id": "known"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    after = client.get(f"{base}/{mine['cluster']}").json()
+    assert after["size"] == mine["size"] - 1
+    assert after["looks_like"] is None or after["looks_like"]["subject_id"] != "known", after
+    listed = {c["cluster"]: c for c in client.get(base).json()["clusters"]}
+    assert listed[mine["cluster"]]["looks_like"] is None
+
+    stranger = strangers[0]
+    r = client.post(f"{base}/{stranger['cluster']}/subject", json={"subject_id": "stranger"})
+    assert r.status_code == 200, r.text
+    named = client.get(f"{base}/{stranger['cluster']}").json()
+    assert named["subject_id"] == "stranger" and named["looks_like"] is None
+    schemas = client.app.openapi()["components"]["schemas"]  # type: ignore[attr-defined]
+    assert "looks_like" in schemas["ClusterOut"]["properties"]
+    assert {"subject_id", "similarity", "agreeing", "checked", "far", "threshold"} <= set(
+        schemas["LooksLikeOut"]["properties"]
+    )

@@ -579,6 +579,21 @@ async function renderClusters() {
     head.append(pick, title);
     if (c.subject_id) head.append(Object.assign(document.createElement("span"), { className: "named", textContent: `named ${c.subject_id}` }));
     li.append(head);
+    const like = c.subject_id ? null : c.looks_like;  // a gallery subject this group resembles
+    if (like) {
+      const p = Object.assign(document.createElement("p"), { className: "looks-like" });
+      const far = like.far === null ? "no calibrated FAR" : `FAR ${like.far.toExponential(0)}`;
+      p.append(`Looks like ${like.name} (${like.subject_id}): cosine ${like.similarity.toFixed(3)}, ${like.agreeing} of ${like.checked} faces agree, ${far}. `);
+      const accept = button(`Name as ${like.name}`, "", () => guarded(async () => {
+        const r = await api("POST", `/v1/jobs/${state.job}/clusters/${c.cluster}/subject`, { subject_id: like.subject_id });
+        say(`Named group ${c.cluster} as ${r.subject_id}: ${r.face_ids.length} faces enrolled.`);
+        await renderClusters();
+      }));
+      accept.setAttribute("aria-label", `Name group ${c.cluster} as ${like.name}`);
+      p.append(accept);
+      li.append(p);
+    }
+    const said = c.subject_id || (like && like.subject_id);  // whom a face can be said not to be
     const thumbs = document.createElement("ul");
     thumbs.className = "thumbs";
     for (const m of c.members.slice(0, THUMBS_PER_CLUSTER)) {
@@ -591,13 +606,13 @@ async function renderClusters() {
       }));
       remove.setAttribute("aria-label", `Remove face ${m.face} from group ${c.cluster}`);
       t.append(img, remove);
-      if (c.subject_id) {  // a named group: this face is not that person (remembered)
-        const not = button(`Not ${c.subject_id}`, "secondary not-person", () => guarded(async () => {
-          const r = await api("POST", `/v1/jobs/${state.job}/clusters/${c.cluster}/faces/${m.face}/not-subject`, {});
+      if (said) {  // named, or suggested: this face is not that person (remembered)
+        const not = button(`Not ${said}`, "secondary not-person", () => guarded(async () => {
+          const r = await api("POST", `/v1/jobs/${state.job}/clusters/${c.cluster}/faces/${m.face}/not-subject`, { subject_id: said });
           await renderClusters();
           say(`Face ${m.face} is not ${r.subject_id}: remembered, and taken out of group ${c.cluster}.`);
         }));
-        not.setAttribute("aria-label", `Face ${m.face} is not ${c.subject_id}`);
+        not.setAttribute("aria-label", `Face ${m.face} is not ${said}`);
         t.append(not);
       }
       thumbs.append(t);
