@@ -98,6 +98,16 @@ class GallerySettings(Section):
         description="search exactly until the gallery holds this many faces, then switch to "
         "index_factory (built off the request path); 0: as soon as the factory can train",
     )
+    search_threads: int = Field(
+        1,
+        ge=1,
+        description="FAISS threads for a request's search (set in the thread that searches; "
+        "concurrent requests are the parallelism: a second thread made a single fast-scan "
+        "query 30-60 times slower on 2 cores, docs/benchmarks.md)",
+    )
+    build_threads: int = Field(
+        0, ge=0, description="FAISS threads for index builds and bulk searches; 0: all cores"
+    )
     use_gpu: bool = Field(False, description="search on the GPU when faiss-gpu is installed")
     backend: str = Field(
         "embedded",
