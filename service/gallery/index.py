@@ -108,8 +108,10 @@ class VectorIndex:
     not: two deletes through an IDMap2 over IVF scrambled every id after them):
     - IVF factories hold the face ids themselves (a hash-table direct map for reconstruct);
     - flat codes (Flat, PQ, ...) sit in an IndexIDMap2;
-    - HNSW cannot delete: deleted ids are masked (searches skip them) and a rebuild off the
-      request path drops them; while any are masked the index is never written to disk.
+    - HNSW and a re-ranked index (``...,RFlat``: fast-scan PQ candidates re-scored on the exact
+      vectors it keeps) cannot delete: deleted ids are masked (searches skip them) and a rebuild
+      off the request path drops them; while any are masked the index is never written to
+      disk.
 
     A factory that needs training (IVF, PQ) searches exactly until it has enough vectors to
     train (``min_train_size``), and any factory until the gallery holds ``exact_below`` faces
@@ -158,9 +160,11 @@ class VectorIndex:
             faiss.ParameterSpace().set_index_parameters(base, self.search_params)  # type: ignore[arg-type]
         self._masked = set()
         ivf = _ivf_of(base)
-        if ivf is not None:
+        if ivf is not None and not isinstance(base, faiss.IndexRefine):
             ivf.set_direct_map_type(_HASHTABLE)
             return base
+        # a re-ranked index (",RFlat": its exact vectors are found by row) numbers its rows
+        # itself, like flat codes; it cannot delete, so deleted ids are masked (as for HNSW)
         return faiss.IndexIDMap2(base)
 
     @property
@@ -241,7 +245,7 @@ class VectorIndex:
         present = [int(i) for i in ids if int(i) not in self._masked]
         try:
             self._index.remove_ids(np.asarray(present, dtype=np.int64))
-        except RuntimeError:  # HNSW: no deletes in FAISS
+        except RuntimeError:  # HNSW, IndexRefine: no deletes in FAISS
             known = set(self.ids().tolist())
             self._masked.update(i for i in present if i in known)
         if self._device is not None:
