@@ -19,6 +19,8 @@ done once and can run in the background):
   the service's SFace: ``bench/aligned_faces.py``), one photo of each person with 2 or more
   held out as a probe, padded to 1M with synthetic faces; the trained index (from ``build``)
   emptied and refilled; subject recall@1 of the index against exact search;
+- ``service FACTORY``: the built index through the service's ``VectorIndex`` from a worker
+  thread holding two OpenMP threads, and bare at those two threads;
 - ``bandwidth``: this machine's memory bandwidth as numpy sees it (a 1 GiB copy).
 
 Usage: nice -n 10 python bench/index_1m.py gallery
@@ -36,6 +38,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -314,6 +317,57 @@ def real(factory: str, params: str, out: Path) -> None:
     )
 
 
+def service(factory: str, params: str, out: Path) -> None:
+    """The built index through the service's own ``VectorIndex`` (an IndexIDMap2 over it, the
+    search parameters, the per-call thread pin), searched from a worker thread that holds two
+    OpenMP threads, as a server's pool may; beside it the bare index searched from that thread
+    at its two threads (no pin)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.gallery.index import VectorIndex
+
+    _, q, exact = gallery(out)
+    index = faiss.read_index(str(out / f"{name_of(factory)}.faiss"))
+    set_params(index, params)
+    wrapped = faiss.IndexIDMap2(faiss.IndexFlatIP(index.d))  # FAISS wants it empty: then
+    wrapped.index, wrapped.ntotal = index, index.ntotal  # the filled one goes in, ids 0..n-1
+    faiss.copy_array_to_vector(np.arange(index.ntotal, dtype=np.int64), wrapped.id_map)
+    wrapped.construct_rev_map()
+    vi = VectorIndex(index.d, factory, search_params=params)
+    vi._index, vi.active_factory = wrapped, factory
+
+    def run(search: Any) -> tuple[list[float], list[float], np.ndarray]:
+        faiss.omp_set_num_threads(2)
+        search(q[:20])
+        wall, cpu, top = [], [], []
+        for v in q:
+            t, c = time.perf_counter(), time.thread_time()
+            _, ids = search(v[None])
+            wall.append((time.perf_counter() - t) * 1000)
+            cpu.append((time.thread_time() - c) * 1000)
+            top.append(ids[0, 0])
+        return wall, cpu, np.asarray(top)
+
+    with ThreadPoolExecutor(1) as pool:
+        for what, fn in (
+            ("VectorIndex.search (pinned to 1 thread)", lambda v: vi.search(v, 10)),
+            ("bare index, the worker's 2 threads", lambda v: wrapped.search(v, 10)),
+        ):
+            wall, cpu, top = pool.submit(run, fn).result()
+            emit(
+                {
+                    "step": "service",
+                    "factory": factory,
+                    "params": params,
+                    "path": what,
+                    "p50_ms": round(float(np.median(wall)), 3),
+                    "p99_ms": round(float(np.percentile(wall, 99)), 3),
+                    "cpu_p50_ms": round(float(np.median(cpu)), 3),
+                    "recall_at_1": round(float(np.mean(top == exact[:, 0])), 4),
+                }
+            )
+
+
 def bandwidth() -> None:
     """A 1 GiB numpy copy, best of 5 (read + write bytes per second) and a read-only sum."""
     a = np.ones(1 << 28, dtype=np.float32)
@@ -338,7 +392,9 @@ def bandwidth() -> None:
 def main() -> int:
     global N
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("gallery", "build", "search", "real", "bandwidth"))
+    parser.add_argument(
+        "step", choices=("gallery", "build", "search", "real", "service", "bandwidth")
+    )
     parser.add_argument("factories", nargs="*")
     parser.add_argument("--dir", type=Path, default=ROOT / "runs" / "index1m")
     parser.add_argument("--train", type=int, default=100_000)
@@ -357,6 +413,8 @@ def main() -> int:
             search(factory, args.params.split(";"), args.dir)
         elif args.step == "real":
             real(factory, args.params, args.dir)
+        elif args.step == "service":
+            service(factory, args.params, args.dir)
     emit(
         {
             "step": "done",
