@@ -37,10 +37,14 @@ RUN pip install --no-deps ".[cpu,distributed]" \
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin marginface \
     && mkdir -p /data \
     && chown -R marginface /data /app/models
+# OMP_WAIT_POLICY=PASSIVE: FAISS's idle OpenMP threads sleep at once instead of spinning on
+# a core the requests need (docs/benchmarks.md, "Fast-scan single queries and OpenMP's second
+# thread"); a request's search runs on one FAISS thread anyway (gallery.search_threads)
 ENV MARGINFACE_GALLERY__PATH=/data/gallery \
     MARGINFACE_JOBS__WORK_DIR=/data/jobs \
     MARGINFACE_AUTH__KEYS_FILE=/data/keys.json \
-    MARGINFACE_DEVICE=cpu
+    MARGINFACE_DEVICE=cpu \
+    OMP_WAIT_POLICY=PASSIVE
 USER marginface
 VOLUME ["/data"]
 EXPOSE 8000

@@ -48,10 +48,9 @@ def search_params(factory: str) -> list[str]:
 
 def realistic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n faces from the identity model of real SFace embeddings, and 1,000 probes."""
-    from bench.realistic_gallery import IdentityModel, real_embeddings
+    from bench.realistic_gallery import fitted_model
 
-    emb, labels = real_embeddings(ROOT / "runs" / "realistic_gallery.npz")
-    return IdentityModel(emb, labels).gallery(n, per_identity=5, probes=1000, seed=seed)
+    return fitted_model().gallery(n, per_identity=5, probes=1000, seed=seed)
 
 
 def gallery(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

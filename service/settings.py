@@ -82,21 +82,35 @@ class GallerySettings(Section):
     path: Path = Path("var/gallery")
     # the defaults by gallery size (docs/benchmarks.md, 1M realistic faces, 2 cores): exact
     # below 300,000 faces (Flat: 23.6 ms p50 at 1M, linear in the size, so under 10 ms below
-    # about 400k); above, IVF4096 at nprobe 1024: recall@1 0.991 at 7.4 ms p50 at 1M
+    # about 400k); above, 4-bit fast-scan PQ over 4096 lists, nprobe 1024, its 16 x k best
+    # candidates re-scored on the exact vectors it keeps: recall@1 0.991 at 2.7 ms p50 at 1M
+    # on the fitted generator, one FAISS thread, a loaded machine (IVF4096,Flat: 16 bytes
+    # scanned per vector instead of 512)
     index_factory: str = Field(
-        "IVF4096,Flat",
+        "IVF4096,PQ32x4fs,RFlat",
         description="FAISS factory string: Flat (exact), IVF..., HNSW... (used from exact_below)",
     )
     flush_interval_s: float = Field(30.0, gt=0)
     search_params: str = Field(
-        "nprobe=1024",
-        description="FAISS search parameters, e.g. 'nprobe=32' (IVF) or 'efSearch=128'",
+        "nprobe=1024,k_factor_rf=16",
+        description="FAISS search parameters, e.g. 'nprobe=32' (IVF), 'efSearch=128' (HNSW), "
+        "'k_factor_rf=16' (how many candidates per result a ',RFlat' index re-scores)",
     )
     exact_below: int = Field(
         300_000,
         ge=0,
         description="search exactly until the gallery holds this many faces, then switch to "
         "index_factory (built off the request path); 0: as soon as the factory can train",
+    )
+    search_threads: int = Field(
+        1,
+        ge=1,
+        description="FAISS threads for a request's search (set in the thread that searches; "
+        "concurrent requests are the parallelism: a second thread made a single fast-scan "
+        "query 30-60 times slower on 2 cores, docs/benchmarks.md)",
+    )
+    build_threads: int = Field(
+        0, ge=0, description="FAISS threads for index builds and bulk searches; 0: all cores"
     )
     use_gpu: bool = Field(False, description="search on the GPU when faiss-gpu is installed")
     backend: str = Field(

@@ -68,6 +68,8 @@ def test_the_pipeline_uses_the_detector_settings() -> None:
 def test_the_default_gallery_is_exact_until_300k_faces_then_a_tuned_ivf() -> None:
     """The size-based defaults docs/benchmarks.md chose: a small gallery searches exactly, the
     switch and the tuned factory are named in its stats."""
+    import faiss
+
     from service.gallery.index import VectorIndex
 
     g = Settings().gallery
@@ -75,8 +77,13 @@ def test_the_default_gallery_is_exact_until_300k_faces_then_a_tuned_ivf() -> Non
         128, g.index_factory, search_params=g.search_params, exact_below=g.exact_below
     )
     assert index.active_factory == "Flat"
-    assert index.describe() == "Flat (exact until 300000 faces, then IVF4096,Flat)"
-    assert g.search_params == "nprobe=1024"
+    assert index.describe() == "Flat (exact until 300000 faces, then IVF4096,PQ32x4fs,RFlat)"
+    assert g.search_params == "nprobe=1024,k_factor_rf=16"
+    # the tuned factory takes its parameters (a typo in them would fail only at the switch)
+    fresh = index._new(g.index_factory)  # what a build past the switch starts from
+    inner = faiss.downcast_index(fresh.index)
+    assert isinstance(inner, faiss.IndexRefineFlat) and inner.k_factor == 16
+    assert faiss.extract_index_ivf(inner).nprobe == 1024
 
 
 def test_the_shipped_throughput_defaults_are_the_ones_docs_benchmarks_chose() -> None:

@@ -103,6 +103,7 @@ def _open_embedded(
         verify_on_start=settings.verify_on_start,
         reserve_bytes=settings.erasure_reserve_bytes,
         model_sha256=sha,
+        threads=(settings.search_threads, settings.build_threads),
     )
 
 

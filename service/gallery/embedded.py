@@ -62,12 +62,14 @@ class EmbeddedBackend(StoreWithIndex):
         verify_on_start: bool = True,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
         model_sha256: str = "",
+        threads: tuple[int, int] = (1, 0),
     ) -> None:
         self._hold = FolderLock(directory, exclusive=False)  # a restore waits for us to stop
         self.directory = directory
         self._reserve = DiskReserve(directory / RESERVE_FILE, reserve_bytes)
         self._lock = threading.RLock()
         self._factory = (index_factory, search_params, use_gpu, exact_below)
+        self._threads = threads  # FAISS threads: (a request's search, a build)
         self.index = self._new_index(embedding_dim)
         self._index_path = directory / INDEX_FILE
         self._stale = False  # the index missed a write or cannot be trusted: rebuild, never save
@@ -100,7 +102,13 @@ class EmbeddedBackend(StoreWithIndex):
     def _new_index(self, embedding_dim: int) -> VectorIndex:
         factory, params, use_gpu, exact_below = self._factory
         return VectorIndex(
-            embedding_dim, factory, search_params=params, use_gpu=use_gpu, exact_below=exact_below
+            embedding_dim,
+            factory,
+            search_params=params,
+            use_gpu=use_gpu,
+            exact_below=exact_below,
+            search_threads=self._threads[0],
+            build_threads=self._threads[1],
         )
 
     def _open_store(self, directory: Path, model_id: str, embedding_dim: int) -> SqliteStore:

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
+#: the OpenMP threads FAISS would use (all the cores it sees): builds and bulk searches use them
+ALL_THREADS = faiss.omp_get_max_threads()
+#: a search of fewer queries than this is a request's: it runs on ``search_threads`` (1) FAISS
+#: threads; concurrent requests are the parallelism, and a second OpenMP thread made a single
+#: fast-scan query 30-60 times slower on 2 cores (docs/benchmarks.md)
+BULK_QUERIES = 64
 _HASHTABLE = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]  # an IVF's id -> entry map
 #: a device copy is uploaded afresh (off the request path) once this share of it was deleted
 DEVICE_STALE_FRACTION = 0.1
@@ -62,6 +70,20 @@ def _drop(
     return out_scores, out_ids
 
 
+@contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """Run FAISS on ``n`` OpenMP threads (0: all) for the calling thread, then restore its
+    previous count. OpenMP's count is per calling thread, so a pin made elsewhere (the main
+    thread at start-up) never reaches the server's worker threads: it is set here, in the
+    thread that calls FAISS, around every call."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n if n > 0 else ALL_THREADS)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -86,14 +108,19 @@ class VectorIndex:
     not: two deletes through an IDMap2 over IVF scrambled every id after them):
     - IVF factories hold the face ids themselves (a hash-table direct map for reconstruct);
     - flat codes (Flat, PQ, ...) sit in an IndexIDMap2;
-    - HNSW cannot delete: deleted ids are masked (searches skip them) and a rebuild off the
-      request path drops them; while any are masked the index is never written to disk.
+    - HNSW and a re-ranked index (``...,RFlat``: fast-scan PQ candidates re-scored on the exact
+      vectors it keeps) cannot delete: deleted ids are masked (searches skip them) and a rebuild
+      off the request path drops them; while any are masked the index is never written to
+      disk.
 
     A factory that needs training (IVF, PQ) searches exactly until it has enough vectors to
     train (``min_train_size``), and any factory until the gallery holds ``exact_below`` faces
     (the size-based switch); ``wants_rebuild`` then asks for a build from the store. With
     ``use_gpu`` (and faiss-gpu) searches run on one device copy, uploaded once and kept: adds go
     to it as well, deleted ids are masked until a fresh upload (off the request path) drops them.
+
+    FAISS's OpenMP threads: a request's search or add (fewer than ``BULK_QUERIES`` vectors) runs
+    on ``search_threads``, a build and a bulk search on ``build_threads`` (0: all cores).
     """
 
     def __init__(
@@ -104,8 +131,12 @@ class VectorIndex:
         search_params: str = "",
         use_gpu: bool = False,
         exact_below: int = 0,
+        search_threads: int = 1,
+        build_threads: int = 0,
     ) -> None:
         self.dim = dim
+        self.search_threads = search_threads
+        self.build_threads = build_threads
         self.factory = factory
         self.search_params = search_params
         # exact search until the gallery is big enough to need the factory (``exact_below``)
@@ -129,9 +160,11 @@ class VectorIndex:
             faiss.ParameterSpace().set_index_parameters(base, self.search_params)  # type: ignore[arg-type]
         self._masked = set()
         ivf = _ivf_of(base)
-        if ivf is not None:
+        if ivf is not None and not isinstance(base, faiss.IndexRefine):
             ivf.set_direct_map_type(_HASHTABLE)
             return base
+        # a re-ranked index (",RFlat": its exact vectors are found by row) numbers its rows
+        # itself, like flat codes; it cannot delete, so deleted ids are masked (as for HNSW)
         return faiss.IndexIDMap2(base)
 
     @property
@@ -180,10 +213,11 @@ class VectorIndex:
         base: Any = (
             faiss.downcast_index(fresh.index) if isinstance(fresh, faiss.IndexIDMap2) else fresh
         )
-        if not base.is_trained and len(vectors):
-            base.train(vectors)
-        if len(vectors):
-            fresh.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+        with faiss_threads(self.build_threads):
+            if not base.is_trained and len(vectors):
+                base.train(vectors)
+            if len(vectors):
+                fresh.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
         self._index = fresh
         self.active_factory = factory
         self._drop_device()
@@ -194,7 +228,8 @@ class VectorIndex:
             raise RuntimeError("index is not trained; rebuild it from the store first")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        self._index.add_with_ids(vectors, ids)
+        with faiss_threads(self._threads_for(len(vectors))):
+            self._index.add_with_ids(vectors, ids)
         if self._device is not None:
             if self._native_ids:
                 self._device.add_with_ids(vectors, ids)
@@ -210,7 +245,7 @@ class VectorIndex:
         present = [int(i) for i in ids if int(i) not in self._masked]
         try:
             self._index.remove_ids(np.asarray(present, dtype=np.int64))
-        except RuntimeError:  # HNSW: no deletes in FAISS
+        except RuntimeError:  # HNSW, IndexRefine: no deletes in FAISS
             known = set(self.ids().tolist())
             self._masked.update(i for i in present if i in known)
         if self._device is not None:
@@ -232,11 +267,17 @@ class VectorIndex:
             return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
         if self.use_gpu:
             return self._search_on_device(queries, k)
-        if not self._masked:
-            scores, ids = self._index.search(queries, k)
-            return scores, ids
-        scores, ids = self._index.search(queries, min(k + len(self._masked), self._index.ntotal))
+        with faiss_threads(self._threads_for(len(queries))):
+            if not self._masked:
+                scores, ids = self._index.search(queries, k)
+                return scores, ids
+            wide = min(k + len(self._masked), self._index.ntotal)
+            scores, ids = self._index.search(queries, wide)
         return _drop(scores, ids, self._masked, k)
+
+    def _threads_for(self, n: int) -> int:
+        """FAISS threads for a call on ``n`` vectors: a request's few, or a bulk job's many."""
+        return self.search_threads if n < BULK_QUERIES else self.build_threads
 
     def _to_device(self, inner: Any) -> Any:
         """A GPU copy of the inner index (HNSW has no GPU version: it stays on the CPU); one

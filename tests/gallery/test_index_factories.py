@@ -61,7 +61,7 @@ def test_ivf_searches_exactly_until_it_can_train_then_switches(tmp_path: Path) -
     again.close()
 
 
-@pytest.mark.parametrize("factory", ["HNSW16", "IVF2,PQ32x4"])
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF2,PQ32x4", "IVF4,PQ32x4fs,RFlat"])
 def test_other_factories_find_the_enrolled_vectors(tmp_path: Path, factory: str) -> None:
     rng = np.random.default_rng(2)
     g = embedded_gallery(tmp_path, model_id=MODEL, embedding_dim=DIM, index_factory=factory)
@@ -134,4 +134,50 @@ def test_the_size_switch_keeps_every_face_searchable(tmp_path: Path) -> None:
     again = open_it()
     assert again._backend.index.active_factory == "HNSW16"  # type: ignore[attr-defined]
     all_found(again, 260)
+    again.close()
+
+
+def test_the_re_ranked_index_scores_on_exact_vectors_across_the_size_switch(
+    tmp_path: Path,
+) -> None:
+    """The 1M default, ``IVF...,PQ32x4fs,RFlat``: fast-scan PQ finds candidates, the exact
+    vectors it keeps re-score them. Its scores are exact cosines (not PQ's approximations), what
+    it stores is the store's vectors bit for bit, and its search parameters (nprobe, k_factor_rf)
+    survive a restart; exact below the switch, the factory above it, every face found."""
+    rng = np.random.default_rng(6)
+    factory, params = "IVF4,PQ32x4fs,RFlat", "nprobe=2,k_factor_rf=8"
+    vecs = unit(rng, 900)
+
+    def open_it() -> Gallery:
+        return embedded_gallery(
+            tmp_path,
+            model_id=MODEL,
+            embedding_dim=DIM,
+            index_factory=factory,
+            search_params=params,
+            exact_below=700,
+        )
+
+    g = open_it()
+    g.create_subject("s", "S", {})
+    g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[:650])], model_id=MODEL)
+    assert g._backend.index.active_factory == "Flat"  # type: ignore[attr-defined]
+    g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[650:800], 650)], model_id=MODEL)
+    assert g.wait_until_indexed(timeout_s=60)
+    g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[800:], 800)], model_id=MODEL)
+    index = g._backend.index  # type: ignore[attr-defined]
+    assert index.active_factory == factory
+    inner = index._inner()
+    assert isinstance(inner, faiss.IndexRefineFlat) and inner.k_factor == 8
+    assert faiss.extract_index_ivf(inner).nprobe == 2
+    assert_index_equals_store(g)  # exact vectors, not PQ codes
+    ids_by_row = {int(f.id): i for i, f in enumerate(g.list_faces("s"))}
+    scores, found = index.search(vecs, 1)
+    exact = np.einsum("ij,ij->i", vecs, vecs[[ids_by_row[int(f)] for f in found[:, 0]]])
+    np.testing.assert_allclose(scores[:, 0], exact, atol=1e-5)  # re-scored exactly
+    assert np.mean([ids_by_row[int(f)] == i for i, f in enumerate(found[:, 0])]) >= 0.99
+    g.close()
+    again = open_it()
+    loaded = again._backend.index  # type: ignore[attr-defined]
+    assert loaded.active_factory == factory and loaded._inner().k_factor == 8
     again.close()
