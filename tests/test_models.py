@@ -264,3 +264,32 @@ def test_a_derived_build_is_refused_unless_it_embeds_like_the_reference(tmp_path
     (model_dir / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="calibration photos"):
         fetch_model(model_dir, models / ".cache")
+
+
+def test_the_nodes_a_recipe_keeps_in_float_stay_float(tmp_path: Path) -> None:
+    """A mixed recipe (``fp32_nodes``) leaves exactly those nodes in float: their weights are
+    plain initializers, the others' come through DequantizeLinear; a name the base graph lacks
+    is refused (quantize_static would ignore it and quantize everything)."""
+    from service.quantize import quantize_recognizer
+    from service.vision.image import decode_image
+
+    base = load_manifest(MODELS / "sface-2021dec")
+    weights = MODELS / "sface-2021dec" / base.file
+    crops = [
+        decode_image(p.read_bytes()) for p in sorted((DATA / "glint24_aligned").glob("*/0.jpg"))
+    ]
+    out = tmp_path / "mixed.onnx"
+    kept = ["conv_1_conv2d", "pre_fc1"]
+    quantize_recognizer(base, weights, crops[:4], out, fp32_nodes=kept)
+    graph = onnx.load(str(out)).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    initializers = {i.name for i in graph.initializer}
+    weight_of = {n.name: n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm")}
+    assert len(weight_of) == 28
+    for name, weight in weight_of.items():
+        if name in kept:
+            assert weight in initializers and weight not in dequantized, name
+        else:
+            assert weight in dequantized, name
+    with pytest.raises(ModelError, match="conv_99"):
+        quantize_recognizer(base, weights, crops[:4], out, fp32_nodes=["conv_99_conv2d"])
