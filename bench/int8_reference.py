@@ -7,8 +7,10 @@ manifest fields to pin (``calibration_sha256``, ``reference_sha256``, ``sha256``
 ``--compare``, how far other builds (or the fp32 base) lie from the reference: the numbers the
 tolerance ``min_cosine`` is chosen between.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/int8_reference.py --weights BUILD.onnx \\
-        [--compare OTHER.onnx ...] [--write]
+    PYTHONPATH=$PWD .venv/bin/python bench/int8_reference.py [--model sface-2021dec-int8] \\
+        --weights BUILD.onnx [--compare OTHER.onnx ...] [--write]
+
+The same for every derived recognizer (``--model``: the int8 one, or the mixed int8/fp32 one).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from service.models import DerivedSource, load_manifest, sha256_file
 from service.quantize import calibration_photos, embed_files, files_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "models" / "sface-2021dec-int8"
 FACES = ROOT.parent / "shared" / "data" / "glint24_aligned"
 
 
@@ -37,11 +38,13 @@ def reference_faces() -> list[Path]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sface-2021dec-int8", help="the derived model")
     parser.add_argument("--weights", type=Path, required=True, help="the reference build")
     parser.add_argument("--compare", type=Path, action="append", default=[])
     parser.add_argument("--write", action="store_true", help="write reference.json")
     args = parser.parse_args()
-    manifest = load_manifest(MODEL)
+    model_dir = ROOT / "models" / args.model
+    manifest = load_manifest(model_dir)
     source = manifest.source
     assert isinstance(source, DerivedSource)
     faces = reference_faces()
@@ -62,7 +65,7 @@ def main() -> int:
     }
     text = json.dumps(record, indent=1) + "\n"
     if args.write:
-        (MODEL / source.reference).write_text(text)
+        (model_dir / source.reference).write_text(text)
     labels = (ROOT / source.calibration_labels).resolve()
     photos = calibration_photos(labels, source.calibration_count)
     out: dict[str, object] = {

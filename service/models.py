@@ -62,6 +62,11 @@ class DerivedSource(BaseModel):
         description="7-bit weights: the int8 kernels of x86 CPUs without VNNI saturate on "
         "8-bit ones, so the same graph would embed differently from CPU to CPU",
     )
+    fp32_nodes: list[str] = Field(
+        default_factory=list,
+        description="nodes of the base graph left in float (the layers whose quantization "
+        "costs the most accuracy, measured by bench/int8_sensitivity.py); empty: all int8",
+    )
     calibration_sha256: str = Field(
         description="sha256 over the candidate calibration photos' paths and bytes "
         "(``service.quantize.files_sha256``): the inputs, pinned"
@@ -462,7 +467,14 @@ def _derive(model_dir: Path, manifest: Manifest, source: DerivedSource, cache_di
     crops = calibration_faces(labels, source.calibration_count, models_dir / source.detector, base)
     with tempfile.TemporaryDirectory(dir=model_dir) as tmp:
         out = Path(tmp) / manifest.file
-        quantize_recognizer(base, base_weights, crops, out, reduce_range=source.reduce_range)
+        quantize_recognizer(
+            base,
+            base_weights,
+            crops,
+            out,
+            reduce_range=source.reduce_range,
+            fp32_nodes=source.fp32_nodes,
+        )
         check = check_reference(model_dir, manifest, out)
         if not check.passed:
             raise ModelError(

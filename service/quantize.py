@@ -21,7 +21,7 @@ import csv
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +83,16 @@ def quantize_recognizer(
     target: Path,
     *,
     reduce_range: bool = True,
+    fp32_nodes: Sequence[str] = (),
+    calibration_cache: Path | None = None,
 ) -> None:
     """Write the int8 QDQ graph of ``base`` to ``target``, calibrated on ``crops``.
+
+    ``fp32_nodes`` (node names of the base graph) stay in float: the layers whose quantization
+    costs the most accuracy (``bench/int8_sensitivity.py`` measures which). ``calibration_cache``
+    (a JSON file, written on the first call and read on the next) lets a study build many
+    variants from one set of activation ranges; the ranges do not depend on which nodes are
+    left in float.
 
     ``reduce_range`` keeps weights in 7 bits: x86 CPUs without VNNI multiply uint8 by int8 in
     pairs summed into int16 (``vpmaddubsw``), which saturates with full 8-bit weights; 7 bits
@@ -103,6 +111,11 @@ def quantize_recognizer(
 
     if not crops:
         raise ValueError("no calibration faces")
+    import onnx
+
+    unknown = set(fp32_nodes) - {node.name for node in onnx.load(str(base_weights)).graph.node}
+    if unknown:  # quantize_static ignores names it does not find: the model would be all int8
+        raise ModelError(f"fp32_nodes names nodes the base graph lacks: {sorted(unknown)}")
     embedder = Embedder(base, base_weights, device="cpu", intra_op_threads=1)
     name = embedder.session.get_inputs()[0].name
 
@@ -126,6 +139,8 @@ def quantize_recognizer(
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
             reduce_range=reduce_range,
+            nodes_to_exclude=list(fp32_nodes),
+            calibration_cache_path=calibration_cache,
         )
 
 

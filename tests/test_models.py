@@ -185,6 +185,12 @@ def test_the_int8_recognizer_is_derived_on_a_fresh_checkout_and_serves_far(
     record = json.loads((weights.parent / f"{weights.name}.verified.json").read_text())
     assert record["min_cosine"] >= record["required"] and record["reference_faces"] == 24
     assert derived.model_id == load_manifest(MODELS / "sface-2021dec-int8").model_id
+    # the mixed recipe (the stem in float) is derived and verified the same way
+    assert fetched["sface-2021dec-int8mix"]
+    mixed, mixed_weights = resolve_model(models, "sface-2021dec-int8mix")
+    assert mixed.model_id == load_manifest(MODELS / "sface-2021dec-int8mix").model_id
+    record = json.loads(mixed_weights.with_name(f"{mixed_weights.name}.verified.json").read_text())
+    assert record["min_cosine"] >= record["required"] and record["reference_faces"] == 24
     # a second fetch finds it in place
     proc = subprocess.run(
         cmd, cwd=models.parent, capture_output=True, text=True, timeout=300, env=env
@@ -240,6 +246,12 @@ def test_a_derived_build_is_refused_unless_it_embeds_like_the_reference(tmp_path
     fp32 = MODELS / "sface-2021dec" / "sface_2021dec.onnx"
     check = check_reference(model_dir, manifest, fp32)
     assert not check.passed and 0.9 < check.mean_cosine < manifest.source.min_cosine, check
+    # the mixed model's check refuses both its neighbours: fp32 and the all-int8 build
+    mixed_dir = models / "sface-2021dec-int8mix"
+    mixed = load_manifest(mixed_dir)
+    int8 = MODELS / "sface-2021dec-int8" / "sface_2021dec_int8.onnx"  # where fetched here
+    for wrong in [fp32] + ([int8] if int8.is_file() else []):
+        assert not check_reference(mixed_dir, mixed, wrong).passed, wrong
 
     weights = model_dir / manifest.file
     shutil.copy(fp32, weights)
@@ -264,3 +276,32 @@ def test_a_derived_build_is_refused_unless_it_embeds_like_the_reference(tmp_path
     (model_dir / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="calibration photos"):
         fetch_model(model_dir, models / ".cache")
+
+
+def test_the_nodes_a_recipe_keeps_in_float_stay_float(tmp_path: Path) -> None:
+    """A mixed recipe (``fp32_nodes``) leaves exactly those nodes in float: their weights are
+    plain initializers, the others' come through DequantizeLinear; a name the base graph lacks
+    is refused (quantize_static would ignore it and quantize everything)."""
+    from service.quantize import quantize_recognizer
+    from service.vision.image import decode_image
+
+    base = load_manifest(MODELS / "sface-2021dec")
+    weights = MODELS / "sface-2021dec" / base.file
+    crops = [
+        decode_image(p.read_bytes()) for p in sorted((DATA / "glint24_aligned").glob("*/0.jpg"))
+    ]
+    out = tmp_path / "mixed.onnx"
+    kept = ["conv_1_conv2d", "pre_fc1"]
+    quantize_recognizer(base, weights, crops[:4], out, fp32_nodes=kept)
+    graph = onnx.load(str(out)).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    initializers = {i.name for i in graph.initializer}
+    weight_of = {n.name: n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm")}
+    assert len(weight_of) == 28
+    for name, weight in weight_of.items():
+        if name in kept:
+            assert weight in initializers and weight not in dequantized, name
+        else:
+            assert weight in dequantized, name
+    with pytest.raises(ModelError, match="conv_99"):
+        quantize_recognizer(base, weights, crops[:4], out, fp32_nodes=["conv_99_conv2d"])
