@@ -76,6 +76,18 @@ def sign_in(pg, key: str = API_KEY) -> None:  # type: ignore[no-untyped-def]
     pg.get_by_label("API key").press("Enter")  # the keyboard alone
 
 
+def find_people(pg, archive: Path):  # type: ignore[no-untyped-def]
+    """Sign in, send ``archive`` to "Find people" and wait for its groups (at least two)."""
+    sign_in(pg)
+    pg.wait_for_selector("#view-gallery:not([hidden])")
+    pg.get_by_role("link", name="People").click()
+    pg.set_input_files("#cluster-zip", str(archive))
+    pg.get_by_role("button", name="Find people").click()
+    groups = pg.locator("#clusters li.cluster")
+    expect(groups.nth(1)).to_be_visible(timeout=120_000)
+    return groups
+
+
 def shot(pg, name: str) -> None:  # type: ignore[no-untyped-def]
     ARTIFACTS.mkdir(exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -306,13 +318,7 @@ def test_the_people_view_groups_a_zip_and_names_a_group(  # type: ignore[no-unty
     archive = tmp_path / "pile.zip"
     archive.write_bytes(buf.getvalue())
 
-    sign_in(page)
-    page.wait_for_selector("#view-gallery:not([hidden])")
-    page.get_by_role("link", name="People").click()
-    page.set_input_files("#cluster-zip", str(archive))
-    page.get_by_role("button", name="Find people").click()
-    groups = page.locator("#clusters li.cluster")
-    expect(groups.nth(1)).to_be_visible(timeout=120_000)
+    groups = find_people(page, archive)
     first = groups.nth(0)
     images = first.locator(".thumbs img")
     expect(images.first).to_be_visible()

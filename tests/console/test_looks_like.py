@@ -16,7 +16,7 @@ from tests.console import test_console as console
 
 # the server, the browser and a signed-out page: the fixtures of the console's own tests
 base_url, browser, page = console.base_url, console.browser, console.page
-expect, shot, sign_in = console.expect, console.shot, console.sign_in
+expect, shot = console.expect, console.shot
 HEADERS = {"X-API-Key": API_KEY}
 
 
@@ -39,13 +39,7 @@ def test_a_group_that_looks_like_a_subject_is_named_into_it_in_one_click(  # typ
                 zf.write(lfw(person, n), f"{person}_{n}.jpg")
     archive = tmp_path / "two.zip"
     archive.write_bytes(buf.getvalue())
-    sign_in(page)
-    page.wait_for_selector("#view-gallery:not([hidden])")
-    page.get_by_role("link", name="People").click()
-    page.set_input_files("#cluster-zip", str(archive))
-    page.get_by_role("button", name="Find people").click()
-    groups = page.locator("#clusters li.cluster")
-    expect(groups.nth(1)).to_be_visible(timeout=120_000)
+    groups = console.find_people(page, archive)
     hers = groups.filter(has=page.locator("img[alt*='Serena_Williams_1']"))
     blair = groups.filter(has=page.locator("img[alt*='Tony_Blair_1']"))
     expect(hers.locator(".looks-like")).to_contain_text("Looks like Serena Williams (serena)")
