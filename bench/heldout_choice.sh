@@ -4,7 +4,7 @@
 # 50 (bench/celeba_heldout_bin.py: 6,000 pairs, half same-person), and only the chosen run's LFW
 # figure (lfw.bin, validated in the same run but never looked at for the choice) is reported.
 # Usage: [HELDOUT_OUT=runs/heldout_choice] [HELDOUT_HEADS="arcface cosface"] [HELDOUT_SEEDS="0"]
-#          [LFW_BIN=/work/cache/lfw.bin] bash bench/heldout_choice.sh
+#          [LFW_BIN=var/lfw.bin] bash bench/heldout_choice.sh
 #   (needs data/celeba299_aligned from `python -m training.train prepare` and an lfw.bin from
 #   `marginface eval write-bin`; the study's recipe otherwise: 400 steps of batch 64, about
 #   10 minutes a run on 2 idle CPU cores, 3 hours at a load average of 20)
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 OUT=${HELDOUT_OUT:-runs/heldout_choice}
 HEADS=${HELDOUT_HEADS:-"arcface cosface"}
 SEEDS=${HELDOUT_SEEDS:-"0"}
-LFW_BIN=${LFW_BIN:-/work/cache/lfw.bin}
+LFW_BIN=${LFW_BIN:-var/lfw.bin}
 TRAIN=249
 HELDOUT_BIN=$OUT/celeba299_heldout50.bin
 mkdir -p "$OUT"

@@ -7,7 +7,7 @@ Each model is scored as in training (flip-averaged embeddings, insightface's 10 
 each fold's threshold chosen on the other nine); a pair counts as right when the model's verdict
 at its fold's threshold matches the label.
 
-Usage: python bench/lfw_discordance.py --bin /work/cache/lfw.bin RUN_A RUN_B [--out JSON]
+Usage: python bench/lfw_discordance.py --bin var/lfw.bin RUN_A RUN_B [--out JSON]
 (RUN_*: training output folders with checkpoint.pt)
 """
 
