@@ -6,7 +6,7 @@ SFace embeddings (``bench/realistic_gallery.py``: identity centres and within-id
 CelebA-299, Glint-24 and LFW); ``uniform`` is the old generator (random centres on the sphere).
 5 faces per identity; probes are new faces of enrolled identities. Recall@k is the share of the
 exact (Flat) top-k that the index returns in its top-k. Runs through the service's own
-VectorIndex. Prints JSON.
+FaissIndex. Prints JSON.
 
 Usage: python bench/gallery_benchmark.py [--sizes 1000000] [--gallery realistic|uniform]
        [--factories "Flat;IVF4096,Flat;HNSW32"]   (';' between factories: they contain commas)
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.gallery.index import VectorIndex  # noqa: E402
+from service.gallery.index import FaissIndex  # noqa: E402
 
 DIM = 128
 DEFAULT_FACTORIES = "Flat;IVF1024,Flat;IVF4096,Flat;HNSW32;IVF4096,PQ32"
@@ -85,7 +85,7 @@ def bench(
     """One build of ``factory``; a row per search parameter."""
     gc.collect()
     before = rss_mb()
-    index = VectorIndex(DIM, factory)
+    index = FaissIndex(DIM, factory)
     ids = np.arange(len(vectors), dtype=np.int64)
     t0 = time.perf_counter()
     index.rebuild(ids, vectors)

@@ -145,7 +145,7 @@ def check_batching(device: str, clients: list[int], seconds: float) -> None:
 
 def check_faiss(vectors_count: int, use_gpu: bool) -> None:
     """Exact search over unit vectors: 1000 queries in one batch, and 100 single queries."""
-    from service.gallery.index import VectorIndex, gpu_available
+    from service.gallery.index import FaissIndex, gpu_available
 
     rng = np.random.default_rng(1)
     dim = 128
@@ -158,7 +158,7 @@ def check_faiss(vectors_count: int, use_gpu: bool) -> None:
         if on_gpu and not (use_gpu and gpu_available()):
             emit("faiss", device=where, missing="no GPU (or no faiss-gpu) here")
             continue
-        index = VectorIndex(dim, "Flat", use_gpu=on_gpu)
+        index = FaissIndex(dim, "Flat", use_gpu=on_gpu)
         index.rebuild(np.arange(vectors_count, dtype=np.int64), vectors)
         index.search(queries[:10], 10)
         t = time.perf_counter()

@@ -19,7 +19,7 @@ done once and can run in the background):
   the service's SFace: ``bench/aligned_faces.py``), one photo of each person with 2 or more
   held out as a probe, padded to 1M with synthetic faces; the trained index (from ``build``)
   emptied and refilled; subject recall@1 of the index against exact search;
-- ``service FACTORY``: the built index through the service's ``VectorIndex`` from a worker
+- ``service FACTORY``: the built index through the service's ``FaissIndex`` from a worker
   thread holding two OpenMP threads, and bare at those two threads;
 - ``bandwidth``: this machine's memory bandwidth as numpy sees it (a 1 GiB copy).
 
@@ -319,13 +319,13 @@ def real(factory: str, params: str, out: Path) -> None:
 
 
 def service(factory: str, params: str, out: Path) -> None:
-    """The built index through the service's own ``VectorIndex`` (an IndexIDMap2 over it, the
+    """The built index through the service's own ``FaissIndex`` (an IndexIDMap2 over it, the
     search parameters, the per-call thread pin), searched from a worker thread that holds two
     OpenMP threads, as a server's pool may; beside it the bare index searched from that thread
     at its two threads (no pin)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from service.gallery.index import VectorIndex
+    from service.gallery.index import FaissIndex
 
     _, q, exact = gallery(out)
     index = faiss.read_index(str(out / f"{name_of(factory)}.faiss"))
@@ -334,7 +334,7 @@ def service(factory: str, params: str, out: Path) -> None:
     wrapped.index, wrapped.ntotal = index, index.ntotal  # the filled one goes in, ids 0..n-1
     faiss.copy_array_to_vector(np.arange(index.ntotal, dtype=np.int64), wrapped.id_map)
     wrapped.construct_rev_map()
-    vi = VectorIndex(index.d, factory, search_params=params)
+    vi = FaissIndex(index.d, factory, search_params=params)
     vi._index, vi.active_factory = wrapped, factory
 
     def run(search: Any) -> tuple[list[float], list[float], np.ndarray]:
@@ -351,7 +351,7 @@ def service(factory: str, params: str, out: Path) -> None:
 
     with ThreadPoolExecutor(1) as pool:
         for what, fn in (
-            ("VectorIndex.search (pinned to 1 thread)", lambda v: vi.search(v, 10)),
+            ("FaissIndex.search (pinned to 1 thread)", lambda v: vi.search(v, 10)),
             ("bare index, the worker's 2 threads", lambda v: wrapped.search(v, 10)),
         ):
             wall, cpu, top = pool.submit(run, fn).result()

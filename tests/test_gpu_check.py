@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 
 def test_the_gpu_check_runs_every_section_on_the_cpu_and_prints_each_figure() -> None:
-    """Was: check_faiss called VectorIndex.rebuild with one argument too many (a TypeError on
+    """Was: check_faiss called FaissIndex.rebuild with one argument too many (a TypeError on
     any machine), after the ONNX figures had been measured but not yet printed."""
     proc = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--cpu"],

@@ -70,10 +70,10 @@ def test_the_default_gallery_is_exact_until_300k_faces_then_a_tuned_ivf() -> Non
     switch and the tuned factory are named in its stats."""
     import faiss
 
-    from service.gallery.index import VectorIndex
+    from service.gallery.index import FaissIndex
 
     g = Settings().gallery
-    index = VectorIndex(
+    index = FaissIndex(
         128, g.index_factory, search_params=g.search_params, exact_below=g.exact_below
     )
     assert index.active_factory == "Flat"

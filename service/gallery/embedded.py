@@ -31,7 +31,7 @@ from service.errors import GalleryCorrupted, InsufficientStorage
 from service.gallery.composite import StoreWithIndex
 from service.gallery.gallery import Gallery
 from service.gallery.headroom import RESERVE_FILE, DiskReserve
-from service.gallery.index import INDEX_FILE, VectorIndex
+from service.gallery.index import INDEX_FILE, FaissIndex
 from service.gallery.owner import FolderLock
 from service.gallery.records import IndexCheck
 from service.gallery.sqlite import STORE_FILE, SqliteStore
@@ -99,9 +99,9 @@ class EmbeddedBackend(StoreWithIndex):
             self._hold.release()
             raise
 
-    def _new_index(self, embedding_dim: int) -> VectorIndex:
+    def _new_index(self, embedding_dim: int) -> FaissIndex:
         factory, params, use_gpu, exact_below = self._factory
-        return VectorIndex(
+        return FaissIndex(
             embedding_dim,
             factory,
             search_params=params,
@@ -132,7 +132,7 @@ class EmbeddedBackend(StoreWithIndex):
         saved index holds the last copy of every vector; rebuilding it from an empty store
         would overwrite that copy. Called before the store is opened (opening would create a
         missing file) and after (an empty store that SQLite opened as new)."""
-        saved = VectorIndex.saved_state(self._index_path)
+        saved = FaissIndex.saved_state(self._index_path)
         if saved is None or int(saved.get("count", 0)) == 0:
             return
         store_file = self.directory / STORE_FILE
@@ -320,7 +320,7 @@ class EmbeddedBackend(StoreWithIndex):
                 return  # keep the last good index: it may hold the only copy of the vectors
             if self.index.masked:  # deleted vectors still in memory must not reach the disk
                 if self._erased_since_save:
-                    VectorIndex.discard(self._index_path)
+                    FaissIndex.discard(self._index_path)
                     self._erased_since_save = False
                 return
             index, frozen = self.index, self.index.copy()
@@ -334,7 +334,7 @@ class EmbeddedBackend(StoreWithIndex):
                 self._dirty = True
                 self._erased_since_save = self._erased_since_save or erased
             if erased:
-                VectorIndex.discard(self._index_path)
+                FaissIndex.discard(self._index_path)
 
     def maintain(self) -> bool:
         """Save the index if it changed, push erased rows out of the WAL, re-upload a device copy

@@ -100,7 +100,7 @@ def _ivf_of(index: Any) -> Any:
         return None
 
 
-class VectorIndex:
+class FaissIndex:
     """A FAISS index over face ids, built from a factory string ("Flat" = exact cosine).
 
     How ids are kept depends on the structure, because FAISS's IndexIDMap2 only stays right

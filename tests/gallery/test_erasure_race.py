@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.gallery.embedded import embedded_gallery
-from service.gallery.index import INDEX_FILE, VectorIndex
+from service.gallery.index import INDEX_FILE, FaissIndex
 from service.resources import Upkeep
 from tests.gallery.test_gallery import DIM, MODEL, face, unit
 
@@ -24,7 +24,7 @@ class _SaveGate:
         self.started = threading.Event()
         self.proceed = threading.Event()
         self.armed = threading.Event()
-        self.real = VectorIndex.save
+        self.real = FaissIndex.save
 
     def arm(self) -> None:
         self.started.clear()
@@ -34,14 +34,14 @@ class _SaveGate:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         real, started, proceed, armed = self.real, self.started, self.proceed, self.armed
 
-        def gated_save(index: VectorIndex, *args: Any, **kwargs: Any) -> None:
+        def gated_save(index: FaissIndex, *args: Any, **kwargs: Any) -> None:
             if armed.is_set():
                 armed.clear()
                 started.set()
                 proceed.wait(10)
             real(index, *args, **kwargs)
 
-        monkeypatch.setattr(VectorIndex, "save", gated_save)
+        monkeypatch.setattr(FaissIndex, "save", gated_save)
 
 
 def test_back_to_back_deletes_while_the_index_saves_leave_no_vector_on_disk(

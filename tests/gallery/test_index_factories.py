@@ -11,7 +11,7 @@ import pytest
 
 from service.gallery import Gallery
 from service.gallery.embedded import embedded_gallery
-from service.gallery.index import VectorIndex, min_train_size
+from service.gallery.index import FaissIndex, min_train_size
 from tests.backends import assert_index_equals_store
 from tests.gallery.test_gallery import DIM, MODEL, face, unit
 
@@ -85,7 +85,7 @@ def test_device_copy_search_maps_positions_to_face_ids(
     """With faiss-gpu the copy lives on the GPU; here a CPU clone checks our id mapping,
     including after removals (which renumber positions) and additions."""
     rng = np.random.default_rng(3)
-    index = VectorIndex(DIM, "Flat")
+    index = FaissIndex(DIM, "Flat")
     monkeypatch.setattr(index, "_to_device", lambda inner: faiss.clone_index(inner))
     vecs = unit(rng, 50)
     ids = np.arange(1000, 1050, dtype=np.int64)

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import pytest
 
-from service.gallery.index import ALL_THREADS, BULK_QUERIES, VectorIndex
+from service.gallery.index import ALL_THREADS, BULK_QUERIES, FaissIndex
 from tests.gallery.test_gallery import DIM, unit
 
 
@@ -35,7 +35,7 @@ def test_requests_search_on_one_thread_and_builds_on_all(monkeypatch: pytest.Mon
         _record(monkeypatch, faiss.IndexIVFFlat, name, seen)
     rng = np.random.default_rng(4)
     vecs = unit(rng, 400)
-    index = VectorIndex(DIM, "IVF4,Flat", search_params="nprobe=4", build_threads=2)
+    index = FaissIndex(DIM, "IVF4,Flat", search_params="nprobe=4", build_threads=2)
 
     def in_worker() -> tuple[int, int]:
         faiss.omp_set_num_threads(2)  # what a fresh worker thread may hold
@@ -62,7 +62,7 @@ def test_requests_search_on_one_thread_and_builds_on_all(monkeypatch: pytest.Mon
 def test_the_default_build_uses_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, int]] = []
     _record(monkeypatch, faiss.IndexIVFFlat, "train", seen)
-    index = VectorIndex(DIM, "IVF4,Flat")
+    index = FaissIndex(DIM, "IVF4,Flat")
 
     def in_worker() -> None:
         faiss.omp_set_num_threads(1)

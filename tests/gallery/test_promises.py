@@ -19,7 +19,7 @@ from service.errors import SchemaOutdated
 from service.gallery import Gallery, NewFace
 from service.gallery import index as index_module
 from service.gallery.embedded import embedded_gallery
-from service.gallery.index import VectorIndex, min_train_size
+from service.gallery.index import FaissIndex, min_train_size
 from service.vision.pipeline import FacePipeline
 from tests.conftest import API_KEY, DATA, make_settings
 from tests.gallery.test_gallery import DIM, MODEL, Opener, face, opener, unit  # noqa: F401
@@ -48,21 +48,21 @@ def test_a_failed_index_write_loses_no_face(
     g = open_embedded(tmp_path)
     g.create_subject("s", "S", {})
     g.add_faces("s", [face(vecs[0], "a")], model_id=MODEL)
-    real_add = VectorIndex.add
+    real_add = FaissIndex.add
     calls = {"n": 0}
 
-    def failing_add(self: VectorIndex, *args: Any, **kwargs: Any) -> None:
+    def failing_add(self: FaissIndex, *args: Any, **kwargs: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("simulated FAISS failure (out of memory)")
         real_add(self, *args, **kwargs)
 
-    monkeypatch.setattr(VectorIndex, "add", failing_add)
+    monkeypatch.setattr(FaissIndex, "add", failing_add)
     try:
         results = g.add_faces("s", [face(vecs[1], "b")], model_id=MODEL)
     except RuntimeError:  # main: a 500 for a face the store had committed
         results = None
-    monkeypatch.setattr(VectorIndex, "add", real_add)
+    monkeypatch.setattr(FaissIndex, "add", real_add)
     if results is not None:  # acknowledged: it must be found, now and after a restart
         g.wait_until_indexed(timeout_s=30)
         assert search_ids(g, vecs[1]) == [results[0][0]]
@@ -174,14 +174,14 @@ def test_index_training_runs_beside_the_live_index(
     vecs = unit(rng, 160)
     g.add_faces("s", [face(v, f"x{i}") for i, v in enumerate(vecs[:150])], model_id=MODEL)
     training, searched = threading.Event(), threading.Event()
-    real_rebuild = VectorIndex.rebuild
+    real_rebuild = FaissIndex.rebuild
 
-    def slow_rebuild(self: VectorIndex, *args: Any, **kwargs: Any) -> None:
+    def slow_rebuild(self: FaissIndex, *args: Any, **kwargs: Any) -> None:
         training.set()
         searched.wait(timeout=10)
         real_rebuild(self, *args, **kwargs)
 
-    monkeypatch.setattr(VectorIndex, "rebuild", slow_rebuild)
+    monkeypatch.setattr(FaissIndex, "rebuild", slow_rebuild)
     writer = threading.Thread(
         target=g.add_faces,
         args=("s", [face(v, f"y{i}") for i, v in enumerate(vecs[150:])]),
@@ -210,12 +210,12 @@ def test_one_gpu_copy_is_kept_and_updated(tmp_path: Path, monkeypatch: pytest.Mo
     (no GPU on the test machines); what is counted is how often the index is uploaded."""
     uploads = {"n": 0}
 
-    def to_device(self: VectorIndex, inner: Any) -> Any:
+    def to_device(self: FaissIndex, inner: Any) -> Any:
         uploads["n"] += 1
         return faiss.clone_index(inner)
 
     monkeypatch.setattr(index_module, "gpu_available", lambda: True)
-    monkeypatch.setattr(VectorIndex, "_to_device", to_device)
+    monkeypatch.setattr(FaissIndex, "_to_device", to_device)
     rng = np.random.default_rng(15)
     g = embedded_gallery(tmp_path, model_id=MODEL, embedding_dim=DIM, use_gpu=True)
     g.create_subject("s", "S", {})

@@ -39,8 +39,8 @@ def offences(source: str, rel: str) -> list[str]:
                 found.append(f"{rel}:{node.lineno}: .backend.{node.attr}")
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("service.gallery"):
             for alias in node.names:
-                standalone = alias.name == "VectorIndex" and rel in STANDALONE_INDEX_OK
-                if alias.name in WRITERS or (alias.name == "VectorIndex" and not standalone):
+                standalone = alias.name == "FaissIndex" and rel in STANDALONE_INDEX_OK
+                if alias.name in WRITERS or (alias.name == "FaissIndex" and not standalone):
                     found.append(f"{rel}:{node.lineno}: imports {alias.name}")
     return found
 
@@ -61,7 +61,7 @@ def test_the_scan_sees_a_write_around_the_gallery() -> None:
         "from service.gallery.sqlite import SqliteStore\n"
         "g.backend.import_faces(rows)\n"
         "g._backend.repair()\n"
-        "from service.gallery.index import VectorIndex\n"
+        "from service.gallery.index import FaissIndex\n"
     )
     assert len(offences(planted, "bench/x.py")) == 4
     assert offences("settings.gallery.backend == 'embedded'\n", "service/x.py") == []
