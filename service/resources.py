@@ -1,5 +1,5 @@
 """What a running service holds, built in one place: the face pipeline (self-checked on its
-device), the gallery, the job runner and the gallery's upkeep thread.
+device), the gallery (which runs its own upkeep) and the job runner.
 
 ``marginface serve`` opens them before uvicorn starts (a device that cannot run the models stops
 it there with a clear message) and hands them to ``create_app``; ``create_app`` without them
@@ -9,8 +9,6 @@ it there with a clear message) and hands them to ``create_app``; ``create_app`` 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,41 +24,6 @@ from service.vision.pipeline import FacePipeline
 log = logging.getLogger("marginface")
 
 
-class Upkeep:
-    """The gallery's upkeep in a thread: now and then (persist the index so a restart after a
-    crash rebuilds less often) and at once after a delete (erased embeddings leave the disk
-    within moments)."""
-
-    def __init__(self, gallery: Gallery, interval_s: float) -> None:
-        self.gallery = gallery
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gallery-upkeep", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        last = time.monotonic()
-        while not self._stop.is_set():
-            due = self.gallery.wait_for_work(min(1.0, self.interval_s))  # at once on an erasure
-            if self._stop.is_set():
-                return
-            if not due and time.monotonic() - last < self.interval_s:
-                continue
-            last = time.monotonic()
-            try:
-                more = self.gallery.flush()
-            except Exception:  # keep serving; the store stays the source of truth
-                log.exception("gallery upkeep failed")
-                more = True
-            if more:
-                self._stop.wait(0.2)  # the WAL was busy: try again shortly, without spinning
-
-    def stop(self) -> None:
-        """Stop the thread (it notices within a second)."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
 @dataclass
 class Resources:
     """The service's heavy parts; ``close`` releases what ``open`` created."""
@@ -69,7 +32,6 @@ class Resources:
     pipeline: FacePipeline
     gallery: Gallery
     jobs: JobRunner
-    upkeep: Upkeep
     owns_pipeline: bool = True
     owns_gallery: bool = True
     closed: bool = field(default=False, repr=False)
@@ -83,7 +45,7 @@ class Resources:
         gallery: Gallery | None = None,
     ) -> Resources:
         """Build what is not given: the pipeline (then run once, so a device that loads a model
-        but cannot run it fails here), the gallery, the job runner, the upkeep thread."""
+        but cannot run it fails here), the gallery, the job runner."""
         give_back_freed_memory()  # process-wide: image buffers go back to the system when freed
         owns_pipeline = pipeline is None
         pipe = pipeline or build_pipeline(settings)
@@ -104,17 +66,15 @@ class Resources:
             ),
             cluster_ttl_s=settings.jobs.cluster_ttl_s,
         )
-        upkeep = Upkeep(gal, settings.gallery.flush_interval_s)
-        return cls(settings, pipe, gal, runner, upkeep, owns_pipeline, gallery is None)
+        return cls(settings, pipe, gal, runner, owns_pipeline, gallery is None)
 
     def close(self) -> None:
-        """Stop the jobs and the upkeep, persist and close the gallery (or just persist one
-        that was given), stop the pipeline's batcher if it was built here."""
+        """Stop the jobs, close the gallery (its upkeep stops with it; one that was given is
+        just persisted), stop the pipeline's batcher if it was built here."""
         if self.closed:
             return
         self.closed = True
         self.jobs.close()
-        self.upkeep.stop()
         if self.owns_gallery:
             self.gallery.close()
         else:

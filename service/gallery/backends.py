@@ -70,8 +70,10 @@ def open_gallery(
     on_write: WriteObserver | None = None,
     model_sha256: str = "",
 ) -> Gallery:
-    """The configured gallery (the one write path) over its backend. ``check_index=False``
-    skips the start-up check of a shared index (the reconcile command reports it itself)."""
+    """The configured gallery (the one write path) over its backend, its upkeep running
+    every ``flush_interval_s`` and at once after an erasure until it is closed.
+    ``check_index=False`` skips the start-up check of a shared index (the reconcile command
+    reports it itself)."""
     opened = open_backend(
         settings,
         model_id=model_id,
@@ -81,7 +83,12 @@ def open_gallery(
         model_sha256=model_sha256,
     )
     try:
-        return Gallery(opened, images=images, on_write=on_write)
+        return Gallery(
+            opened,
+            images=images,
+            on_write=on_write,
+            upkeep_interval_s=settings.flush_interval_s,
+        )
     except BaseException:
         opened.close()
         raise

@@ -433,10 +433,12 @@ def embedded_gallery(
     exact_below: int = 0,
     images: ImageVault | None = None,
     model_sha256: str = "",
+    upkeep_interval_s: float | None = None,
 ) -> Gallery:
     """A single-process gallery (SQLite and a FAISS index file in ``directory``) without
-    settings: for tools, benchmarks and tests. The service opens its gallery through
-    ``service.gallery.backends.open_gallery``."""
+    settings: for tools, benchmarks and tests, which call ``flush`` themselves unless they ask
+    for the upkeep thread (``upkeep_interval_s``). The service opens its gallery through
+    ``service.gallery.backends.open_gallery``, which always runs it."""
     backend = EmbeddedBackend(
         directory,
         model_id=model_id,
@@ -447,4 +449,4 @@ def embedded_gallery(
         exact_below=exact_below,
         model_sha256=model_sha256,
     )
-    return Gallery(backend, images=images)
+    return Gallery(backend, images=images, upkeep_interval_s=upkeep_interval_s)

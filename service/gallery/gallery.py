@@ -32,6 +32,7 @@ from service.gallery.records import (
     Quarantined,
     Subject,
 )
+from service.gallery.upkeep import Upkeep
 from service.images import ImageVault
 from service.subject_id import check_subject_id
 
@@ -108,13 +109,22 @@ class Gallery:
         *,
         images: ImageVault | None = None,
         on_write: WriteObserver | None = None,
+        upkeep_interval_s: float | None = None,
     ) -> None:
         self._backend = backend  # private: every write goes through this class
         self.images = images
         self.on_write = on_write
         self._lock = threading.RLock()  # writes, with their photos, one at a time per process
+        self._upkeep_lock = threading.Lock()  # one upkeep pass at a time (thread, tests, close)
         if images is not None:
             images.sweep(self._held_faces)
+        # the gallery keeps its own promise that erased embeddings leave the disk within
+        # moments: its upkeep runs from here until close(), whoever opened it
+        self._upkeep = (
+            Upkeep(self.flush, self.wait_for_work, upkeep_interval_s)
+            if upkeep_interval_s is not None
+            else None
+        )
 
     def _held_faces(self) -> set[int]:
         """Every face id the store holds, quarantined ones and other models' included (their
@@ -485,9 +495,13 @@ class Gallery:
         return self._backend.wait_until_indexed(timeout_s)
 
     def flush(self) -> bool:
-        """Upkeep now (persist the index, purge erased rows from logs); True when more is due."""
-        return self._backend.maintain()
+        """Upkeep now (persist the index, purge erased rows from logs); True when more is due.
+        The upkeep thread calls it; tests and tools may too."""
+        with self._upkeep_lock:
+            return self._backend.maintain()
 
     def close(self) -> None:
-        """Persist and release everything."""
+        """Stop the upkeep, persist and release everything."""
+        if self._upkeep is not None:
+            self._upkeep.stop()
         self._backend.close()

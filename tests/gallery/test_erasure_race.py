@@ -12,7 +12,6 @@ import pytest
 
 from service.gallery.embedded import embedded_gallery
 from service.gallery.index import INDEX_FILE, FaissIndex
-from service.resources import Upkeep
 from tests.gallery.test_gallery import DIM, MODEL, face, unit
 
 
@@ -50,11 +49,11 @@ def test_back_to_back_deletes_while_the_index_saves_leave_no_vector_on_disk(
     """Main: maintain() cleared the second delete's pending flag after its _save(), so the
     second face stayed in index.faiss until the next periodic save (12 s and more)."""
     rng = np.random.default_rng(26)
-    g = embedded_gallery(tmp_path, model_id=MODEL, embedding_dim=DIM)
-    g.create_subject("s", "S", {})
     gate = _SaveGate()
     gate.install(monkeypatch)
-    upkeep = Upkeep(g, interval_s=3600)  # only an erasure makes it run
+    # the gallery's own upkeep thread; only an erasure makes it run
+    g = embedded_gallery(tmp_path, model_id=MODEL, embedding_dim=DIM, upkeep_interval_s=3600)
+    g.create_subject("s", "S", {})
     try:
         for round_ in range(50):
             vecs = unit(rng, 2)
@@ -80,5 +79,30 @@ def test_back_to_back_deletes_while_the_index_saves_leave_no_vector_on_disk(
     finally:
         gate.armed.clear()
         gate.proceed.set()
-        upkeep.stop()
         g.close()
+
+
+def test_an_opened_gallery_runs_its_own_upkeep(tmp_path: Path) -> None:
+    """Whoever opens the gallery (the service, the CLI, a job) need not start its upkeep: a
+    face deleted from a gallery opened through ``backends.open_gallery`` leaves index.faiss
+    within moments, with nobody calling ``flush``, and ``close`` stops the thread."""
+    from service.gallery import backends
+    from service.settings import GallerySettings
+
+    rng = np.random.default_rng(7)
+    settings = GallerySettings(path=tmp_path, flush_interval_s=3600)
+    g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
+    try:
+        g.create_subject("s", "S", {})
+        vec = unit(rng, 1)[0]
+        ((fid, _),) = g.add_faces("s", [face(vec, "a")], model_id=MODEL)
+        g.flush()
+        assert vec.tobytes()[:64] in (tmp_path / INDEX_FILE).read_bytes()
+        g.delete_face(fid)
+        deadline = time.monotonic() + 2
+        while vec.tobytes()[:64] in (tmp_path / INDEX_FILE).read_bytes():
+            assert time.monotonic() < deadline, "the deleted vector is still in index.faiss"
+            time.sleep(0.05)
+    finally:
+        g.close()
+    assert not any(t.name == "gallery-upkeep" for t in threading.enumerate())
