@@ -251,8 +251,8 @@ def assert_index_equals_store(g: Gallery) -> None:
     """The index holds exactly the store's usable vectors (both shipped backends pair a SQL
     store with an index: compared here vector by vector), once no build is pending."""
     assert g.wait_until_indexed(timeout_s=60)
-    ids, vecs, _ = g._backend.store.all_embeddings()  # type: ignore[attr-defined]
-    index_ids, index_vecs = g._backend.index.vectors()  # type: ignore[attr-defined]
+    ids, vecs, _ = g._store.all_embeddings()
+    index_ids, index_vecs = g._index.vectors()
     np.testing.assert_array_equal(ids, index_ids)
     np.testing.assert_allclose(vecs, index_vecs, atol=1e-6)
     assert g.integrity()["index"]["consistent"]

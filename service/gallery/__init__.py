@@ -1,5 +1,9 @@
-"""The gallery: subjects and faces in a durable store (the source of truth) and an index derived
-from it, behind one write path (``Gallery``) and one backend contract (``backend.GalleryBackend``).
+"""The gallery: subjects and faces in a durable store (the source of truth, ``store.Store``) and
+an index derived from it (``vector_index.VectorIndex``), behind one write path (``Gallery``).
+
+An enrollment, read in three files: ``gallery.Gallery.add_faces`` (checks, lock, kept photos,
+audit), the store's ``faces.add_faces`` (one transaction), ``sync.IndexSync.add`` (the index
+follows; a failed index write is repaired, never lost).
 """
 
 from service.gallery.gallery import Candidate, Gallery

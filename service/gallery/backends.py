@@ -3,18 +3,16 @@ keyed by ``gallery.backend``, and the one function that opens the configured gal
 
 Embedded: SQLite + FAISS in one folder, one process. Distributed: PostgreSQL (the source of
 truth) + Milvus (the vectors), shared by every API replica; its clients are imported only when
-it is chosen. A third backend is a module with a ``GalleryBackend`` class and one
-``register_backend`` line below.
+it is chosen. Each is a ``Store`` and a ``KeptIndex`` under one ``Gallery``; a third backend is
+a module with an opener of that pair and one ``register_backend`` line below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from service.errors import ConfigError, UnsupportedByBackend
-from service.gallery.backend import GalleryBackend
 from service.gallery.gallery import Gallery, WriteObserver
 from service.images import ImageVault
 from service.settings import GallerySettings
@@ -22,8 +20,23 @@ from service.settings import GallerySettings
 if TYPE_CHECKING:
     from service.gallery.postgres import PostgresJobBoard
 
-#: opener(settings, model_id, embedding_dim, check_index, model_sha256) -> backend
-Opener = Callable[[GallerySettings, str, int, bool, str], GalleryBackend]
+
+class Opener(Protocol):
+    """Opens a backend's gallery with its start-up checks done and its upkeep running."""
+
+    def __call__(
+        self,
+        settings: GallerySettings,
+        *,
+        model_id: str,
+        embedding_dim: int,
+        check_index: bool,
+        model_sha256: str,
+        images: ImageVault | None,
+        on_write: WriteObserver | None,
+    ) -> Gallery: ...
+
+
 _BACKENDS: dict[str, Opener] = {}
 
 
@@ -40,25 +53,6 @@ def list_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def open_backend(
-    settings: GallerySettings,
-    *,
-    model_id: str,
-    embedding_dim: int,
-    backend: str | None = None,
-    check_index: bool = True,
-    model_sha256: str = "",
-) -> GalleryBackend:
-    """Open (or create) the configured backend (or ``backend``); ``model_sha256``, the full
-    sha256 of the model's weights, is recorded with every face it stores. ConfigError for a
-    name that is not registered."""
-    name = backend or settings.backend
-    opener = _BACKENDS.get(name)
-    if opener is None:
-        raise ConfigError(f"unknown gallery backend {name!r}; choose one of {list_backends()}")
-    return opener(settings, model_id, embedding_dim, check_index, model_sha256)
-
-
 def open_gallery(
     settings: GallerySettings,
     *,
@@ -70,36 +64,39 @@ def open_gallery(
     on_write: WriteObserver | None = None,
     model_sha256: str = "",
 ) -> Gallery:
-    """The configured gallery (the one write path) over its backend, its upkeep running
-    every ``flush_interval_s`` and at once after an erasure until it is closed.
-    ``check_index=False`` skips the start-up check of a shared index (the reconcile command
-    reports it itself)."""
-    opened = open_backend(
+    """Open (or create) the configured gallery (or ``backend``'s), the one write path, its
+    upkeep running every ``flush_interval_s`` and at once after an erasure until it is closed.
+    ``model_sha256``, the full sha256 of the model's weights, is recorded with every face it
+    stores. ``check_index=False`` skips the start-up check of a shared index (the reconcile
+    command reports it itself). ConfigError for a backend that is not registered."""
+    name = backend or settings.backend
+    opener = _BACKENDS.get(name)
+    if opener is None:
+        raise ConfigError(f"unknown gallery backend {name!r}; choose one of {list_backends()}")
+    return opener(
         settings,
         model_id=model_id,
         embedding_dim=embedding_dim,
-        backend=backend,
         check_index=check_index,
         model_sha256=model_sha256,
+        images=images,
+        on_write=on_write,
     )
-    try:
-        return Gallery(
-            opened,
-            images=images,
-            on_write=on_write,
-            upkeep_interval_s=settings.flush_interval_s,
-        )
-    except BaseException:
-        opened.close()
-        raise
 
 
 def _open_embedded(
-    settings: GallerySettings, model_id: str, embedding_dim: int, check_index: bool, sha: str
-) -> GalleryBackend:
-    from service.gallery.embedded import EmbeddedBackend
+    settings: GallerySettings,
+    *,
+    model_id: str,
+    embedding_dim: int,
+    check_index: bool,
+    model_sha256: str,
+    images: ImageVault | None,
+    on_write: WriteObserver | None,
+) -> Gallery:
+    from service.gallery.embedded import embedded_gallery
 
-    return EmbeddedBackend(
+    return embedded_gallery(
         settings.path,
         model_id=model_id,
         embedding_dim=embedding_dim,
@@ -109,38 +106,35 @@ def _open_embedded(
         exact_below=settings.exact_below,
         verify_on_start=settings.verify_on_start,
         reserve_bytes=settings.erasure_reserve_bytes,
-        model_sha256=sha,
+        model_sha256=model_sha256,
         threads=(settings.search_threads, settings.build_threads),
+        images=images,
+        on_write=on_write,
+        upkeep_interval_s=settings.flush_interval_s,
     )
 
 
 def _open_distributed(
-    settings: GallerySettings, model_id: str, embedding_dim: int, check_index: bool, sha: str
-) -> GalleryBackend:
-    from service.gallery.distributed import DistributedBackend
-    from service.gallery.milvus import MilvusIndex
-    from service.gallery.postgres import PostgresStore
+    settings: GallerySettings,
+    *,
+    model_id: str,
+    embedding_dim: int,
+    check_index: bool,
+    model_sha256: str,
+    images: ImageVault | None,
+    on_write: WriteObserver | None,
+) -> Gallery:
+    from service.gallery.distributed import distributed_gallery
 
-    store = PostgresStore(postgres_dsn(settings), model_id=model_id, embedding_dim=embedding_dim)
-    try:
-        store.record_weights(model_id, sha)
-        index = MilvusIndex(
-            settings.milvus_uri,
-            model_id=store.model_id,
-            dim=store.embedding_dim,
-            gallery_id=store.gallery_id,
-            prefix=settings.milvus_collection,
-            token=settings.milvus_token.get_secret_value() if settings.milvus_token else "",
-            index_type=settings.milvus_index_type,
-            index_params=settings.milvus_index_params,
-            search_params=settings.milvus_search_params,
-            timeout_s=settings.milvus_timeout_s,
-        )
-    except BaseException:
-        store.close()
-        raise
-    return DistributedBackend(
-        store, index, check_index=check_index, verify_on_start=settings.verify_on_start
+    return distributed_gallery(
+        settings,
+        postgres_dsn(settings),
+        model_id=model_id,
+        embedding_dim=embedding_dim,
+        check_index=check_index,
+        model_sha256=model_sha256,
+        images=images,
+        on_write=on_write,
     )
 
 

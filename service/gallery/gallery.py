@@ -1,29 +1,35 @@
-"""The gallery: the one write path of the service, over a backend (``backend.GalleryBackend``).
+"""The gallery: the one write path of the service, over a store (``store.Store``, the source of
+truth) and an index derived from it (``vector_index.KeptIndex``).
 
 Routes, the CLI, the batch indexer and jobs change a gallery only through ``Gallery``, so each
 promise is kept here, once:
+- every write commits to the store first, then reaches the index; an index write that fails
+  loses nothing (the store has it): the index is repaired and reconciled with the store;
 - kept photos are written and erased under the same lock as their faces' rows (an erased face
   never leaves its photo behind; photos of faces a crash left half-done are swept at start);
 - a batch job never re-creates a subject deleted while it runs (``add_many``'s ``creatable``);
 - identification returns ``top_k`` distinct subjects (the face search widens until it has them
   or the gallery is exhausted), and no score outside [-1, 1] leaves it (a corrupted index is
   repaired, its results dropped);
-- every write reports what it touched (``on_write``: the audit trail's targets).
-What differs between SQLite + FAISS and PostgreSQL + Milvus lives in the backends.
+- every write reports what it touched (``on_write``: the audit trail's targets);
+- erased rows leave the store's logs within moments: the gallery runs its own upkeep thread.
+Reconcile, the index check and the stats are written once here, against the two contracts.
+What is truly embedded (``embedded``, ``live_index``, ``headroom``) or distributed
+(``distributed``, ``milvus``) lives in those modules; ``backends`` opens the configured one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 
-from service.gallery.backend import GalleryBackend
+from service.errors import BackendUnavailable, InsufficientStorage
+from service.gallery.headroom import DiskReserve
 from service.gallery.records import (
     FaceRecord,
     Negative,
@@ -32,72 +38,22 @@ from service.gallery.records import (
     Quarantined,
     Subject,
 )
+from service.gallery.search import Candidate, nearest_subjects
+from service.gallery.servable import check_servable
+from service.gallery.store import Store
+from service.gallery.sync import IndexSync
 from service.gallery.upkeep import Upkeep
+from service.gallery.vector_index import KeptIndex
 from service.images import ImageVault
 from service.subject_id import check_subject_id
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-#: a score further than this outside [-1, 1] cannot come from unit vectors: the index is corrupt
-SCORE_SLACK = 1e-3
-#: subject metadata: what the service stores must be what it can serve back
-METADATA_MAX_BYTES = 16 * 1024
-METADATA_MAX_DEPTH = 32
 WriteObserver = Callable[[str, dict[str, Any]], None]
 #: negative examples ("not this person") a subject may hold: every identify compares a probe
 #: with the negatives of its few candidate subjects, so the bound keeps that cheap
 NEGATIVES_PER_SUBJECT = 100
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth of JSON-like data, without recursion (a hostile value can be deep)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if level > METADATA_MAX_DEPTH:
-            return level
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend((v, level + 1) for v in item)
-    return deepest
-
-
-def check_servable(subject_id: str, name: str | None, metadata: dict[str, Any] | None) -> None:
-    """Refuse (InvalidRequest, 422) what could be stored but never served back: text that is
-    not valid UTF-8 (a lone surrogate), metadata nested deeper than METADATA_MAX_DEPTH or larger
-    than METADATA_MAX_BYTES encoded, values JSON cannot encode (NaN, infinities)."""
-    from service.errors import InvalidRequest
-
-    for label, text in (("id", subject_id), ("name", name)):
-        if text is not None:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InvalidRequest(
-                    f"the subject's {label} is not valid text ({exc.reason})"
-                ) from exc
-    if metadata is None:
-        return
-    if _depth(metadata) > METADATA_MAX_DEPTH:
-        raise InvalidRequest(f"metadata is nested deeper than {METADATA_MAX_DEPTH} levels")
-    try:
-        encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (UnicodeEncodeError, ValueError, TypeError) as exc:
-        raise InvalidRequest(f"metadata cannot be stored as JSON text ({exc})") from exc
-    if len(encoded) > METADATA_MAX_BYTES:
-        raise InvalidRequest(f"metadata is {len(encoded)} bytes encoded, over {METADATA_MAX_BYTES}")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A subject that resembles a probe, with its best-matching face."""
-
-    subject_id: str
-    name: str
-    face_id: int
-    score: float
 
 
 class Gallery:
@@ -105,49 +61,132 @@ class Gallery:
 
     def __init__(
         self,
-        backend: GalleryBackend,
+        store: Store,
+        index: KeptIndex,
         *,
         images: ImageVault | None = None,
         on_write: WriteObserver | None = None,
         upkeep_interval_s: float | None = None,
+        reserve: DiskReserve | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
-        self._backend = backend  # private: every write goes through this class
+        # private, both: every write goes through this class
+        self._store = store
+        self._index = index
+        self._reserve = reserve  # disk kept back so that a delete succeeds on a full disk
+        self._on_close = on_close
         self.images = images
         self.on_write = on_write
         self._lock = threading.RLock()  # writes, with their photos, one at a time per process
-        self._upkeep_lock = threading.Lock()  # one upkeep pass at a time (thread, tests, close)
+        self._sync = IndexSync(store, index, reserve)  # the index follows the store
+        store.on_quarantine = self._sync.remove  # a face that fails a check leaves the index
         if images is not None:
             images.sweep(self._held_faces)
-        # the gallery keeps its own promise that erased embeddings leave the disk within
-        # moments: its upkeep runs from here until close(), whoever opened it
-        self._upkeep = (
-            Upkeep(self.flush, self.wait_for_work, upkeep_interval_s)
-            if upkeep_interval_s is not None
-            else None
-        )
+        self._upkeep: Upkeep | None = None
+        if upkeep_interval_s is not None:
+            self.start_upkeep(upkeep_interval_s)
+
+    def start_upkeep(self, interval_s: float) -> None:
+        """Run the upkeep in a thread from now until ``close``: every ``interval_s`` and at
+        once after an erasure (erased embeddings leave the disk within moments, whoever opened
+        the gallery). ``backends.open_gallery`` always starts it."""
+        if self._upkeep is None:
+            self._upkeep = Upkeep(self.flush, self.wait_for_work, interval_s)
 
     def _held_faces(self) -> set[int]:
         """Every face id the store holds, quarantined ones and other models' included (their
         photos are what re-enrolling or re-embedding them needs)."""
-        return self._backend.all_face_ids()
+        return self._store.all_face_ids()
 
     @property
     def model_id(self) -> str:
         """The embedding model this gallery is pinned to."""
-        return self._backend.model_id
+        return self._store.model_id
 
     @property
     def embedding_dim(self) -> int:
         """The size of its embeddings."""
-        return self._backend.embedding_dim
+        return self._store.embedding_dim
 
     def check_model(self, model_id: str) -> None:
         """Raise ModelMismatch unless embeddings of ``model_id`` belong here."""
-        self._backend.check_model(model_id)
+        self._store.check_model(model_id)
 
     def _wrote(self, action: str, **targets: Any) -> None:
         if self.on_write is not None:
             self.on_write(action, targets)
+
+    # ---- the write path: the store commits, then the index follows
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """This process's write lock, then the index's guard (a save sees whole writes)."""
+        with self._lock, self._index.guard():
+            yield
+
+    def _enroll(
+        self, subject_id: str, faces: list[NewFace], create_name: str | None
+    ) -> list[tuple[int, bool]]:
+        with self._writing():
+            results = self._store.add_faces(subject_id, faces, create_name=create_name)
+            self._index_new(
+                [(fid, f) for (fid, created), f in zip(results, faces, strict=True) if created]
+            )
+        return results
+
+    def _enroll_many(
+        self, items: list[tuple[str, NewFace]], creatable: frozenset[str] | None
+    ) -> list[tuple[str, int | None, bool]]:
+        with self._writing():
+            results = self._store.add_faces_many(items, creatable=creatable)
+            self._index_new(
+                [
+                    (fid, face)
+                    for (_, fid, created), (_, face) in zip(results, items, strict=True)
+                    if created and fid is not None
+                ]
+            )
+        return results
+
+    def _import_faces(self, faces: list[tuple[FaceRecord, np.ndarray]]) -> None:
+        if not faces:
+            return
+        with self._writing():
+            self._store.import_faces(faces)
+            ids = np.array([f.id for f, _ in faces], dtype=np.int64)
+            self._sync.add(ids, np.stack([v for _, v in faces]))
+
+    def _index_new(self, new: list[tuple[int, NewFace]]) -> None:
+        if new:
+            ids = np.array([fid for fid, _ in new], dtype=np.int64)
+            self._sync.add(ids, np.stack([f.embedding for _, f in new]))
+
+    def _erase_face(self, face_id: int) -> str:
+        with self._writing():
+            subject_id = self._erase(lambda: self._store.delete_face(face_id))
+            self._sync.remove([face_id])
+        return subject_id
+
+    def _erase_subject(self, subject_id: str) -> list[int]:
+        with self._writing():
+            face_ids = self._erase(lambda: self._store.delete_subject(subject_id))
+            self._sync.remove(face_ids)
+        return face_ids
+
+    def _erase_negative(self, subject_id: str, negative_id: int) -> None:
+        with self._writing():
+            self._erase(lambda: self._store.delete_negative(subject_id, negative_id))
+            self._sync.erased()
+
+    def _erase(self, delete: Callable[[], T]) -> T:
+        """Run a delete; on a full disk, give back the erasure reserve and retry it once."""
+        try:
+            return delete()
+        except InsufficientStorage:
+            if self._reserve is None or not self._reserve.release():
+                raise
+            return delete()
+
 
     # ---- subjects
 
@@ -156,20 +195,20 @@ class Gallery:
         metadata the service could not serve back, InvalidSubjectId."""
         check_subject_id(subject_id)
         check_servable(subject_id, name, metadata)
-        with self._lock:
-            subject = self._backend.create_subject(subject_id, name, metadata)
+        with self._writing():
+            subject = self._store.create_subject(subject_id, name, metadata)
         self._wrote("subject_created", subject_id=subject_id)
         return subject
 
     def get_subject(self, subject_id: str) -> Subject:
         """One subject; SubjectNotFound, InvalidSubjectId."""
-        return self._backend.get_subject(check_subject_id(subject_id))
+        return self._store.get_subject(check_subject_id(subject_id))
 
     def list_subjects(
         self, offset: int, limit: int, search: str | None = None
     ) -> tuple[list[Subject], int]:
         """A page of subjects and the total."""
-        return self._backend.list_subjects(offset, limit, search)
+        return self._store.list_subjects(offset, limit, search)
 
     def update_subject(
         self, subject_id: str, name: str | None, metadata: dict[str, Any] | None
@@ -177,8 +216,8 @@ class Gallery:
         """Rename or change metadata; SubjectNotFound, InvalidRequest (as create_subject)."""
         check_subject_id(subject_id)
         check_servable(subject_id, name, metadata)
-        with self._lock:
-            subject = self._backend.update_subject(subject_id, name, metadata)
+        with self._writing():
+            subject = self._store.update_subject(subject_id, name, metadata)
         self._wrote("subject_updated", subject_id=subject_id)
         return subject
 
@@ -191,7 +230,7 @@ class Gallery:
         looked up as it is, not checked against the rule: an id an earlier release let in
         (a job's ``name\\n``) can still be erased."""
         with self._lock:
-            face_ids = self._backend.delete_subject(subject_id)
+            face_ids = self._erase_subject(subject_id)
             if self.images is not None:
                 self.images.delete(face_ids)
         self._wrote("subject_deleted", subject_id=subject_id, face_ids=face_ids)
@@ -216,7 +255,7 @@ class Gallery:
         check_subject_id(subject_id)
         self.check_model(model_id)
         with self._lock:
-            results = self._backend.add_faces(subject_id, faces, create_name=create_name)
+            results = self._enroll(subject_id, faces, create_name)
             if self.images is not None and photos is not None:
                 created = [
                     (fid, data) for (fid, new), data in zip(results, photos, strict=True) if new
@@ -226,7 +265,7 @@ class Gallery:
                         self.images.put(fid, data)
                 except BaseException:
                     for fid, _ in created:  # all or nothing: the faces go with their photos
-                        self._backend.delete_face(fid)
+                        self._erase_face(fid)
                     self.images.delete([fid for fid, _ in created])
                     raise
         self._wrote("faces_added", subject_id=subject_id, face_ids=[f for f, c in results if c])
@@ -249,14 +288,14 @@ class Gallery:
         if not items:
             return []
         with self._lock:
-            results = self._backend.add_faces_many(items, creatable=creatable)
+            results = self._enroll_many(items, creatable)
         self._wrote("faces_added", face_ids=[fid for _, fid, c in results if c and fid is not None])
         return results
 
     def delete_face(self, face_id: int) -> str:
         """Erase one face and its kept photo; its subject id. FaceNotFound."""
         with self._lock:
-            subject_id = self._backend.delete_face(face_id)
+            subject_id = self._erase_face(face_id)
             if self.images is not None:
                 self.images.delete([face_id])
         self._wrote("face_deleted", subject_id=subject_id, face_id=face_id)
@@ -264,24 +303,24 @@ class Gallery:
 
     def list_faces(self, subject_id: str) -> list[FaceRecord]:
         """The faces of one subject; InvalidSubjectId."""
-        return self._backend.list_faces(check_subject_id(subject_id))
+        return self._store.list_faces(check_subject_id(subject_id))
 
     def face_owner(self, face_id: int) -> str | None:
         """The subject id a usable face belongs to, or None."""
-        found = self._backend.owners([face_id]).get(face_id)
+        found = self._store.owners([face_id]).get(face_id)
         return found[0] if found else None
 
     def known_images(self) -> set[tuple[str, str]]:
         """(subject id, image sha256) of every enrolled face."""
-        return self._backend.known_images()
+        return self._store.known_images()
 
     def existing_subjects(self, subject_ids: list[str]) -> set[str]:
         """Which of these subject ids exist now."""
-        return self._backend.existing_subjects(subject_ids)
+        return self._store.existing_subjects(subject_ids)
 
     def counts(self) -> tuple[int, int]:
         """(subjects, faces)."""
-        return self._backend.counts()
+        return self._store.counts()
 
     def face_photo(self, face_id: int) -> bytes:
         """The kept photo of a face; FaceNotFound when photos are not kept or this one is not."""
@@ -314,8 +353,8 @@ class Gallery:
         self.check_model(model_id)
         if embedding is None and face_id is None:
             raise ValueError("a negative needs an embedding or a gallery face id")
-        with self._lock:
-            negative, created = self._backend.add_negative(
+        with self._writing():
+            negative, created = self._store.add_negative(
                 subject_id, embedding, source=source, face_id=face_id,
                 limit=NEGATIVES_PER_SUBJECT,
             )  # fmt: skip
@@ -327,12 +366,12 @@ class Gallery:
     def list_negatives(self, subject_id: str) -> list[Negative]:
         """A subject's negative examples, oldest first (no embeddings); SubjectNotFound,
         InvalidSubjectId."""
-        return self._backend.list_negatives(check_subject_id(subject_id))
+        return self._store.list_negatives(check_subject_id(subject_id))
 
     def delete_negative(self, subject_id: str, negative_id: int) -> None:
         """Erase one negative example of a subject; NegativeNotFound."""
         with self._lock:
-            self._backend.delete_negative(subject_id, negative_id)
+            self._erase_negative(subject_id, negative_id)
         self._wrote("negative_deleted", subject_id=subject_id, negative_id=negative_id)
 
     def negatives_of(self, subject_ids: list[str], *, model_id: str) -> dict[str, np.ndarray]:
@@ -342,16 +381,17 @@ class Gallery:
         self.check_model(model_id)
         if not subject_ids:
             return {}
-        return self._backend.negatives_of(subject_ids)
+        return self._store.negatives_of(subject_ids)
 
     def iter_negatives(self, batch: int) -> Iterator[list[tuple[Negative, np.ndarray]]]:
         """Every negative example with its embedding, in pages (copying a gallery)."""
-        return self._backend.iter_negatives(batch)
+        return self._store.iter_negatives(batch)
 
     def import_negatives(self, negatives: list[tuple[Negative, np.ndarray]]) -> None:
         """Insert negative examples as they are: a copy of another gallery."""
-        with self._lock:
-            self._backend.import_negatives(negatives)
+        if negatives:
+            with self._writing():
+                self._store.import_negatives(negatives)
 
     # ---- search
 
@@ -364,47 +404,7 @@ class Gallery:
         if len(embeddings) == 0:
             return []
         queries = np.ascontiguousarray(embeddings, dtype=np.float32)
-        results: list[list[Candidate] | None] = [None] * len(queries)
-        todo = list(range(len(queries)))
-        k = top_k * 4 + 8
-        while todo:
-            reachable = self._backend.searchable()
-            scores, ids = self._backend.search(queries[todo], k)
-            owners = self._backend.owners(sorted({int(i) for i in ids.ravel() if i >= 0}))
-            again = []
-            for row, q in enumerate(todo):
-                ranked = self._rank(scores[row], ids[row], owners, top_k)
-                exhausted = k >= reachable or int((ids[row] >= 0).sum()) < k
-                if len(ranked) >= top_k or exhausted:
-                    results[q] = ranked
-                else:
-                    again.append(q)
-            todo, k = again, k * 2
-        return [r or [] for r in results]
-
-    def _rank(
-        self,
-        scores: np.ndarray,
-        ids: np.ndarray,
-        owners: dict[int, tuple[str, str]],
-        top_k: int,
-    ) -> list[Candidate]:
-        best: dict[str, Candidate] = {}
-        corrupt = False
-        for score, fid in zip(scores, ids, strict=True):
-            if fid < 0 or int(fid) not in owners:
-                continue
-            if not np.isfinite(score) or abs(float(score)) > 1.0 + SCORE_SLACK:
-                corrupt = True
-                continue
-            sid, name = owners[int(fid)]
-            if sid not in best:
-                value = float(min(1.0, max(-1.0, float(score))))
-                best[sid] = Candidate(sid, name, int(fid), value)
-        if corrupt:
-            log.error("the index returned scores no unit vectors can have: rebuilding it")
-            self._backend.repair()
-        return sorted(best.values(), key=lambda c: -c.score)[:top_k]
+        return nearest_subjects(self._store, self._index, queries, top_k, self._sync.repair)
 
     def subject_embeddings(
         self, subject_id: str, *, model_id: str
@@ -413,28 +413,28 @@ class Gallery:
         InvalidSubjectId."""
         check_subject_id(subject_id)
         self.check_model(model_id)
-        self._backend.get_subject(subject_id)
-        return self._backend.embeddings_of(subject_id)
+        self._store.get_subject(subject_id)
+        return self._store.embeddings_of(subject_id)
 
     # ---- copying a gallery (backend migration, bulk loads of benchmarks)
 
     def face_ids(self) -> np.ndarray:
         """Every usable face id, sorted."""
-        return self._backend.face_ids()
+        return self._store.face_ids()
 
     def iter_subjects(self, batch: int) -> Iterator[list[Subject]]:
         """Every subject, in pages."""
-        return self._backend.iter_subjects(batch)
+        return self._store.iter_subjects(batch)
 
     def iter_faces(self, batch: int) -> Iterator[list[tuple[FaceRecord, np.ndarray]]]:
         """Every face with its stored embedding, in id order, in pages."""
-        return self._backend.iter_faces(batch)
+        return self._store.iter_faces(batch)
 
     def import_subjects(self, subjects: list[Subject]) -> None:
         """Insert subjects as they are (ids and creation times kept): a copy of another
         gallery. SubjectExists-like integrity errors when one is already here."""
-        with self._lock:
-            self._backend.import_subjects(subjects)
+        with self._writing():
+            self._store.import_subjects(subjects)
         self._wrote("subjects_imported", subject_ids=[s.id for s in subjects])
 
     def import_faces(self, faces: list[tuple[FaceRecord, np.ndarray]]) -> None:
@@ -443,19 +443,19 @@ class Gallery:
         for record, _ in faces[:1]:
             self.check_model(record.model_id)
         with self._lock:
-            self._backend.import_faces(faces)
+            self._import_faces(faces)
         self._wrote("faces_imported", face_ids=[f.id for f, _ in faces])
 
     def repair_index(self) -> None:
         """Rebuild the index from the store off the request path (searches keep the live one)."""
-        self._backend.repair()
+        self._sync.repair()
 
     # ---- integrity and upkeep
 
     def integrity(self) -> dict[str, Any]:
         """Quarantined faces and how the index compares with the store."""
-        check = self._backend.check_index()
-        quarantined: list[Quarantined] = self._backend.quarantined()
+        check = self._sync.check()
+        quarantined: list[Quarantined] = self._store.quarantined()
         return {
             "quarantined": [q.face_id for q in quarantined],
             "quarantine": [
@@ -469,39 +469,49 @@ class Gallery:
                 "extra": check.extra,
                 "consistent": check.consistent,
             },
-            "other_models": self._backend.other_models(),
+            "other_models": self._store.other_models(),
         }
 
     def verify(self) -> dict[str, Any]:
         """Check every stored embedding now, then report (``marginface gallery verify``)."""
-        self._backend.verify()
+        self._store.verify_all()
         return self.integrity()
 
     def reconcile(self) -> dict[str, int]:
-        """Bring the index in line with the store."""
-        return self._backend.reconcile()
+        """Bring the index in line with the store: {"replayed", "removed", "faces"}."""
+        return self._sync.reconcile()
 
     def stats(self) -> dict[str, Any]:
-        """Sizes for /readyz."""
-        return self._backend.stats()
+        """Sizes and the index in use, for /readyz; GalleryCorrupted (not ready) when the
+        store was lost under the service."""
+        return self._sync.stats()
 
     def wait_for_work(self, timeout_s: float) -> bool:
-        """Block until upkeep is due (an erasure to push to disk) or the timeout passes; True
-        when it is due."""
-        return self._backend.wait_for_work(timeout_s)
+        """Block until upkeep is due (an erasure to push to disk, an index to reconcile) or
+        the timeout passes; True when it is due."""
+        return self._sync.wait_for_work(timeout_s)
 
     def wait_until_indexed(self, timeout_s: float) -> bool:
         """Block until no index build is pending; False on timeout."""
-        return self._backend.wait_until_indexed(timeout_s)
+        return self._index.wait_until_indexed(timeout_s)
 
     def flush(self) -> bool:
-        """Upkeep now (persist the index, purge erased rows from logs); True when more is due.
-        The upkeep thread calls it; tests and tools may too."""
-        with self._upkeep_lock:
-            return self._backend.maintain()
+        """Upkeep now (reconcile a lagging index, persist it, purge erased rows from the
+        store's logs); True when more is due. The upkeep thread calls it; tests may too."""
+        return self._sync.upkeep()
 
     def close(self) -> None:
-        """Stop the upkeep, persist and release everything."""
+        """Stop the upkeep, persist what is pending, release the index and the store."""
         if self._upkeep is not None:
             self._upkeep.stop()
-        self._backend.close()
+        try:
+            self.flush()
+        except BackendUnavailable as exc:
+            log.warning("closing the gallery: %s", exc)
+        finally:
+            try:
+                self._index.close()
+            finally:
+                self._store.close()
+                if self._on_close is not None:
+                    self._on_close()

@@ -1,6 +1,6 @@
 """Disk space kept back for erasure: a full disk must still let a person be deleted.
 
-The embedded backend keeps a reserve file of zeros beside its store. When a delete finds the disk
+The embedded gallery keeps a reserve file of zeros beside its store. When a delete finds the disk
 full, the reserve is released (the file deleted), the delete is retried in the space it frees,
 and the reserve is written again once there is room for it.
 """
@@ -10,10 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from service.errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RESERVE_FILE = ".erasure-reserve"
 _CHUNK = 1 << 20
 
@@ -64,3 +69,14 @@ class DiskReserve:
         self.path.unlink(missing_ok=True)
         log.warning("disk full: released the erasure reserve %s to complete a delete", self.path)
         return True
+
+
+def with_headroom(reserve: DiskReserve | None, delete: Callable[[], T]) -> T:
+    """Run a delete; on a full disk (InsufficientStorage), give back ``reserve`` and retry it
+    once in the space that frees (a person can always be erased)."""
+    try:
+        return delete()
+    except InsufficientStorage:
+        if reserve is None or not reserve.release():
+            raise
+        return delete()

@@ -1,5 +1,5 @@
-"""The distributed backend's index: a Milvus collection of (face id, unit embedding), searched
-by inner product (= cosine), shared by every API replica.
+"""The distributed gallery's index (a ``vector_index.KeptIndex``): a Milvus collection of
+(face id, unit embedding), searched by inner product (= cosine), shared by every API replica.
 
 The collection's name carries a hash of the embedding model and of the gallery's id (a random id
 PostgreSQL records on first use), so embeddings of another model are never searched, and a new
@@ -12,9 +12,11 @@ through every other replica at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, TypeVar
 
@@ -61,7 +63,8 @@ def collection_name(prefix: str, model_id: str, gallery_id: str) -> str:
 
 
 class MilvusIndex:
-    """A Milvus collection as the gallery's index (``protocols.FaceIndex``)."""
+    """A Milvus collection as the gallery's index; it keeps itself (Milvus builds and repairs
+    its own segments), so it fills ``KeptIndex`` with no keeper around it."""
 
     def __init__(
         self,
@@ -85,6 +88,7 @@ class MilvusIndex:
         self.index_params = dict(index_params or {})
         self.search_params = dict(search_params or {})
         self._timeout = timeout_s
+        self._unsealed = False  # written since the last flush of its segments
         try:
             self._client = MilvusClient(
                 uri=uri, token=token, timeout=timeout_s, grpc_options=GRPC_OPTIONS
@@ -167,6 +171,7 @@ class MilvusIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Upsert vectors under their face ids (a replay of one already there is harmless)."""
+        self._unsealed = True
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         for start in range(0, len(ids), _WRITE_BATCH):
             rows = [
@@ -181,6 +186,7 @@ class MilvusIndex:
 
     def remove(self, ids: list[int]) -> None:
         """Delete face ids (absent ones are ignored)."""
+        self._unsealed = True
         for start in range(0, len(ids), _WRITE_BATCH):
             chunk = [int(i) for i in ids[start : start + _WRITE_BATCH]]
             self._call(partial(self._client.delete, self.name, ids=chunk))
@@ -243,6 +249,34 @@ class MilvusIndex:
     def flush(self) -> None:
         """Seal written segments (Milvus searches sealed, indexed segments fastest)."""
         self._call(lambda: self._client.flush(self.name))
+
+    # ---- kept by the gallery (``KeptIndex``)
+
+    def guard(self) -> AbstractContextManager[None]:
+        """No lock: Milvus is strongly consistent, and other replicas write it anyway."""
+        return contextlib.nullcontext()
+
+    def repair(self) -> None:
+        """Nothing to rebuild here (Milvus rebuilds its own segments); the gallery reconciles
+        the collection with the store at its next upkeep."""
+
+    def maintain(self) -> None:
+        """Seal written segments (BackendUnavailable while Milvus is down)."""
+        if self._unsealed:
+            self.flush()
+            self._unsealed = False
+
+    def wait_until_indexed(self, timeout_s: float) -> bool:
+        """Nothing is built here: Milvus indexes as it goes."""
+        return True
+
+    def details(self) -> dict[str, Any]:
+        """For /readyz."""
+        return {
+            "backend": "distributed",
+            "index_factory": self.describe(),
+            "index_on_gpu": False,  # GPU index types are chosen on the Milvus side
+        }
 
     def drop(self) -> None:
         """Delete the collection (tests, and `gallery migrate --replace`)."""

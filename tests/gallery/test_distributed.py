@@ -136,8 +136,8 @@ def test_migrate_round_trips_10k_faces_with_identical_searches(
         assert [s for p in a.iter_subjects(500) for s in p] == [
             s for p in b.iter_subjects(500) for s in p
         ]
-        ids_a, vecs_a, _ = a._backend.store.all_embeddings()  # type: ignore[attr-defined]
-        ids_b, vecs_b, _ = b._backend.store.all_embeddings()  # type: ignore[attr-defined]
+        ids_a, vecs_a, _ = a._store.all_embeddings()
+        ids_b, vecs_b, _ = b._store.all_embeddings()
         np.testing.assert_array_equal(ids_a, ids_b)
         assert vecs_a.tobytes() == vecs_b.tobytes()
         probes = vecs_a[::97] + 0.01
@@ -184,7 +184,7 @@ def test_reconcile_command_repairs_the_shared_index(distributed: Distributed) ->
     settings = GallerySettings(**distributed.settings())
     g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
     clustered_gallery(g, subjects=20, per_subject=3)
-    g._backend.index.remove([1, 2, 3, 4])  # type: ignore[attr-defined]  # a lost index write
+    g._index.remove([1, 2, 3, 4])  # a lost index write
     g.close()
     r = cli("gallery", "reconcile", "--json", env=distributed.env())
     assert r.returncode == 0, r.stderr
@@ -228,8 +228,8 @@ def test_an_enrollment_milvus_missed_is_acknowledged_then_replayed(
             if not g.flush():  # client's first calls after the outage fail while it reconnects
                 break
             time.sleep(0.5)
-        ids, vectors, _ = g._backend.store.all_embeddings()  # type: ignore[attr-defined]
-        index_ids, index_vectors = g._backend.index.vectors()  # type: ignore[attr-defined]
+        ids, vectors, _ = g._store.all_embeddings()
+        index_ids, index_vectors = g._index.vectors()
         np.testing.assert_array_equal(ids, index_ids)
         np.testing.assert_allclose(vectors, index_vectors, atol=1e-6)
         (top,) = g.search(v[1:], top_k=1, model_id=MODEL)
@@ -309,7 +309,7 @@ def test_erasure_reaches_postgres_and_milvus(
         GallerySettings(**distributed.settings()), model_id="x", embedding_dim=1
     )
     try:
-        index: Any = g._backend.index  # type: ignore[attr-defined]
+        index: Any = g._index
         assert not set(powell_ids) & set(g.face_ids().tolist())
         assert not set(powell_ids) & set(index.ids().tolist())
         assert len(index.ids()) == 1  # blair's face stays

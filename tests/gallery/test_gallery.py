@@ -103,7 +103,7 @@ def test_persisted_index_is_reused_and_stale_or_corrupt_ones_rebuilt(tmp_path: P
     assert_index_equals_store(reopened)
     # a write the saved index does not know about (as after SIGKILL before a flush)
     reopened.add_faces("s", [face(unit(rng)[0], "late")], model_id=MODEL)
-    reopened._backend.store.close()  # type: ignore[attr-defined]  # no flush: the file is stale
+    reopened._store.close()  # no flush: the file is stale
     stale = open_gallery(tmp_path)
     assert stale.stats()["indexed"] == 6
     assert_index_equals_store(stale)
@@ -201,16 +201,17 @@ def test_reconcile_replays_what_the_index_missed_and_drops_what_the_store_lost(
     ids = np.array([fid for fid, _ in results], dtype=np.int64)
     # what a crash leaves: two committed faces never reached the index, and a stray vector
     # (a deleted face's) is still there; the embedded index file even claims to be current
-    b: Any = g._backend
-    b.index.remove(ids[:2].tolist())
-    b.index.add(np.array([10**9]), unit(rng))
-    if hasattr(b.index, "flush"):
-        b.index.flush()
-        b.index.close()
+    store: Any = g._store
+    index: Any = g._index  # the kept index, written past the gallery as a crash would
+    index.remove(ids[:2].tolist())
+    index.add(np.array([10**9]), unit(rng))
+    if hasattr(index, "faiss"):  # embedded: save what it holds now, claimed current
+        state = {"generation": store.generation(), "digest": store.content_digest()}
+        index.faiss.save(index._path, state)
     else:
-        state = {"generation": b.store.generation(), "digest": b.store.content_digest()}
-        b.index.save(b._index_path, state)
-    b.store.close()
+        index.flush()
+        index.close()
+    store.close()
     again = opener()  # the start-up check
     assert_index_equals_store(again)
     (top,) = again.search(vecs[:1], top_k=1, model_id=MODEL)

@@ -36,11 +36,11 @@ def test_ivf_searches_exactly_until_it_can_train_then_switches(tmp_path: Path) -
     g.create_subject("s", "S", {})
     vecs = unit(rng, 200)
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[:100])], model_id=MODEL)
-    assert g._backend.index.active_factory == "Flat"  # type: ignore[attr-defined]
+    assert g._index.faiss.active_factory == "Flat"
     assert "exact until 156" in g.stats()["index_factory"]
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[100:], 100)], model_id=MODEL)
     assert g.wait_until_indexed(timeout_s=30)  # trained beside the live index, then swapped in
-    index = g._backend.index  # type: ignore[attr-defined]
+    index = g._index.faiss
     assert index.active_factory == "IVF4,Flat" and g.stats()["index_factory"] == "IVF4,Flat"
     inner = index._inner()
     assert isinstance(inner, faiss.IndexIVFFlat) and inner.nprobe == 4  # all lists: exact
@@ -55,7 +55,7 @@ def test_ivf_searches_exactly_until_it_can_train_then_switches(tmp_path: Path) -
         index_factory="IVF4,Flat",
         search_params="nprobe=4",
     )
-    loaded = again._backend.index  # type: ignore[attr-defined]
+    loaded = again._index.faiss
     assert loaded.active_factory == "IVF4,Flat"  # loaded, not rebuilt
     assert loaded._inner().nprobe == 4
     again.close()
@@ -70,10 +70,10 @@ def test_other_factories_find_the_enrolled_vectors(tmp_path: Path, factory: str)
     vecs = unit(rng, n)
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs)], model_id=MODEL)
     assert g.wait_until_indexed(timeout_s=60)
-    index = g._backend.index  # type: ignore[attr-defined]
+    index = g._index.faiss
     assert index.active_factory == factory
     _, ids = index.search(vecs[:50], 1)
-    stored, _, _ = g._backend.store.all_embeddings()  # type: ignore[attr-defined]
+    stored, _, _ = g._store.all_embeddings()
     recall = float(np.mean(ids[:, 0] == stored[:50]))
     assert recall >= 0.9, recall
     g.close()
@@ -113,26 +113,26 @@ def test_the_size_switch_keeps_every_face_searchable(tmp_path: Path) -> None:
 
     def all_found(g: Gallery, n: int) -> None:
         ids = {int(f.id): i for i, f in enumerate(g.list_faces("s"))}
-        scores, found = g._backend.index.search(vecs[:n], 1)  # type: ignore[attr-defined]
+        scores, found = g._index.faiss.search(vecs[:n], 1)
         assert (scores[:, 0] > 0.999).all()
         assert sorted(ids[int(f)] for f in found[:, 0]) == list(range(n))
 
     g = open_it()
     g.create_subject("s", "S", {})
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[:100])], model_id=MODEL)
-    assert g._backend.index.active_factory == "Flat"  # type: ignore[attr-defined]
+    assert g._index.faiss.active_factory == "Flat"
     assert "exact until 150 faces, then HNSW16" in g.stats()["index_factory"]
     all_found(g, 100)
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[100:200], 100)], model_id=MODEL)
     all_found(g, 200)  # the live (exact) index answers while the HNSW is built beside it
     assert g.wait_until_indexed(timeout_s=30)
-    assert g._backend.index.active_factory == "HNSW16"  # type: ignore[attr-defined]
+    assert g._index.faiss.active_factory == "HNSW16"
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[200:], 200)], model_id=MODEL)
     all_found(g, 260)
     assert_index_equals_store(g)
     g.close()
     again = open_it()
-    assert again._backend.index.active_factory == "HNSW16"  # type: ignore[attr-defined]
+    assert again._index.faiss.active_factory == "HNSW16"
     all_found(again, 260)
     again.close()
 
@@ -161,11 +161,11 @@ def test_the_re_ranked_index_scores_on_exact_vectors_across_the_size_switch(
     g = open_it()
     g.create_subject("s", "S", {})
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[:650])], model_id=MODEL)
-    assert g._backend.index.active_factory == "Flat"  # type: ignore[attr-defined]
+    assert g._index.faiss.active_factory == "Flat"
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[650:800], 650)], model_id=MODEL)
     assert g.wait_until_indexed(timeout_s=60)
     g.add_faces("s", [face(v, str(i)) for i, v in enumerate(vecs[800:], 800)], model_id=MODEL)
-    index = g._backend.index  # type: ignore[attr-defined]
+    index = g._index.faiss
     assert index.active_factory == factory
     inner = index._inner()
     assert isinstance(inner, faiss.IndexRefineFlat) and inner.k_factor == 8
@@ -178,6 +178,6 @@ def test_the_re_ranked_index_scores_on_exact_vectors_across_the_size_switch(
     assert np.mean([ids_by_row[int(f)] == i for i, f in enumerate(found[:, 0])]) >= 0.99
     g.close()
     again = open_it()
-    loaded = again._backend.index  # type: ignore[attr-defined]
+    loaded = again._index.faiss
     assert loaded.active_factory == factory and loaded._inner().k_factor == 8
     again.close()

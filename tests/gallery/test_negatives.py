@@ -30,7 +30,7 @@ STORE_FILE = "gallery.sqlite3"
 
 def stored_negatives(g: Gallery) -> list[Any]:
     """Every negatives row in the store, read with SQL (what erasure must leave empty)."""
-    store = g._backend.store  # type: ignore[attr-defined]
+    store = g._store
     return list(store._read("SELECT id, subject_id, face_id FROM negatives"))
 
 
@@ -127,7 +127,7 @@ def test_negatives_of_another_model_are_never_compared(opener: Opener) -> None: 
     g.create_subject("a", "A", {})
     other, _ = g.add_negative("a", unit(rng)[0], model_id=MODEL, source="probe")
     same, _ = g.add_negative("a", unit(rng)[0], model_id=MODEL, source="probe")
-    store = g._backend.store  # type: ignore[attr-defined]
+    store = g._store
     with store._transaction() as cur:
         cur.execute(store._q("UPDATE negatives SET model_id=? WHERE id=?"),
                     ("other-model@111111111111", other.id))  # fmt: skip
