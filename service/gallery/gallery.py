@@ -3,8 +3,8 @@ truth) and an index derived from it (``vector_index.KeptIndex``).
 
 Routes, the CLI, the batch indexer and jobs change a gallery only through ``Gallery``, so each
 promise is kept here, once:
-- every write commits to the store first, then reaches the index; an index write that fails
-  loses nothing (the store has it): the index is repaired and reconciled with the store;
+- every write commits to the store first, then the index follows (``sync.IndexSync``: a failed
+  index write is repaired, never lost; reconcile, the index check and upkeep live there);
 - kept photos are written and erased under the same lock as their faces' rows (an erased face
   never leaves its photo behind; photos of faces a crash left half-done are swept at start);
 - a batch job never re-creates a subject deleted while it runs (``add_many``'s ``creatable``);
@@ -12,10 +12,9 @@ promise is kept here, once:
   or the gallery is exhausted), and no score outside [-1, 1] leaves it (a corrupted index is
   repaired, its results dropped);
 - every write reports what it touched (``on_write``: the audit trail's targets);
-- erased rows leave the store's logs within moments: the gallery runs its own upkeep thread.
-Reconcile, the index check and the stats are written once here, against the two contracts.
-What is truly embedded (``embedded``, ``live_index``, ``headroom``) or distributed
-(``distributed``, ``milvus``) lives in those modules; ``backends`` opens the configured one.
+- erased rows leave the disk within moments: the gallery runs its own upkeep thread.
+What only the embedded or the distributed gallery needs is opened by ``embedded`` or
+``distributed``; ``backends`` opens the configured one.
 """
 
 from __future__ import annotations
@@ -24,18 +23,18 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
 import numpy as np
 
-from service.errors import BackendUnavailable, InsufficientStorage
-from service.gallery.headroom import DiskReserve
+from service.errors import BackendUnavailable, FaceNotFound
+from service.gallery.headroom import DiskReserve, with_headroom
 from service.gallery.records import (
     FaceRecord,
     Negative,
     NegativeSource,
     NewFace,
-    Quarantined,
     Subject,
 )
 from service.gallery.search import Candidate, nearest_subjects
@@ -48,7 +47,6 @@ from service.images import ImageVault
 from service.subject_id import check_subject_id
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 WriteObserver = Callable[[str, dict[str, Any]], None]
 #: negative examples ("not this person") a subject may hold: every identify compares a probe
@@ -129,8 +127,8 @@ class Gallery:
     ) -> list[tuple[int, bool]]:
         with self._writing():
             results = self._store.add_faces(subject_id, faces, create_name=create_name)
-            self._index_new(
-                [(fid, f) for (fid, created), f in zip(results, faces, strict=True) if created]
+            self._sync.add(
+                [(fid, f.embedding) for (fid, new), f in zip(results, faces, strict=True) if new]
             )
         return results
 
@@ -139,54 +137,40 @@ class Gallery:
     ) -> list[tuple[str, int | None, bool]]:
         with self._writing():
             results = self._store.add_faces_many(items, creatable=creatable)
-            self._index_new(
+            self._sync.add(
                 [
-                    (fid, face)
-                    for (_, fid, created), (_, face) in zip(results, items, strict=True)
-                    if created and fid is not None
+                    (fid, face.embedding)
+                    for (_, fid, new), (_, face) in zip(results, items, strict=True)
+                    if new and fid is not None
                 ]
             )
         return results
 
     def _import_faces(self, faces: list[tuple[FaceRecord, np.ndarray]]) -> None:
-        if not faces:
-            return
-        with self._writing():
-            self._store.import_faces(faces)
-            ids = np.array([f.id for f, _ in faces], dtype=np.int64)
-            self._sync.add(ids, np.stack([v for _, v in faces]))
-
-    def _index_new(self, new: list[tuple[int, NewFace]]) -> None:
-        if new:
-            ids = np.array([fid for fid, _ in new], dtype=np.int64)
-            self._sync.add(ids, np.stack([f.embedding for _, f in new]))
+        if faces:
+            with self._writing():
+                self._store.import_faces(faces)
+                self._sync.add([(f.id, vector) for f, vector in faces])
 
     def _erase_face(self, face_id: int) -> str:
         with self._writing():
-            subject_id = self._erase(lambda: self._store.delete_face(face_id))
+            # a delete succeeds on a full disk: the reserve is given back for it
+            subject_id = with_headroom(self._reserve, partial(self._store.delete_face, face_id))
             self._sync.remove([face_id])
         return subject_id
 
     def _erase_subject(self, subject_id: str) -> list[int]:
         with self._writing():
-            face_ids = self._erase(lambda: self._store.delete_subject(subject_id))
+            face_ids = with_headroom(self._reserve, partial(self._store.delete_subject, subject_id))
             self._sync.remove(face_ids)
         return face_ids
 
     def _erase_negative(self, subject_id: str, negative_id: int) -> None:
         with self._writing():
-            self._erase(lambda: self._store.delete_negative(subject_id, negative_id))
+            with_headroom(
+                self._reserve, partial(self._store.delete_negative, subject_id, negative_id)
+            )
             self._sync.erased()
-
-    def _erase(self, delete: Callable[[], T]) -> T:
-        """Run a delete; on a full disk, give back the erasure reserve and retry it once."""
-        try:
-            return delete()
-        except InsufficientStorage:
-            if self._reserve is None or not self._reserve.release():
-                raise
-            return delete()
-
 
     # ---- subjects
 
@@ -325,8 +309,6 @@ class Gallery:
     def face_photo(self, face_id: int) -> bytes:
         """The kept photo of a face; FaceNotFound when photos are not kept or this one is not."""
         if self.images is None:
-            from service.errors import FaceNotFound
-
             raise FaceNotFound(
                 f"no photo is kept for face {face_id}: privacy.keep_images is off (the default)"
             )
@@ -453,24 +435,8 @@ class Gallery:
     # ---- integrity and upkeep
 
     def integrity(self) -> dict[str, Any]:
-        """Quarantined faces and how the index compares with the store."""
-        check = self._sync.check()
-        quarantined: list[Quarantined] = self._store.quarantined()
-        return {
-            "quarantined": [q.face_id for q in quarantined],
-            "quarantine": [
-                {"face_id": q.face_id, "subject_id": q.subject_id, "reason": q.reason, "at": q.at}
-                for q in quarantined
-            ],
-            "index": {
-                "faces": check.faces,
-                "indexed": check.indexed,
-                "missing": check.missing,
-                "extra": check.extra,
-                "consistent": check.consistent,
-            },
-            "other_models": self._store.other_models(),
-        }
+        """Quarantined faces, how the index compares with the store, other models' faces."""
+        return self._sync.integrity()
 
     def verify(self) -> dict[str, Any]:
         """Check every stored embedding now, then report (``marginface gallery verify``)."""

@@ -16,6 +16,8 @@ from service.gallery.records import FaceRecord, Negative, NewFace, Subject
 
 log = logging.getLogger(__name__)
 
+CHUNK = 500  # ids per IN (...) list
+PAGE = 20_000  # rows per page when every embedding is read
 #: a subject and its face count, as every read of Subjects selects them (``s`` = subjects)
 SUBJECT_COLUMNS = (
     "s.id, s.name, s.metadata, s.created_at, "

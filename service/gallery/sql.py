@@ -6,6 +6,11 @@ whether it reflects the store. Each embedding carries a checksum (``rows.checksu
 read of embeddings verifies it and the unit norm, and a row that fails is quarantined: kept
 for the operator, never returned. Schemas are versioned SQL files per dialect under
 ``migrations/<dialect>/``, with Python backfills for what SQL cannot compute.
+
+This module holds the transactions of subjects and faces; the store's other methods are plain
+functions over it, grouped by concern and bound in the class body under the names callers use:
+verified embedding reads and the quarantine (``embeddings``), negative examples
+(``negatives``), rows in pages for copying a gallery (``pages``).
 """
 
 from __future__ import annotations
@@ -13,38 +18,19 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
-from service.errors import (
-    FaceNotFound,
-    InvalidRequest,
-    ModelMismatch,
-    NegativeNotFound,
-    SubjectExists,
-    SubjectNotFound,
-    TooManyNegatives,
-)
-from service.gallery import rows
-from service.gallery.records import (
-    FaceRecord,
-    Negative,
-    NegativeSource,
-    NewFace,
-    Quarantined,
-    Subject,
-)
+from service.errors import FaceNotFound, ModelMismatch, SubjectExists, SubjectNotFound
+from service.gallery import embeddings, negatives, pages, rows
+from service.gallery.records import FaceRecord, NewFace, Subject
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 Cursor = Any  # sqlite3.Cursor or psycopg.Cursor: the DB-API subset both share
-_CHUNK = 500  # ids per IN (...) list
-_PAGE = 20_000  # rows per page when every embedding is read
 
 
 def migrations(dialect: str) -> list[tuple[int, str]]:
@@ -184,8 +170,8 @@ class SqlStore(ABC):
         """Which of these subject ids exist now."""
         found: set[str] = set()
         ids = list(subject_ids)
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
+        for start in range(0, len(ids), rows.CHUNK):
+            chunk = ids[start : start + rows.CHUNK]
             marks = ",".join("?" * len(chunk))
             found |= {
                 str(r[0])
@@ -373,223 +359,22 @@ class SqlStore(ABC):
             self._bump(cur)
         return str(row[0])
 
-    # ---- negatives ("not this person")
+    # ---- negatives ("not this person"): negatives.py
 
-    def add_negative(
-        self,
-        subject_id: str,
-        embedding: np.ndarray | None,
-        *,
-        source: NegativeSource,
-        face_id: int | None,
-        limit: int,
-    ) -> tuple[Negative, bool]:
-        """Store a negative example of a subject: ``embedding`` (a probe's, or a cluster job
-        face's), or, when it is None, a copy of gallery face ``face_id``'s stored embedding
-        (verified; with that face's model). A face already stored as a negative of this
-        subject comes back with created=False. SubjectNotFound, FaceNotFound, InvalidRequest
-        (a face of the subject itself), TooManyNegatives (``limit`` per subject)."""
-        now = time.time()
-        model_id, model_sha256 = self.model_id, self.model_sha256
-        with self._transaction() as cur:
-            self._lock_subject(cur, subject_id, "UPDATE")  # one count-then-insert at a time
-            if face_id is not None:
-                existing = cur.execute(
-                    self._q(
-                        f"SELECT {rows.NEGATIVE_COLUMNS} FROM negatives "
-                        "WHERE subject_id=? AND face_id=?"
-                    ),
-                    (subject_id, face_id),
-                ).fetchone()
-                if existing is not None:
-                    return rows.negative(existing), False
-            count = cur.execute(
-                self._q("SELECT COUNT(*) FROM negatives WHERE subject_id=?"), (subject_id,)
-            ).fetchone()[0]
-            if int(count) >= limit:
-                raise TooManyNegatives(
-                    f"subject {subject_id!r} holds {count} negative examples, the most it may; "
-                    "delete some (DELETE /v1/subjects/{id}/negatives/{negative_id}) first",
-                    subject_id=subject_id,
-                    limit=limit,
-                )
-            if embedding is None:
-                assert face_id is not None
-                blob, model_id, model_sha256 = self._face_to_copy(cur, subject_id, face_id)
-            else:
-                blob = rows.embedding_bytes(embedding, self.embedding_dim)
-            row = cur.execute(
-                self._q(
-                    "INSERT INTO negatives(subject_id, model_id, model_sha256, embedding, "
-                    "checksum, source, face_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "RETURNING id"
-                ),
-                (subject_id, model_id, model_sha256, blob,
-                 rows.negative_checksum(subject_id, blob), source, face_id, now),
-            ).fetchone()  # fmt: skip
-        negative = Negative(
-            int(row[0]), subject_id, model_id, source, face_id, now, model_sha256
-        )
-        return negative, True
+    add_negative = negatives.add_negative
+    list_negatives = negatives.list_negatives
+    delete_negative = negatives.delete_negative
+    negatives_of = negatives.negatives_of
 
-    def _face_to_copy(
-        self, cur: Cursor, subject_id: str, face_id: int
-    ) -> tuple[bytes, str, str]:
-        """(embedding, model id, model sha256) of a gallery face to keep as a negative of
-        another subject, verified; FaceNotFound, InvalidRequest."""
-        if not -(2**63) <= face_id < 2**63:
-            raise FaceNotFound(f"no face with id {face_id}")
-        found = cur.execute(
-            self._q(
-                f"SELECT {rows.VECTOR_COLUMNS}, model_id, model_sha256 FROM faces "
-                f"WHERE id=? {self._lock_clause('SHARE')}"
-            ),
-            (face_id,),
-        ).fetchone()
-        if found is None:
-            raise FaceNotFound(f"no face with id {face_id}")
-        if str(found[1]) == subject_id:
-            raise InvalidRequest(
-                f"face {face_id} is enrolled as {subject_id!r}: to say it is not that person, "
-                f"delete it (DELETE /v1/faces/{face_id})"
-            )
-        _, _, bad = rows.verified([found[:5]], self.embedding_dim)
-        if bad:
-            raise FaceNotFound(f"face {face_id} is quarantined ({bad[0][1]}): it is not copied")
-        return bytes(found[3]), str(found[5]), str(found[6] or "")
+    # ---- embeddings, always verified: embeddings.py
 
-    def list_negatives(self, subject_id: str) -> list[Negative]:
-        """The negative examples of a subject, oldest first (no embeddings); SubjectNotFound."""
-        self.get_subject(subject_id)
-        found = self._read(
-            f"SELECT {rows.NEGATIVE_COLUMNS} FROM negatives WHERE subject_id=? ORDER BY id",
-            (subject_id,),
-        )
-        return [rows.negative(r) for r in found]
-
-    def delete_negative(self, subject_id: str, negative_id: int) -> None:
-        """Erase one negative example of a subject; NegativeNotFound."""
-        if not -(2**63) <= negative_id < 2**63:
-            raise NegativeNotFound(f"subject {subject_id!r} has no negative {negative_id}")
-        with self._transaction() as cur:
-            row = cur.execute(
-                self._q("DELETE FROM negatives WHERE id=? AND subject_id=? RETURNING id"),
-                (negative_id, subject_id),
-            ).fetchone()
-            if row is None:
-                raise NegativeNotFound(f"subject {subject_id!r} has no negative {negative_id}")
-
-    def negatives_of(self, subject_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """subject id -> (n, dim) embeddings of its negatives of the gallery's own model (a
-        row of another model, or of other weights, is never compared), verified (a row that
-        fails is logged and left out), for the subjects that have any: one query per 500."""
-        ids = sorted(set(subject_ids))
-        model = (self.model_id, self.model_sha256)
-        out: dict[str, list[np.ndarray]] = {}
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            found = self._read(
-                f"SELECT {rows.NEGATIVE_VECTOR_COLUMNS} FROM negatives "
-                f"WHERE subject_id IN ({marks}) AND model_id=? "
-                "AND (model_sha256='' OR ?='' OR model_sha256=?) ORDER BY id",
-                [*chunk, model[0], model[1], model[1]],
-            )
-            _, vectors, bad = rows.verified(found, self.embedding_dim)
-            for negative_id, reason in bad:
-                log.error("negative %d is not compared: its stored embedding is %s",
-                          negative_id, reason)  # fmt: skip
-            bad_ids = {b for b, _ in bad}
-            good = [r for r in found if int(r[0]) not in bad_ids]
-            for r, vector in zip(good, vectors, strict=True):
-                out.setdefault(str(r[1]), []).append(vector)
-        return {sid: np.stack(vs) for sid, vs in out.items()}
-
-    # ---- embeddings, always verified
-
-    def _verified(self, found: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Verify rows of VECTOR_COLUMNS; quarantine the ones that fail and return the rest."""
-        ids, vecs, bad = rows.verified(found, self.embedding_dim)
-        if bad:
-            self.quarantine(bad)
-        return ids, vecs
-
-    @property
-    def _usable(self) -> str:
-        """The faces a search may compare: not quarantined, and embedded by the gallery's own
-        model (a row of another model is kept and reported, never compared). The model id is
-        the gallery's own pin (a manifest's name@sha), quoted as a SQL literal."""
-        model = self.model_id.replace("'", "''")
-        return (
-            "NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.face_id = faces.id) "
-            f"AND faces.model_id = '{model}'"
-        )
-
-    def embeddings_of(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(face ids, embeddings) of one subject's usable faces (verified)."""
-        return self._verified(
-            self._read(
-                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE subject_id=? AND {self._usable} "
-                "ORDER BY id",
-                (subject_id,),
-            )
-        )
-
-    def embeddings_by_id(self, face_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(face ids, embeddings) of those ids that exist and are usable, sorted by id."""
-        found: list[Any] = []
-        for start in range(0, len(face_ids), _CHUNK):
-            chunk = face_ids[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            found += self._read(
-                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE id IN ({marks}) AND {self._usable}",
-                chunk,
-            )
-        found.sort(key=lambda r: r[0])
-        return self._verified(found)
-
-    def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """Every usable (face id, embedding), verified, and the generation read before them:
-        an index built from them is at least that current (writes after the read bump it)."""
-        generation = self.generation()
-        id_parts, vec_parts = [], []
-        last = -(2**63)
-        while True:
-            page = self._read(
-                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE id > ? AND {self._usable} "
-                "ORDER BY id LIMIT ?",
-                (last, _PAGE),
-            )
-            if not page:
-                break
-            ids, vecs = self._verified(page)
-            id_parts.append(ids)
-            vec_parts.append(vecs)
-            last = int(page[-1][0])
-        if not id_parts:
-            return np.zeros(0, np.int64), np.zeros((0, self.embedding_dim), np.float32), generation
-        return np.concatenate(id_parts), np.concatenate(vec_parts), generation
-
-    def face_ids(self) -> np.ndarray:
-        """Every usable face id, sorted (what reconcile compares the index with)."""
-        found = self._read(f"SELECT id FROM faces WHERE {self._usable} ORDER BY id")
-        return np.array([r[0] for r in found], dtype=np.int64)
-
-    def owners(self, face_ids: list[int]) -> dict[int, tuple[str, str]]:
-        """face id -> (subject id, name) for search results; deleted and quarantined faces are
-        absent, so a search never returns them."""
-        out: dict[int, tuple[str, str]] = {}
-        for start in range(0, len(face_ids), _CHUNK):
-            chunk = face_ids[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for r in self._read(
-                "SELECT faces.id, s.id, s.name FROM faces "
-                "JOIN subjects s ON s.id = faces.subject_id "
-                f"WHERE faces.id IN ({marks}) AND {self._usable}",
-                chunk,
-            ):
-                out[int(r[0])] = (str(r[1]), str(r[2]))
-        return out
+    _verified = embeddings.verified
+    _usable = property(embeddings.usable)
+    embeddings_of = embeddings.embeddings_of
+    embeddings_by_id = embeddings.embeddings_by_id
+    all_embeddings = embeddings.all_embeddings
+    face_ids = embeddings.face_ids
+    owners = embeddings.owners
 
     def record_weights(self, model_id: str, model_sha256: str) -> None:
         """Remember the full sha256 of the gallery's model's weights, once a service of that
@@ -624,134 +409,21 @@ class SqlStore(ABC):
         row = self._one("SELECT (SELECT COUNT(*) FROM subjects), (SELECT COUNT(*) FROM faces)")
         return int(row[0]), int(row[1])
 
-    # ---- quarantine
+    # ---- quarantine: embeddings.py
 
-    def quarantine(self, bad: list[tuple[int, str]]) -> None:
-        """Set faces aside whose embedding failed its check; logged, reported, never matched."""
-        now = time.time()
-        with self._transaction() as cur:
-            cur.executemany(
-                self._q(
-                    "INSERT INTO quarantine(face_id, reason, at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (face_id) DO NOTHING"
-                ),
-                [(face_id, reason, now) for face_id, reason in bad],
-            )
-            self._bump(cur)
-        for face_id, reason in bad:
-            log.error("face %d quarantined: its stored embedding is %s", face_id, reason)
-        if self.on_quarantine is not None:
-            self.on_quarantine([face_id for face_id, _ in bad])
+    quarantine = embeddings.quarantine
+    _forget_quarantine = embeddings.forget_quarantine
+    quarantined = embeddings.quarantined
+    verify_all = embeddings.verify_all
 
-    def _forget_quarantine(self, cur: Cursor, face_ids: list[int]) -> None:
-        for start in range(0, len(face_ids), _CHUNK):
-            chunk = face_ids[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            cur.execute(self._q(f"DELETE FROM quarantine WHERE face_id IN ({marks})"), chunk)
+    # ---- copying between backends: pages.py
 
-    def quarantined(self) -> list[Quarantined]:
-        """Faces set aside, oldest first."""
-        found = self._read(
-            "SELECT q.face_id, f.subject_id, q.reason, q.at FROM quarantine q "
-            "JOIN faces f ON f.id = q.face_id ORDER BY q.face_id"
-        )
-        return [Quarantined(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in found]
-
-    def verify_all(self) -> list[Quarantined]:
-        """Check every stored embedding (checksum, unit norm); quarantine the ones that fail.
-        Returns the faces quarantined now and before."""
-        last = -(2**63)
-        while True:
-            page = self._read(
-                f"SELECT {rows.VECTOR_COLUMNS} FROM faces WHERE id > ? AND {self._usable} "
-                "ORDER BY id LIMIT ?",
-                (last, _PAGE),
-            )
-            if not page:
-                break
-            self._verified(page)
-            last = int(page[-1][0])
-        return self.quarantined()
-
-    # ---- copying between backends
-
-    def iter_subjects(self, batch: int) -> Iterator[list[Subject]]:
-        """Every subject (face counts included), a page at a time."""
-        return rows.subject_pages(self.list_subjects, batch)
-
-    def iter_faces(self, batch: int) -> Iterator[list[tuple[FaceRecord, np.ndarray]]]:
-        """Every face with its embedding, in id order (keyset pages: stable under writes)."""
-        last = -(2**63)
-        while True:
-            found = self._read(
-                f"SELECT {rows.FACE_COLUMNS}, embedding FROM faces "
-                "WHERE id > ? ORDER BY id LIMIT ?",
-                (last, batch),
-            )
-            if not found:
-                return
-            yield [rows.face_with_embedding(r) for r in found]
-            last = int(found[-1][0])
-
-    def iter_negatives(self, batch: int) -> Iterator[list[tuple[Negative, np.ndarray]]]:
-        """Every negative example with its embedding, in id order, in pages."""
-        last = -(2**63)
-        while True:
-            found = self._read(
-                f"SELECT {rows.NEGATIVE_COLUMNS}, embedding FROM negatives "
-                "WHERE id > ? ORDER BY id LIMIT ?",
-                (last, batch),
-            )
-            if not found:
-                return
-            yield [
-                (rows.negative(r), np.frombuffer(bytes(r[7]), dtype=np.float32).copy())
-                for r in found
-            ]
-            last = int(found[-1][0])
-
-    def import_negatives(self, negatives: list[tuple[Negative, np.ndarray]]) -> None:
-        """Insert negative examples as they are (new ids; subjects and faces copied first)."""
-        values = []
-        for n, vector in negatives:
-            blob = rows.embedding_bytes(vector, self.embedding_dim)
-            values.append(
-                (n.subject_id, n.model_id, n.model_sha256, blob,
-                 rows.negative_checksum(n.subject_id, blob), n.source, n.face_id, n.created_at)
-            )  # fmt: skip
-        with self._transaction() as cur:
-            cur.executemany(
-                self._q(
-                    "INSERT INTO negatives(subject_id, model_id, model_sha256, embedding, "
-                    "checksum, source, face_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                ),
-                values,
-            )
-
-    def import_subjects(self, subjects: list[Subject]) -> None:
-        """Insert subjects as they are (ids and creation times kept)."""
-        with self._transaction() as cur:
-            cur.executemany(
-                self._q("INSERT INTO subjects(id, name, metadata, created_at) VALUES (?, ?, ?, ?)"),
-                [rows.subject_values(s) for s in subjects],
-            )
-            self._bump(cur)
-
-    def import_faces(self, faces: list[tuple[FaceRecord, np.ndarray]]) -> None:
-        """Insert faces as they are (face ids kept, so both backends answer alike)."""
-        values = [rows.imported_face_values(f, v, self.embedding_dim) for f, v in faces]
-        with self._transaction() as cur:
-            cur.executemany(
-                self._q(
-                    "INSERT INTO faces(id, subject_id, embedding, model_id, model_sha256, box, "
-                    "det_score, image_sha256, created_at, checksum) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                ),
-                values,
-            )
-            self._after_import(cur)
-            self._digest_change(cur, rows.digest_of([v[-1] for v in values]))
-            self._bump(cur)
+    iter_subjects = pages.iter_subjects
+    iter_faces = pages.iter_faces
+    iter_negatives = pages.iter_negatives
+    import_negatives = pages.import_negatives
+    import_subjects = pages.import_subjects
+    import_faces = pages.import_faces
 
     def _after_import(self, cur: Cursor) -> None:  # noqa: B027 - optional hook
         """Dialect hook: e.g. move an id sequence past imported ids."""

@@ -37,9 +37,11 @@ class IndexSync:
 
     # ---- following writes
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Index committed faces."""
-        self._write("add", ids, vectors)
+    def add(self, faces: list[tuple[int, np.ndarray]]) -> None:
+        """Index committed faces: (face id, embedding) each."""
+        if faces:
+            ids = np.array([face_id for face_id, _ in faces], dtype=np.int64)
+            self._write("add", ids, np.stack([vector for _, vector in faces]))
 
     def remove(self, face_ids: list[int]) -> None:
         """Erased or quarantined faces leave the index; upkeep is due."""
@@ -104,6 +106,26 @@ class IndexSync:
             log.info("gallery index reconciled: %d replayed, %d removed", len(missing), len(extra))
             self._index.maintain()  # persist or seal what changed now
         return {"replayed": len(missing), "removed": len(extra), "faces": len(stored)}
+
+    def integrity(self) -> dict[str, Any]:
+        """Quarantined faces, how the index compares with the store, other models' faces."""
+        check = self.check()
+        quarantined = self._store.quarantined()
+        return {
+            "quarantined": [q.face_id for q in quarantined],
+            "quarantine": [
+                {"face_id": q.face_id, "subject_id": q.subject_id, "reason": q.reason, "at": q.at}
+                for q in quarantined
+            ],
+            "index": {
+                "faces": check.faces,
+                "indexed": check.indexed,
+                "missing": check.missing,
+                "extra": check.extra,
+                "consistent": check.consistent,
+            },
+            "other_models": self._store.other_models(),
+        }
 
     # ---- upkeep
 
