@@ -4,17 +4,12 @@ truth) and an index derived from it (``vector_index.KeptIndex``).
 Routes, the CLI, the batch indexer and jobs change a gallery only through ``Gallery``, so each
 promise is kept here, once:
 - every write commits to the store first, then the index follows (``sync.IndexSync``: a failed
-  index write is repaired, never lost; reconcile, the index check and upkeep live there);
-- kept photos are written and erased under the same lock as their faces' rows (an erased face
-  never leaves its photo behind; photos of faces a crash left half-done are swept at start);
+  index write is repaired, never lost; reconcile, the index check and the upkeep live there);
+- kept photos are written and erased under the same lock as their faces' rows;
 - a batch job never re-creates a subject deleted while it runs (``add_many``'s ``creatable``);
-- identification returns ``top_k`` distinct subjects (the face search widens until it has them
-  or the gallery is exhausted), and no score outside [-1, 1] leaves it (a corrupted index is
-  repaired, its results dropped);
-- every write reports what it touched (``on_write``: the audit trail's targets);
-- erased rows leave the disk within moments: the gallery runs its own upkeep thread.
-What only the embedded or the distributed gallery needs is opened by ``embedded`` or
-``distributed``; ``backends`` opens the configured one.
+- identification returns ``top_k`` distinct subjects, no score outside [-1, 1] (``search``);
+- every write reports what it touched (``on_write``: the audit trail's targets).
+``embedded`` and ``distributed`` open what only one of them needs; ``backends`` picks one.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import BackendUnavailable, FaceNotFound
+from service.errors import FaceNotFound
 from service.gallery.headroom import DiskReserve, with_headroom
 from service.gallery.records import (
     FaceRecord,
@@ -41,7 +36,6 @@ from service.gallery.search import Candidate, nearest_subjects
 from service.gallery.servable import check_servable
 from service.gallery.store import Store
 from service.gallery.sync import IndexSync
-from service.gallery.upkeep import Upkeep
 from service.gallery.vector_index import KeptIndex
 from service.images import ImageVault
 from service.subject_id import check_subject_id
@@ -72,29 +66,22 @@ class Gallery:
         self._store = store
         self._index = index
         self._reserve = reserve  # disk kept back so that a delete succeeds on a full disk
-        self._on_close = on_close
         self.images = images
         self.on_write = on_write
         self._lock = threading.RLock()  # writes, with their photos, one at a time per process
-        self._sync = IndexSync(store, index, reserve)  # the index follows the store
+        self._sync = IndexSync(store, index, reserve, on_close)  # the index follows the store
         store.on_quarantine = self._sync.remove  # a face that fails a check leaves the index
-        if images is not None:
-            images.sweep(self._held_faces)
-        self._upkeep: Upkeep | None = None
+        if images is not None:  # photos of faces no longer held (a crash left them half-done);
+            # every face held counts, quarantined and other models' too (re-embedding needs them)
+            images.sweep(store.all_face_ids)
         if upkeep_interval_s is not None:
             self.start_upkeep(upkeep_interval_s)
 
     def start_upkeep(self, interval_s: float) -> None:
-        """Run the upkeep in a thread from now until ``close``: every ``interval_s`` and at
-        once after an erasure (erased embeddings leave the disk within moments, whoever opened
-        the gallery). ``backends.open_gallery`` always starts it."""
-        if self._upkeep is None:
-            self._upkeep = Upkeep(self.flush, self.wait_for_work, interval_s)
-
-    def _held_faces(self) -> set[int]:
-        """Every face id the store holds, quarantined ones and other models' included (their
-        photos are what re-enrolling or re-embedding them needs)."""
-        return self._store.all_face_ids()
+        """Run the upkeep in a thread until ``close``, every ``interval_s`` and at once after an
+        erasure (erased embeddings leave the disk within moments, whoever opened the gallery).
+        ``backends.open_gallery`` always starts it."""
+        self._sync.start(interval_s)
 
     @property
     def model_id(self) -> str:
@@ -137,12 +124,9 @@ class Gallery:
     ) -> list[tuple[str, int | None, bool]]:
         with self._writing():
             results = self._store.add_faces_many(items, creatable=creatable)
+            pairs = zip(results, items, strict=True)
             self._sync.add(
-                [
-                    (fid, face.embedding)
-                    for (_, fid, new), (_, face) in zip(results, items, strict=True)
-                    if new and fid is not None
-                ]
+                [(i, f.embedding) for (_, i, new), (_, f) in pairs if new and i is not None]
             )
         return results
 
@@ -468,16 +452,4 @@ class Gallery:
 
     def close(self) -> None:
         """Stop the upkeep, persist what is pending, release the index and the store."""
-        if self._upkeep is not None:
-            self._upkeep.stop()
-        try:
-            self.flush()
-        except BackendUnavailable as exc:
-            log.warning("closing the gallery: %s", exc)
-        finally:
-            try:
-                self._index.close()
-            finally:
-                self._store.close()
-                if self._on_close is not None:
-                    self._on_close()
+        self._sync.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from service.errors import BackendUnavailable
 from service.gallery.headroom import DiskReserve
 from service.gallery.records import IndexCheck
 from service.gallery.store import Store
+from service.gallery.upkeep import Upkeep
 from service.gallery.vector_index import KeptIndex
 
 log = logging.getLogger(__name__)
@@ -27,13 +29,21 @@ log = logging.getLogger(__name__)
 class IndexSync:
     """Keeps ``index`` in step with ``store`` (see the module docstring); thread-safe."""
 
-    def __init__(self, store: Store, index: KeptIndex, reserve: DiskReserve | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        index: KeptIndex,
+        reserve: DiskReserve | None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
         self._index = index
         self._reserve = reserve  # the embedded gallery's disk kept back for erasure
+        self._on_close = on_close  # e.g. let go of the gallery folder
         self._erased = threading.Event()  # set by every erasure: upkeep purges the logs
         self._behind = False  # the index missed a write: reconcile at the next upkeep
         self._upkeep_lock = threading.Lock()  # one upkeep pass at a time
+        self._thread: Upkeep | None = None
 
     # ---- following writes
 
@@ -159,6 +169,27 @@ class IndexSync:
             if self._reserve is not None:
                 self._reserve.ensure()
             return self._erased.is_set() or self._behind
+
+    def start(self, interval_s: float) -> None:
+        """Run ``upkeep`` in a thread until ``close`` (every ``interval_s``, at once when due)."""
+        if self._thread is None:
+            self._thread = Upkeep(self.upkeep, self.wait_for_work, interval_s)
+
+    def close(self) -> None:
+        """Stop the thread, a last upkeep pass, then release the index and the store."""
+        if self._thread is not None:
+            self._thread.stop()
+        try:
+            self.upkeep()
+        except BackendUnavailable as exc:
+            log.warning("closing the gallery: %s", exc)
+        finally:
+            try:
+                self._index.close()
+            finally:
+                self._store.close()
+                if self._on_close is not None:
+                    self._on_close()
 
     def stats(self) -> dict[str, Any]:
         """Sizes and the index in use, for /readyz (GalleryCorrupted, not ready, when the
