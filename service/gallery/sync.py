@@ -54,11 +54,12 @@ class IndexSync:
             self._write("add", ids, np.stack([vector for _, vector in faces]))
 
     def remove(self, face_ids: list[int]) -> None:
-        """Erased or quarantined faces leave the index; upkeep is due."""
-        self._erased.set()
+        """Erased or quarantined faces leave the index; then upkeep is due (set after the
+        write: a pass that starts meanwhile must not clear it before the vectors are gone)."""
         if face_ids:
             with self._index.guard():
                 self._write("remove", np.asarray(face_ids, dtype=np.int64), None)
+        self._erased.set()
 
     def erased(self) -> None:
         """A row that never was in the index was erased (a negative): upkeep is due."""

@@ -91,7 +91,9 @@ def test_an_opened_gallery_runs_its_own_upkeep(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(7)
     settings = GallerySettings(path=tmp_path, flush_interval_s=3600)
+    before = {t for t in threading.enumerate() if t.name == "gallery-upkeep"}
     g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
+    assert {t for t in threading.enumerate() if t.name == "gallery-upkeep"} - before
     try:
         g.create_subject("s", "S", {})
         vec = unit(rng, 1)[0]
@@ -105,4 +107,4 @@ def test_an_opened_gallery_runs_its_own_upkeep(tmp_path: Path) -> None:
             time.sleep(0.05)
     finally:
         g.close()
-    assert not any(t.name == "gallery-upkeep" for t in threading.enumerate())
+    assert {t for t in threading.enumerate() if t.name == "gallery-upkeep"} <= before
