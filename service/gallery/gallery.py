@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import FaceNotFound
 from service.gallery.headroom import DiskReserve, with_headroom
 from service.gallery.records import (
     FaceRecord,
@@ -293,6 +292,8 @@ class Gallery:
     def face_photo(self, face_id: int) -> bytes:
         """The kept photo of a face; FaceNotFound when photos are not kept or this one is not."""
         if self.images is None:
+            from service.errors import FaceNotFound
+
             raise FaceNotFound(
                 f"no photo is kept for face {face_id}: privacy.keep_images is off (the default)"
             )
