@@ -353,3 +353,17 @@ class GalleryBusy(MarginFaceError):
 
     code = "gallery_busy"
     status = 409
+
+
+class MigrationIncomplete(MarginFaceError):
+    """A gallery cannot switch to another model yet: some faces have no embedding of it."""
+
+    code = "migration_incomplete"
+    status = 409
+
+
+class ModelNotCalibrated(MarginFaceError):
+    """A model without calibrated thresholds: identify cannot judge its scores."""
+
+    code = "model_not_calibrated"
+    status = 409

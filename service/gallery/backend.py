@@ -14,7 +14,9 @@ A new backend is one module with a class that fills this protocol and a line in
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +30,8 @@ from service.gallery.records import (
     Quarantined,
     Subject,
 )
+from service.gallery.sql import SqlStore
+from service.gallery.staging import ModelPin
 
 
 class GalleryBackend(Protocol):
@@ -38,6 +42,13 @@ class GalleryBackend(Protocol):
     lost). Reads of embeddings are verified (checksum, unit norm): a face that fails is
     quarantined, reported, and never returned or compared.
     """
+
+    @property
+    def store(self) -> SqlStore:
+        """The source of truth (what a model switch rewrites: service.gallery.staging)."""
+
+    #: set by every erasure: upkeep then pushes erased rows out of the store's logs
+    erasure_pending: threading.Event
 
     @property
     def model_id(self) -> str:
@@ -203,6 +214,17 @@ class GalleryBackend(Protocol):
 
     def counts(self) -> tuple[int, int]:
         """(subjects, faces)."""
+
+    # ---- moving to another model
+
+    def _guard(self) -> AbstractContextManager[Any]:
+        """Held around a store write and its index write."""
+
+    def build_index(self, target: ModelPin, ids: np.ndarray, vectors: np.ndarray) -> Any:
+        """An index of another model's embeddings, built beside the live one."""
+
+    def adopt_index(self, index: Any) -> None:
+        """Search ``index`` (from ``build_index``) from now on; the store has switched."""
 
     def close(self) -> None:
         """Persist what is pending and release connections."""

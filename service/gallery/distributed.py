@@ -22,6 +22,7 @@ from service.gallery.composite import StoreWithIndex
 from service.gallery.milvus import MilvusIndex
 from service.gallery.postgres import PostgresStore
 from service.gallery.records import IndexCheck
+from service.gallery.staging import ModelPin
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,31 @@ class DistributedBackend(StoreWithIndex):
         self.erasure_pending.set()
         if ids:
             self._write("remove", lambda: self.index.remove(ids))
+
+    # ---- moving to another model (service.gallery.staging)
+
+    def build_index(self, target: ModelPin, ids: np.ndarray, vectors: np.ndarray) -> MilvusIndex:
+        """The collection of ``target``'s embeddings (named after the model), filled afresh
+        beside the live one."""
+        fresh = self.index.sibling(target.model_id, target.embedding_dim)
+        if fresh.ntotal:  # left by an earlier attempt: start clean
+            fresh.drop()
+            fresh.close()
+            fresh = self.index.sibling(target.model_id, target.embedding_dim)
+        for start in range(0, len(ids), 5000):
+            fresh.add(ids[start : start + 5000], vectors[start : start + 5000])
+        fresh.flush()
+        return fresh
+
+    def adopt_index(self, index: Any) -> None:
+        """Search ``index`` from now on; the old model's collection is dropped (a rollback
+        rebuilds it from the staged embeddings)."""
+        old, self.index = self.index, index
+        try:
+            old.drop()
+        except BackendUnavailable as exc:
+            log.warning("the old model's collection %s could not be dropped: %s", old.name, exc)
+        old.close()
 
     # ---- search
 

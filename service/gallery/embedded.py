@@ -35,6 +35,7 @@ from service.gallery.index import INDEX_FILE, VectorIndex
 from service.gallery.owner import FolderLock
 from service.gallery.records import IndexCheck
 from service.gallery.sqlite import STORE_FILE, SqliteStore
+from service.gallery.staging import ModelPin
 from service.images import ImageVault
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class EmbeddedBackend(StoreWithIndex):
         self._erased_since_save = False
         self._journal: list[_Op] | None = None  # writes made while a build runs
         self._closed = False
+        self._epoch = 0  # bumped when another model's index is adopted: older builds are void
         self._build_requested = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -261,6 +263,7 @@ class EmbeddedBackend(StoreWithIndex):
         meanwhile, swap it in, save it. Searches keep using the live index throughout."""
         with self._lock:
             self._journal = []
+            epoch = self._epoch
         try:
             reader = self.store.snapshot_reader()
             try:
@@ -271,6 +274,8 @@ class EmbeddedBackend(StoreWithIndex):
             fresh.rebuild(ids, vectors)  # the slow part (training), outside the lock
             fresh.upload()  # the device copy too, when searching on a GPU
             with self._lock:
+                if self._epoch != epoch:  # the gallery moved to another model meanwhile
+                    return
                 journal = self._journal or []
                 for op, op_ids, op_vectors in journal:
                     fresh.remove(op_ids.tolist())  # a replayed add is idempotent: remove first
@@ -293,6 +298,25 @@ class EmbeddedBackend(StoreWithIndex):
         """Rebuild the index from the store in the background."""
         with self._lock:
             self._mark_stale()
+
+    # ---- moving to another model (service.gallery.staging)
+
+    def build_index(self, target: ModelPin, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
+        """An index of ``target``'s embeddings, built beside the live one (which keeps serving)."""
+        fresh = self._new_index(target.embedding_dim)
+        fresh.rebuild(ids, vectors)
+        fresh.upload()
+        return fresh
+
+    def adopt_index(self, index: Any) -> None:
+        """Serve ``index`` from now on (the store has just switched models) and save it."""
+        with self._lock:
+            self.index = index
+            self._epoch += 1
+            self._stale = False
+            self._dirty = True
+            self._erased_since_save = True  # the old model's vectors leave index.faiss too
+        self._save()
 
     # ---- search
 

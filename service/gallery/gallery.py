@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from service.gallery import staging
 from service.gallery.backend import GalleryBackend
 from service.gallery.records import (
     FaceRecord,
@@ -32,6 +33,7 @@ from service.gallery.records import (
     Quarantined,
     Subject,
 )
+from service.gallery.staging import ModelPin
 from service.images import ImageVault
 from service.subject_id import check_subject_id
 
@@ -435,6 +437,26 @@ class Gallery:
         with self._lock:
             self._backend.import_faces(faces)
         self._wrote("faces_imported", face_ids=[f.id for f, _ in faces])
+
+    # ---- moving to another model (gallery migrate-model: service.gallery.staging)
+
+    def switch_model(self, target: ModelPin) -> dict[str, Any]:
+        """Move the gallery to ``target``, whose embeddings a migration staged: its index is
+        built and verified beside the live one, then store and index switch with writes held
+        (MigrationIncomplete while faces lack one). The old embeddings stay staged for a
+        rollback until ``purge_staged``."""
+        result = staging.switch_gallery(self._backend, self._lock, target)
+        self._wrote("model_switched", model_id=target.model_id, faces=result["switched"])
+        return result
+
+    def purge_staged(self) -> int:
+        """Erase every staged embedding (other models' copies: no rollback after this); the
+        count. Upkeep then pushes them out of the store's logs."""
+        with self._lock:
+            erased = staging.purge(self._backend.store)
+            self._backend.erasure_pending.set()
+        self._wrote("staged_embeddings_purged", embeddings=erased)
+        return erased
 
     def repair_index(self) -> None:
         """Rebuild the index from the store off the request path (searches keep the live one)."""

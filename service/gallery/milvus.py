@@ -85,6 +85,7 @@ class MilvusIndex:
         self.index_params = dict(index_params or {})
         self.search_params = dict(search_params or {})
         self._timeout = timeout_s
+        self._uri, self._prefix, self._token = uri, prefix, token
         try:
             self._client = MilvusClient(
                 uri=uri, token=token, timeout=timeout_s, grpc_options=GRPC_OPTIONS
@@ -92,6 +93,22 @@ class MilvusIndex:
         except MilvusException as exc:
             raise BackendUnavailable(f"Milvus at {uri} cannot be reached: {exc}") from exc
         self._call(self._ensure_collection)
+
+    def sibling(self, model_id: str, dim: int) -> MilvusIndex:
+        """The collection of another model's embeddings of the same gallery (same server and
+        settings), created when missing."""
+        return MilvusIndex(
+            self._uri,
+            model_id=model_id,
+            dim=dim,
+            gallery_id=self.gallery_id,
+            prefix=self._prefix,
+            token=self._token,
+            index_type=self.index_type,
+            index_params=self.index_params,
+            search_params=self.search_params,
+            timeout_s=self._timeout,
+        )
 
     def _call(self, work: Callable[[], T]) -> T:
         """Milvus failures (unreachable, timed out) become 503 backend_unavailable. A

@@ -1,0 +1,196 @@
+"""Issue 26, items 3 and 5 / acceptance 2: ``marginface gallery migrate-model`` moves a gallery
+enrolled with one recognizer to another (different embedding spaces) without re-enrolling
+anyone: every subject and face is kept, held-back photos of the same people are identified
+after the switch, a rollback returns, a SIGKILL while re-embedding resumes without duplicates,
+and the gallery never compares vectors of two models (the old service model is refused)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from service.vision.pipeline import FacePipeline
+from tests.conftest import API_KEY, ROOT, lfw, make_settings, read
+
+PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder",
+          "Ariel_Sharon"]  # fmt: skip
+ENROLLED = (1, 2)
+HELD_BACK = 3
+TARGET = "sface-2021dec-int8"
+
+
+def gallery_settings(tmp_path: Path, model: str = "sface-2021dec") -> Settings:
+    return make_settings(
+        tmp_path,
+        embedder={"model": model},
+        privacy={"keep_images": True, "images_dir": tmp_path / "images"},
+    )
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=str(ROOT),
+        MARGINFACE_MODELS_DIR=str(ROOT / "models"),
+        MARGINFACE_DEVICE="cpu",
+        MARGINFACE_GALLERY__PATH=str(tmp_path / "gallery"),
+        MARGINFACE_PRIVACY__KEEP_IMAGES="true",
+        MARGINFACE_PRIVACY__IMAGES_DIR=str(tmp_path / "images"),
+    )
+    return env
+
+
+def cli(tmp_path: Path, *args: str) -> dict[str, object]:
+    r = subprocess.run(
+        [sys.executable, "-m", "service.cli", "gallery", "migrate-model", *args, "--json"],
+        cwd=ROOT,
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out: dict[str, object] = json.loads(r.stdout)
+    return out
+
+
+@pytest.fixture
+def enrolled(tmp_path: Path, pipeline: FacePipeline) -> Iterator[dict[str, list[int]]]:
+    """Six people, two photos each, enrolled with SFace (photos kept)."""
+    faces: dict[str, list[int]] = {}
+    with TestClient(
+        create_app(gallery_settings(tmp_path), pipeline=pipeline), headers={"X-API-Key": API_KEY}
+    ) as c:
+        for person in PEOPLE:
+            files = [("files", (f"{n}.jpg", read(lfw(person, n)), "image/jpeg")) for n in ENROLLED]
+            assert c.post("/v1/subjects", json={"id": person, "name": person}).status_code == 201
+            r = c.post(f"/v1/subjects/{person}/faces", files=files)
+            assert r.status_code == 201, r.text
+            faces[person] = sorted(f["face_id"] for f in r.json()["faces"])
+    yield faces
+
+
+def identify_all(tmp_path: Path, model: str) -> tuple[str, dict[str, str | None]]:
+    """(the model the service runs, who each held-back photo is identified as)."""
+    found: dict[str, str | None] = {}
+    with TestClient(
+        create_app(gallery_settings(tmp_path, model)), headers={"X-API-Key": API_KEY}
+    ) as c:
+        for person in PEOPLE:
+            data = read(lfw(person, HELD_BACK))
+            r = c.post("/v1/identify", files={"image": ("p.jpg", data, "image/jpeg")})
+            assert r.status_code == 200, r.text
+            match = r.json()["faces"][0]["match"]
+            found[person] = match["subject_id"] if match else None
+        model_id = r.json()["model_id"]
+        subjects = c.get("/v1/subjects", params={"limit": 100}).json()
+    assert sorted(s["id"] for s in subjects["items"]) == sorted(PEOPLE)
+    return model_id, found
+
+
+def face_models(tmp_path: Path) -> dict[int, str]:
+    with sqlite3.connect(tmp_path / "gallery" / "gallery.sqlite3") as conn:
+        return {int(i): str(m) for i, m in conn.execute("SELECT id, model_id FROM faces")}
+
+
+def test_a_gallery_moves_to_another_model_and_back(
+    tmp_path: Path, enrolled: dict[str, list[int]]
+) -> None:
+    before = face_models(tmp_path)
+    assert len(before) == 2 * len(PEOPLE)
+
+    dry = cli(tmp_path, "--to", TARGET, "--dry-run")
+    assert dry["to_embed"] == len(before) and dry["cannot_migrate"] == 0
+    assert face_models(tmp_path) == before  # a dry run changes nothing
+
+    moved = cli(tmp_path, "--to", TARGET)
+    assert moved["switched"] == len(before) and moved["failed"] == 0
+    after = face_models(tmp_path)
+    assert sorted(after) == sorted(before)  # every face kept, same ids
+    assert len(set(after.values())) == 1 and TARGET in next(iter(after.values()))
+
+    # the service follows the gallery's model, and held-back photos match the same people
+    model_id, found = identify_all(tmp_path, "sface-2021dec")
+    assert TARGET in model_id
+    assert found == {p: p for p in PEOPLE}
+
+    back = cli(tmp_path, "--rollback")
+    assert back["switched"] == len(before) and back["embedded"] == 0  # nothing re-embedded
+    assert face_models(tmp_path) == before
+    model_id, found = identify_all(tmp_path, "sface-2021dec")
+    assert model_id.startswith("sface-2021dec@") and found == {p: p for p in PEOPLE}
+
+    purged = cli(tmp_path, "--purge")
+    assert purged["purged"] == len(before)
+    with sqlite3.connect(tmp_path / "gallery" / "gallery.sqlite3") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM staged_embeddings").fetchone()[0] == 0
+
+
+def test_a_killed_migration_resumes_without_duplicates(
+    tmp_path: Path, enrolled: dict[str, list[int]]
+) -> None:
+    store = tmp_path / "gallery" / "gallery.sqlite3"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "gallery",
+            "migrate-model",
+            "--to",
+            TARGET,
+            "--no-switch",
+            "--batch",
+            "1",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=environment(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    staged = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        with sqlite3.connect(store) as conn:
+            staged = conn.execute("SELECT COUNT(*) FROM staged_embeddings").fetchone()[0]
+        if staged >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 3 <= staged < 2 * len(PEOPLE), "the kill did not land halfway"
+
+    moved = cli(tmp_path, "--to", TARGET)
+    assert moved["switched"] == 2 * len(PEOPLE)
+    assert int(str(moved["embedded"])) <= 2 * len(PEOPLE) - staged  # only what was left
+    with sqlite3.connect(store) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 2 * len(PEOPLE)
+        rows = conn.execute("SELECT face_id, model_id FROM staged_embeddings").fetchall()
+    assert len(rows) == len(set(rows)) == 2 * len(PEOPLE)  # the old model's, once each
+
+
+def test_the_old_model_is_refused_after_the_switch(
+    tmp_path: Path, enrolled: dict[str, list[int]], pipeline: FacePipeline
+) -> None:
+    cli(tmp_path, "--to", TARGET)
+    # a service handed the old model's pipeline (nothing to follow) never compares its vectors
+    with TestClient(
+        create_app(gallery_settings(tmp_path), pipeline=pipeline), headers={"X-API-Key": API_KEY}
+    ) as c:
+        data = read(lfw("Colin_Powell", HELD_BACK))
+        r = c.post("/v1/identify", files={"image": ("p.jpg", data, "image/jpeg")})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_mismatch"
