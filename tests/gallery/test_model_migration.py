@@ -13,15 +13,16 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
 from service.vision.pipeline import FacePipeline
+from tests.backends import Distributed, backend_env
 from tests.conftest import API_KEY, ROOT, lfw, make_settings, read
 
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder",
@@ -31,16 +32,20 @@ HELD_BACK = 3
 TARGET = "sface-2021dec-int8"
 
 
-def gallery_settings(tmp_path: Path, model: str = "sface-2021dec") -> Settings:
+def gallery_settings(
+    tmp_path: Path, model: str = "sface-2021dec", backend: Distributed | None = None
+) -> Settings:
+    gallery: dict[str, object] = {"path": tmp_path / "gallery", "flush_interval_s": 3600}
     return make_settings(
         tmp_path,
         embedder={"model": model},
+        gallery={**gallery, **(backend.settings() if backend else {})},
         privacy={"keep_images": True, "images_dir": tmp_path / "images"},
     )
 
 
-def environment(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
+def environment(tmp_path: Path, backend: Distributed | None = None) -> dict[str, str]:
+    env = {**os.environ, **backend_env(backend)}
     env.update(
         PYTHONPATH=str(ROOT),
         MARGINFACE_MODELS_DIR=str(ROOT / "models"),
@@ -52,11 +57,11 @@ def environment(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def cli(tmp_path: Path, *args: str) -> dict[str, object]:
+def cli(tmp_path: Path, *args: str, backend: Distributed | None = None) -> dict[str, object]:
     r = subprocess.run(
         [sys.executable, "-m", "service.cli", "gallery", "migrate-model", *args, "--json"],
         cwd=ROOT,
-        env=environment(tmp_path),
+        env=environment(tmp_path, backend),
         capture_output=True,
         text=True,
         timeout=600,
@@ -66,28 +71,35 @@ def cli(tmp_path: Path, *args: str) -> dict[str, object]:
     return out
 
 
-@pytest.fixture
-def enrolled(tmp_path: Path, pipeline: FacePipeline) -> Iterator[dict[str, list[int]]]:
+def enroll(
+    tmp_path: Path, pipeline: FacePipeline, backend: Distributed | None = None
+) -> dict[str, list[int]]:
     """Six people, two photos each, enrolled with SFace (photos kept)."""
     faces: dict[str, list[int]] = {}
-    with TestClient(
-        create_app(gallery_settings(tmp_path), pipeline=pipeline), headers={"X-API-Key": API_KEY}
-    ) as c:
+    settings = gallery_settings(tmp_path, backend=backend)
+    with TestClient(create_app(settings, pipeline=pipeline), headers={"X-API-Key": API_KEY}) as c:
         for person in PEOPLE:
             files = [("files", (f"{n}.jpg", read(lfw(person, n)), "image/jpeg")) for n in ENROLLED]
             assert c.post("/v1/subjects", json={"id": person, "name": person}).status_code == 201
             r = c.post(f"/v1/subjects/{person}/faces", files=files)
             assert r.status_code == 201, r.text
             faces[person] = sorted(f["face_id"] for f in r.json()["faces"])
-    yield faces
+    return faces
 
 
-def identify_all(tmp_path: Path, model: str) -> tuple[str, dict[str, str | None]]:
+@pytest.fixture
+def enrolled(tmp_path: Path, pipeline: FacePipeline) -> dict[str, list[int]]:
+    """The embedded gallery, enrolled."""
+    return enroll(tmp_path, pipeline)
+
+
+def identify_all(
+    tmp_path: Path, model: str, backend: Distributed | None = None
+) -> tuple[str, dict[str, str | None]]:
     """(the model the service runs, who each held-back photo is identified as)."""
     found: dict[str, str | None] = {}
-    with TestClient(
-        create_app(gallery_settings(tmp_path, model)), headers={"X-API-Key": API_KEY}
-    ) as c:
+    settings = gallery_settings(tmp_path, model, backend)
+    with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as c:
         for person in PEOPLE:
             data = read(lfw(person, HELD_BACK))
             r = c.post("/v1/identify", files={"image": ("p.jpg", data, "image/jpeg")})
@@ -100,42 +112,53 @@ def identify_all(tmp_path: Path, model: str) -> tuple[str, dict[str, str | None]
     return model_id, found
 
 
-def face_models(tmp_path: Path) -> dict[int, str]:
-    with sqlite3.connect(tmp_path / "gallery" / "gallery.sqlite3") as conn:
-        return {int(i): str(m) for i, m in conn.execute("SELECT id, model_id FROM faces")}
+def query(tmp_path: Path, backend: Distributed | None, sql: str) -> list[tuple[object, ...]]:
+    """Rows of the gallery's store, read directly (SQLite file or PostgreSQL database)."""
+    if backend is None:
+        with sqlite3.connect(tmp_path / "gallery" / "gallery.sqlite3") as conn:
+            return list(conn.execute(sql).fetchall())
+    with psycopg.connect(backend.dsn) as pg:
+        return list(pg.execute(sql).fetchall())
+
+
+def face_models(tmp_path: Path, backend: Distributed | None = None) -> dict[int, str]:
+    return {
+        int(str(i)): str(m) for i, m in query(tmp_path, backend, "SELECT id, model_id FROM faces")
+    }
 
 
 def test_a_gallery_moves_to_another_model_and_back(
-    tmp_path: Path, enrolled: dict[str, list[int]]
+    tmp_path: Path, pipeline: FacePipeline, gallery_backend: Distributed | None
 ) -> None:
-    before = face_models(tmp_path)
+    backend = gallery_backend
+    enroll(tmp_path, pipeline, backend)
+    before = face_models(tmp_path, backend)
     assert len(before) == 2 * len(PEOPLE)
 
-    dry = cli(tmp_path, "--to", TARGET, "--dry-run")
+    dry = cli(tmp_path, "--to", TARGET, "--dry-run", backend=backend)
     assert dry["to_embed"] == len(before) and dry["cannot_migrate"] == 0
-    assert face_models(tmp_path) == before  # a dry run changes nothing
+    assert face_models(tmp_path, backend) == before  # a dry run changes nothing
 
-    moved = cli(tmp_path, "--to", TARGET)
+    moved = cli(tmp_path, "--to", TARGET, backend=backend)
     assert moved["switched"] == len(before) and moved["failed"] == 0
-    after = face_models(tmp_path)
+    after = face_models(tmp_path, backend)
     assert sorted(after) == sorted(before)  # every face kept, same ids
     assert len(set(after.values())) == 1 and TARGET in next(iter(after.values()))
 
     # the service follows the gallery's model, and held-back photos match the same people
-    model_id, found = identify_all(tmp_path, "sface-2021dec")
+    model_id, found = identify_all(tmp_path, "sface-2021dec", backend)
     assert TARGET in model_id
     assert found == {p: p for p in PEOPLE}
 
-    back = cli(tmp_path, "--rollback")
+    back = cli(tmp_path, "--rollback", backend=backend)
     assert back["switched"] == len(before) and back["embedded"] == 0  # nothing re-embedded
-    assert face_models(tmp_path) == before
-    model_id, found = identify_all(tmp_path, "sface-2021dec")
+    assert face_models(tmp_path, backend) == before
+    model_id, found = identify_all(tmp_path, "sface-2021dec", backend)
     assert model_id.startswith("sface-2021dec@") and found == {p: p for p in PEOPLE}
 
-    purged = cli(tmp_path, "--purge")
+    purged = cli(tmp_path, "--purge", backend=backend)
     assert purged["purged"] == len(before)
-    with sqlite3.connect(tmp_path / "gallery" / "gallery.sqlite3") as conn:
-        assert conn.execute("SELECT COUNT(*) FROM staged_embeddings").fetchone()[0] == 0
+    assert query(tmp_path, backend, "SELECT COUNT(*) FROM staged_embeddings") == [(0,)]
 
 
 def test_a_killed_migration_resumes_without_duplicates(
@@ -194,3 +217,23 @@ def test_the_old_model_is_refused_after_the_switch(
         data = read(lfw("Colin_Powell", HELD_BACK))
         r = c.post("/v1/identify", files={"image": ("p.jpg", data, "image/jpeg")})
     assert r.status_code == 409 and r.json()["error"]["code"] == "model_mismatch"
+
+
+def test_erasing_a_face_erases_its_staged_embeddings(
+    tmp_path: Path, pipeline: FacePipeline, gallery_backend: Distributed | None
+) -> None:
+    """Staged embeddings are embeddings too: erasure takes them with their face and subject."""
+    backend = gallery_backend
+    faces = enroll(tmp_path, pipeline, backend)
+    staged = cli(tmp_path, "--to", TARGET, "--no-switch", backend=backend)
+    assert staged["staged"] == 2 * len(PEOPLE)
+    settings = gallery_settings(tmp_path, backend=backend)
+    with TestClient(create_app(settings, pipeline=pipeline), headers={"X-API-Key": API_KEY}) as c:
+        assert c.delete(f"/v1/faces/{faces['Tony_Blair'][0]}").status_code in (200, 204)
+        assert c.delete("/v1/subjects/Colin_Powell").status_code in (200, 204)
+    gone = [faces["Tony_Blair"][0], *faces["Colin_Powell"]]
+    left = {
+        int(str(r[0])) for r in query(tmp_path, backend, "SELECT face_id FROM staged_embeddings")
+    }
+    assert left and not left & set(gone)
+    assert len(left) == 2 * len(PEOPLE) - len(gone)
