@@ -367,3 +367,10 @@ class ModelNotCalibrated(MarginFaceError):
 
     code = "model_not_calibrated"
     status = 409
+
+
+class MigrationRunning(MarginFaceError):
+    """A model migration is already running in this service."""
+
+    code = "migration_running"
+    status = 409

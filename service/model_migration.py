@@ -15,6 +15,7 @@ its embeddings were staged at the switch, so only faces enrolled since are re-em
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ def stage_all(
     *,
     batch: int = 32,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Re-embed every face that still needs it and stage the results, a batch per
     transaction (resumable: what is staged is skipped next time)."""
@@ -172,7 +174,7 @@ def stage_all(
     total, done = state["faces"], state["faces"] - state["remaining"]
     embedded = failed = 0
     after = -1
-    while True:
+    while stop is None or not stop.is_set():
         page = staging.to_embed(pin.model_id, after, batch)
         if not page:
             break

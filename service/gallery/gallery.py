@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -440,12 +441,24 @@ class Gallery:
 
     # ---- moving to another model (gallery migrate-model: service.gallery.staging)
 
-    def switch_model(self, target: ModelPin) -> dict[str, Any]:
+    def model_staging(self) -> staging.ModelStaging:
+        """What a model migration stages, in this gallery's store."""
+        return staging.ModelStaging(self._backend.store, owned=False)
+
+    def switch_model(
+        self,
+        target: ModelPin,
+        *,
+        pause: AbstractContextManager[Callable[[], None]] | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
         """Move the gallery to ``target``, whose embeddings a migration staged: its index is
         built and verified beside the live one, then store and index switch with writes held
         (MigrationIncomplete while faces lack one). The old embeddings stay staged for a
-        rollback until ``purge_staged``."""
-        result = staging.switch_gallery(self._backend, self._lock, target)
+        rollback until ``purge_staged``. ``pause``/``ready``: see staging.switch_gallery."""
+        result = staging.switch_gallery(
+            self._backend, self._lock, target, pause=pause, ready=ready
+        )
         self._wrote("model_switched", model_id=target.model_id, faces=result["switched"])
         return result
 

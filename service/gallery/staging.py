@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,8 +65,9 @@ class ModelStaging:
     beside a running service (it never touches the service's index), or by the gallery's own
     switch. Close it when done."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: SqlStore, *, owned: bool = True) -> None:
         self._store = store
+        self._owned = owned  # False: the gallery's own store, which the gallery closes
 
     @property
     def pin(self) -> ModelPin:
@@ -74,8 +76,9 @@ class ModelStaging:
         return ModelPin(s.model_id, s.model_sha256, s.embedding_dim)
 
     def close(self) -> None:
-        """Release the store's connection."""
-        self._store.close()
+        """Release the store's connection (when it was opened for this)."""
+        if self._owned:
+            self._store.close()
 
     def to_embed(self, target: str, after_id: int, limit: int) -> list[FaceRecord]:
         """Faces, in id order after ``after_id``, that still need an embedding of model ``target``:
@@ -344,13 +347,23 @@ def _self_matches(index: Any, ids: np.ndarray, vectors: np.ndarray, sample: int)
 
 
 def switch_gallery(
-    backend: SwitchableBackend, lock: AbstractContextManager[Any], target: ModelPin
+    backend: SwitchableBackend,
+    lock: AbstractContextManager[Any],
+    target: ModelPin,
+    *,
+    pause: AbstractContextManager[Callable[[], None]] | None = None,
+    ready: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Build and verify the index of ``target`` from its staged embeddings while the live one
     keeps serving, then, with writes held, check nothing is left to re-embed, bring the new
     index up to date (faces erased meanwhile leave it), switch the store and adopt the index.
-    MigrationIncomplete when faces still lack an embedding of ``target``."""
-    from service.errors import GalleryCorrupted, MigrationIncomplete
+    MigrationIncomplete when faces still lack an embedding of ``target``.
+
+    ``pause`` (a running service's request gate) is entered after the new index is built and
+    yields what to call once the gallery has switched (the service adopts the new recognizer
+    there, before any held request runs); ``ready`` is asked inside it (False: Overloaded, the
+    caller tries again later, e.g. a batch job started)."""
+    from service.errors import GalleryCorrupted, Overloaded
 
     store = backend.store
     started = time.monotonic()
@@ -363,6 +376,40 @@ def switch_gallery(
             "their own nearest neighbour: the gallery stays on its current model"
         )
     built_s = time.monotonic() - started
+    with pause or nullcontext(_nothing) as after_switch:
+        if ready is not None and not ready():
+            raise Overloaded("a batch job is running: the model switch waits for it")
+        held = time.monotonic()
+        result, indexed = _switch_now(backend, lock, target, fresh, ids)
+        after_switch()
+        held_s = time.monotonic() - held
+    return {
+        **result,
+        "model_id": target.model_id,
+        "indexed": indexed,
+        "self_match": round(matched, 4),
+        "index_build_s": round(built_s, 2),
+        "held_s": round(held_s, 3),
+        "failed": len(ModelStaging(store).failures(target.model_id)),
+    }
+
+
+def _nothing() -> None:
+    return None
+
+
+def _switch_now(
+    backend: SwitchableBackend,
+    lock: AbstractContextManager[Any],
+    target: ModelPin,
+    fresh: Any,
+    ids: np.ndarray,
+) -> tuple[dict[str, int], int]:
+    """With writes held: nothing left to embed, the index up to date, store switched, index
+    adopted; (the store's result, faces indexed)."""
+    from service.errors import MigrationIncomplete
+
+    store = backend.store
     with lock, backend._guard():
         left = ModelStaging(store).progress(target.model_id)
         if left["remaining"]:
@@ -380,11 +427,4 @@ def switch_gallery(
             fresh.add(now_ids[new], now_vectors[new])
         result = switch(store, target)
         backend.adopt_index(fresh)
-    return {
-        **result,
-        "model_id": target.model_id,
-        "indexed": len(now_ids),
-        "self_match": round(matched, 4),
-        "index_build_s": round(built_s, 2),
-        "failed": len(ModelStaging(store).failures(target.model_id)),
-    }
+    return result, len(now_ids)

@@ -237,3 +237,4 @@ def test_erasing_a_face_erases_its_staged_embeddings(
     }
     assert left and not left & set(gone)
     assert len(left) == 2 * len(PEOPLE) - len(gone)
+
