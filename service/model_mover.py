@@ -33,6 +33,7 @@ from service.model_migration import (
     stage_all,
     target_model,
 )
+from service.models import list_models
 from service.recognition import build_pipeline
 from service.settings import Settings
 from service.vision.pipeline import FacePipeline
@@ -150,6 +151,16 @@ class ModelMover:
         )
         if status.get("to"):
             status["failures"] = staging.failures(str(status["to"]))[:100]
+        status["models"] = [
+            {
+                "name": m.name,
+                "model_id": m.model_id,
+                "calibrated": m.thresholds is not None,
+                "licence": m.licence,
+            }
+            for m in list_models(self.settings.models_dir)
+            if m.embedding_dim is not None
+        ]
         return status
 
     def _update(self, **changes: Any) -> None:
@@ -187,9 +198,14 @@ class ModelMover:
             name = model_named(self.settings, previous.model_id)
         target = target_model(self.settings, name, allow_uncalibrated=allow_uncalibrated)
         self._update(
-            state="embedding", to=target.pin.model_id, model=name, error=None, result=None,
-            progress={"done": 0, "total": 0}, started_at=time.time(),
-        )  # fmt: skip
+            state="embedding",
+            to=target.pin.model_id,
+            model=name,
+            error=None,
+            result=None,
+            progress={"done": 0, "total": 0},
+            started_at=time.time(),
+        )
         self._stop.clear()
         thread = threading.Thread(
             target=self._run, args=(target, switch), name="model-migration", daemon=True

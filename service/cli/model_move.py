@@ -62,8 +62,9 @@ def migrate_model(settings: Settings, args: argparse.Namespace) -> tuple[dict[st
         backends.refuse_if_held(settings.gallery)
     except GalleryBusy:
         text = _staged_text(staged, target.pin.model_id) + (
-            "; the service is running on this gallery: stop it and run this command again to "
-            "switch (it re-embeds only what was enrolled meanwhile)"
+            "; the service is running on this gallery: switch through it (POST "
+            f'/v1/admin/model-migration {{"to": "{name}"}}, or the console), or stop it and run '
+            "this command again (either re-embeds only what was enrolled meanwhile)"
         )
         return {**staged, "switched": 0, "switch_pending": True}, text, 0
     gallery = backends.open_gallery(
