@@ -194,7 +194,9 @@ class DistributedBackend(StoreWithIndex):
         return self.erasure_pending.wait(timeout_s) or self._behind
 
     def stats(self) -> dict[str, Any]:
-        """Sizes and the collection in use, for /readyz."""
+        """Sizes and the collection in use, for /readyz; ModelMismatch (not ready) once another
+        replica moved the gallery to another model."""
+        self.store.check_pin()
         subjects, faces = self.store.counts()
         return {
             "backend": "distributed",

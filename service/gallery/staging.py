@@ -216,6 +216,10 @@ def switch(store: SqlStore, target: ModelPin) -> dict[str, int]:
     previous = ModelPin(store.model_id, store.model_sha256, store.embedding_dim)
     now = time.time()
     with store._transaction() as cur:
+        # the pin's row first: a write of the old model (another replica) waits, then refuses
+        cur.execute(
+            store._q(f"SELECT value FROM meta WHERE key='model_id' {store._lock_clause('UPDATE')}")
+        )
         moving = [
             int(r[0])
             for r in cur.execute(

@@ -15,14 +15,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.errors import ModelMismatch
+from service.gallery import NewFace
+from service.gallery.staging import ModelPin
 from service.settings import Settings
 from service.vision.pipeline import FacePipeline
-from tests.backends import Distributed, backend_env
+from tests.backends import Distributed, backend_env, open_backend_gallery
 from tests.conftest import API_KEY, ROOT, lfw, make_settings, read
 
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder",
@@ -238,3 +242,39 @@ def test_erasing_a_face_erases_its_staged_embeddings(
     assert left and not left & set(gone)
     assert len(left) == 2 * len(PEOPLE) - len(gone)
 
+
+def test_another_replica_stops_writing_once_the_gallery_switched(distributed: Distributed) -> None:
+    """Replicas share the distributed gallery; one switches it to another model. The others
+    still run the old model: their writes are refused (409 model_mismatch: never an embedding
+    of the old model stored as a face of the new one) and /readyz says not ready until they
+    restart (and follow the gallery)."""
+    rng = np.random.default_rng(5)
+
+    def unit(dim: int) -> np.ndarray:
+        v = rng.normal(size=dim).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    a = open_backend_gallery(distributed, Path("unused"))
+    b = open_backend_gallery(distributed, Path("unused"))
+    try:
+        model = a.model_id
+        a.create_subject("s", "S", {})
+        [(fid, _)] = a.add_faces("s", [NewFace(unit(128), (0, 0, 9, 9), 0.9, "a" * 64)],
+                                 model_id=model)  # fmt: skip
+        target = ModelPin("other-model@0123456789ab", "0123456789ab" + "0" * 52, 64)
+        assert a.model_staging().stage(target, [(fid, unit(64))]) == 1
+        assert a.switch_model(target)["switched"] == 1
+        assert a.stats()["model_id"] == target.model_id
+        with pytest.raises(ModelMismatch):
+            b.add_faces("s", [NewFace(unit(128), (0, 0, 9, 9), 0.9, "b" * 64)], model_id=model)
+        with pytest.raises(ModelMismatch):
+            b.stats()
+        assert face_ids_of(distributed) == [fid]
+    finally:
+        a.close()
+        b.close()
+
+
+def face_ids_of(backend: Distributed) -> list[int]:
+    with psycopg.connect(backend.dsn) as pg:
+        return [int(r[0]) for r in pg.execute("SELECT id FROM faces ORDER BY id").fetchall()]
