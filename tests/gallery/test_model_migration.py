@@ -278,3 +278,22 @@ def test_another_replica_stops_writing_once_the_gallery_switched(distributed: Di
 def face_ids_of(backend: Distributed) -> list[int]:
     with psycopg.connect(backend.dsn) as pg:
         return [int(r[0]) for r in pg.execute("SELECT id FROM faces ORDER BY id").fetchall()]
+
+
+def test_a_gallery_moves_to_a_model_we_trained(tmp_path: Path, pipeline: FacePipeline) -> None:
+    """Acceptance 2, the second target: the registry's CelebA-299 ArcFace model (trained here,
+    another embedding space and alignment than SFace). Every face is kept and each enrolled
+    photo is found as its own subject by the new model; how well it matches held-back photos is
+    the model's quality (bench/migration_accuracy.py), not the migration's."""
+    enroll(tmp_path, pipeline)
+    moved = cli(tmp_path, "--to", "celeba299-iresnet18w16-arcface")
+    assert moved["switched"] == 2 * len(PEOPLE) and moved["failed"] == 0
+    settings = gallery_settings(tmp_path)
+    with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as c:
+        for person in PEOPLE:
+            data = read(lfw(person, ENROLLED[0]))
+            r = c.post("/v1/identify", files={"image": ("p.jpg", data, "image/jpeg")})
+            assert r.status_code == 200, r.text
+            assert r.json()["model_id"].startswith("celeba299-iresnet18w16-arcface@")
+            best = r.json()["faces"][0]["candidates"][0]
+            assert best["subject_id"] == person and best["score"] > 0.95
