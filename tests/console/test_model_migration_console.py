@@ -151,6 +151,11 @@ def test_move_the_gallery_to_another_recognizer_and_back(  # type: ignore[no-unt
     expect(page.get_by_role("status")).to_have_text(re.compile(rf"^Switched — to {TARGET} \("))
     assert picker.input_value() != TARGET  # not offered to move where it is
     shot(page, "console-recognizer-switched")
+    page.set_viewport_size({"width": 375, "height": 740})  # a phone: long model ids wrap
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, f"the page is {width}px wide at a phone's 375px"
+    shot(page, "console-recognizer-phone")
+    page.set_viewport_size({"width": 1200, "height": 900})
 
     # identify answers with the new model, and still knows everyone
     for person in PEOPLE:
