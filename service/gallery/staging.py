@@ -212,8 +212,10 @@ def switch(store: SqlStore, target: ModelPin) -> dict[str, int]:
     """Move the gallery to ``target`` in one transaction: every face with a staged embedding
     of it swaps that in (its current one is staged under its own model, for a rollback); the
     negatives copied from those faces follow them; the pin and the content digest change. The
-    store's own pin is updated after the commit."""
+    store's own pin is updated after the commit. A switch to the model the gallery is on
+    (faces that failed before, re-embedded) keeps the model a rollback returns to."""
     previous = ModelPin(store.model_id, store.model_sha256, store.embedding_dim)
+    keep_previous = target.model_id == store.model_id
     now = time.time()
     with store._transaction() as cur:
         # the pin's row first: a write of the old model (another replica) waits, then refuses
@@ -267,13 +269,14 @@ def switch(store: SqlStore, target: ModelPin) -> dict[str, int]:
         _follow_faces(store, cur, target)
         after = rows.digest_of([r[0] for r in cur.execute("SELECT checksum FROM faces").fetchall()])
         store._digest_change(cur, after - before)
-        for key, value in (
+        pins = [
             ("model_id", target.model_id),
             ("embedding_dim", str(target.embedding_dim)),
             ("model_sha256", target.model_sha256),
-            ("previous_model", previous.to_json()),
-            ("switched_at", repr(now)),
-        ):
+        ]
+        if not keep_previous:
+            pins += [("previous_model", previous.to_json()), ("switched_at", repr(now))]
+        for key, value in pins:
             cur.execute(
                 store._q(
                     "INSERT INTO meta(key, value) VALUES (?, ?) "

@@ -119,3 +119,27 @@ def test_bad_migration_requests_are_4xx(client: TestClient) -> None:
     assert c.post(f"{BASE}/rollback").status_code == 422  # never switched
     no_key = c.get(BASE, headers={"X-API-Key": ""})
     assert no_key.status_code == 401
+
+
+def test_moving_to_the_gallerys_own_model_keeps_the_rollback(client: TestClient) -> None:
+    """A move to the model the gallery is already on (to retry its failures, or by mistake)
+    changes nothing it did not need to: the model to roll back to stays the one before the
+    last real switch (the console offers every registered model, the current one included)."""
+    c = client
+    old_model = c.get("/v1/model").json()["model_id"]
+    assert c.post(BASE, json={"to": "sface-2021dec"}).status_code == 202
+    same = wait_for(c, "switched")
+    assert same["gallery_model"] == old_model and same["previous_model"] is None
+    assert c.post(f"{BASE}/rollback").status_code == 422  # still never switched
+
+    assert c.post(BASE, json={"to": TARGET}).status_code == 202
+    moved = wait_for(c, "switched")
+    assert moved["previous_model"] == old_model
+    assert c.post(BASE, json={"to": TARGET}).status_code == 202
+    again = wait_for(c, "switched")
+    assert again["gallery_model"] == moved["gallery_model"]
+    assert again["previous_model"] == old_model  # not the model it is on
+    assert c.post(f"{BASE}/rollback").status_code == 202
+    back = wait_for(c, "switched")
+    assert back["gallery_model"] == old_model == back["service_model"]
+    assert all(identify(c, p) == (200, old_model, p) for p in PEOPLE)
