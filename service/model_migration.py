@@ -62,7 +62,8 @@ def target_model(settings: Settings, name: str, *, allow_uncalibrated: bool = Fa
     if manifest.thresholds is None and not allow_uncalibrated:
         raise ModelNotCalibrated(
             f"{name} has no calibrated thresholds (run `marginface calibrate`), so identify "
-            "could not judge its scores; pass --allow-uncalibrated to migrate anyway"
+            "could not judge its scores; allow it explicitly to migrate anyway "
+            "(--allow-uncalibrated, or allow_uncalibrated: true)"
         )
     return Target(manifest)
 
