@@ -53,12 +53,13 @@ class Target:
 
 
 def target_model(settings: Settings, name: str, *, allow_uncalibrated: bool = False) -> Target:
-    """The registered model ``name`` (weights verified), refused without calibrated thresholds
-    unless ``allow_uncalibrated`` (identify could not judge its scores)."""
+    """The registered model ``name`` (weights verified), refused without a calibration unless
+    ``allow_uncalibrated`` (identify could not judge its scores). A threshold alone is not one:
+    an exported model carries a placeholder until ``marginface calibrate`` measures it."""
     manifest, _ = resolve_model(settings.models_dir, name)
     if manifest.embedding_dim is None:
         raise ModelError(f"{name} is not a recognizer (no embedding size in its manifest)")
-    if manifest.thresholds is None and not allow_uncalibrated:
+    if manifest.calibration is None and not allow_uncalibrated:
         raise ModelNotCalibrated(
             f"{name} has no calibrated thresholds (run `marginface calibrate`), so identify "
             "could not judge its scores; pass --allow-uncalibrated to migrate anyway"
