@@ -349,12 +349,21 @@ def switch_gallery(
     """Build and verify the index of ``target`` from its staged embeddings while the live one
     keeps serving, then, with writes held, check nothing is left to re-embed, bring the new
     index up to date (faces erased meanwhile leave it), switch the store and adopt the index.
-    MigrationIncomplete when faces still lack an embedding of ``target``."""
-    from service.errors import GalleryCorrupted, MigrationIncomplete
+    MigrationIncomplete when faces still lack an embedding of ``target``; NoFaceMigrated when
+    none has one (the switch would leave the gallery finding no one)."""
+    from service.errors import GalleryCorrupted, MigrationIncomplete, NoFaceMigrated
 
     store = backend.store
     started = time.monotonic()
     ids, vectors = staged_vectors(store, target)
+    faces = ModelStaging(store).progress(target.model_id)["faces"]
+    if faces and not len(ids):
+        raise NoFaceMigrated(
+            f"none of the gallery's {faces} faces could be re-embedded by {target.model_id}, "
+            "so none could be compared after a switch: the gallery stays on its current model. "
+            "`migrate-model --dry-run` says why (is this run's privacy.keep_images and "
+            "images_dir the service's?)"
+        )
     fresh = backend.build_index(target, ids, vectors)
     matched = _self_matches(fresh, ids, vectors, VERIFY_SAMPLE)
     if matched < VERIFY_MIN_SELF_MATCH:

@@ -194,3 +194,23 @@ def test_the_old_model_is_refused_after_the_switch(
         data = read(lfw("Colin_Powell", HELD_BACK))
         r = c.post("/v1/identify", files={"image": ("p.jpg", data, "image/jpeg")})
     assert r.status_code == 409 and r.json()["error"]["code"] == "model_mismatch"
+
+
+def test_a_move_that_could_re_embed_no_face_is_refused(
+    tmp_path: Path, enrolled: dict[str, list[int]]
+) -> None:
+    """The command run without the service's privacy settings (the photos are kept, but this
+    environment says they are not) found nothing to re-embed any face from, and still switched:
+    exit 0, "switched 0 faces", every face left on the old model's embedding, never compared, so
+    the gallery found no one. A switch that would leave no face comparable is refused."""
+    before = face_models(tmp_path)
+    env = {**environment(tmp_path), "MARGINFACE_PRIVACY__KEEP_IMAGES": "false"}
+    r = subprocess.run(
+        [sys.executable, "-m", "service.cli", "gallery", "migrate-model", "--to", TARGET, "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout
+    assert json.loads(r.stdout)["error"]["code"] == "no_face_migrated"
+    assert face_models(tmp_path) == before
+    model_id, found = identify_all(tmp_path, "sface-2021dec")
+    assert model_id.startswith("sface-2021dec@") and found == {p: p for p in PEOPLE}
