@@ -166,11 +166,11 @@ def stage_all(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Re-embed every face that still needs it and stage the results, a batch per
-    transaction (resumable: what is staged is skipped next time)."""
+    transaction (resumable: what is staged is skipped next time, what failed is tried again)."""
     pin = target.pin
     started = time.monotonic()
     state = staging.progress(pin.model_id)
-    total, done = state["faces"], state["faces"] - state["remaining"]
+    total, done = state["faces"], state["on_target"] + state["staged"]  # failed: tried again
     embedded = failed = 0
     after = -1
     while True:

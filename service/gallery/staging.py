@@ -79,13 +79,13 @@ class ModelStaging:
 
     def to_embed(self, target: str, after_id: int, limit: int) -> list[FaceRecord]:
         """Faces, in id order after ``after_id``, that still need an embedding of model ``target``:
-        not on it already, none staged, not listed as failed."""
+        not on it already, none staged. Those listed as failed are tried again (the last run
+        may have lacked the service's settings or key); a success clears the listing."""
         found = self._store._read(
             f"SELECT {rows.FACE_COLUMNS} FROM faces f WHERE f.id > ? AND f.model_id <> ? "
             "AND NOT EXISTS (SELECT 1 FROM staged_embeddings s WHERE s.face_id = f.id "
-            "AND s.model_id = ?) AND NOT EXISTS (SELECT 1 FROM migration_failures m "
-            "WHERE m.face_id = f.id AND m.model_id = ?) ORDER BY f.id LIMIT ?",
-            (after_id, target, target, target, limit),
+            "AND s.model_id = ?) ORDER BY f.id LIMIT ?",
+            (after_id, target, target, limit),
         )
         return [rows.face(r) for r in found]
 
@@ -113,6 +113,12 @@ class ModelStaging:
                     (face_id, target.model_id, target.model_sha256, blob, check, now),
                 ).fetchone()
                 written += done is not None
+                cur.execute(
+                    self._store._q(
+                        "DELETE FROM migration_failures WHERE face_id = ? AND model_id = ?"
+                    ),
+                    (face_id, target.model_id),
+                )
         return written
 
     def record_failures(self, target: str, failures: list[tuple[int, str]]) -> None:

@@ -196,7 +196,7 @@ def test_the_old_model_is_refused_after_the_switch(
     assert r.status_code == 409 and r.json()["error"]["code"] == "model_mismatch"
 
 
-def test_a_move_that_could_re_embed_no_face_is_refused(
+def test_a_move_that_could_re_embed_no_face_is_refused_and_a_rerun_retries(
     tmp_path: Path, enrolled: dict[str, list[int]]
 ) -> None:
     """The command run without the service's privacy settings (the photos are kept, but this
@@ -214,3 +214,10 @@ def test_a_move_that_could_re_embed_no_face_is_refused(
     assert face_models(tmp_path) == before
     model_id, found = identify_all(tmp_path, "sface-2021dec")
     assert model_id.startswith("sface-2021dec@") and found == {p: p for p in PEOPLE}
+
+    # with the service's settings the same command tries the faces that failed again: they
+    # were listed as failed, and were skipped for good (re-run: 0 re-embedded, refused again)
+    dry = cli(tmp_path, "--to", TARGET, "--dry-run")
+    assert dry["from_photo"] == len(before) and dry["cannot_migrate"] == 0, dry
+    moved = cli(tmp_path, "--to", TARGET)
+    assert moved["switched"] == len(before) and moved["failed"] == 0, moved
