@@ -357,7 +357,7 @@ def switch_gallery(
     index up to date (faces erased meanwhile leave it), switch the store and adopt the index.
     MigrationIncomplete when faces still lack an embedding of ``target``; NoFaceMigrated when
     none has one (the switch would leave the gallery finding no one)."""
-    from service.errors import GalleryCorrupted, MigrationIncomplete, NoFaceMigrated
+    from service.errors import MigrationIncomplete, MigrationUnverified, NoFaceMigrated
 
     store = backend.store
     started = time.monotonic()
@@ -373,9 +373,10 @@ def switch_gallery(
     fresh = backend.build_index(target, ids, vectors)
     matched = _self_matches(fresh, ids, vectors, VERIFY_SAMPLE)
     if matched < VERIFY_MIN_SELF_MATCH:
-        raise GalleryCorrupted(
+        raise MigrationUnverified(
             f"the new index of {target.model_id} finds only {matched:.0%} of sampled faces as "
-            "their own nearest neighbour: the gallery stays on its current model"
+            "their own nearest neighbour (the model cannot tell them apart: trained too "
+            "briefly?): the gallery stays on its current model"
         )
     built_s = time.monotonic() - started
     with lock, backend._guard():

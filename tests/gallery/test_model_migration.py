@@ -16,13 +16,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
+from service.errors import MarginFaceError
+from service.gallery import backends
+from service.gallery.staging import ModelPin
+from service.settings import GallerySettings, Settings
 from service.vision.pipeline import FacePipeline
 from tests.conftest import API_KEY, ROOT, lfw, make_settings, read
+from tests.gallery.test_gallery import DIM, MODEL, face, unit
 
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder",
           "Ariel_Sharon"]  # fmt: skip
@@ -221,3 +226,30 @@ def test_a_move_that_could_re_embed_no_face_is_refused_and_a_rerun_retries(
     assert dry["from_photo"] == len(before) and dry["cannot_migrate"] == 0, dry
     moved = cli(tmp_path, "--to", TARGET)
     assert moved["switched"] == len(before) and moved["failed"] == 0, moved
+
+
+def test_a_model_that_cannot_tell_faces_apart_is_refused_as_such(tmp_path: Path) -> None:
+    """A model trained for 3 steps gives every face the same embedding (cosine 1.0 between
+    any two). The switch's check (sampled faces find themselves first) refused it, rightly, but
+    as 503 gallery_corrupted, which says the stored gallery is damaged: it is the new model's
+    embeddings, and nothing was changed (409 migration_unverified)."""
+    settings = GallerySettings(path=tmp_path)
+    g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
+    g.create_subject("s", "S", {})
+    vecs = unit(np.random.default_rng(33), 8)
+    ids = [i for i, _ in g.add_faces("s", [face(v, f"f{n}") for n, v in enumerate(vecs)],
+                                      model_id=MODEL)]  # fmt: skip
+    g.close()
+    collapsed = ModelPin("collapsed@0123456789ab", "ab" * 32, 64)
+    same = np.full(64, 1 / 8, dtype=np.float32)  # a unit vector, the same for every face
+    staging = backends.open_staging(settings, model_id=MODEL, embedding_dim=DIM)
+    staging.stage(collapsed, [(i, same) for i in ids])
+    staging.close()
+    g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
+    try:
+        with pytest.raises(MarginFaceError) as refused:
+            g.switch_model(collapsed)
+        assert (refused.value.code, refused.value.status) == ("migration_unverified", 409)
+        assert g.model_id == MODEL and g.counts() == (1, len(ids))
+    finally:
+        g.close()

@@ -36,7 +36,8 @@ LINKED = ("retinaface-mnet025", "yunet-2023mar", "sface-2021dec")
 TRAIN_PEOPLE, TRAIN_PHOTOS = 4, 6
 #: after 3 steps batch norm's running statistics are still mostly their initial values and every
 #: face gets the same embedding (cosine 1.0 between any two): the switch rightly refuses such a
-#: model (its faces do not find themselves). After 20 two faces are at most ~0.999 apart.
+#: model (its faces do not find themselves: migration_unverified). After 20 steps any two faces
+#: are at most ~0.999 alike, and each finds itself.
 TRAIN_STEPS = 20
 #: calibration pairs: the first PAIRS same and PAIRS different pairs of LFW View-2's first FOLDS
 FOLDS, PAIRS = 2, 5
