@@ -253,3 +253,38 @@ def test_a_model_that_cannot_tell_faces_apart_is_refused_as_such(tmp_path: Path)
         assert g.model_id == MODEL and g.counts() == (1, len(ids))
     finally:
         g.close()
+
+
+def test_a_rollback_returns_to_a_model_that_was_never_calibrated(
+    tmp_path: Path, enrolled: dict[str, list[int]]
+) -> None:
+    """The gallery's first model was served without a calibration (its manifest has only a
+    threshold, as an exported model's placeholder). Moving to a model needs its calibration,
+    but a rollback goes back to what the gallery was served with: refusing it (409
+    model_not_calibrated until --allow-uncalibrated) made the rollback more than one command."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("retinaface-mnet025", "yunet-2023mar", TARGET):
+        (models / name).symlink_to(ROOT / "models" / name, target_is_directory=True)
+    first = models / "sface-2021dec"
+    first.mkdir()
+    shipped = ROOT / "models" / "sface-2021dec"
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    del manifest["calibration"]
+    (first / "manifest.json").write_text(json.dumps(manifest))
+    (first / manifest["file"]).symlink_to(shipped / manifest["file"])
+    before = face_models(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**environment(tmp_path), "MARGINFACE_MODELS_DIR": str(models)}
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", "gallery", "migrate-model", *args, "--json"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    moved = run("--to", TARGET)
+    assert moved.returncode == 0, moved.stdout + moved.stderr[-2000:]
+    back = run("--rollback")
+    assert back.returncode == 0, back.stdout
+    assert json.loads(back.stdout)["switched"] == len(before)
+    assert face_models(tmp_path) == before
