@@ -54,12 +54,13 @@ class Target:
 
 
 def target_model(settings: Settings, name: str, *, allow_uncalibrated: bool = False) -> Target:
-    """The registered model ``name`` (weights verified), refused without calibrated thresholds
-    unless ``allow_uncalibrated`` (identify could not judge its scores)."""
+    """The registered model ``name`` (weights verified), refused without a calibration unless
+    ``allow_uncalibrated`` (identify could not judge its scores). A threshold alone is not one:
+    an exported model carries a placeholder until ``marginface calibrate`` measures it."""
     manifest, _ = resolve_model(settings.models_dir, name)
     if manifest.embedding_dim is None:
         raise ModelError(f"{name} is not a recognizer (no embedding size in its manifest)")
-    if manifest.thresholds is None and not allow_uncalibrated:
+    if manifest.calibration is None and not allow_uncalibrated:
         raise ModelNotCalibrated(
             f"{name} has no calibrated thresholds (run `marginface calibrate`), so identify "
             "could not judge its scores; allow it explicitly to migrate anyway "
@@ -168,11 +169,11 @@ def stage_all(
     stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Re-embed every face that still needs it and stage the results, a batch per
-    transaction (resumable: what is staged is skipped next time)."""
+    transaction (resumable: what is staged is skipped next time, what failed is tried again)."""
     pin = target.pin
     started = time.monotonic()
     state = staging.progress(pin.model_id)
-    total, done = state["faces"], state["faces"] - state["remaining"]
+    total, done = state["faces"], state["on_target"] + state["staged"]  # failed: tried again
     embedded = failed = 0
     after = -1
     while stop is None or not stop.is_set():

@@ -43,7 +43,9 @@ def migrate_model(settings: Settings, args: argparse.Namespace) -> tuple[dict[st
             name = model_named(settings, previous.model_id)
         else:
             name = args.to
-        target = target_model(settings, name, allow_uncalibrated=args.allow_uncalibrated)
+        # a rollback returns to the model the gallery was served with, calibrated or not
+        allowed = args.allow_uncalibrated or args.rollback
+        target = target_model(settings, name, allow_uncalibrated=allowed)
         if target.pin.model_id == current.model_id:
             info = {"to": current.model_id, "switched": 0, "already": True}
             return info, f"the gallery is on {current.model_id} already", 0

@@ -92,6 +92,8 @@ class EmbeddedBackend(StoreWithIndex):
             raise
         try:
             self._refuse_lost_store(opened=True)
+            if self.store.embedding_dim != embedding_dim:  # pinned to another model's size
+                self.index = self._new_index(self.store.embedding_dim)
             self.store.record_weights(model_id, model_sha256)
             if verify_on_start:
                 self.store.verify_all()

@@ -82,13 +82,13 @@ class ModelStaging:
 
     def to_embed(self, target: str, after_id: int, limit: int) -> list[FaceRecord]:
         """Faces, in id order after ``after_id``, that still need an embedding of model ``target``:
-        not on it already, none staged, not listed as failed."""
+        not on it already, none staged. Those listed as failed are tried again (the last run
+        may have lacked the service's settings or key); a success clears the listing."""
         found = self._store._read(
             f"SELECT {rows.FACE_COLUMNS} FROM faces f WHERE f.id > ? AND f.model_id <> ? "
             "AND NOT EXISTS (SELECT 1 FROM staged_embeddings s WHERE s.face_id = f.id "
-            "AND s.model_id = ?) AND NOT EXISTS (SELECT 1 FROM migration_failures m "
-            "WHERE m.face_id = f.id AND m.model_id = ?) ORDER BY f.id LIMIT ?",
-            (after_id, target, target, target, limit),
+            "AND s.model_id = ?) ORDER BY f.id LIMIT ?",
+            (after_id, target, target, limit),
         )
         return [rows.face(r) for r in found]
 
@@ -116,6 +116,12 @@ class ModelStaging:
                     (face_id, target.model_id, target.model_sha256, blob, check, now),
                 ).fetchone()
                 written += done is not None
+                cur.execute(
+                    self._store._q(
+                        "DELETE FROM migration_failures WHERE face_id = ? AND model_id = ?"
+                    ),
+                    (face_id, target.model_id),
+                )
         return written
 
     def record_failures(self, target: str, failures: list[tuple[int, str]]) -> None:
@@ -364,23 +370,33 @@ def switch_gallery(
     """Build and verify the index of ``target`` from its staged embeddings while the live one
     keeps serving, then, with writes held, check nothing is left to re-embed, bring the new
     index up to date (faces erased meanwhile leave it), switch the store and adopt the index.
-    MigrationIncomplete when faces still lack an embedding of ``target``.
+    MigrationIncomplete when faces still lack an embedding of ``target``; NoFaceMigrated when
+    none has one (the switch would leave the gallery finding no one).
 
     ``pause`` (a running service's request gate) is entered after the new index is built and
     yields what to call once the gallery has switched (the service adopts the new recognizer
     there, before any held request runs); ``ready`` is asked inside it (False: Overloaded, the
     caller tries again later, e.g. a batch job started)."""
-    from service.errors import GalleryCorrupted, Overloaded
+    from service.errors import MigrationUnverified, NoFaceMigrated, Overloaded
 
     store = backend.store
     started = time.monotonic()
     ids, vectors = staged_vectors(store, target)
+    faces = ModelStaging(store).progress(target.model_id)["faces"]
+    if faces and not len(ids):
+        raise NoFaceMigrated(
+            f"none of the gallery's {faces} faces could be re-embedded by {target.model_id}, "
+            "so none could be compared after a switch: the gallery stays on its current model. "
+            "`migrate-model --dry-run` says why (is this run's privacy.keep_images and "
+            "images_dir the service's?)"
+        )
     fresh = backend.build_index(target, ids, vectors)
     matched = _self_matches(fresh, ids, vectors, VERIFY_SAMPLE)
     if matched < VERIFY_MIN_SELF_MATCH:
-        raise GalleryCorrupted(
+        raise MigrationUnverified(
             f"the new index of {target.model_id} finds only {matched:.0%} of sampled faces as "
-            "their own nearest neighbour: the gallery stays on its current model"
+            "their own nearest neighbour (the model cannot tell them apart: trained too "
+            "briefly?): the gallery stays on its current model"
         )
     built_s = time.monotonic() - started
     with pause or nullcontext(_nothing) as after_switch:

@@ -21,13 +21,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.errors import ModelMismatch
-from service.gallery import NewFace
+from service.errors import MarginFaceError, ModelMismatch
+from service.gallery import NewFace, backends
 from service.gallery.staging import ModelPin
-from service.settings import Settings
+from service.settings import GallerySettings, Settings
 from service.vision.pipeline import FacePipeline
 from tests.backends import Distributed, backend_env, open_backend_gallery
 from tests.conftest import API_KEY, ROOT, lfw, make_settings, read
+from tests.gallery.test_gallery import DIM, MODEL, face, unit
 
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder",
           "Ariel_Sharon"]  # fmt: skip
@@ -297,3 +298,92 @@ def test_a_gallery_moves_to_a_model_we_trained(tmp_path: Path, pipeline: FacePip
             assert r.json()["model_id"].startswith("celeba299-iresnet18w16-arcface@")
             best = r.json()["faces"][0]["candidates"][0]
             assert best["subject_id"] == person and best["score"] > 0.95
+
+
+def test_a_move_that_could_re_embed_no_face_is_refused_and_a_rerun_retries(
+    tmp_path: Path, enrolled: dict[str, list[int]]
+) -> None:
+    """The command run without the service's privacy settings (the photos are kept, but this
+    environment says they are not) found nothing to re-embed any face from, and still switched:
+    exit 0, "switched 0 faces", every face left on the old model's embedding, never compared, so
+    the gallery found no one. A switch that would leave no face comparable is refused."""
+    before = face_models(tmp_path)
+    env = {**environment(tmp_path), "MARGINFACE_PRIVACY__KEEP_IMAGES": "false"}
+    r = subprocess.run(
+        [sys.executable, "-m", "service.cli", "gallery", "migrate-model", "--to", TARGET, "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout
+    assert json.loads(r.stdout)["error"]["code"] == "no_face_migrated"
+    assert face_models(tmp_path) == before
+    model_id, found = identify_all(tmp_path, "sface-2021dec")
+    assert model_id.startswith("sface-2021dec@") and found == {p: p for p in PEOPLE}
+
+    # with the service's settings the same command tries the faces that failed again: they
+    # were listed as failed, and were skipped for good (re-run: 0 re-embedded, refused again)
+    dry = cli(tmp_path, "--to", TARGET, "--dry-run")
+    assert dry["from_photo"] == len(before) and dry["cannot_migrate"] == 0, dry
+    moved = cli(tmp_path, "--to", TARGET)
+    assert moved["switched"] == len(before) and moved["failed"] == 0, moved
+
+
+def test_a_model_that_cannot_tell_faces_apart_is_refused_as_such(tmp_path: Path) -> None:
+    """A model trained for 3 steps gives every face the same embedding (cosine 1.0 between
+    any two). The switch's check (sampled faces find themselves first) refused it, rightly, but
+    as 503 gallery_corrupted, which says the stored gallery is damaged: it is the new model's
+    embeddings, and nothing was changed (409 migration_unverified)."""
+    settings = GallerySettings(path=tmp_path)
+    g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
+    g.create_subject("s", "S", {})
+    vecs = unit(np.random.default_rng(33), 8)
+    ids = [i for i, _ in g.add_faces("s", [face(v, f"f{n}") for n, v in enumerate(vecs)],
+                                      model_id=MODEL)]  # fmt: skip
+    g.close()
+    collapsed = ModelPin("collapsed@0123456789ab", "ab" * 32, 64)
+    same = np.full(64, 1 / 8, dtype=np.float32)  # a unit vector, the same for every face
+    staging = backends.open_staging(settings, model_id=MODEL, embedding_dim=DIM)
+    staging.stage(collapsed, [(i, same) for i in ids])
+    staging.close()
+    g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
+    try:
+        with pytest.raises(MarginFaceError) as refused:
+            g.switch_model(collapsed)
+        assert (refused.value.code, refused.value.status) == ("migration_unverified", 409)
+        assert g.model_id == MODEL and g.counts() == (1, len(ids))
+    finally:
+        g.close()
+
+
+def test_a_rollback_returns_to_a_model_that_was_never_calibrated(
+    tmp_path: Path, enrolled: dict[str, list[int]]
+) -> None:
+    """The gallery's first model was served without a calibration (its manifest has only a
+    threshold, as an exported model's placeholder). Moving to a model needs its calibration,
+    but a rollback goes back to what the gallery was served with: refusing it (409
+    model_not_calibrated until --allow-uncalibrated) made the rollback more than one command."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("retinaface-mnet025", "yunet-2023mar", TARGET):
+        (models / name).symlink_to(ROOT / "models" / name, target_is_directory=True)
+    first = models / "sface-2021dec"
+    first.mkdir()
+    shipped = ROOT / "models" / "sface-2021dec"
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    del manifest["calibration"]
+    (first / "manifest.json").write_text(json.dumps(manifest))
+    (first / manifest["file"]).symlink_to(shipped / manifest["file"])
+    before = face_models(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**environment(tmp_path), "MARGINFACE_MODELS_DIR": str(models)}
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", "gallery", "migrate-model", *args, "--json"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    moved = run("--to", TARGET)
+    assert moved.returncode == 0, moved.stdout + moved.stderr[-2000:]
+    back = run("--rollback")
+    assert back.returncode == 0, back.stdout
+    assert json.loads(back.stdout)["switched"] == len(before)
+    assert face_models(tmp_path) == before
