@@ -23,6 +23,7 @@ from service.api import (
     faces,
     health,
     jobs,
+    migration,
     negatives,
     recognize,
     subjects,
@@ -45,6 +46,7 @@ from service.middleware import (
     InflightLimit,
     ScopeTable,
 )
+from service.model_mover import GateMiddleware, ModelMover, RequestGate
 from service.recognition import Recognition
 from service.resources import Resources
 from service.settings import Settings
@@ -117,6 +119,7 @@ def create_app(
     _check_settings(settings)
     metrics = Metrics()  # one registry per app; the lifespan connects the gallery and pipeline
     keys = KeyRing([k.get_secret_value() for k in settings.auth.api_keys], settings.auth.keys_file)
+    gate = RequestGate()  # held while the service switches its recognizer (model_mover)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
@@ -133,9 +136,14 @@ def create_app(
         providers = {"detector": pipe.detector.providers, "recognizer": pipe.embedder.providers}
         log.info("MarginFace ready: providers %s, gallery %s", providers, gal.stats())
         recognition = Recognition(settings, pipe, gal, on_faces=metrics.faces)
+        gate.busy_threads = lambda: limiter.borrowed_tokens
+        mover = ModelMover(
+            settings, pipe, gal, opened.jobs, gate, owns_pipeline=opened.owns_pipeline
+        )
         try:
-            yield {"app_state": AppState(settings, recognition, metrics, opened.jobs, keys)}
+            yield {"app_state": AppState(settings, recognition, metrics, opened.jobs, keys, mover)}
         finally:
+            mover.close()
             # handed-in resources too: uvicorn re-raises SIGTERM once it has shut down, so
             # nothing after uvicorn.run can be counted on to clean up (jobs, their folders)
             opened.close()
@@ -154,6 +162,7 @@ def create_app(
     routers = [health.router, subjects.router, faces.router, negatives.router, recognize.router,
                clusters.router]  # fmt: skip
     routers.append(jobs.router)
+    routers.append(migration.router)
     routers.append(jobs.export_router)
     routers.extend(compreface.routers)  # CompreFace's REST API: docs/compreface.md
     for router in routers:
@@ -171,4 +180,5 @@ def create_app(
     app.add_middleware(Base64Bodies, routes=IMAGE_ROUTES)  # innermost: base64 JSON images
     _install_middleware(app, settings, keys, metrics, ScopeTable(routers))
     app.add_middleware(compreface.CompreFaceErrors)  # its error body, on its routes only
+    app.add_middleware(GateMiddleware, gate=gate)  # outermost: a model switch holds requests
     return app

@@ -353,3 +353,40 @@ class GalleryBusy(MarginFaceError):
 
     code = "gallery_busy"
     status = 409
+
+
+class MigrationIncomplete(MarginFaceError):
+    """A gallery cannot switch to another model yet: some faces have no embedding of it."""
+
+    code = "migration_incomplete"
+    status = 409
+
+
+class MigrationUnverified(MarginFaceError):
+    """The new model's index failed the switch's check (faces do not find themselves): the
+    model cannot tell the gallery's faces apart (e.g. trained too briefly); nothing changed."""
+
+    code = "migration_unverified"
+    status = 409
+
+
+class NoFaceMigrated(MarginFaceError):
+    """A switch that would leave no face comparable: not one has an embedding of the new model
+    (nothing kept to re-embed from, or the migration ran without the service's settings)."""
+
+    code = "no_face_migrated"
+    status = 409
+
+
+class ModelNotCalibrated(MarginFaceError):
+    """A model without calibrated thresholds: identify cannot judge its scores."""
+
+    code = "model_not_calibrated"
+    status = 409
+
+
+class MigrationRunning(MarginFaceError):
+    """A model migration is already running in this service."""
+
+    code = "migration_running"
+    status = 409

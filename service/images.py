@@ -92,6 +92,10 @@ class ImageVault:
                 ) from exc
             raise
 
+    def has(self, face_id: int) -> bool:
+        """Whether a photo is kept for this face."""
+        return self._path(face_id).is_file()
+
     def get(self, face_id: int) -> bytes:
         """A face's kept photo; FaceNotFound when none is kept."""
         path = self._path(face_id)

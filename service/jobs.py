@@ -558,6 +558,7 @@ class JobRunner:
         """Find every face of the tree (with thumbnails), delete the photos, cluster."""
         indexer = self.indexer
         assert job.tree is not None
+        model_id = indexer.pipeline.model_id  # what embeds its faces (a switch waits for jobs)
         found = find_faces(
             job.tree,
             indexer.settings,
@@ -579,7 +580,7 @@ class JobRunner:
         threshold, far = edge_threshold(calibration, job.far, len(found.faces))
         result = cluster_faces(found.faces, threshold=threshold, far=far)
         thumbs = job.folder.path / "faces" if job.folder is not None else None
-        job.work = ClusterWork.of(result, thumbs)
+        job.work = ClusterWork.of(result, thumbs, model_id=model_id)
         job.conclude(
             {
                 "photos": found.photos,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.audit import audit_targets
+from service.errors import ModelError
 from service.gallery import Gallery, backends
 from service.indexer import BatchIndexer
 from service.jobs import JobRunner, WorkFolders
@@ -22,6 +23,43 @@ from service.settings import Settings
 from service.vision.pipeline import FacePipeline
 
 log = logging.getLogger("marginface")
+
+
+def _follow_gallery(settings: Settings, pipe: FacePipeline, gallery: Gallery) -> FacePipeline:
+    """A gallery moved to another model by ``gallery migrate-model`` is served with that model
+    (the configured one made its old embeddings): the pipeline is rebuilt for it when the
+    registry has it. Otherwise the configured pipeline stays, and every request that compares
+    is refused (model_mismatch): the gallery never compares vectors of two models."""
+    from service.model_migration import model_named
+
+    try:
+        name = model_named(settings, gallery.model_id)
+    except ModelError:
+        log.error(
+            "the gallery holds embeddings of %s, which is not in the registry; the service runs "
+            "%s and will refuse to compare (model_mismatch)",
+            gallery.model_id,
+            pipe.model_id,
+        )
+        return pipe
+    log.warning(
+        "the gallery was moved to %s (gallery migrate-model): serving it instead of the "
+        "configured %s; set MARGINFACE_EMBEDDER__MODEL=%s to say so",
+        gallery.model_id,
+        pipe.model_id,
+        name,
+    )
+    follow = settings.model_copy(
+        update={"embedder": settings.embedder.model_copy(update={"model": name})}
+    )
+    fresh = build_pipeline(follow)
+    try:
+        fresh.self_check()
+    except BaseException:
+        fresh.close()
+        raise
+    pipe.close()
+    return fresh
 
 
 @dataclass
@@ -57,6 +95,8 @@ class Resources:
             if owns_pipeline:
                 pipe.close()
             raise
+        if owns_pipeline and gal.model_id != pipe.model_id:
+            pipe = _follow_gallery(settings, pipe, gal)
         runner = JobRunner(
             BatchIndexer(settings, pipe, gal),
             board=backends.job_board(settings.gallery),

@@ -24,9 +24,11 @@ HEADERS = {"X-API-Key": API_KEY}
 CLI = [sys.executable, "-m", "service.cli"]
 
 
-def serve_command(port: int, gallery: Path, device: str = "cpu") -> list[str]:
-    """`marginface serve` as a user runs it, with the repository's models."""
-    models = str(ROOT / "models")
+def serve_command(
+    port: int, gallery: Path, device: str = "cpu", models_dir: Path | None = None
+) -> list[str]:
+    """`marginface serve` as a user runs it, with the repository's models (or ``models_dir``)."""
+    models = str(models_dir or ROOT / "models")
     cli = [sys.executable, "-m", "service.cli", "serve"]
     return [*cli, "--port", str(port), "--gallery", str(gallery), "--models-dir", models,
             "--device", device]  # fmt: skip
@@ -41,6 +43,7 @@ def server(
     log_dir: Path | None = None,
     cwd: Path = ROOT,
     device: str = "cpu",
+    models_dir: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start `marginface serve` as a user would (in ``cwd``, on ``device``), wait until /readyz
     answers."""
@@ -50,7 +53,7 @@ def server(
         "MARGINFACE_GALLERY__FLUSH_INTERVAL_S": "3600",  # so SIGKILL always finds a stale index
         **(extra_env or {}),
     }
-    cmd = serve_command(port, gallery, device)
+    cmd = serve_command(port, gallery, device, models_dir)
     # the log goes to a file: a pipe nobody reads fills up and blocks the server's logging
     log_path = (log_dir or gallery.parent) / f"server-{port}.log"
     log_file = log_path.open("ab")

@@ -17,6 +17,7 @@ from service.jobs import JobRunner
 from service.keys import KeyRing, Principal, Scope
 from service.metrics import Metrics
 from service.middleware import PRINCIPAL
+from service.model_mover import ModelMover
 from service.recognition import Recognition
 from service.settings import Settings
 
@@ -30,6 +31,7 @@ class AppState:
     metrics: Metrics
     jobs: JobRunner
     keys: KeyRing
+    mover: ModelMover | None = None  # moves the gallery to another recognizer in place
 
     @property
     def gallery(self) -> Gallery:

@@ -106,12 +106,20 @@ class ClusterWork:
     revision: int = 0  # of the review state: each change to it counts one
     board: ReviewBoard | None = field(default=None, repr=False)
     job_id: str = ""
+    #: the model that embedded its faces: naming enrolls them as that model's, so a gallery
+    #: switched to another model since refuses them (model_mismatch) ("": not recorded)
+    model_id: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _naming: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def of(
-        cls, result: Clustering, thumbnails: Path | None, gallery: Gallery | None = None
+        cls,
+        result: Clustering,
+        thumbnails: Path | None,
+        gallery: Gallery | None = None,
+        *,
+        model_id: str = "",
     ) -> ClusterWork:
         """From a finished clustering; thumbnails are written to ``thumbnails`` (the job's
         folder) and dropped from memory; names are checked against ``gallery``'s subjects."""
@@ -135,6 +143,7 @@ class ClusterWork:
             thumbnails,
             gallery,
             last_cluster=len(groups) - 1,
+            model_id=model_id,
         )
 
     def share(self, board: ReviewBoard, job_id: str) -> dict[str, Any]:
@@ -163,6 +172,7 @@ class ClusterWork:
             "threshold": self.threshold,
             "far": self.far,
             "algorithm": self.algorithm,
+            "model_id": self.model_id,
             "thumbnails": None if self.thumbnails is None else str(self.thumbnails),
             **self._review(),
         }
@@ -214,6 +224,7 @@ class ClusterWork:
             None if thumbnails is None else Path(thumbnails),
             board=board,
             job_id=job_id,
+            model_id=str(state.get("model_id", "")),
         )
         work._load_review(state)
         return work
@@ -433,7 +444,10 @@ class ClusterWork:
                 for i in members
             ]
             results = gallery.add_faces(
-                subject_id, faces, model_id=model_id, create_name=name or subject_id
+                subject_id,
+                faces,
+                model_id=self.model_id or model_id,
+                create_name=name or subject_id,
             )
             created = [fid for fid, new in results if new]
             moved = previous is not None and previous != subject_id
@@ -528,7 +542,7 @@ class ClusterWork:
             gallery.get_subject(subject)  # SubjectNotFound before anything changes
             erased = self._erase_enrolled(gallery, subject, found, enrolled)
             negative, _ = gallery.add_negative(
-                subject, found.embedding, model_id=model_id, source="face"
+                subject, found.embedding, model_id=self.model_id or model_id, source="face"
             )
             with self._lock:
                 self._pull()

@@ -19,6 +19,8 @@ from service.settings import GallerySettings
 
 if TYPE_CHECKING:
     from service.gallery.postgres import PostgresJobBoard
+    from service.gallery.sql import SqlStore
+    from service.gallery.staging import ModelStaging
 
 
 class Opener(Protocol):
@@ -172,3 +174,39 @@ def job_board(settings: GallerySettings) -> PostgresJobBoard | None:
     from service.gallery.postgres import PostgresJobBoard
 
     return PostgresJobBoard(postgres_dsn(settings))
+
+
+def open_staging(
+    settings: GallerySettings, *, model_id: str, embedding_dim: int, model_sha256: str = ""
+) -> ModelStaging:
+    """The gallery's store alone, for a model migration's re-embedding beside a running
+    service (its index is left to the service); ``model_id`` pins only a new, empty gallery."""
+    from service.gallery.staging import ModelStaging
+
+    if settings.backend == "embedded":
+        from service.gallery.sqlite import STORE_FILE, SqliteStore
+
+        path = settings.path / STORE_FILE
+        if not path.is_file():
+            raise ConfigError(f"there is no gallery at {settings.path} to migrate")
+        store: SqlStore = SqliteStore(path, model_id=model_id, embedding_dim=embedding_dim)
+    elif settings.backend == "distributed":
+        from service.gallery.postgres import PostgresStore
+
+        store = PostgresStore(
+            postgres_dsn(settings), model_id=model_id, embedding_dim=embedding_dim
+        )
+    else:
+        raise ConfigError(f"gallery backend {settings.backend!r} cannot migrate models")
+    store.record_weights(model_id, model_sha256)
+    return ModelStaging(store)
+
+
+def refuse_if_held(settings: GallerySettings) -> None:
+    """GalleryBusy while a service (or a tool) has the embedded gallery open: what switches
+    its model must have it alone. The distributed backend has no such hold: stop the replicas
+    first (docs/scaling.md)."""
+    if settings.backend == "embedded":
+        from service.gallery.owner import FolderLock
+
+        FolderLock(settings.path, exclusive=True).release()

@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from typing import Any
 
 import numpy as np
 
+from service.gallery import staging
 from service.gallery.headroom import DiskReserve, with_headroom
 from service.gallery.records import (
     FaceRecord,
@@ -33,6 +34,7 @@ from service.gallery.records import (
 )
 from service.gallery.search import Candidate, nearest_subjects
 from service.gallery.servable import check_servable
+from service.gallery.staging import ModelPin
 from service.gallery.store import Store
 from service.gallery.sync import IndexSync
 from service.gallery.vector_index import KeptIndex
@@ -412,6 +414,43 @@ class Gallery:
         with self._lock:
             self._import_faces(faces)
         self._wrote("faces_imported", face_ids=[f.id for f, _ in faces])
+
+    # ---- moving to another model (gallery migrate-model: service.gallery.staging)
+
+    def model_staging(self) -> staging.ModelStaging:
+        """What a model migration stages, in this gallery's store."""
+        return staging.ModelStaging(self._store, owned=False)  # type: ignore[arg-type]
+
+    def switch_model(
+        self,
+        target: ModelPin,
+        *,
+        pause: AbstractContextManager[Callable[[], None]] | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Move the gallery to ``target``, whose embeddings a migration staged: its index is
+        built and verified beside the live one, then store and index switch with writes held
+        (MigrationIncomplete while faces lack one). The old embeddings stay staged for a
+        rollback until ``purge_staged``. ``pause``/``ready``: see staging.switch_gallery."""
+        result = staging.switch_gallery(
+            self._store,  # type: ignore[arg-type]
+            self._index,
+            self._lock,
+            target,
+            pause=pause,
+            ready=ready,
+        )
+        self._wrote("model_switched", model_id=target.model_id, faces=result["switched"])
+        return result
+
+    def purge_staged(self) -> int:
+        """Erase every staged embedding (other models' copies: no rollback after this); the
+        count. Upkeep then pushes them out of the store's logs."""
+        with self._lock:
+            erased = staging.purge(self._store)  # type: ignore[arg-type]
+            self._sync.erased()
+        self._wrote("staged_embeddings_purged", embeddings=erased)
+        return erased
 
     def repair_index(self) -> None:
         """Rebuild the index from the store off the request path (searches keep the live one)."""

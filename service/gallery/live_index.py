@@ -28,6 +28,7 @@ import numpy as np
 from service.errors import GalleryCorrupted
 from service.gallery.index import FaissIndex
 from service.gallery.sqlite import SqliteStore
+from service.gallery.staging import ModelPin
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +60,17 @@ class LiveFaissIndex:
         self._erased_since_save = False
         self._journal: list[_Op] | None = None  # writes made while a build runs
         self._closed = False
+        self._epoch = 0  # bumped when another model's index is adopted: older builds are void
         self._build_requested = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
         self._builder: threading.Thread | None = None
         self._load_or_rebuild()
 
-    def _new_index(self) -> FaissIndex:
+    def _new_index(self, dim: int | None = None) -> FaissIndex:
         factory, params, use_gpu, exact_below = self._factory
         return FaissIndex(
-            self._store.embedding_dim,
+            dim or self._store.embedding_dim,
             factory,
             search_params=params,
             use_gpu=use_gpu,
@@ -179,6 +181,26 @@ class LiveFaissIndex:
         self._stale = True
         self._request_build("the index missed a write")
 
+    # ---- moving to another model (service.gallery.staging)
+
+    def build_for(self, target: ModelPin, ids: np.ndarray, vectors: np.ndarray) -> FaissIndex:
+        """An index of ``target``'s embeddings, built beside the live one (which keeps serving)."""
+        fresh = self._new_index(target.embedding_dim)
+        fresh.rebuild(ids, vectors)
+        fresh.upload()
+        return fresh
+
+    def adopt(self, index: Any) -> None:
+        """Serve ``index`` from now on (the store has just switched models) and save it; a
+        build of the old model's index still running is void."""
+        with self._lock:
+            self.faiss = index
+            self._epoch += 1
+            self._stale = False
+            self._dirty = True
+            self._erased_since_save = True  # the old model's vectors leave index.faiss too
+        self._save()
+
     def _request_build(self, reason: str) -> None:
         """Ask the builder for a fresh index; while one is being built, its journal already
         covers every write, so nothing more is asked."""
@@ -216,6 +238,7 @@ class LiveFaissIndex:
         meanwhile, swap it in, save it. Searches keep using the live index throughout."""
         with self._lock:
             self._journal = []
+            epoch = self._epoch
         try:
             reader = self._store.snapshot_reader()
             try:
@@ -226,6 +249,8 @@ class LiveFaissIndex:
             fresh.rebuild(ids, vectors)  # the slow part (training), outside the lock
             fresh.upload()  # the device copy too, when searching on a GPU
             with self._lock:
+                if self._epoch != epoch:  # the gallery moved to another model meanwhile
+                    return
                 for op, op_ids, op_vectors in self._journal or []:
                     fresh.remove(op_ids.tolist())  # a replayed add is idempotent: remove first
                     if op == "add" and op_vectors is not None:

@@ -24,6 +24,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
 from service.errors import BackendUnavailable, GalleryCorrupted
+from service.gallery.staging import ModelPin
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class MilvusIndex:
         self.search_params = dict(search_params or {})
         self._timeout = timeout_s
         self._unsealed = False  # written since the last flush of its segments
+        self._uri, self._prefix, self._token = uri, prefix, token
         try:
             self._client = MilvusClient(
                 uri=uri, token=token, timeout=timeout_s, grpc_options=GRPC_OPTIONS
@@ -96,6 +98,22 @@ class MilvusIndex:
         except MilvusException as exc:
             raise BackendUnavailable(f"Milvus at {uri} cannot be reached: {exc}") from exc
         self._call(self._ensure_collection)
+
+    def sibling(self, model_id: str, dim: int) -> MilvusIndex:
+        """The collection of another model's embeddings of the same gallery (same server and
+        settings), created when missing."""
+        return MilvusIndex(
+            self._uri,
+            model_id=model_id,
+            dim=dim,
+            gallery_id=self.gallery_id,
+            prefix=self._prefix,
+            token=self._token,
+            index_type=self.index_type,
+            index_params=self.index_params,
+            search_params=self.search_params,
+            timeout_s=self._timeout,
+        )
 
     def _call(self, work: Callable[[], T]) -> T:
         """Milvus failures (unreachable, timed out) become 503 backend_unavailable. A
@@ -277,6 +295,33 @@ class MilvusIndex:
             "index_factory": self.describe(),
             "index_on_gpu": False,  # GPU index types are chosen on the Milvus side
         }
+
+    # ---- moving to another model (service.gallery.staging)
+
+    def build_for(self, target: ModelPin, ids: np.ndarray, vectors: np.ndarray) -> MilvusIndex:
+        """The collection of ``target``'s embeddings (named after the model), filled afresh
+        beside this one, which keeps serving."""
+        fresh = self.sibling(target.model_id, target.embedding_dim)
+        if fresh.ntotal:  # left by an earlier attempt: start clean
+            fresh.drop()
+            fresh.close()
+            fresh = self.sibling(target.model_id, target.embedding_dim)
+        for start in range(0, len(ids), 5000):
+            fresh.add(ids[start : start + 5000], vectors[start : start + 5000])
+        fresh.flush()
+        return fresh
+
+    def adopt(self, index: Any) -> None:
+        """Search ``index``'s collection from now on; this one (the old model's) is dropped (a
+        rollback rebuilds it from the embeddings the store keeps)."""
+        assert isinstance(index, MilvusIndex)
+        old = self.name
+        self.name, self.model_id, self.dim = index.name, index.model_id, index.dim
+        index.close()
+        try:
+            self._call(lambda: self._client.drop_collection(old))
+        except BackendUnavailable as exc:
+            log.warning("the old model's collection %s could not be dropped: %s", old, exc)
 
     def drop(self) -> None:
         """Delete the collection (tests, and `gallery migrate --replace`)."""

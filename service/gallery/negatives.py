@@ -38,6 +38,7 @@ def add_negative(
     now = time.time()
     model_id, model_sha256 = store.model_id, store.model_sha256
     with store._transaction() as cur:
+        store.check_pin(cur)
         store._lock_subject(cur, subject_id, "UPDATE")  # one count-then-insert at a time
         if face_id is not None:
             existing = cur.execute(

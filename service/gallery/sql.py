@@ -139,6 +139,21 @@ class SqlStore(ABC):
                 service_model=model_id,
             )
 
+    def check_pin(self, cur: Cursor | None = None) -> None:
+        """ModelMismatch when the gallery was switched to another model since this store was
+        opened (another replica, or migrate-model): writes of this process's model must stop,
+        and /readyz says so until a restart follows the gallery. In a write transaction the
+        pin's row is share-locked, so a switch waits for it (or it for the switch)."""
+        sql = f"SELECT value FROM meta WHERE key='model_id' {self._lock_clause('SHARE')}"
+        row = self._one(sql) if cur is None else cur.execute(self._q(sql)).fetchone()
+        if row is not None and str(row[0]) != self.model_id:
+            raise ModelMismatch(
+                f"the gallery was moved to {row[0]} (gallery migrate-model) while this service "
+                f"ran {self.model_id}: restart it (it follows the gallery's model)",
+                gallery_model=str(row[0]),
+                service_model=self.model_id,
+            )
+
     # ---- subjects
 
     def create_subject(self, subject_id: str, name: str, metadata: dict[str, Any]) -> Subject:
@@ -287,6 +302,7 @@ class SqlStore(ABC):
         is locked (PostgreSQL: FOR SHARE) so a concurrent delete waits or wins."""
         now = time.time()
         with self._transaction() as cur:
+            self.check_pin(cur)
             if create_name is not None:
                 self._ensure_subject(cur, subject_id, create_name, now)
             else:
@@ -307,6 +323,7 @@ class SqlStore(ABC):
         checks: list[str] = []
         present: dict[str, bool] = {}
         with self._transaction() as cur:
+            self.check_pin(cur)
             for subject_id, face in items:
                 if subject_id not in present:
                     if creatable is None or subject_id in creatable:

@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,11 @@ def _full(path: Path) -> InsufficientStorage:
 
 
 _HEADER = b"SQLite format 3\x00"
+#: a checkpoint by another process (a replica, ``gallery migrate-model`` beside the service)
+#: copies pages in page order, so page 1, with the new size in its header, lands before the
+#: pages that extend the file: the file is shorter than its header says until the checkpoint
+#: ends. Only a file that stays short this long was truncated.
+TRUNCATION_SETTLE_S = 3.0
 
 
 class StoreFile:
@@ -82,14 +88,26 @@ class StoreFile:
             return "was deleted"
         if (st.st_dev, st.st_ino) != self.identity:
             return "was replaced by another file"
+        deadline = time.monotonic() + TRUNCATION_SETTLE_S
+        while True:
+            short = self._short()
+            if short is None:
+                return None
+            if short == "no header" or time.monotonic() >= deadline:
+                return "was truncated"
+            time.sleep(0.01)  # another process's checkpoint may be extending the file
+
+    def _short(self) -> str | None:
+        """Why the file is shorter than a whole store now (None: it is not)."""
+        assert self._fd is not None
         header = os.pread(self._fd, 100, 0)
         if len(header) < 100 or not header.startswith(_HEADER):
-            return "was truncated"
+            return "no header"  # no checkpoint leaves page 1 short
         page_size = int.from_bytes(header[16:18], "big")
         page_size = 65536 if page_size == 1 else page_size
         pages = int.from_bytes(header[28:32], "big")
         if os.fstat(self._fd).st_size < pages * page_size:
-            return "was truncated"
+            return "shorter than its header says"
         return None
 
     def close(self) -> None:

@@ -32,6 +32,11 @@ class Store(Protocol):
     embedding_dim: int
     on_quarantine: Callable[[list[int]], None] | None
 
+    def check_pin(self, cur: Any = None) -> None:
+        """ModelMismatch when the gallery was switched to another model since this store was
+        opened (another replica, or migrate-model)."""
+        ...
+
     def check_model(self, model_id: str) -> None:
         """Raise ModelMismatch unless embeddings of ``model_id`` belong here."""
         ...

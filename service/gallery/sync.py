@@ -194,7 +194,9 @@ class IndexSync:
 
     def stats(self) -> dict[str, Any]:
         """Sizes and the index in use, for /readyz (GalleryCorrupted, not ready, when the
-        store was lost under the service)."""
+        store was lost under the service; ModelMismatch once another replica moved the gallery
+        to another model)."""
+        self._store.check_pin()
         subjects, faces = self._store.counts()
         found = {
             **self._index.details(),

@@ -12,9 +12,12 @@ keeps itself, so ``MilvusIndex`` fills ``KeptIndex`` directly.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.gallery.staging import ModelPin
 
 
 class VectorIndex(Protocol):
@@ -76,6 +79,16 @@ class KeptIndex(VectorIndex, Protocol):
 
     def details(self) -> dict[str, Any]:
         """The backend and index in use, for /readyz (``backend``, ``index_factory``, ...)."""
+        ...
+
+    def build_for(self, target: ModelPin, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
+        """An index of another model's embeddings (a gallery moving to ``target``), built
+        beside this one, which keeps serving (service.gallery.staging)."""
+        ...
+
+    def adopt(self, index: VectorIndex) -> None:
+        """Serve ``index`` (from ``build_for``) from now on: the store has just switched to
+        its model. The old model's vectors leave (file, collection)."""
         ...
 
     def close(self) -> None:

@@ -157,6 +157,18 @@ class FacePipeline:
         if vector.shape != (1, self.embedder.embedding_dim) or not np.isfinite(vector).all():
             raise ModelError(f"start-up self-check: the recognizer returned {vector.shape}")
 
+    def adopt(self, other: FacePipeline) -> None:
+        """Take over another pipeline's models (a service switching its gallery to another
+        recognizer, with no request in flight); the batcher replaced is stopped, the observers
+        stay."""
+        old = self.batcher
+        if other.batcher is not None and old is not None:
+            other.batcher.on_batch = old.on_batch
+        self.detector, self.embedder, self.batcher = other.detector, other.embedder, other.batcher
+        self.second_detector, self.validity = other.second_detector, other.validity
+        if old is not None and old is not self.batcher:
+            old.close()
+
     def close(self) -> None:
         """Stop the batcher's worker thread, if any."""
         if self.batcher is not None:

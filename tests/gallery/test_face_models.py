@@ -13,6 +13,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from service.errors import ModelMismatch
 from service.gallery import Gallery, backends
 from service.gallery.sqlite import STORE_FILE
 from service.settings import GallerySettings
@@ -90,5 +91,31 @@ def test_a_stored_face_of_another_model_is_never_compared(where: Where) -> None:
         assert report["other_models"] == {OTHER: 1}
         assert report["index"]["consistent"]  # the index holds this model's faces only
         assert g.counts() == (1, 3)  # kept, listed, never compared
+    finally:
+        g.close()
+
+
+def test_a_gallery_of_another_embedding_size_opens_and_refuses_to_compare(where: Where) -> None:
+    """A gallery moved to a model with smaller embeddings (`gallery migrate-model` to a
+    freshly trained 64-d model), opened by a service still configured for a 128-d one: the
+    embedded backend built its index for the service's size and FAISS asserted on the stored
+    vectors (AssertionError at start-up, the service never started, so it could not follow the
+    gallery to its model). It opens at the stored size and refuses to compare (409)."""
+    rng = np.random.default_rng(32)
+    small = DIM // 2
+    vecs = rng.standard_normal((2, small)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    g = backends.open_gallery(where.settings, model_id=OTHER, embedding_dim=small)
+    try:
+        g.create_subject("s", "S", {})
+        g.add_faces("s", [face(v, f"f{i}") for i, v in enumerate(vecs)], model_id=OTHER)
+    finally:
+        g.close()
+    g = where.open()
+    try:
+        assert (g.model_id, g.embedding_dim) == (OTHER, small)
+        assert g.counts() == (1, 2)
+        with pytest.raises(ModelMismatch):
+            g.search(unit(rng), top_k=1, model_id=MODEL)
     finally:
         g.close()

@@ -185,6 +185,8 @@ def test_negatives_are_exported_and_imported_and_old_exports_still_import(
     old.write_bytes((tmp_path / "backup.sqlite3").read_bytes())
     with sqlite3.connect(old) as conn:
         conn.execute("DROP TABLE negatives")
+        conn.execute("DROP TABLE staged_embeddings")  # schema 5: not there in 3 either
+        conn.execute("DROP TABLE migration_failures")
         conn.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
     import_store(old, tmp_path / "from-old")
     upgraded = embedded_gallery(tmp_path / "from-old", model_id=MODEL, embedding_dim=DIM)

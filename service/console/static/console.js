@@ -5,8 +5,8 @@ const KEY = "marginface.apiKey";
 const PAGE = 20;
 const $ = (id) => document.getElementById(id);
 const state = { offset: 0, total: 0, search: "", subject: null, faces: [], model: null, stream: null,
-  job: null, thumbs: new Map(), identified: null };
-const VIEWS = ["gallery", "identify", "verify", "people"];
+  job: null, thumbs: new Map(), identified: null, migration: null, poll: null };
+const VIEWS = ["gallery", "identify", "verify", "people", "recognizer"];
 const THUMBS_PER_CLUSTER = 16;
 
 // ---------------------------------------------------------------- API
@@ -117,6 +117,7 @@ function route() {
   }
   if (view === "gallery") guarded(loadSubjects);
   if (view === "identify" || view === "verify") guarded(loadModel);
+  if (view === "recognizer") guarded(loadMigration); else stopPolling();
   if (view === "signin") $("api-key").focus();
 }
 
@@ -700,6 +701,148 @@ $("discard-job").addEventListener("click", () => guarded(async () => {
   $("cluster-actions").hidden = true;
   $("cluster-summary").textContent = "";
   say("Job discarded.");
+}));
+
+// ---------------------------------------------------------------- recognizer (model migration)
+
+const MIGRATION = "/v1/admin/model-migration";
+const MOVING = ["embedding", "switching"];  // a migration thread runs: the view polls
+
+function stopPolling() { clearTimeout(state.poll); state.poll = null; }
+
+// "sface-2021dec (sface-2021dec@1a2b3c4d5e6f)" for a model id, when it is registered here
+function modelText(id, models) {
+  if (!id) return "none";
+  const m = models.find((x) => x.model_id === id);
+  return m ? `${m.name} (${id})` : id;
+}
+
+function pickedModel() {
+  const m = state.migration && state.migration.models.find((x) => x.name === $("migrate-to").value);
+  return m || null;
+}
+
+function showUncalibrated() {
+  const m = pickedModel();
+  $("migrate-uncalibrated").hidden = !m || m.calibrated;
+}
+
+// the body of a start or a dry run; refused here before the service is asked when an
+// uncalibrated model is picked without the explicit tick
+function migrationRequest(dryRun) {
+  const m = pickedModel();
+  if (!m) throw new Error("Choose a recognizer to move to.");
+  const allow = $("allow-uncalibrated").checked;
+  if (!m.calibrated && !allow) {
+    throw new Error(`${m.name} has no calibrated thresholds: tick "Allow uncalibrated" to use it anyway.`);
+  }
+  return { to: m.name, dry_run: dryRun, allow_uncalibrated: allow };
+}
+
+async function loadMigration() {
+  stopPolling();
+  const was = state.migration && MOVING.includes(state.migration.state);
+  const s = await api("GET", MIGRATION);
+  state.migration = s;
+  renderMigration(s);
+  if (was && !MOVING.includes(s.state)) say($("migration-state").textContent);
+  if (MOVING.includes(s.state) && location.hash === "#recognizer") {
+    // a poll leaves an error on screen alone (guarded would clear it), and shows its own
+    state.poll = setTimeout(() => loadMigration().catch((e) => showError(e.message || String(e))), 1000);
+  }
+}
+
+function renderMigration(s) {
+  const models = s.models;
+  $("rec-gallery-model").textContent = modelText(s.gallery_model, models);
+  $("rec-service-model").textContent = modelText(s.service_model, models);
+  $("rec-previous-model").textContent = s.previous_model
+    ? `${modelText(s.previous_model, models)}: ${s.staged_models[s.previous_model] ? "its embeddings are kept, a rollback is quick" : "its embeddings were erased, a rollback re-embeds every face"}`
+    : "none (the gallery was never switched)";
+  const staged = Object.entries(s.staged_models);
+  $("rec-staged").textContent = staged.length
+    ? staged.map(([id, n]) => `${n} of ${modelText(id, models)}`).join("; ")
+    : "none";
+
+  const select = $("migrate-to");
+  const picked = select.value;
+  select.replaceChildren();
+  for (const m of models) {
+    const o = document.createElement("option");
+    o.value = m.name;
+    const notes = [m.model_id === s.gallery_model ? "current" : "", m.calibrated ? "" : "uncalibrated"].filter(Boolean);
+    o.textContent = notes.length ? `${m.name} (${notes.join(", ")})` : m.name;
+    o.title = m.licence || "";
+    select.append(o);
+  }
+  const other = models.find((m) => m.model_id !== s.gallery_model);
+  // the last choice stays unless the gallery is on it now (a retry of its failures picks it again)
+  if (models.some((m) => m.name === picked && m.model_id !== s.gallery_model)) select.value = picked;
+  else if (other) select.value = other.name;
+  showUncalibrated();
+
+  const moving = MOVING.includes(s.state);
+  $("migrate-start").disabled = moving;
+  $("rollback").disabled = moving || !s.previous_model;
+  $("purge").disabled = moving || staged.length === 0;
+
+  $("migration").hidden = s.state === "idle";
+  if (s.state === "idle") return;
+  const words = { embedding: "Re-embedding faces", switching: "Switching (requests are held a moment)",
+    switched: "Switched", staged: "Staged (not switched)", stopped: "Stopped", failed: "Failed" };
+  $("migration-state").textContent = `${words[s.state] || s.state} — to ${modelText(s.to, models)}`;
+  const p = s.progress || { done: 0, total: 0 };
+  $("migration-progress").max = Math.max(p.total, 1);
+  $("migration-progress").value = p.done;
+  $("migration-count").textContent = `${p.done}/${p.total} faces`;
+  $("migration-error").hidden = !s.error;
+  $("migration-error").textContent = s.error ? `${s.error.message} (${s.error.code})` : "";
+  const r = s.result;
+  $("migration-result").hidden = !r || moving;
+  if (r && !moving) {
+    const parts = [`${r.embedded} re-embedded now`, `${r.failed ?? r.failed_now} could not be`];
+    if (r.switched !== undefined) parts.push(`${r.switched} faces switched`, `${r.indexed} indexed`);
+    $("migration-result").textContent = `Result: ${parts.join(", ")}.`;
+  }
+  const failures = s.failures || [];
+  $("failures-title").hidden = failures.length === 0;
+  const list = $("migration-failures");
+  list.replaceChildren();
+  for (const f of failures) {
+    list.append(Object.assign(document.createElement("li"), { textContent: `Face ${f.face_id} of ${f.subject_id}: ${f.reason}` }));
+  }
+  if (s.state === "switched") state.model = null;  // identify's operating points are the new model's
+}
+
+$("migrate-to").addEventListener("change", showUncalibrated);
+
+$("migrate-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  guarded(async () => {
+    const body = migrationRequest(true);
+    const d = await api("POST", MIGRATION, body);
+    $("migrate-check").textContent = `Check for ${body.to}: ${d.to_embed} of ${d.faces} faces to re-embed — ${d.from_chip} from their face chip, ${d.from_photo} from their photo, ${d.cannot_migrate} cannot be (nothing kept)${d.staged ? `; ${d.staged} already staged` : ""}.`;
+  });
+});
+
+$("migrate-start").addEventListener("click", () => guarded(async () => {
+  const body = migrationRequest(false);
+  await api("POST", MIGRATION, body);
+  say(`Moving the gallery to ${body.to}…`);
+  await loadMigration();
+}));
+
+$("rollback").addEventListener("click", () => guarded(async () => {
+  await api("POST", `${MIGRATION}/rollback`);
+  say("Rolling back to the previous model…");
+  await loadMigration();
+}));
+
+$("purge").addEventListener("click", () => guarded(async () => {
+  if (!confirm("Erase the embeddings kept for a rollback? The gallery can then only go back by re-embedding every face.")) return;
+  const r = await api("POST", `${MIGRATION}/purge`);
+  say(`Erased ${r.purged} old embeddings.`);
+  await loadMigration();
 }));
 
 route();

@@ -1,0 +1,150 @@
+"""``marginface gallery migrate-model``: the command's steps (service.model_migration does the
+work): re-embed and stage beside a running service, then switch with the gallery to itself."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from service.cli.common import progress_bar
+from service.errors import GalleryBusy, MigrationIncomplete
+from service.settings import Settings
+
+#: a switch refused because faces were enrolled meanwhile embeds those and tries again
+SWITCH_ATTEMPTS = 3
+
+
+def _current_pin(settings: Settings) -> tuple[str, int, str]:
+    from service.models import resolve_model
+
+    manifest, _ = resolve_model(settings.models_dir, settings.embedder.model)
+    assert manifest.embedding_dim is not None
+    return manifest.model_id, manifest.embedding_dim, manifest.sha256
+
+
+def migrate_model(settings: Settings, args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    """(report, text, exit code) of one run of the command."""
+    from service.gallery import backends
+    from service.model_migration import model_named, target_model
+
+    model_id, dim, sha = _current_pin(settings)
+    staging = backends.open_staging(
+        settings.gallery, model_id=model_id, embedding_dim=dim, model_sha256=sha
+    )
+    try:
+        current = staging.pin
+        if args.purge:
+            staging.close()
+            return _purge(settings, current.model_id, current.embedding_dim)
+        if args.rollback:
+            previous = staging.previous_model()
+            if previous is None:
+                return {"error": "no_previous_model"}, "the gallery was never switched", 1
+            name = model_named(settings, previous.model_id)
+        else:
+            name = args.to
+        # a rollback returns to the model the gallery was served with, calibrated or not
+        allowed = args.allow_uncalibrated or args.rollback
+        target = target_model(settings, name, allow_uncalibrated=allowed)
+        if target.pin.model_id == current.model_id:
+            info = {"to": current.model_id, "switched": 0, "already": True}
+            return info, f"the gallery is on {current.model_id} already", 0
+        reembedder = _reembedder(settings, name)
+        from service.model_migration import dry_run, stage_all
+
+        if args.dry_run:
+            info = dry_run(staging, reembedder, target)
+            return info, _dry_text(info), 0
+        staged = _stage(staging, reembedder, target, args)
+    finally:
+        staging.close()
+    if args.no_switch:
+        return staged, _staged_text(staged, target.pin.model_id) + "; not switched (--no-switch)", 0
+    try:
+        backends.refuse_if_held(settings.gallery)
+    except GalleryBusy:
+        text = _staged_text(staged, target.pin.model_id) + (
+            "; the service is running on this gallery: switch through it (POST "
+            f'/v1/admin/model-migration {{"to": "{name}"}}, or the console), or stop it and run '
+            "this command again (either re-embeds only what was enrolled meanwhile)"
+        )
+        return {**staged, "switched": 0, "switch_pending": True}, text, 0
+    gallery = backends.open_gallery(
+        settings.gallery, model_id=current.model_id, embedding_dim=current.embedding_dim
+    )
+    try:
+        for attempt in range(SWITCH_ATTEMPTS):
+            try:
+                result = gallery.switch_model(target.pin)
+                break
+            except MigrationIncomplete:
+                if attempt == SWITCH_ATTEMPTS - 1:
+                    raise
+                again = backends.open_staging(
+                    settings.gallery, model_id=model_id, embedding_dim=dim, model_sha256=sha
+                )
+                try:
+                    staged = stage_all(again, reembedder, target, batch=args.batch)
+                finally:
+                    again.close()
+    finally:
+        gallery.close()
+    info = {**staged, **result, "from": current.model_id, "model": name}
+    text = (
+        f"switched {result['switched']} faces from {current.model_id} to {target.pin.model_id} "
+        f"({result['failed']} could not be re-embedded: kept, not compared; `marginface gallery "
+        f"verify` lists them). Start the service with MARGINFACE_EMBEDDER__MODEL={name} (it "
+        "follows the gallery's model anyway); `migrate-model --rollback` goes back"
+    )
+    return info, text, 0
+
+
+def _reembedder(settings: Settings, name: str) -> Any:
+    """The target model's pipeline, and what the gallery kept of each face."""
+    from service.images import ImageVault
+    from service.model_migration import Reembedder
+    from service.recognition import build_pipeline
+
+    target_settings = settings.model_copy(
+        update={"embedder": settings.embedder.model_copy(update={"model": name})}
+    )
+    pipeline = build_pipeline(target_settings, batching=False)
+    privacy = settings.privacy
+    keeps = privacy.keep_images or getattr(privacy, "keep_face_chips", False)
+    vault = ImageVault(privacy) if keeps and privacy.images_dir.is_dir() else None
+    return Reembedder(pipeline, vault, photos=privacy.keep_images)
+
+
+def _stage(staging: Any, reembedder: Any, target: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from service.model_migration import stage_all
+
+    with progress_bar("re-embedding", disable=args.no_progress or args.json) as progress:
+        return stage_all(staging, reembedder, target, batch=args.batch, progress=progress)
+
+
+def _purge(settings: Settings, model_id: str, dim: int) -> tuple[dict[str, Any], str, int]:
+    from service.gallery import backends
+
+    backends.refuse_if_held(settings.gallery)
+    gallery = backends.open_gallery(settings.gallery, model_id=model_id, embedding_dim=dim)
+    try:
+        erased = gallery.purge_staged()
+    finally:
+        gallery.close()
+    return {"purged": erased}, f"erased {erased} staged embeddings; no rollback from here", 0
+
+
+def _staged_text(info: dict[str, Any], model_id: str) -> str:
+    return (
+        f"{info['staged'] + info['on_target']}/{info['faces']} faces have an embedding of "
+        f"{model_id} ({info['embedded']} new in {info['seconds']} s, {info['failed']} could not "
+        "be re-embedded)"
+    )
+
+
+def _dry_text(info: dict[str, Any]) -> str:
+    return (
+        f"{info['faces']} faces; to move to {info['to']}: {info['to_embed']} to re-embed "
+        f"({info['from_chip']} from face chips, {info['from_photo']} from kept photos), "
+        f"{info['cannot_migrate']} cannot be (nothing kept), {info['staged']} staged already"
+    )
