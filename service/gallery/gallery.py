@@ -2,8 +2,9 @@
 
 Routes, the CLI, the batch indexer and jobs change a gallery only through ``Gallery``, so each
 promise is kept here, once:
-- kept photos are written and erased under the same lock as their faces' rows (an erased face
-  never leaves its photo behind; photos of faces a crash left half-done are swept at start);
+- kept face chips and photos are written and erased under the same lock as their faces' rows
+  (an erased face never leaves its chip or photo behind; those of faces a crash left half-done
+  are swept at start);
 - a batch job never re-creates a subject deleted while it runs (``add_many``'s ``creatable``);
 - identification returns ``top_k`` distinct subjects (the face search widens until it has them
   or the gallery is exhausted), and no score outside [-1, 1] leaves it (a corrupted index is
@@ -196,29 +197,19 @@ class Gallery:
         *,
         model_id: str,
         photos: list[bytes] | None = None,
+        chips: list[bytes] | None = None,
         create_name: str | None = None,
     ) -> list[tuple[int, bool]]:
         """Enroll faces (all or nothing); (face id, created) per face, an image already
-        enrolled for the subject is not added again. With kept photos on, ``photos`` (one per
-        face) are kept with their new faces in the same locked step; a photo that cannot be
-        written undoes the enrollment. ModelMismatch, SubjectNotFound, InsufficientStorage,
-        InvalidSubjectId."""
+        enrolled for the subject is not added again. ``photos`` and ``chips`` (one per face)
+        are kept as far as the vault keeps them (privacy.keep_images, keep_face_chips), with
+        their new faces in the same locked step; one that cannot be written undoes the
+        enrollment. ModelMismatch, SubjectNotFound, InsufficientStorage, InvalidSubjectId."""
         check_subject_id(subject_id)
         self.check_model(model_id)
         with self._lock:
             results = self._backend.add_faces(subject_id, faces, create_name=create_name)
-            if self.images is not None and photos is not None:
-                created = [
-                    (fid, data) for (fid, new), data in zip(results, photos, strict=True) if new
-                ]
-                try:
-                    for fid, data in created:
-                        self.images.put(fid, data)
-                except BaseException:
-                    for fid, _ in created:  # all or nothing: the faces go with their photos
-                        self._backend.delete_face(fid)
-                    self.images.delete([fid for fid, _ in created])
-                    raise
+            self._keep([fid if new else None for fid, new in results], photos, chips)
         self._wrote("faces_added", subject_id=subject_id, face_ids=[f for f, c in results if c])
         return results
 
@@ -228,11 +219,13 @@ class Gallery:
         *,
         model_id: str,
         creatable: frozenset[str] | None = None,
+        chips: list[bytes] | None = None,
     ) -> list[tuple[str, int | None, bool]]:
         """Batch indexing: faces of many subjects in one transaction. A missing subject is
         created only if ``creatable`` is None or holds it; the faces of one that is not come
-        back with face id None (a subject deleted while a job runs is not re-created);
-        InvalidSubjectId (the indexer refuses such folders first)."""
+        back with face id None (a subject deleted while a job runs is not re-created).
+        ``chips`` (one per item) are kept as ``add_faces`` keeps them: all or nothing.
+        InvalidSubjectId (the indexer refuses such folders first), InsufficientStorage."""
         for subject_id, _ in items:
             check_subject_id(subject_id)
         self.check_model(model_id)
@@ -240,11 +233,42 @@ class Gallery:
             return []
         with self._lock:
             results = self._backend.add_faces_many(items, creatable=creatable)
+            self._keep([fid if new else None for _, fid, new in results], None, chips)
         self._wrote("faces_added", face_ids=[fid for _, fid, c in results if c and fid is not None])
         return results
 
+    def _keep(
+        self,
+        face_ids: list[int | None],
+        photos: list[bytes] | None,
+        chips: list[bytes] | None,
+    ) -> None:
+        """Keep the photos and chips of the faces just created (None: not created), as far as
+        the vault keeps them; on any failure the created faces are erased with whatever was
+        written, and the error raised (the caller holds the lock)."""
+        vault = self.images
+        if vault is None:
+            return
+        kinds = [
+            (put, data)
+            for put, keep, data in ((vault.put, vault.keeps_photos, photos),
+                                    (vault.put_chip, vault.keeps_chips, chips))
+            if keep and data is not None
+        ]  # fmt: skip
+        created = [fid for fid in face_ids if fid is not None]
+        try:
+            for put, data in kinds:
+                for fid, item in zip(face_ids, data, strict=True):
+                    if fid is not None:
+                        put(fid, item)
+        except BaseException:
+            for fid in created:  # all or nothing: the faces go with their photos and chips
+                self._backend.delete_face(fid)
+            vault.delete(created)
+            raise
+
     def delete_face(self, face_id: int) -> str:
-        """Erase one face and its kept photo; its subject id. FaceNotFound."""
+        """Erase one face and its kept photo and chip; its subject id. FaceNotFound."""
         with self._lock:
             subject_id = self._backend.delete_face(face_id)
             if self.images is not None:
@@ -275,13 +299,24 @@ class Gallery:
 
     def face_photo(self, face_id: int) -> bytes:
         """The kept photo of a face; FaceNotFound when photos are not kept or this one is not."""
-        if self.images is None:
+        if self.images is None or not self.images.keeps_photos:
             from service.errors import FaceNotFound
 
             raise FaceNotFound(
                 f"no photo is kept for face {face_id}: privacy.keep_images is off (the default)"
             )
         return self.images.get(face_id)
+
+    def face_chip(self, face_id: int) -> bytes:
+        """The kept chip of a face (JPEG bytes, ``service.vision.chip``): its example image and
+        what re-embedding it needs. FaceNotFound when chips are not kept or this one is not."""
+        if self.images is None or not self.images.keeps_chips:
+            from service.errors import FaceNotFound
+
+            raise FaceNotFound(
+                f"no face chip is kept for face {face_id}: privacy.keep_face_chips is off"
+            )
+        return self.images.chip(face_id)
 
     # ---- negative examples ("not this person")
 
