@@ -61,7 +61,15 @@ class ImageVault:
         self.keeps_photos = settings.keep_images
         self.keeps_chips = settings.keep_face_chips
         if self.keeps_photos or self.keeps_chips:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # at start-up, not at the first enrollment
+                raise ConfigError(
+                    f"privacy.images_dir {self.directory} cannot be created ({exc.strerror}): "
+                    "face chips are kept by default; set MARGINFACE_PRIVACY__IMAGES_DIR to a "
+                    "writable folder (shared by replicas), or MARGINFACE_PRIVACY__KEEP_FACE_CHIPS"
+                    "=false (migrating to another recognizer then needs re-enrollment)"
+                ) from exc
         self._fernet: Fernet | None = None
         if settings.images_key is not None:
             try:

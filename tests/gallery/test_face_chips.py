@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import FaceNotFound, InsufficientStorage
+from service.errors import ConfigError, FaceNotFound, InsufficientStorage
 from service.gallery import NewFace
 from service.images import ImageVault
 from service.indexer import BatchIndexer
@@ -173,3 +173,17 @@ def test_the_vault_writes_only_what_the_settings_keep(tmp_path: Path) -> None:
         vault.get(7)
     vault.delete([7])
     assert list(Path(settings.images_dir).iterdir()) == []
+
+
+def test_an_images_dir_that_cannot_be_created_is_refused_at_start(tmp_path: Path) -> None:
+    """Chips are kept by default: a folder the service cannot write (a read-only root file
+    system, a file in the way) is a clear config error when the gallery opens, not a 500 at
+    the first enrollment."""
+    (tmp_path / "blocked").write_text("a file where the folder would go")
+    settings = make_settings(tmp_path, privacy={"images_dir": tmp_path / "blocked" / "images"})
+    with pytest.raises(ConfigError, match="KEEP_FACE_CHIPS=false"):
+        ImageVault(settings.privacy)
+    off = make_settings(
+        tmp_path, privacy={"images_dir": tmp_path / "blocked" / "images", "keep_face_chips": False}
+    )
+    ImageVault(off.privacy)  # keeping nothing: nothing to create
