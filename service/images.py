@@ -64,12 +64,16 @@ class ImageVault:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # at start-up, not at the first enrollment
-                raise ConfigError(
-                    f"privacy.images_dir {self.directory} cannot be created ({exc.strerror}): "
-                    "face chips are kept by default; set MARGINFACE_PRIVACY__IMAGES_DIR to a "
-                    "writable folder (shared by replicas), or MARGINFACE_PRIVACY__KEEP_FACE_CHIPS"
-                    "=false (migrating to another recognizer then needs re-enrollment)"
-                ) from exc
+                if exc.errno == errno.ENOSPC:  # the service starts on a full disk (507 later)
+                    log.warning("cannot create %s: the disk is full", self.directory)
+                else:
+                    raise ConfigError(
+                        f"privacy.images_dir {self.directory} cannot be created "
+                        f"({exc.strerror}): face chips are kept by default; set "
+                        "MARGINFACE_PRIVACY__IMAGES_DIR to a writable folder (shared by "
+                        "replicas), or MARGINFACE_PRIVACY__KEEP_FACE_CHIPS=false (migrating to "
+                        "another recognizer then needs re-enrollment)"
+                    ) from exc
         self._fernet: Fernet | None = None
         if settings.images_key is not None:
             try:
@@ -111,9 +115,9 @@ class ImageVault:
 
     def _write(self, path: Path, data: bytes, what: str) -> None:
         payload = self._fernet.encrypt(data) if self._fernet else data
-        self.directory.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)  # not there when the start was
             with tmp.open("wb") as fh:
                 fh.write(payload)
                 fh.flush()
