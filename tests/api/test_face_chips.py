@@ -116,3 +116,25 @@ def test_compreface_example_image_falls_back_to_the_chip(
         assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
         assert img.content == c.get(f"/v1/faces/{face_id}/chip").content
         assert (tmp_path / "images" / f"{face_id}.chip.img").exists()
+
+
+def test_an_index_job_keeps_a_chip_per_face_by_default(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """The batch path the API runs (POST /v1/jobs/index), not only the indexer in process."""
+    from tests.api.test_jobs import people_zip, post_zip, wait
+
+    with app_client(tmp_path, pipeline) as c:
+        job = wait(c, post_zip(c, people_zip()).json()["id"])
+        assert job["status"] == "succeeded" and job["summary"]["enrolled"] == 6, job
+        face_ids = [
+            f["id"]
+            for s in c.get("/v1/subjects").json()["items"]
+            for f in c.get(f"/v1/subjects/{s['id']}/faces").json()
+        ]
+        assert len(face_ids) == 6
+        for face_id in face_ids:
+            r = c.get(f"/v1/faces/{face_id}/chip")
+            assert r.status_code == 200 and r.content.startswith(JPEG)
+        kept = sorted(p.name for p in (tmp_path / "images").iterdir())
+        assert kept == sorted(f"{f}.chip.img" for f in face_ids)
