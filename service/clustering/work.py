@@ -113,13 +113,16 @@ class ClusterWork:
     def of(
         cls, result: Clustering, thumbnails: Path | None, gallery: Gallery | None = None
     ) -> ClusterWork:
-        """From a finished clustering; thumbnails are written to ``thumbnails`` (the job's
-        folder) and dropped from memory; names are checked against ``gallery``'s subjects."""
+        """From a finished clustering; thumbnails and chips are written to ``thumbnails`` (the
+        job's folder) and dropped from memory; names are checked against ``gallery``'s
+        subjects."""
         if thumbnails is not None:
             thumbnails.mkdir(parents=True, exist_ok=True)
             for i, face in enumerate(result.faces):
                 if face.thumbnail:
                     (thumbnails / f"{i}.jpg").write_bytes(face.thumbnail)
+                if face.chip:
+                    (thumbnails / f"{i}.chip.jpg").write_bytes(face.chip)
         faces = [
             FoundFace(f.file, f.box, f.quality, f.embedding, f.det_score, f.sha256)
             for f in result.faces
@@ -433,7 +436,11 @@ class ClusterWork:
                 for i in members
             ]
             results = gallery.add_faces(
-                subject_id, faces, model_id=model_id, create_name=name or subject_id
+                subject_id,
+                faces,
+                model_id=model_id,
+                chips=self._chips(members),
+                create_name=name or subject_id,
             )
             created = [fid for fid, new in results if new]
             moved = previous is not None and previous != subject_id
@@ -451,6 +458,17 @@ class ClusterWork:
             "face_ids": created,
             "already_present": sum(1 for _, new in results if not new),
         }
+
+    def _chips(self, members: list[int]) -> list[bytes] | None:
+        """The chips the job cut of these faces (in its folder, as the thumbnails), or None
+        when it has not every one (chips were off when it ran, or this replica does not share
+        the job's folder): the faces are enrolled, their chips are not kept."""
+        if self.thumbnails is None:
+            return None
+        try:
+            return [(self.thumbnails / f"{i}.chip.jpg").read_bytes() for i in members]
+        except OSError:
+            return None
 
     @staticmethod
     def _unname(gallery: Gallery, subject_id: str, face_ids: list[int], *, made: bool) -> None:

@@ -138,3 +138,35 @@ def test_an_index_job_keeps_a_chip_per_face_by_default(
             assert r.status_code == 200 and r.content.startswith(JPEG)
         kept = sorted(p.name for p in (tmp_path / "images").iterdir())
         assert kept == sorted(f"{f}.chip.img" for f in face_ids)
+
+
+def test_naming_a_cluster_keeps_a_chip_per_face(tmp_path: Path, pipeline: FacePipeline) -> None:
+    """A cluster job deletes its photos once their faces are found: the chips are cut then,
+    kept with the job's thumbnails, and go into the gallery with the faces a naming enrolls."""
+    from tests.api.test_clusters import pile, submit
+
+    settings = make_settings(
+        tmp_path, jobs={"work_dir": tmp_path / "jobs"}, privacy={"images_dir": tmp_path / "images"}
+    )
+    app = create_app(settings, pipeline=pipeline)
+    with TestClient(app, headers={"X-API-Key": API_KEY}) as c:
+        data, _ = pile()
+        job = submit(c, data)
+        view = c.get(f"/v1/jobs/{job['id']}/clusters").json()
+        cluster = max(view["clusters"], key=lambda k: k["size"])
+        r = c.post(
+            f"/v1/jobs/{job['id']}/clusters/{cluster['cluster']}/subject",
+            json={"subject_id": "someone", "name": "Someone"},
+        )
+        assert r.status_code == 200, r.text
+        face_ids = r.json()["face_ids"]
+        assert len(face_ids) == cluster["size"] >= 3
+        for face_id in face_ids:
+            chip = c.get(f"/v1/faces/{face_id}/chip")
+            assert chip.status_code == 200 and chip.content.startswith(JPEG)
+            assert len(pipeline.analyze(decode_image(chip.content))) >= 1
+        kept = sorted(p.name for p in (tmp_path / "images").iterdir())
+        assert kept == sorted(f"{f}.chip.img" for f in face_ids)
+        assert c.delete(f"/v1/jobs/{job['id']}").status_code == 204
+        assert not [p for p in (tmp_path / "jobs").rglob("*.jpg")]  # the job's copies went
+        assert c.get(f"/v1/faces/{face_ids[0]}/chip").status_code == 200  # the gallery's stay
