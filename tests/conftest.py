@@ -60,6 +60,15 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(autouse=True)
+def kept_face_data_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Face chips are kept by default, in ``var/images`` of the working folder: a test's CLI
+    run or server (``cwd=ROOT``) would write them into the checkout, where the next gallery's
+    start-up sweep erases them. Each test's go under its own tmp_path (settings that name an
+    images folder still win)."""
+    monkeypatch.setenv("MARGINFACE_PRIVACY__IMAGES_DIR", str(tmp_path / "images"))
+
+
 @pytest.fixture(scope="session")
 def pipeline() -> FacePipeline:
     """The default detector and recognizer, loaded once; with the micro-batcher, so the API
