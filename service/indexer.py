@@ -38,6 +38,7 @@ from service.gallery import Gallery, NewFace
 from service.photo_tree import FileTooLarge, LinkSkipped, Photo, PhotoTree
 from service.settings import Settings
 from service.subject_id import is_subject_id
+from service.vision.chip import chip_jpeg
 from service.vision.image import decode_image
 from service.vision.pipeline import EnrollPolicy, FacePipeline
 
@@ -131,6 +132,7 @@ class _Prepared:
     score: float = 0.0
     sha256: str = ""
     several: bool = False
+    chip: bytes | None = None  # the face's chip (privacy.keep_face_chips)
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class _Rules:
     policy: EnrollPolicy
     min_quality: float
     max_pixels: int
+    keep_chips: bool = False
 
 
 class PipelineWorker:
@@ -220,6 +223,7 @@ def _analyse(
         score=face.score,
         sha256=sha,
         several=chosen.faces_found > 1,
+        chip=chip_jpeg(image, face.box) if rules.keep_chips else None,
     )
 
 
@@ -349,7 +353,9 @@ class BatchIndexer:
     @property
     def _rules(self) -> _Rules:
         s = self.settings
-        return _Rules(s.enroll_policy, s.min_quality, s.limits.max_image_pixels)
+        return _Rules(
+            s.enroll_policy, s.min_quality, s.limits.max_image_pixels, s.privacy.keep_face_chips
+        )
 
     def _read(
         self, tree: PhotoTree, photo: Photo, known: set[tuple[str, str]]
@@ -373,16 +379,21 @@ class BatchIndexer:
 
     def _commit(self, batch: list[_Prepared], summary: IndexSummary) -> int:
         """Write a batch of embedded faces in one transaction; returns files handled."""
+        embedded = [p for p in batch if p.embedding is not None]
         items = [
             (
                 p.subject_id,
                 NewFace(embedding=p.embedding, box=p.box, det_score=p.score, image_sha256=p.sha256),
             )
-            for p in batch
+            for p in embedded
             if p.embedding is not None
         ]
+        chips = [p.chip for p in embedded if p.chip is not None]
         results = self.gallery.add_many(
-            items, model_id=self.pipeline.model_id, creatable=frozenset(self._creatable)
+            items,
+            model_id=self.pipeline.model_id,
+            creatable=frozenset(self._creatable),
+            chips=chips if self._rules.keep_chips else None,
         )
         self._creatable -= {sid for sid, fid, _ in results if fid is not None}  # made: only once
         for p, (_, fid, created) in zip(batch, results, strict=True):

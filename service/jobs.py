@@ -555,7 +555,7 @@ class JobRunner:
             self._publish(job, force=True)
 
     def _cluster(self, job: Job, progress: Callable[[int, int], None]) -> None:
-        """Find every face of the tree (with thumbnails), delete the photos, cluster."""
+        """Find every face of the tree (with thumbnails and chips), delete the photos, cluster."""
         indexer = self.indexer
         assert job.tree is not None
         model_id = indexer.pipeline.model_id  # what embeds its faces (a switch waits for jobs)
@@ -564,6 +564,7 @@ class JobRunner:
             indexer.settings,
             indexer.pipeline,
             thumbnails=True,
+            chips=indexer.settings.privacy.keep_face_chips,  # what a naming keeps
             threads=indexer.workers,
             progress=progress,
             cancel=job.cancel.is_set,

@@ -29,6 +29,7 @@ from service.gallery.staging import ModelPin, ModelStaging
 from service.images import ImageVault
 from service.models import Manifest, list_models, resolve_model
 from service.settings import Settings
+from service.vision.chip import face_box_in_chip
 from service.vision.image import decode_image
 from service.vision.pipeline import FacePipeline
 
@@ -97,15 +98,16 @@ class Reembedder:
         self.photos = photos  # kept photos are read only where privacy.keep_images said so
 
     def sources(self, face: FaceRecord) -> list[tuple[str, Callable[[], bytes]]]:
-        """What is kept of a face to re-embed it from, best first: (kind, reader)."""
-        if self.vault is None:
+        """What is kept of a face to re-embed it from, best first: (kind, reader). The kept
+        photo is the original; the chip a JPEG of its face (what is kept by default)."""
+        vault = self.vault
+        if vault is None:
             return []
         found: list[tuple[str, Callable[[], bytes]]] = []
-        chip = getattr(self.vault, "has_chip", None)
-        if chip is not None and chip(face.id):
-            found.append(("chip", lambda: self.vault.chip(face.id)))  # type: ignore[union-attr]
-        if self.photos and self.vault.has(face.id):
-            found.append(("photo", lambda: self.vault.get(face.id)))  # type: ignore[union-attr]
+        if self.photos and vault.has(face.id):
+            found.append(("photo", lambda: vault.get(face.id)))
+        if vault.has_chip(face.id):
+            found.append(("chip", lambda: vault.chip(face.id)))
         return found
 
     def embed(self, face: FaceRecord) -> np.ndarray | str:
@@ -120,11 +122,10 @@ class Reembedder:
             except MarginFaceError as exc:
                 reason = f"its kept {kind} cannot be read ({exc.message})"
                 continue
-            box = tuple(float(v) for v in face.box)
+            x1, y1, x2, y2 = (float(v) for v in face.box)
+            box: tuple[float, float, float, float] = (x1, y1, x2, y2)
             if kind == "chip":
-                from service.vision.chip import face_box_in_chip
-
-                box = tuple(face_box_in_chip(box, image.shape[0]))
+                box = face_box_in_chip(box, image.shape[0])
             found = self.pipeline.analyze(image)
             scored = [(_iou(box, tuple(f.box)), f) for f in found]
             scored = [s for s in scored if s[0] >= MIN_IOU]

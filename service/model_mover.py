@@ -141,7 +141,7 @@ class ModelMover:
         target and progress, and where the gallery stands."""
         with self._lock:
             status = dict(self._status)
-        staging = self.gallery.model_staging()
+        staging = self.gallery.models.staging()
         previous = staging.previous_model()
         status.update(
             gallery_model=self.gallery.model_id,
@@ -170,7 +170,7 @@ class ModelMover:
     def dry_run(self, name: str, *, allow_uncalibrated: bool = False) -> dict[str, Any]:
         """What a migration to ``name`` could re-embed, by source; nothing changes."""
         target = target_model(self.settings, name, allow_uncalibrated=allow_uncalibrated)
-        return dry_run(self.gallery.model_staging(), self._reembedder(None), target)
+        return dry_run(self.gallery.models.staging(), self._reembedder(None), target)
 
     def start(
         self, name: str | None, *, allow_uncalibrated: bool = False, switch: bool = True
@@ -190,7 +190,7 @@ class ModelMover:
                     f"a migration to {self._status.get('to')} is running", **self._status
                 )
         if name is None:
-            previous = self.gallery.model_staging().previous_model()
+            previous = self.gallery.models.staging().previous_model()
             if previous is None:
                 from service.errors import InvalidRequest
 
@@ -236,7 +236,7 @@ class ModelMover:
             fresh = self._target_pipeline(self._status["model"])
             reembedder = self._reembedder(fresh)
             staged = stage_all(
-                self.gallery.model_staging(),
+                self.gallery.models.staging(),
                 reembedder,
                 target,
                 progress=lambda done, total: self._update(progress={"done": done, "total": total}),
@@ -270,13 +270,13 @@ class ModelMover:
         for attempt in range(5):
             self._wait_for_jobs()
             try:
-                return self.gallery.switch_model(
+                return self.gallery.models.switch(
                     target.pin, pause=self._held(fresh), ready=self._jobs_idle
                 )
             except (MigrationIncomplete, Overloaded):
                 if attempt == 4:
                     raise
-                stage_all(self.gallery.model_staging(), reembedder, target)
+                stage_all(self.gallery.models.staging(), reembedder, target)
         raise AssertionError("unreachable")
 
     @contextmanager

@@ -33,6 +33,7 @@ from service.memory import MemoryBudget, decode_bytes
 from service.models import Manifest, resolve_model
 from service.settings import Settings
 from service.vision.batcher import MicroBatcher
+from service.vision.chip import chip_jpeg
 from service.vision.detection import DetectorOptions, create_detector
 from service.vision.embedding import Embedder
 from service.vision.image import decode_image
@@ -161,10 +162,12 @@ def detector_options(settings: Settings) -> DetectorOptions:
 def open_gallery(
     settings: Settings, manifest: Manifest, *, on_write: WriteObserver | None = None
 ) -> Gallery:
-    """Open (or create) the configured gallery, pinned to this recognizer, with the kept-photo
-    vault when privacy.keep_images is on."""
+    """Open (or create) the configured gallery, pinned to this recognizer, with its vault of
+    kept face data: it writes chips (privacy.keep_face_chips, on by default) and photos
+    (privacy.keep_images, opt-in) as the settings say, and is there even with both off, so that
+    what was kept before an option was turned off is still erased with its face."""
     assert manifest.embedding_dim is not None
-    images = ImageVault(settings.privacy) if settings.privacy.keep_images else None
+    images = ImageVault(settings.privacy)
     return backends.open_gallery(
         settings.gallery,
         model_id=manifest.model_id,
@@ -328,13 +331,27 @@ class Recognition:
     ) -> Chosen:
         """The face to enroll or verify (the pipeline's documented choice) and what the image
         held."""
+        return self._choose(data, policy=policy, aligned=aligned, min_quality=min_quality)[0]
+
+    def _choose(
+        self,
+        data: bytes,
+        *,
+        policy: EnrollPolicy | None = None,
+        aligned: bool = False,
+        min_quality: float = 0.0,
+        chip: bool = False,
+    ) -> tuple[Chosen, bytes | None]:
+        """``one_face``, and with ``chip`` the chosen face's chip (cut while the image is
+        decoded: an enrollment decodes each photo once)."""
         with self.decoded(data) as image:
-            return self.pipeline.choose_face(
+            chosen = self.pipeline.choose_face(
                 image,
                 policy=policy or self.settings.enroll_policy,
                 aligned=aligned,
                 min_quality=min_quality,
             )
+            return chosen, chip_jpeg(image, chosen.face.box) if chip else None
 
     # ---- gallery operations
 
@@ -356,10 +373,13 @@ class Recognition:
         self.gallery.check_model(self.pipeline.model_id)
         self.gallery.get_subject(subject_id)
         floor = self.settings.min_quality if min_quality is None else min_quality
-        chosen = [
-            self.one_face(data, policy=policy, aligned=aligned, min_quality=floor)
+        keep_chips = self.settings.privacy.keep_face_chips
+        picked = [
+            self._choose(data, policy=policy, aligned=aligned, min_quality=floor, chip=keep_chips)
             for data in images
         ]
+        chosen = [c for c, _ in picked]
+        chips = [chip for _, chip in picked if chip is not None]
         new = [
             NewFace(
                 embedding=c.face.embedding,
@@ -370,7 +390,11 @@ class Recognition:
             for c, data in zip(chosen, images, strict=True)
         ]
         results = self.gallery.add_faces(
-            subject_id, new, model_id=self.pipeline.model_id, photos=images
+            subject_id,
+            new,
+            model_id=self.pipeline.model_id,
+            photos=images,
+            chips=chips if keep_chips else None,
         )
         return [(fid, created, c) for (fid, created), c in zip(results, chosen, strict=True)]
 

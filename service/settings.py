@@ -259,12 +259,20 @@ class PrivacySettings(Section):
     keep_images: bool = Field(
         False, description="keep each enrolled photo (REST enrollments); off: embeddings only"
     )
+    keep_face_chips: bool = Field(
+        True,
+        description="keep a face chip per enrolled face (the face with a margin, at most 256 "
+        "px): what re-embedding with a new model needs; off: migrating to another recognizer "
+        "needs re-enrollment",
+    )
     images_dir: Path = Field(
-        Path("var/images"), description="where kept photos go (shared storage for replicas)"
+        Path("var/images"),
+        description="where kept face chips and photos go (shared storage for replicas)",
     )
     images_key: SecretStr | None = Field(
         None,
-        description="Fernet key (urlsafe base64, 32 bytes) that encrypts kept photos at rest; "
+        description="Fernet key (urlsafe base64, 32 bytes) that encrypts kept chips and photos "
+        "at rest; "
         "generate one with `marginface keys images-key`",
     )
     audit_log_path: Path | None = Field(

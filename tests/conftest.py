@@ -44,15 +44,29 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
-    """Settings for a test: CPU, a gallery under tmp_path, one API key."""
+    """Settings for a test: CPU, a gallery and its kept face data under tmp_path (face chips
+    are kept by default: never in the checkout's var/, where another test's gallery would sweep
+    them), one API key."""
+    privacy = overrides.pop("privacy", {})
+    assert isinstance(privacy, dict), "privacy overrides are a dict of settings"
     base: dict[str, object] = {
         "models_dir": ROOT / "models",
         "device": "cpu",
         "gallery": {"path": tmp_path / "gallery", "flush_interval_s": 3600},
         "auth": {"api_keys": [API_KEY]},
+        "privacy": {"images_dir": tmp_path / "images", **privacy},
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def kept_face_data_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Face chips are kept by default, in ``var/images`` of the working folder: a test's CLI
+    run or server (``cwd=ROOT``) would write them into the checkout, where the next gallery's
+    start-up sweep erases them. Each test's go under its own tmp_path (settings that name an
+    images folder still win)."""
+    monkeypatch.setenv("MARGINFACE_PRIVACY__IMAGES_DIR", str(tmp_path / "images"))
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,12 @@ COMPOSE_ONLY = {k for k, who in NOT_SETTINGS.items() if who.startswith("docker-c
 #: the .env scripts/serve.sh writes: one API key, nothing else
 SERVE_SH_ENV = {"MARGINFACE_AUTH__API_KEYS": '["k"]'}
 DISTRIBUTED = {"postgres", "etcd", "minio", "milvus", "db-upgrade", "api-replica", "proxy"}
+#: the folders a server writes with the default settings
+WRITTEN_PATHS = (
+    "MARGINFACE_GALLERY__PATH",
+    "MARGINFACE_JOBS__WORK_DIR",
+    "MARGINFACE_PRIVACY__IMAGES_DIR",
+)
 
 
 def stages() -> dict[str, list[str]]:
@@ -144,7 +150,9 @@ def test_compose_agrees_with_the_dockerfile_and_the_settings() -> None:
         env = {**stage_env, **{k: str(v) for k, v in svc["environment"].items()}}
         mounts = dict(v.split(":")[::-1] for v in svc["volumes"])  # container path -> volume
         assert set(mounts.values()) <= set(COMPOSE["volumes"])
-        for path_key in ("MARGINFACE_GALLERY__PATH", "MARGINFACE_JOBS__WORK_DIR"):
+        # every folder the service writes by default (face chips are kept by default) is on
+        # the volume: the root file system is read-only, and a recreated container keeps them
+        for path_key in WRITTEN_PATHS:
             assert any(env[path_key].startswith(m + "/") for m in mounts), path_key
         assert env["MARGINFACE_MODELS_DIR"] not in mounts  # the image's own registry
         assert svc["env_file"] == [".env"] and (ROOT / ".env.example").is_file()
@@ -182,6 +190,10 @@ def test_the_distributed_profile_wires_replicas_to_postgres_milvus_and_the_proxy
     env = {k: str(v) for k, v in replica["environment"].items()}
     for key in env:
         assert setting_exists(key), key
+    # the replicas' face chips: one folder every replica shares (a replica's erasure and start-up
+    # sweep must see the chips the others wrote), on a volume (the root file system is read-only)
+    mounts = dict(v.split(":")[::-1] for v in replica["volumes"])
+    assert mounts[env["MARGINFACE_PRIVACY__IMAGES_DIR"]] in COMPOSE["volumes"]
     settings = Settings(
         gallery={  # type: ignore[arg-type]
             "backend": env["MARGINFACE_GALLERY__BACKEND"],
@@ -237,6 +249,7 @@ def test_the_container_start_command_serves_outside_docker(tmp_path: Path) -> No
         "MARGINFACE_MODELS_DIR": str(ROOT / "models"),
         "MARGINFACE_GALLERY__PATH": str(tmp_path / "data/gallery"),
         "MARGINFACE_JOBS__WORK_DIR": str(tmp_path / "data/jobs"),
+        "MARGINFACE_PRIVACY__IMAGES_DIR": str(tmp_path / "data/images"),
     }
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log_file:

@@ -148,7 +148,11 @@ def run_index(root: Path, gallery: Path) -> subprocess.Popen[bytes]:
         "--report",
         str(gallery.parent / f"{gallery.name}.json"),
     ]
-    env = {**os.environ, "MARGINFACE_INTRA_OP_THREADS": "1"}
+    env = {
+        **os.environ,
+        "MARGINFACE_INTRA_OP_THREADS": "1",
+        "MARGINFACE_PRIVACY__IMAGES_DIR": str(gallery.parent / f"{gallery.name}-images"),
+    }
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE)
 
 

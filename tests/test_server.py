@@ -51,6 +51,8 @@ def server(
         **os.environ,
         "MARGINFACE_AUTH__API_KEYS": json.dumps([API_KEY]),
         "MARGINFACE_GALLERY__FLUSH_INTERVAL_S": "3600",  # so SIGKILL always finds a stale index
+        # face chips are kept by default: beside this gallery, not in the checkout's var/
+        "MARGINFACE_PRIVACY__IMAGES_DIR": str(gallery.parent / f"{gallery.name}-images"),
         **(extra_env or {}),
     }
     cmd = serve_command(port, gallery, device, models_dir)

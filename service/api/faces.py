@@ -90,3 +90,23 @@ def face_image(
         media_type=media_type(data),
         headers={"Cache-Control": "no-store", "Content-Disposition": f"inline; filename={face_id}"},
     )
+
+
+@router.get(
+    "/faces/{face_id}/chip",
+    dependencies=[CanRead],
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+def face_chip(
+    face_id: Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a face id")],
+    state: State,
+) -> Response:
+    """The example image of this face: its chip, the detected face with a margin, at most 256
+    px (kept by default, privacy.keep_face_chips; 404 face_not_found when none is kept)."""
+    data = state.gallery.face_chip(face_id)
+    return Response(
+        data,
+        media_type="image/jpeg",
+        headers={"Cache-Control": "no-store", "Content-Disposition": f"inline; filename={face_id}"},
+    )

@@ -61,4 +61,4 @@ def rollback(state: State) -> dict[str, Any]:
 @router.post("/purge")
 def purge(state: State) -> dict[str, Any]:
     """Erase the embeddings of other models kept for a rollback (no rollback afterwards)."""
-    return {"purged": state.gallery.purge_staged()}
+    return {"purged": state.gallery.models.purge()}

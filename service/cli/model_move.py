@@ -75,7 +75,7 @@ def migrate_model(settings: Settings, args: argparse.Namespace) -> tuple[dict[st
     try:
         for attempt in range(SWITCH_ATTEMPTS):
             try:
-                result = gallery.switch_model(target.pin)
+                result = gallery.models.switch(target.pin)
                 break
             except MigrationIncomplete:
                 if attempt == SWITCH_ATTEMPTS - 1:
@@ -128,7 +128,7 @@ def _purge(settings: Settings, model_id: str, dim: int) -> tuple[dict[str, Any],
     backends.refuse_if_held(settings.gallery)
     gallery = backends.open_gallery(settings.gallery, model_id=model_id, embedding_dim=dim)
     try:
-        erased = gallery.purge_staged()
+        erased = gallery.models.purge()
     finally:
         gallery.close()
     return {"purged": erased}, f"erased {erased} staged embeddings; no rollback from here", 0

@@ -24,6 +24,7 @@ from service.errors import MarginFaceError
 from service.indexer import PipelineWorker, analysis_pool
 from service.photo_tree import FileTooLarge, LinkSkipped, PhotoTree
 from service.settings import Settings
+from service.vision.chip import chip_jpeg
 from service.vision.image import decode_image
 from service.vision.pipeline import FacePipeline
 
@@ -42,6 +43,9 @@ class FoundFace:
     det_score: float = 1.0
     sha256: str = ""  # of the photo: a face named into the gallery keeps it, as enrollments do
     thumbnail: bytes | None = field(default=None, repr=False)  # JPEG of the aligned crop
+    #: the face chip (``service.vision.chip``) a naming keeps in the gallery: the photo is
+    #: deleted once its faces are found, so it is cut now (privacy.keep_face_chips)
+    chip: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class _Rules:
     min_quality: float
     max_pixels: int
     thumbnails: bool = False
+    chips: bool = False
 
 
 def thumbnail(pipeline: FacePipeline, image: np.ndarray, landmarks: np.ndarray) -> bytes:
@@ -103,6 +108,7 @@ def faces_of(
             continue
         box = (float(f.box[0]), float(f.box[1]), float(f.box[2]), float(f.box[3]))
         thumb = thumbnail(pipeline, image, f.landmarks) if rules.thumbnails else None
+        chip = chip_jpeg(image, box) if rules.chips else None
         out.append(
             FoundFace(
                 name,
@@ -112,6 +118,7 @@ def faces_of(
                 det_score=float(f.score),
                 sha256=sha,
                 thumbnail=thumb,
+                chip=chip,
             )
         )
     return out or "no face"
@@ -129,6 +136,7 @@ def find_faces(
     *,
     which: Which = "all",
     thumbnails: bool = False,
+    chips: bool = False,
     processes: int = 0,
     threads: int = 2,
     progress: ProgressFn | None = None,
@@ -136,7 +144,7 @@ def find_faces(
 ) -> FoundFaces:
     """Every face under ``root`` (any depth; a folder, or a tree opened earlier: a job's, which
     this closes when done), in a stable order of files."""
-    rules = _Rules(which, settings.min_quality, settings.limits.max_image_pixels, thumbnails)
+    rules = _Rules(which, settings.min_quality, settings.limits.max_image_pixels, thumbnails, chips)
     found = FoundFaces()
     tree = root if isinstance(root, PhotoTree) else PhotoTree(root)
     tree.max_file_bytes = settings.limits.max_upload_bytes

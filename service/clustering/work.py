@@ -121,13 +121,16 @@ class ClusterWork:
         *,
         model_id: str = "",
     ) -> ClusterWork:
-        """From a finished clustering; thumbnails are written to ``thumbnails`` (the job's
-        folder) and dropped from memory; names are checked against ``gallery``'s subjects."""
+        """From a finished clustering; thumbnails and chips are written to ``thumbnails`` (the
+        job's folder) and dropped from memory; names are checked against ``gallery``'s
+        subjects."""
         if thumbnails is not None:
             thumbnails.mkdir(parents=True, exist_ok=True)
             for i, face in enumerate(result.faces):
                 if face.thumbnail:
                     (thumbnails / f"{i}.jpg").write_bytes(face.thumbnail)
+                if face.chip:
+                    (thumbnails / f"{i}.chip.jpg").write_bytes(face.chip)
         faces = [
             FoundFace(f.file, f.box, f.quality, f.embedding, f.det_score, f.sha256)
             for f in result.faces
@@ -447,6 +450,7 @@ class ClusterWork:
                 subject_id,
                 faces,
                 model_id=self.model_id or model_id,
+                chips=self._chips(members),
                 create_name=name or subject_id,
             )
             created = [fid for fid, new in results if new]
@@ -465,6 +469,17 @@ class ClusterWork:
             "face_ids": created,
             "already_present": sum(1 for _, new in results if not new),
         }
+
+    def _chips(self, members: list[int]) -> list[bytes] | None:
+        """The chips the job cut of these faces (in its folder, as the thumbnails), or None
+        when it has not every one (chips were off when it ran, or this replica does not share
+        the job's folder): the faces are enrolled, their chips are not kept."""
+        if self.thumbnails is None:
+            return None
+        try:
+            return [(self.thumbnails / f"{i}.chip.jpg").read_bytes() for i in members]
+        except OSError:
+            return None
 
     @staticmethod
     def _unname(gallery: Gallery, subject_id: str, face_ids: list[int], *, made: bool) -> None:

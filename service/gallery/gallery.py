@@ -5,7 +5,8 @@ Routes, the CLI, the batch indexer and jobs change a gallery only through ``Gall
 promise is kept here, once:
 - every write commits to the store first, then the index follows (``sync.IndexSync``: a failed
   index write is repaired, never lost; reconcile, the index check and the upkeep live there);
-- kept photos are written and erased under the same lock as their faces' rows;
+- kept face chips and photos are written and erased under the same lock as their faces' rows
+  (an erased face never leaves its chip or photo behind);
 - a batch job never re-creates a subject deleted while it runs (``add_many``'s ``creatable``);
 - identification returns ``top_k`` distinct subjects, no score outside [-1, 1] (``search``);
 - every write reports what it touched (``on_write``: the audit trail's targets).
@@ -17,13 +18,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from service.gallery import staging
 from service.gallery.headroom import DiskReserve, with_headroom
 from service.gallery.records import (
     FaceRecord,
@@ -34,8 +34,8 @@ from service.gallery.records import (
 )
 from service.gallery.search import Candidate, nearest_subjects
 from service.gallery.servable import check_servable
-from service.gallery.staging import ModelPin
 from service.gallery.store import Store
+from service.gallery.switch import ModelSwitch
 from service.gallery.sync import IndexSync
 from service.gallery.vector_index import KeptIndex
 from service.images import ImageVault
@@ -72,6 +72,8 @@ class Gallery:
         self._lock = threading.RLock()  # writes, with their photos, one at a time per process
         self._sync = IndexSync(store, index, reserve, on_close)  # the index follows the store
         store.on_quarantine = self._sync.remove  # a face that fails a check leaves the index
+        #: moving to another model (gallery migrate-model): staged embeddings, switch, purge
+        self.models = ModelSwitch(store, index, self._lock, self._sync, self._wrote)  # type: ignore[arg-type]
         if images is not None:  # photos of faces no longer held (a crash left them half-done);
             # every face held counts, quarantined and other models' too (re-embedding needs them)
             images.sweep(store.all_face_ids)
@@ -79,9 +81,8 @@ class Gallery:
             self.start_upkeep(upkeep_interval_s)
 
     def start_upkeep(self, interval_s: float) -> None:
-        """Run the upkeep in a thread until ``close``, every ``interval_s`` and at once after an
-        erasure (erased embeddings leave the disk within moments, whoever opened the gallery).
-        ``backends.open_gallery`` always starts it."""
+        """Run the upkeep in a thread until ``close`` (``backends.open_gallery`` always does):
+        erased embeddings leave the disk within moments, whoever opened the gallery."""
         self._sync.start(interval_s)
 
     @property
@@ -191,13 +192,12 @@ class Gallery:
         return subject
 
     def delete_subject(self, subject_id: str) -> int:
-        """Erase a subject, its faces and their kept photos; the number of faces removed."""
+        """Erase a subject (``erase_subject``); the number of faces removed."""
         return len(self.erase_subject(subject_id))
 
     def erase_subject(self, subject_id: str) -> list[int]:
-        """Erase a subject, its faces and their kept photos; the erased face ids. The id is
-        looked up as it is, not checked against the rule: an id an earlier release let in
-        (a job's ``name\\n``) can still be erased."""
+        """Erase a subject, its faces and what was kept of them; the erased face ids. The id is
+        not checked against the rule: one an earlier release let in can still be erased."""
         with self._lock:
             face_ids = self._erase_subject(subject_id)
             if self.images is not None:
@@ -214,29 +214,19 @@ class Gallery:
         *,
         model_id: str,
         photos: list[bytes] | None = None,
+        chips: list[bytes] | None = None,
         create_name: str | None = None,
     ) -> list[tuple[int, bool]]:
         """Enroll faces (all or nothing); (face id, created) per face, an image already
-        enrolled for the subject is not added again. With kept photos on, ``photos`` (one per
-        face) are kept with their new faces in the same locked step; a photo that cannot be
-        written undoes the enrollment. ModelMismatch, SubjectNotFound, InsufficientStorage,
-        InvalidSubjectId."""
+        enrolled for the subject is not added again. ``photos`` and ``chips`` (one per face)
+        are kept as far as the vault keeps them (privacy.keep_images, keep_face_chips), with
+        their new faces in the same locked step; one that cannot be written undoes the
+        enrollment. ModelMismatch, SubjectNotFound, InsufficientStorage, InvalidSubjectId."""
         check_subject_id(subject_id)
         self.check_model(model_id)
         with self._lock:
             results = self._enroll(subject_id, faces, create_name)
-            if self.images is not None and photos is not None:
-                created = [
-                    (fid, data) for (fid, new), data in zip(results, photos, strict=True) if new
-                ]
-                try:
-                    for fid, data in created:
-                        self.images.put(fid, data)
-                except BaseException:
-                    for fid, _ in created:  # all or nothing: the faces go with their photos
-                        self._erase_face(fid)
-                    self.images.delete([fid for fid, _ in created])
-                    raise
+            self._keep([fid if new else None for fid, new in results], photos, chips)
         self._wrote("faces_added", subject_id=subject_id, face_ids=[f for f, c in results if c])
         return results
 
@@ -246,11 +236,13 @@ class Gallery:
         *,
         model_id: str,
         creatable: frozenset[str] | None = None,
+        chips: list[bytes] | None = None,
     ) -> list[tuple[str, int | None, bool]]:
         """Batch indexing: faces of many subjects in one transaction. A missing subject is
         created only if ``creatable`` is None or holds it; the faces of one that is not come
-        back with face id None (a subject deleted while a job runs is not re-created);
-        InvalidSubjectId (the indexer refuses such folders first)."""
+        back with face id None (a subject deleted while a job runs is not re-created).
+        ``chips`` (one per item) are kept as ``add_faces`` keeps them: all or nothing.
+        InvalidSubjectId (the indexer refuses such folders first), InsufficientStorage."""
         for subject_id, _ in items:
             check_subject_id(subject_id)
         self.check_model(model_id)
@@ -258,11 +250,27 @@ class Gallery:
             return []
         with self._lock:
             results = self._enroll_many(items, creatable)
+            self._keep([fid if new else None for _, fid, new in results], None, chips)
         self._wrote("faces_added", face_ids=[fid for _, fid, c in results if c and fid is not None])
         return results
 
+    def _keep(
+        self, face_ids: list[int | None], photos: list[bytes] | None, chips: list[bytes] | None
+    ) -> None:
+        """Keep the photos and chips of the faces just created (None: not created); on any
+        failure those faces are erased too (all or nothing; the caller holds the lock)."""
+        if self.images is None:
+            return
+        try:
+            self.images.keep(face_ids, photos, chips)
+        except BaseException:
+            for fid in face_ids:
+                if fid is not None:
+                    self._erase_face(fid)
+            raise
+
     def delete_face(self, face_id: int) -> str:
-        """Erase one face and its kept photo; its subject id. FaceNotFound."""
+        """Erase one face and its kept photo and chip; its subject id. FaceNotFound."""
         with self._lock:
             subject_id = self._erase_face(face_id)
             if self.images is not None:
@@ -293,13 +301,12 @@ class Gallery:
 
     def face_photo(self, face_id: int) -> bytes:
         """The kept photo of a face; FaceNotFound when photos are not kept or this one is not."""
-        if self.images is None:
-            from service.errors import FaceNotFound
+        return ImageVault.photo_of(self.images, face_id)
 
-            raise FaceNotFound(
-                f"no photo is kept for face {face_id}: privacy.keep_images is off (the default)"
-            )
-        return self.images.get(face_id)
+    def face_chip(self, face_id: int) -> bytes:
+        """The kept chip of a face (JPEG, ``service.vision.chip``): its example image and what
+        re-embedding it needs. FaceNotFound when chips are not kept or this one is not."""
+        return ImageVault.chip_of(self.images, face_id)
 
     # ---- negative examples ("not this person")
 
@@ -344,9 +351,8 @@ class Gallery:
         self._wrote("negative_deleted", subject_id=subject_id, negative_id=negative_id)
 
     def negatives_of(self, subject_ids: list[str], *, model_id: str) -> dict[str, np.ndarray]:
-        """subject id -> (n, dim) embeddings of its negatives, of ``model_id`` only (the
-        gallery's: ModelMismatch otherwise), for those of ``subject_ids`` that have any; one
-        query (per 500 subjects)."""
+        """subject id -> (n, dim) embeddings of its negatives (of the gallery's model: else
+        ModelMismatch), for those of ``subject_ids`` that have any."""
         self.check_model(model_id)
         if not subject_ids:
             return {}
@@ -357,7 +363,7 @@ class Gallery:
         return self._store.iter_negatives(batch)
 
     def import_negatives(self, negatives: list[tuple[Negative, np.ndarray]]) -> None:
-        """Insert negative examples as they are: a copy of another gallery."""
+        """Insert negative examples as they are (a copy of another gallery)."""
         if negatives:
             with self._writing():
                 self._store.import_negatives(negatives)
@@ -365,10 +371,8 @@ class Gallery:
     # ---- search
 
     def search(self, embeddings: np.ndarray, *, top_k: int, model_id: str) -> list[list[Candidate]]:
-        """For each probe, the top-k distinct subjects by their best face's cosine similarity.
-
-        The face search starts at ``4 * top_k + 8`` faces and doubles for the probes that have
-        fewer than ``top_k`` subjects, until they do or the gallery has no more faces."""
+        """For each probe, the top-k distinct subjects by their best face's cosine similarity
+        (``search.nearest_subjects`` widens the face search until it has them)."""
         self.check_model(model_id)
         if len(embeddings) == 0:
             return []
@@ -401,7 +405,7 @@ class Gallery:
 
     def import_subjects(self, subjects: list[Subject]) -> None:
         """Insert subjects as they are (ids and creation times kept): a copy of another
-        gallery. SubjectExists-like integrity errors when one is already here."""
+        gallery."""
         with self._writing():
             self._store.import_subjects(subjects)
         self._wrote("subjects_imported", subject_ids=[s.id for s in subjects])
@@ -414,43 +418,6 @@ class Gallery:
         with self._lock:
             self._import_faces(faces)
         self._wrote("faces_imported", face_ids=[f.id for f, _ in faces])
-
-    # ---- moving to another model (gallery migrate-model: service.gallery.staging)
-
-    def model_staging(self) -> staging.ModelStaging:
-        """What a model migration stages, in this gallery's store."""
-        return staging.ModelStaging(self._store, owned=False)  # type: ignore[arg-type]
-
-    def switch_model(
-        self,
-        target: ModelPin,
-        *,
-        pause: AbstractContextManager[Callable[[], None]] | None = None,
-        ready: Callable[[], bool] | None = None,
-    ) -> dict[str, Any]:
-        """Move the gallery to ``target``, whose embeddings a migration staged: its index is
-        built and verified beside the live one, then store and index switch with writes held
-        (MigrationIncomplete while faces lack one). The old embeddings stay staged for a
-        rollback until ``purge_staged``. ``pause``/``ready``: see staging.switch_gallery."""
-        result = staging.switch_gallery(
-            self._store,  # type: ignore[arg-type]
-            self._index,
-            self._lock,
-            target,
-            pause=pause,
-            ready=ready,
-        )
-        self._wrote("model_switched", model_id=target.model_id, faces=result["switched"])
-        return result
-
-    def purge_staged(self) -> int:
-        """Erase every staged embedding (other models' copies: no rollback after this); the
-        count. Upkeep then pushes them out of the store's logs."""
-        with self._lock:
-            erased = staging.purge(self._store)  # type: ignore[arg-type]
-            self._sync.erased()
-        self._wrote("staged_embeddings_purged", embeddings=erased)
-        return erased
 
     def repair_index(self) -> None:
         """Rebuild the index from the store off the request path (searches keep the live one)."""
@@ -472,13 +439,11 @@ class Gallery:
         return self._sync.reconcile()
 
     def stats(self) -> dict[str, Any]:
-        """Sizes and the index in use, for /readyz; GalleryCorrupted (not ready) when the
-        store was lost under the service."""
+        """Sizes and the index in use, for /readyz (raises when not ready: ``IndexSync``)."""
         return self._sync.stats()
 
     def wait_for_work(self, timeout_s: float) -> bool:
-        """Block until upkeep is due (an erasure to push to disk, an index to reconcile) or
-        the timeout passes; True when it is due."""
+        """Block until upkeep is due or the timeout passes; True when it is due."""
         return self._sync.wait_for_work(timeout_s)
 
     def wait_until_indexed(self, timeout_s: float) -> bool:
@@ -486,8 +451,7 @@ class Gallery:
         return self._index.wait_until_indexed(timeout_s)
 
     def flush(self) -> bool:
-        """Upkeep now (reconcile a lagging index, persist it, purge erased rows from the
-        store's logs); True when more is due. The upkeep thread calls it; tests may too."""
+        """Upkeep now (the upkeep thread calls it; tests may too); True when more is due."""
         return self._sync.upkeep()
 
     def close(self) -> None:

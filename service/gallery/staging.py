@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -27,14 +25,7 @@ from service.gallery import rows
 from service.gallery.records import FaceRecord
 from service.gallery.sql import SqlStore
 
-if TYPE_CHECKING:
-    from service.gallery.vector_index import KeptIndex
-
 _CHUNK = 500
-#: before the switch, this many staged faces are searched for in the new index ...
-VERIFY_SAMPLE = 256
-#: ... and at least this share must find themselves first (an approximate index may miss a few)
-VERIFY_MIN_SELF_MATCH = 0.95
 
 
 @dataclass(frozen=True)
@@ -337,106 +328,3 @@ def purge(store: SqlStore) -> int:
         cur.execute("DELETE FROM migration_failures")
         store._bump(cur)
     return int(n)
-
-
-def _self_matches(index: Any, ids: np.ndarray, vectors: np.ndarray, sample: int) -> float:
-    """The share of a sample of indexed vectors whose nearest neighbour is themselves."""
-    if len(ids) == 0:
-        return 1.0
-    pick = np.random.default_rng(0).choice(len(ids), size=min(sample, len(ids)), replace=False)
-    _, found = index.search(vectors[pick], 1)
-    return float(np.mean(found[:, 0] == ids[pick]))
-
-
-def switch_gallery(
-    store: SqlStore,
-    index: KeptIndex,
-    lock: AbstractContextManager[Any],
-    target: ModelPin,
-    *,
-    pause: AbstractContextManager[Callable[[], None]] | None = None,
-    ready: Callable[[], bool] | None = None,
-) -> dict[str, Any]:
-    """Build and verify the index of ``target`` from its staged embeddings while the live one
-    keeps serving, then, with writes held, check nothing is left to re-embed, bring the new
-    index up to date (faces erased meanwhile leave it), switch the store and adopt the index.
-    MigrationIncomplete when faces still lack an embedding of ``target``; NoFaceMigrated when
-    none has one (the switch would leave the gallery finding no one).
-
-    ``pause`` (a running service's request gate) is entered after the new index is built and
-    yields what to call once the gallery has switched (the service adopts the new recognizer
-    there, before any held request runs); ``ready`` is asked inside it (False: Overloaded, the
-    caller tries again later, e.g. a batch job started)."""
-    from service.errors import MigrationUnverified, NoFaceMigrated, Overloaded
-
-    started = time.monotonic()
-    ids, vectors = staged_vectors(store, target)
-    faces = ModelStaging(store).progress(target.model_id)["faces"]
-    if faces and not len(ids):
-        raise NoFaceMigrated(
-            f"none of the gallery's {faces} faces could be re-embedded by {target.model_id}, "
-            "so none could be compared after a switch: the gallery stays on its current model. "
-            "`migrate-model --dry-run` says why (is this run's privacy.keep_images and "
-            "images_dir the service's?)"
-        )
-    fresh = index.build_for(target, ids, vectors)
-    matched = _self_matches(fresh, ids, vectors, VERIFY_SAMPLE)
-    if matched < VERIFY_MIN_SELF_MATCH:
-        raise MigrationUnverified(
-            f"the new index of {target.model_id} finds only {matched:.0%} of sampled faces as "
-            "their own nearest neighbour (the model cannot tell them apart: trained too "
-            "briefly?): the gallery stays on its current model"
-        )
-    built_s = time.monotonic() - started
-    with pause or nullcontext(_nothing) as after_switch:
-        if ready is not None and not ready():
-            raise Overloaded("a batch job is running: the model switch waits for it")
-        held = time.monotonic()
-        result, indexed = _switch_now(store, index, lock, target, fresh, ids)
-        after_switch()
-        held_s = time.monotonic() - held
-    return {
-        **result,
-        "model_id": target.model_id,
-        "indexed": indexed,
-        "self_match": round(matched, 4),
-        "index_build_s": round(built_s, 2),
-        "held_s": round(held_s, 3),
-        "failed": len(ModelStaging(store).failures(target.model_id)),
-    }
-
-
-def _nothing() -> None:
-    return None
-
-
-def _switch_now(
-    store: SqlStore,
-    index: KeptIndex,
-    lock: AbstractContextManager[Any],
-    target: ModelPin,
-    fresh: Any,
-    ids: np.ndarray,
-) -> tuple[dict[str, int], int]:
-    """With writes held: nothing left to embed, the index up to date, store switched, index
-    adopted; (the store's result, faces indexed)."""
-    from service.errors import MigrationIncomplete
-
-    with lock, index.guard():
-        left = ModelStaging(store).progress(target.model_id)
-        if left["remaining"]:
-            raise MigrationIncomplete(
-                f"{left['remaining']} faces were enrolled since and have no embedding of "
-                f"{target.model_id} yet: run the migration again (it embeds only those)",
-                **left,
-            )
-        now_ids, now_vectors = staged_vectors(store, target)
-        gone = np.setdiff1d(ids, now_ids)
-        if len(gone):
-            fresh.remove(gone.tolist())
-        new = np.isin(now_ids, ids, invert=True)
-        if new.any():
-            fresh.add(now_ids[new], now_vectors[new])
-        result = switch(store, target)
-        index.adopt(fresh)
-    return result, len(now_ids)

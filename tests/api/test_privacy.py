@@ -1,6 +1,6 @@
-"""Privacy settings: photos are not kept by default, kept encrypted when asked, erased with
-their subject; every write or admin request leaves an audit line with no biometric data; CORS is
-off unless origins are configured."""
+"""Privacy settings: photos are not kept by default (a face chip per face is:
+test_face_chips.py), kept encrypted when asked, erased with their subject; every write or admin
+request leaves an audit line with no biometric data; CORS is off unless origins are configured."""
 
 from __future__ import annotations
 
@@ -31,13 +31,19 @@ def enroll(c: TestClient, subject: str, photos: list[Path], **meta: object) -> l
 
 
 def test_photos_are_not_kept_by_default(tmp_path: Path, pipeline: FacePipeline) -> None:
+    """Only a face chip per face is kept by default (tests/api/test_face_chips.py): no photo,
+    neither in the images folder nor in the gallery."""
     settings = make_settings(tmp_path, privacy={"images_dir": tmp_path / "images"})
     with TestClient(create_app(settings, pipeline=pipeline), headers={"X-API-Key": API_KEY}) as c:
-        (face_id, _) = enroll(c, "powell", POWELL)
-        r = c.get(f"/v1/faces/{face_id}/image")
+        face_ids = enroll(c, "powell", POWELL)
+        r = c.get(f"/v1/faces/{face_ids[0]}/image")
         assert r.status_code == 404 and r.json()["error"]["code"] == "face_not_found"
         assert "keep_images is off" in r.json()["error"]["message"]
-    assert not (tmp_path / "images").exists()
+    kept = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert kept == sorted(f"{f}.chip.img" for f in face_ids)  # chips only, never a photo
+    for photo in POWELL:
+        for path in (tmp_path / "images").iterdir():
+            assert read(photo)[1000:1064] not in path.read_bytes()
     gallery_files = b"".join(p.read_bytes() for p in (tmp_path / "gallery").iterdir())
     assert read(POWELL[0])[1000:1064] not in gallery_files  # no photo bytes in the gallery
 

@@ -263,8 +263,8 @@ def test_another_replica_stops_writing_once_the_gallery_switched(distributed: Di
         [(fid, _)] = a.add_faces("s", [NewFace(unit(128), (0, 0, 9, 9), 0.9, "a" * 64)],
                                  model_id=model)  # fmt: skip
         target = ModelPin("other-model@0123456789ab", "0123456789ab" + "0" * 52, 64)
-        assert a.model_staging().stage(target, [(fid, unit(64))]) == 1
-        assert a.switch_model(target)["switched"] == 1
+        assert a.models.staging().stage(target, [(fid, unit(64))]) == 1
+        assert a.models.switch(target)["switched"] == 1
         assert a.stats()["model_id"] == target.model_id
         with pytest.raises(ModelMismatch):
             b.add_faces("s", [NewFace(unit(128), (0, 0, 9, 9), 0.9, "b" * 64)], model_id=model)
@@ -347,7 +347,7 @@ def test_a_model_that_cannot_tell_faces_apart_is_refused_as_such(tmp_path: Path)
     g = backends.open_gallery(settings, model_id=MODEL, embedding_dim=DIM)
     try:
         with pytest.raises(MarginFaceError) as refused:
-            g.switch_model(collapsed)
+            g.models.switch(collapsed)
         assert (refused.value.code, refused.value.status) == ("migration_unverified", 409)
         assert g.model_id == MODEL and g.counts() == (1, len(ids))
     finally:

@@ -175,11 +175,15 @@ def delete_example(image: str, faces: Collection) -> Example:
 
 
 def example_image(state: State, image: str) -> Response:
-    """An example's kept photo; empty bytes when there is none (as CompreFace answers)."""
+    """An example's kept photo, else its face chip (kept by default); empty bytes when there is
+    neither (as CompreFace answers)."""
     try:
         data = state.gallery.face_photo(face_id(image))
     except FaceNotFound:
-        data = b""
+        try:
+            data = state.gallery.face_chip(face_id(image))
+        except FaceNotFound:
+            data = b""
     return Response(
         data,
         media_type=media_type(data) if data else "application/octet-stream",
@@ -189,7 +193,8 @@ def example_image(state: State, image: str) -> Response:
 
 @router.get("/faces/{image}/img", dependencies=[CanRead], response_class=Response)
 def download_example(image: str, state: State) -> Response:
-    """Download an example's image (kept only with privacy.keep_images on)."""
+    """Download an example's image (its photo with privacy.keep_images on, else its face
+    chip)."""
     return example_image(state, image)
 
 
