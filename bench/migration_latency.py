@@ -1,28 +1,43 @@
-"""Identify latency while ``marginface gallery migrate-model`` re-embeds the gallery beside a
-running service, and the downtime of the switch (issue 26, acceptance 2).
+"""Identify latency while a running service's gallery moves to another recognizer, both ways it
+can (issue 26, acceptance 2).
 
 A real ``marginface serve`` (SFace, embedded gallery, kept photos on so that a migration has
 something to re-embed from) is filled through its REST API with ``--faces`` LFW people, one
-photo each; another photo of each is held back. One closed-loop client then identifies held-back
-photos, first with the gallery idle, then while ``migrate-model --to sface-2021dec-int8
---no-switch`` runs beside it as a separate process (the way an operator runs it): p50/p90 of
-each phase, with the server process's CPU seconds beside the wall seconds, and the migration's
-own wall, CPU seconds (its rusage) and faces/s. A few more people are enrolled after it, then
-the server is stopped, the switch (``migrate-model --to sface-2021dec-int8``, which re-embeds
-only those) runs and the server is started again: the downtime is stop -> ready. The restarted
-service must answer with the new model (``model_id`` of /v1/identify) and the held-back photos
-must still find their people (rank-1, beside the rate before the migration).
+photo each; another photo of each is held back. One closed-loop client identifies held-back
+photos, first with the gallery idle (p50/p90, the server process's CPU seconds beside the wall
+seconds), then through each migration:
 
-The running service does not swap models in process: the switch needs it stopped, hence the
-downtime figure. Prints one JSON object (also written to ``--out``).
+- **in place** (``--mode in-place``): ``POST /v1/admin/model-migration {"to":
+  "sface-2021dec-int8"}``; the server re-embeds in a thread of its own and then switches with
+  new requests held at its gate. Reported: identify p50/p90/max while it re-embeds, the
+  longest identify around the switch (the held moment) and the first answer of the new model,
+  errors, the route's ``result`` (``held_s``, ``index_build_s``, ``switched``, ``failed``...),
+  the migration's wall seconds and the server's CPU seconds over it. The migration runs inside
+  the server, so its CPU cannot be told apart from the requests' by process: the bench gives an
+  estimate (server CPU minus the requests at the idle phase's CPU per request). Then identify
+  on the new model (``model_id``, held-back photos matched), a rollback through
+  ``POST /v1/admin/model-migration/rollback`` measured the same way (it re-embeds nothing), and
+  a purge of the kept embeddings, so that the gallery is where it started.
+- **with a restart** (``--mode restart``, the CLI path for a stopped service): ``marginface
+  gallery migrate-model --to sface-2021dec-int8 --no-switch`` runs beside the server as a
+  separate process (the migration's own wall, CPU seconds from its rusage, faces/s); ``--late``
+  more people are enrolled after it, then the server is stopped, the switch (``migrate-model
+  --to sface-2021dec-int8``, which re-embeds only those) runs and the server is started again:
+  the downtime is stop -> ready. The restarted service must answer with the new model and the
+  held-back photos must still find their people.
 
-Usage: nice -n 10 python bench/migration_latency.py [--faces 400] [--probes 100] [--late 20]
-    [--out runs/migration_latency.json]
+``--mode both`` (the default) runs the in-place migration first, then the restart one, on the
+same server and gallery, so that both sets of figures come from one run under the same load.
+Prints one JSON object (also written to ``--out``).
+
+Usage: nice -n 10 python bench/migration_latency.py [--mode both|in-place|restart]
+    [--faces 400] [--probes 100] [--late 20] [--out runs/migration_latency.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -183,19 +198,29 @@ class Identifier:
         self.misses: dict[str, str] = {}
         self.thresholds: set[float] = set()
         self.errors = 0
+        self.error_codes: dict[str, int] = {}
         self.model_ids: set[str] = set()
+        #: every request: (start, end) on time.monotonic(), the answer's model_id (None: error)
+        self.timeline: list[tuple[float, float, str | None]] = []
 
     def one(self, c: httpx.Client, n: int) -> None:
         p = self.probes[n % len(self.probes)]
-        t0 = time.perf_counter()
-        r = c.post("/v1/identify", files={"image": ("p.jpg", p.probe, "image/jpeg")})
-        dt = time.perf_counter() - t0
-        if r.status_code != 200:
+        t0 = time.monotonic()
+        try:
+            r = c.post("/v1/identify", files={"image": ("p.jpg", p.probe, "image/jpeg")})
+            status = str(r.status_code)
+        except httpx.TransportError as exc:
+            r, status = None, type(exc).__name__
+        t1 = time.monotonic()
+        if r is None or r.status_code != 200:
             self.errors += 1
+            self.error_codes[status] = self.error_codes.get(status, 0) + 1
+            self.timeline.append((t0, t1, None))
             return
-        self.latencies.append(dt)
+        self.latencies.append(t1 - t0)
         answer = r.json()
         self.model_ids.add(str(answer["model_id"]))
+        self.timeline.append((t0, t1, str(answer["model_id"])))
         self.thresholds.add(float(answer["threshold"]["value"]))
         face = central_face(answer)
         match = face["match"]["subject_id"] if face and face["match"] else None
@@ -220,6 +245,7 @@ def figures(ident: Identifier, wall: float, server_cpu: float) -> dict[str, Any]
     return {
         "requests": ok,
         "errors": ident.errors,
+        "error_codes": ident.error_codes,
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if ok else None,
         "p90_ms": round(float(np.percentile(lat, 90)), 1) if ok else None,
         "mean_ms": round(float(lat.mean()), 1) if ok else None,
@@ -331,30 +357,222 @@ def switch_phase(tmp: Path, server: Server) -> dict[str, Any]:
     }
 
 
+BASE = "/v1/admin/model-migration"
+#: how often the bench asks the route where the migration stands
+POLL_S = 0.2
+#: identify keeps running this long before a migration starts and after it switched
+MARGIN_S = 2.0
+
+Span = tuple[float, float, str | None]
+
+
+def spans_figures(spans: list[Span]) -> dict[str, Any]:
+    """p50/p90/max and errors of some requests of a timeline."""
+    lat = np.asarray([b - a for a, b, m in spans if m is not None]) * 1000
+    ok = len(lat)
+    return {
+        "requests": ok,
+        "errors": sum(1 for *_, m in spans if m is None),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if ok else None,
+        "p90_ms": round(float(np.percentile(lat, 90)), 1) if ok else None,
+        "max_ms": round(float(lat.max()), 1) if ok else None,
+    }
+
+
+def follow(c: httpx.Client, until: float) -> tuple[dict[str, Any], dict[str, float]]:
+    """Poll the route until the migration switched (or failed); its last status and when each
+    state was first and last seen (time.monotonic())."""
+    seen: dict[str, float] = {}
+    while True:
+        status: dict[str, Any] = c.get(BASE).json()
+        now = time.monotonic()
+        seen.setdefault(f"first_{status['state']}", now)
+        seen[f"last_{status['state']}"] = now
+        if status["state"] in ("switched", "failed", "staged", "stopped"):
+            return status, seen
+        if now > until:
+            raise RuntimeError(f"the migration did not finish: {status}")
+        time.sleep(POLL_S)
+
+
+def route_migration(
+    server: Server, probes: list[Person], path: str, body: dict[str, Any] | None, idle_cpu_ms: float
+) -> dict[str, Any]:
+    """Start a migration (or rollback) through the running server's route while one client
+    identifies throughout, and follow it until it switched; identify before, while it
+    re-embeds, around the switch and after, the route's result, wall and server CPU."""
+    done = threading.Event()
+    ident = Identifier(server, probes)
+    client = threading.Thread(target=ident.run, kwargs={"until": done})
+    client.start()
+    try:
+        time.sleep(MARGIN_S)
+        with server.client() as c:
+            load0, cpu0 = load(), proc_cpu_s(server.pid)
+            t0 = time.monotonic()
+            started = c.post(f"{BASE}{path}", json=body)
+            assert started.status_code == 202, started.text
+            status, seen = follow(c, until=t0 + 1800)
+            t1 = seen.get("first_switched", time.monotonic())
+            cpu1 = proc_cpu_s(server.pid)
+            time.sleep(MARGIN_S)
+    finally:
+        done.set()
+        client.join()
+    if status["state"] != "switched":
+        raise RuntimeError(f"the migration ended {status['state']}: {status}")
+    old, new = status["previous_model"], status["gallery_model"]
+    timeline = ident.timeline
+    # the switch: from the last poll that still saw it embedding to the first that saw it switched
+    embedding_until = seen.get("last_embedding", t0)
+    before = [s for s in timeline if s[1] <= t0]
+    re_embedding = [s for s in timeline if s[0] >= t0 and s[1] <= embedding_until]
+    around = [s for s in timeline if s[1] > embedding_until and s[0] < t1]
+    after = [s for s in timeline if s[0] >= t1]
+    models = [m for *_, m in sorted(timeline) if m is not None]
+    changes = sum(1 for a, b in itertools.pairwise(models) if a != b)
+    first_new = next((s for s in sorted(timeline) if s[2] == new), None)
+    during = [s for s in timeline if s[1] > t0 and s[0] < t1]
+    server_cpu = cpu1 - cpu0
+    return {
+        "wall_s": round(t1 - t0, 1),  # POST to the first poll that saw it switched
+        "server_wall_s": round(float(status["finished_at"]) - float(status["started_at"]), 1),
+        "server_cpu_s": round(server_cpu, 2),
+        "requests_meanwhile": len(during),
+        "migration_cpu_s_estimate": round(server_cpu - len(during) * idle_cpu_ms / 1000, 2),
+        "result": status["result"],
+        "progress": status["progress"],
+        "from_model": old,
+        "to_model": new,
+        "identify": {
+            "before": spans_figures(before),
+            "re_embedding": spans_figures(re_embedding),
+            "around_switch": spans_figures(around),
+            "after": spans_figures(after),
+            "whole": spans_figures(timeline),
+            "error_codes": ident.error_codes,
+            "first_answer_of_new_model_ms": round(1000 * (first_new[1] - first_new[0]), 1)
+            if first_new
+            else None,
+            "model_changes": changes,  # 1: changed once, never back
+            "last_answer_model": models[-1] if models else None,
+        },
+        "switch_window_s": round(t1 - embedding_until, 2),
+        "load_before": load0,
+        "load_after": load(),
+    }
+
+
+def in_place_phase(server: Server, probes: list[Person], idle: dict[str, Any]) -> dict[str, Any]:
+    """Migrate through the route, identify on the new model, roll back, identify on the old
+    one, purge the kept embeddings (the gallery as it started, nothing staged)."""
+    idle_cpu_ms = float(idle["server_cpu_ms_per_request"])
+    out: dict[str, Any] = {
+        "migration": route_migration(server, probes, "", {"to": TARGET}, idle_cpu_ms)
+    }
+    after = identify_phase(server, probes, rounds=2)
+    after["model_is_target"] = all(TARGET in m for m in after["model_ids"])
+    out["after_switch"] = after
+    out["rollback"] = route_migration(server, probes, "/rollback", None, idle_cpu_ms)
+    back = identify_phase(server, probes)
+    back["model_is_source"] = back["model_ids"] == idle["model_ids"]
+    out["after_rollback"] = back
+    with server.client() as c:
+        out["purged"] = c.post(f"{BASE}/purge").json()["purged"]
+        assert c.get(BASE).json()["staged_models"] == {}
+    return out
+
+
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """The figures docs/benchmarks.md quotes."""
-    idle, during = report["idle"], report["during_migration"]
-    after, switch = report["after_switch"], report["switch"]
-    late = report["after_switch_late"]
-    return {
+    idle = report["idle"]
+    out: dict[str, Any] = {
         "p50_ms_idle": idle["p50_ms"],
-        "p50_ms_during_migration": during["identify"]["p50_ms"],
-        "p50_ms_after_switch": after["p50_ms"],
         "p90_ms_idle": idle["p90_ms"],
-        "p90_ms_during_migration": during["identify"]["p90_ms"],
-        "migration_wall_s": during["migration"]["wall_s"],
-        "migration_cpu_s": during["migration"]["cpu_s"],
-        "migration_faces_per_s": during["migration"]["faces_per_s"],
-        "downtime_s": switch["downtime_s"],
+        "idle_server_cpu_ms_per_request": idle["server_cpu_ms_per_request"],
         "rank1_before": f"{idle['rank1_correct']}/{idle['requests']}",
-        "rank1_after_switch": f"{after['rank1_correct']}/{after['requests']}",
-        "rank1_late_after_switch": f"{late['rank1_correct']}/{late['requests']}" if late else None,
-        "model_after_switch": after["model_ids"],
     }
+    if "in_place" in report:
+        ip = report["in_place"]
+        mig, back, after = ip["migration"], ip["rollback"], ip["after_switch"]
+        res = mig["result"]
+        out["in_place"] = {
+            "p50_ms_re_embedding": mig["identify"]["re_embedding"]["p50_ms"],
+            "p90_ms_re_embedding": mig["identify"]["re_embedding"]["p90_ms"],
+            "max_ms_re_embedding": mig["identify"]["re_embedding"]["max_ms"],
+            "max_ms_around_switch": mig["identify"]["around_switch"]["max_ms"],
+            "first_answer_of_new_model_ms": mig["identify"]["first_answer_of_new_model_ms"],
+            "errors": mig["identify"]["whole"]["errors"] + back["identify"]["whole"]["errors"],
+            "held_s": res["held_s"],
+            "index_build_s": res["index_build_s"],
+            "re_embedding_s": res["seconds"],
+            "embedded": res["embedded"],
+            "switched": res["switched"],
+            "failed": res["failed"],
+            "wall_s": mig["wall_s"],
+            "server_cpu_s": mig["server_cpu_s"],
+            "migration_cpu_s_estimate": mig["migration_cpu_s_estimate"],
+            "faces_per_s": round(res["embedded"] / mig["wall_s"], 2),
+            "p50_ms_after_switch": after["p50_ms"],
+            "model_after_switch": after["model_ids"],
+            "rank1_after_switch": f"{after['rank1_correct']}/{after['requests']}",
+            "rollback_wall_s": back["wall_s"],
+            "rollback_server_cpu_s": back["server_cpu_s"],
+            "rollback_embedded": back["result"]["embedded"],
+            "rollback_held_s": back["result"]["held_s"],
+            "rollback_index_build_s": back["result"]["index_build_s"],
+            "rollback_max_ms_around_switch": back["identify"]["around_switch"]["max_ms"],
+            "model_after_rollback": ip["after_rollback"]["model_ids"],
+            "rank1_after_rollback": f"{ip['after_rollback']['rank1_correct']}/"
+            f"{ip['after_rollback']['requests']}",
+        }
+    if "restart" in report:
+        rs = report["restart"]
+        during, after, switch = rs["during_migration"], rs["after_switch"], rs["switch"]
+        late = rs["after_switch_late"]
+        out["restart"] = {
+            "p50_ms_during_migration": during["identify"]["p50_ms"],
+            "p90_ms_during_migration": during["identify"]["p90_ms"],
+            "server_cpu_ms_per_request_during": during["identify"]["server_cpu_ms_per_request"],
+            "migration_wall_s": during["migration"]["wall_s"],
+            "migration_cpu_s": during["migration"]["cpu_s"],
+            "migration_faces_per_s": during["migration"]["faces_per_s"],
+            "downtime_s": switch["downtime_s"],
+            "p50_ms_after_switch": after["p50_ms"],
+            "rank1_after_switch": f"{after['rank1_correct']}/{after['requests']}",
+            "rank1_late_after_switch": f"{late['rank1_correct']}/{late['requests']}"
+            if late
+            else None,
+            "model_after_switch": after["model_ids"],
+        }
+    return out
+
+
+def restart_phase(
+    tmp: Path, server: Server, probes: list[Person], late_people: list[Person]
+) -> dict[str, Any]:
+    """The CLI path: re-embed beside the server, enroll late people, stop, switch, start."""
+    out: dict[str, Any] = {"during_migration": migration_phase(tmp, server, probes)}
+    with server.client() as c:
+        late = enroll(c, late_people)
+    out["enrolled_after_re_embedding"] = len(late)
+    out["switch"] = switch_phase(tmp, server)
+    after = identify_phase(server, probes, rounds=2)  # as "idle", on the new model
+    after["model_is_target"] = all(TARGET in m for m in after["model_ids"])
+    out["after_switch"] = after
+    # the people enrolled after re-embedding: embedded by the switch itself
+    out["after_switch_late"] = identify_phase(server, late) if late else None
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--mode",
+        choices=("both", "in-place", "restart"),
+        default="both",
+        help="in place through the route, the CLI with a restart, or both (in place first)",
+    )
     parser.add_argument("--faces", type=int, default=400, help="LFW people enrolled, one photo")
     parser.add_argument("--probes", type=int, default=100, help="held-back photos identified")
     parser.add_argument("--late", type=int, default=20, help="people enrolled after re-embedding")
@@ -372,6 +590,7 @@ def main() -> int:
             "nice": os.nice(0),
             "load_before": load(),
         },
+        "mode": args.mode,
         "from": "sface-2021dec",
         "to": TARGET,
         "requests": "POST /v1/identify, one closed-loop client, LFW 250x250 photos of enrolled "
@@ -395,16 +614,10 @@ def main() -> int:
             report["probes"] = len(probes)
             Identifier(server, probes).run(requests=5)  # warm-up
             report["idle"] = identify_phase(server, probes, rounds=2)
-            report["during_migration"] = migration_phase(tmp, server, probes)
-            with server.client() as c:
-                late = enroll(c, people[args.faces :])
-            report["enrolled_after_re_embedding"] = len(late)
-            report["switch"] = switch_phase(tmp, server)
-            after = identify_phase(server, probes, rounds=2)  # as "idle", on the new model
-            after["model_is_target"] = all(TARGET in m for m in after["model_ids"])
-            report["after_switch"] = after
-            # the people enrolled after re-embedding: embedded by the switch itself
-            report["after_switch_late"] = identify_phase(server, late) if late else None
+            if args.mode in ("both", "in-place"):
+                report["in_place"] = in_place_phase(server, probes, report["idle"])
+            if args.mode in ("both", "restart"):
+                report["restart"] = restart_phase(tmp, server, probes, people[args.faces :])
             report["summary"] = summary(report)
         finally:
             server.stop()

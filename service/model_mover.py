@@ -185,10 +185,7 @@ class ModelMover:
                 "place; stage with switch=false, or use `marginface gallery migrate-model`"
             )
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                raise MigrationRunning(
-                    f"a migration to {self._status.get('to')} is running", **self._status
-                )
+            self._refuse_while_running()  # early, so that a rollback says so first
         if name is None:
             previous = self.gallery.models.staging().previous_model()
             if previous is None:
@@ -197,23 +194,33 @@ class ModelMover:
                 raise InvalidRequest("the gallery was never switched: nothing to roll back to")
             name = model_named(self.settings, previous.model_id)
         target = target_model(self.settings, name, allow_uncalibrated=allow_uncalibrated)
-        self._update(
-            state="embedding",
-            to=target.pin.model_id,
-            model=name,
-            error=None,
-            result=None,
-            progress={"done": 0, "total": 0},
-            started_at=time.time(),
-        )
-        self._stop.clear()
         thread = threading.Thread(
             target=self._run, args=(target, switch), name="model-migration", daemon=True
         )
+        # resolving the target hashed its weights: another start may have claimed the mover
+        # meanwhile, so check and claim under one lock
         with self._lock:
+            self._refuse_while_running()
+            self._status.update(
+                state="embedding",
+                to=target.pin.model_id,
+                model=name,
+                error=None,
+                result=None,
+                progress={"done": 0, "total": 0},
+                started_at=time.time(),
+            )
+            self._stop.clear()
             self._thread = thread
-        thread.start()
+            thread.start()
         return self.status()
+
+    def _refuse_while_running(self) -> None:
+        """MigrationRunning while a migration thread lives (the caller holds ``_lock``)."""
+        if self._thread is not None and self._thread.is_alive():
+            raise MigrationRunning(
+                f"a migration to {self._status.get('to')} is running", **self._status
+            )
 
     def _reembedder(self, target_pipeline: FacePipeline | None) -> Reembedder:
         return Reembedder(

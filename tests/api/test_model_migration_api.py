@@ -143,3 +143,29 @@ def test_moving_to_the_gallerys_own_model_keeps_the_rollback(client: TestClient)
     back = wait_for(c, "switched")
     assert back["gallery_model"] == old_model == back["service_model"]
     assert all(identify(c, p) == (200, old_model, p) for p in PEOPLE)
+
+
+def test_starts_at_the_same_moment_run_one_migration(client: TestClient) -> None:
+    """Starts that arrive together (a double click in the console, two operators) run one
+    migration: the others are refused with ``migration_running``, never a second thread moving
+    the same gallery and pipeline beside the first."""
+    c = client
+    starts = 4
+    barrier = threading.Barrier(starts)
+    answers: list[tuple[int, str]] = []
+
+    def start() -> None:
+        barrier.wait()
+        r = c.post(BASE, json={"to": TARGET})
+        answers.append((r.status_code, (r.json().get("error") or {}).get("code", "")))
+
+    threads = [threading.Thread(target=start) for _ in range(starts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers) == [(202, "")] + [(409, "migration_running")] * (starts - 1), answers
+    done = wait_for(c, "switched")
+    assert done["result"]["switched"] == 2 * len(PEOPLE)
+    assert all(identify(c, p)[1:] == (done["gallery_model"], p) for p in PEOPLE)
+    assert done["previous_model"] != done["gallery_model"]
