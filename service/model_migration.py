@@ -7,7 +7,7 @@ overlaps the stored box best is embedded. The results are staged in the store a 
 time (``service.gallery.staging``), beside the live gallery, which keeps serving its current
 model: a killed migration resumes where it stopped, and nothing is written twice. Faces that
 cannot be re-embedded are listed with the reason, never dropped. When every face is done the
-gallery switches (``Gallery.switch_model``): the new index is built and verified first, then
+gallery switches (``Gallery.models.switch``): the new index is built and verified first, then
 store and index switch with writes held. A rollback is a migration back to the previous model:
 its embeddings were staged at the switch, so only faces enrolled since are re-embedded.
 """

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.errors import MarginFaceError, MigrationRunning, Overloaded
 from service.gallery import Gallery
 from service.jobs import JobRunner
+from service.middleware import OPEN_PATHS
 from service.model_migration import (
     Reembedder,
     dry_run,
@@ -40,8 +41,9 @@ from service.vision.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
 
-#: how long the switch waits for requests in flight to finish before it gives up (and retries)
-DRAIN_TIMEOUT_S = 60.0
+#: how long the switch waits for requests in flight to finish before it gives up (and retries):
+#: new requests wait meanwhile, so this bounds what a slow request in flight costs the others
+DRAIN_TIMEOUT_S = 10.0
 #: how long it waits for batch jobs to finish first
 JOBS_TIMEOUT_S = 3600.0
 
@@ -102,8 +104,8 @@ class GateMiddleware:
         self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+            await self.app(scope, receive, send)  # probes never wait (nor touch the models)
             return
         await self.gate.enter()
         try:
