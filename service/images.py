@@ -24,6 +24,8 @@ from service.errors import ConfigError, FaceNotFound, GalleryCorrupted, Insuffic
 from service.settings import PrivacySettings
 
 log = logging.getLogger(__name__)
+#: names the gallery an images folder belongs to (``ImageVault.bind``)
+GALLERY_MARKER = ".gallery-id"
 
 
 def media_type(data: bytes) -> str:
@@ -204,6 +206,29 @@ class ImageVault:
         for face_id in face_ids:
             for suffix in PHOTO_SUFFIXES + CHIP_SUFFIXES:
                 (self.directory / f"{int(face_id)}.{suffix}").unlink(missing_ok=True)
+
+    def bind(self, gallery_id: str) -> None:
+        """Claim the folder for one gallery (a marker file, written by the first gallery that
+        opens it): chips and photos are named by face id, so another gallery's would be swept
+        away or overwritten. ConfigError when it belongs to another gallery."""
+        if not gallery_id or not self.directory.is_dir():
+            return
+        marker = self.directory / GALLERY_MARKER
+        try:
+            owner = marker.read_text().strip()
+        except FileNotFoundError:
+            try:
+                marker.write_text(gallery_id + "\n")
+            except OSError as exc:  # a full disk: bound at the next start
+                log.warning("could not bind %s to its gallery: %s", self.directory, exc)
+            return
+        if owner != gallery_id:
+            raise ConfigError(
+                f"{self.directory} holds the face chips and photos of another gallery ({owner}; "
+                f"this one is {gallery_id}): give each gallery its own folder "
+                "(MARGINFACE_PRIVACY__IMAGES_DIR; by default an 'images' folder beside the "
+                f"gallery's). If this folder was restored for this gallery, delete {marker}"
+            )
 
     def sweep(self, known_faces: Callable[[], set[int]]) -> int:
         """Erase every kept photo and chip whose face the gallery does not hold (what a crash

@@ -267,7 +267,9 @@ class PrivacySettings(Section):
     )
     images_dir: Path = Field(
         Path("var/images"),
-        description="where kept face chips and photos go (shared storage for replicas)",
+        description="where kept face chips and photos go (shared storage for replicas); "
+        "default: an 'images' folder beside the gallery's folder (var/images for var/gallery). "
+        "It belongs to one gallery: another gallery is refused it",
     )
     images_key: SecretStr | None = Field(
         None,
@@ -342,6 +344,14 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
     console_enabled: bool = Field(True, description="serve the web console at /console")
+
+    @model_validator(mode="after")
+    def _images_beside_the_gallery(self) -> Settings:
+        """Unless set, kept images go beside the gallery's folder: two galleries configured by
+        their path alone never share one (face ids would collide)."""
+        if "images_dir" not in self.privacy.model_fields_set:
+            self.privacy.images_dir = self.gallery.path.parent / "images"
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -31,6 +31,14 @@ def lfw(name: str, number: int) -> Path:
     return DATA / "lfw" / "images" / name / f"{name}_{number:04d}.jpg"
 
 
+def kept_files(folder: Path) -> list[Path]:
+    """The face chips and photos kept in an images folder (not the marker that binds the
+    folder to its gallery: ``service.images.GALLERY_MARKER``)."""
+    from service.images import GALLERY_MARKER
+
+    return [p for p in folder.iterdir() if p.name != GALLERY_MARKER]
+
+
 def read(path: Path) -> bytes:
     """File bytes."""
     return path.read_bytes()
@@ -54,19 +62,10 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "device": "cpu",
         "gallery": {"path": tmp_path / "gallery", "flush_interval_s": 3600},
         "auth": {"api_keys": [API_KEY]},
-        "privacy": {"images_dir": tmp_path / "images", **privacy},
+        "privacy": privacy,  # kept images: beside the gallery, tmp_path / "images"
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
-
-
-@pytest.fixture(autouse=True)
-def kept_face_data_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Face chips are kept by default, in ``var/images`` of the working folder: a test's CLI
-    run or server (``cwd=ROOT``) would write them into the checkout, where the next gallery's
-    start-up sweep erases them. Each test's go under its own tmp_path (settings that name an
-    images folder still win)."""
-    monkeypatch.setenv("MARGINFACE_PRIVACY__IMAGES_DIR", str(tmp_path / "images"))
 
 
 @pytest.fixture(scope="session")

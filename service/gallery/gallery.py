@@ -74,8 +74,10 @@ class Gallery:
         store.on_quarantine = self._sync.remove  # a face that fails a check leaves the index
         #: moving to another model (gallery migrate-model): staged embeddings, switch, purge
         self.models = ModelSwitch(store, index, self._lock, self._sync, self._wrote)  # type: ignore[arg-type]
-        if images is not None:  # photos of faces no longer held (a crash left them half-done);
-            # every face held counts, quarantined and other models' too (re-embedding needs them)
+        if images is not None:
+            images.bind(store.gallery_id)  # ConfigError: another gallery's folder
+            # photos of faces no longer held (a crash left them half-done); every face held
+            # counts, quarantined and other models' too (re-embedding needs them)
             images.sweep(store.all_face_ids)
         if upkeep_interval_s is not None:
             self.start_upkeep(upkeep_interval_s)

@@ -70,6 +70,8 @@ class SqlStore(ABC):
     backfills: ClassVar[dict[int, Callable[[Cursor, Callable[[str], str]], None]]] = {}
     embedding_dim: int
     model_id: str
+    #: random, made when the gallery is created (its images folder is bound to it)
+    gallery_id: str = ""
     #: the full sha256 of the gallery's model's weights ("" until a service of it opens it)
     model_sha256: str = ""
     #: told the ids of faces just quarantined (the backend takes them out of its index)

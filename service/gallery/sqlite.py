@@ -11,6 +11,7 @@ import errno
 import shutil
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -219,7 +220,15 @@ class SqliteStore(SqlStore):
                 )
 
     def _pin_model(self, model_id: str, embedding_dim: int) -> str:
-        """Record the gallery's model on first use; afterwards, keep the recorded one."""
+        """Record the gallery's model on first use; afterwards, keep the recorded one. Also
+        the gallery's random id (what its images folder is bound to), made once."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO meta(key, value) VALUES ('gallery_id', ?) "
+                "ON CONFLICT (key) DO NOTHING",
+                (uuid.uuid4().hex,),
+            )
+        self.gallery_id = str(self._one("SELECT value FROM meta WHERE key='gallery_id'")[0])
         with self._lock:
             row = self._conn.execute("SELECT value FROM meta WHERE key='model_id'").fetchone()
         if row is not None:

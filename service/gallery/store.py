@@ -30,6 +30,8 @@ class Store(Protocol):
 
     model_id: str
     embedding_dim: int
+    #: random, made when the gallery is created (its images folder is bound to it)
+    gallery_id: str
     on_quarantine: Callable[[list[int]], None] | None
 
     def check_pin(self, cur: Any = None) -> None:

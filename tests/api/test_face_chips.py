@@ -14,7 +14,7 @@ from service.images import new_key
 from service.vision.chip import CHIP_MAX_SIDE
 from service.vision.image import decode_image
 from service.vision.pipeline import FacePipeline
-from tests.conftest import API_KEY, lfw, make_settings, read
+from tests.conftest import API_KEY, kept_files, lfw, make_settings, read
 
 POWELL = [lfw("Colin_Powell", 1), lfw("Colin_Powell", 2)]
 JPEG = b"\xff\xd8\xff"
@@ -48,7 +48,7 @@ def test_a_rest_enrollment_keeps_a_chip_per_face_by_default_and_erases_it_with_t
             assert (images / f"{face_id}.chip.img").read_bytes() == r.content  # no key: plain
             photo = c.get(f"/v1/faces/{face_id}/image")  # photos stay opt-in
             assert photo.status_code == 404 and "keep_images is off" in photo.text
-        assert sorted(p.name for p in images.iterdir()) == sorted(
+        assert sorted(p.name for p in kept_files(images)) == sorted(
             f"{f}.chip.img" for f in face_ids
         )  # chips only: no photo is kept
         assert c.delete(f"/v1/faces/{face_ids[0]}").status_code == 200
@@ -56,7 +56,7 @@ def test_a_rest_enrollment_keeps_a_chip_per_face_by_default_and_erases_it_with_t
         gone = c.get(f"/v1/faces/{face_ids[0]}/chip")
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "face_not_found"
         assert c.delete("/v1/subjects/powell").status_code == 200
-        assert list(images.iterdir()) == []
+        assert list(kept_files(images)) == []
         assert c.get(f"/v1/faces/{face_ids[1]}/chip").status_code == 404
 
 
@@ -72,7 +72,7 @@ def test_chips_are_encrypted_at_rest_with_a_key(tmp_path: Path, pipeline: FacePi
         assert Fernet(key.encode()).decrypt(stored) == served.content
         assert not (images / f"{face_id}.chip.img").exists()
         assert c.delete("/v1/subjects/powell").status_code == 200
-        assert list(images.iterdir()) == []
+        assert list(kept_files(images)) == []
 
 
 def test_opting_out_keeps_no_chip(tmp_path: Path, pipeline: FacePipeline) -> None:
@@ -92,12 +92,12 @@ def test_photos_and_chips_are_kept_apart(tmp_path: Path, pipeline: FacePipeline)
         assert c.get(f"/v1/faces/{face_id}/image").content == read(POWELL[0])
         chip = c.get(f"/v1/faces/{face_id}/chip").content
         assert chip.startswith(JPEG) and chip != read(POWELL[0])
-        assert sorted(p.name for p in images.iterdir()) == [
+        assert sorted(p.name for p in kept_files(images)) == [
             f"{face_id}.chip.img",
             f"{face_id}.img",
         ]
         assert c.delete(f"/v1/faces/{face_id}").status_code == 200
-        assert list(images.iterdir()) == []
+        assert list(kept_files(images)) == []
 
 
 def test_compreface_example_image_falls_back_to_the_chip(
@@ -136,7 +136,7 @@ def test_an_index_job_keeps_a_chip_per_face_by_default(
         for face_id in face_ids:
             r = c.get(f"/v1/faces/{face_id}/chip")
             assert r.status_code == 200 and r.content.startswith(JPEG)
-        kept = sorted(p.name for p in (tmp_path / "images").iterdir())
+        kept = sorted(p.name for p in kept_files(tmp_path / "images"))
         assert kept == sorted(f"{f}.chip.img" for f in face_ids)
 
 
@@ -165,7 +165,7 @@ def test_naming_a_cluster_keeps_a_chip_per_face(tmp_path: Path, pipeline: FacePi
             chip = c.get(f"/v1/faces/{face_id}/chip")
             assert chip.status_code == 200 and chip.content.startswith(JPEG)
             assert len(pipeline.analyze(decode_image(chip.content))) >= 1
-        kept = sorted(p.name for p in (tmp_path / "images").iterdir())
+        kept = sorted(p.name for p in kept_files(tmp_path / "images"))
         assert kept == sorted(f"{f}.chip.img" for f in face_ids)
         assert c.delete(f"/v1/jobs/{job['id']}").status_code == 204
         assert not [p for p in (tmp_path / "jobs").rglob("*.jpg")]  # the job's copies went

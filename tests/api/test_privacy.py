@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.keys import create_key
 from service.vision.pipeline import FacePipeline
-from tests.conftest import API_KEY, ROOT, lfw, make_settings, read
+from tests.conftest import API_KEY, ROOT, kept_files, lfw, make_settings, read
 
 POWELL = [lfw("Colin_Powell", 1), lfw("Colin_Powell", 2)]
 
@@ -39,10 +39,10 @@ def test_photos_are_not_kept_by_default(tmp_path: Path, pipeline: FacePipeline) 
         r = c.get(f"/v1/faces/{face_ids[0]}/image")
         assert r.status_code == 404 and r.json()["error"]["code"] == "face_not_found"
         assert "keep_images is off" in r.json()["error"]["message"]
-    kept = sorted(p.name for p in (tmp_path / "images").iterdir())
+    kept = sorted(p.name for p in kept_files(tmp_path / "images"))
     assert kept == sorted(f"{f}.chip.img" for f in face_ids)  # chips only, never a photo
     for photo in POWELL:
-        for path in (tmp_path / "images").iterdir():
+        for path in kept_files(tmp_path / "images"):
             assert read(photo)[1000:1064] not in path.read_bytes()
     gallery_files = b"".join(p.read_bytes() for p in (tmp_path / "gallery").iterdir())
     assert read(POWELL[0])[1000:1064] not in gallery_files  # no photo bytes in the gallery
@@ -78,7 +78,7 @@ def test_kept_photos_are_encrypted_at_rest_and_erased_with_the_subject(
         assert c.delete(f"/v1/faces/{face_ids[0]}").status_code == 200
         assert not (images / f"{face_ids[0]}.enc").exists()
         assert c.delete("/v1/subjects/powell").status_code == 200
-        assert list(images.iterdir()) == []
+        assert list(kept_files(images)) == []
         assert c.get(f"/v1/faces/{face_ids[1]}/image").status_code == 404
 
 
@@ -195,7 +195,7 @@ def test_a_delete_racing_an_enrollment_leaves_no_kept_photo(
         delete_thread.join(timeout=30)
         assert enrolled == [201] and deleted == [200]
         assert c.get("/v1/subjects/p").status_code == 404
-        assert sorted(p.name for p in images.iterdir()) == []  # no photo outlives its face
+        assert sorted(p.name for p in kept_files(images)) == []  # no photo outlives its face
 
 
 def test_kept_photos_match_the_faces_under_concurrent_enroll_and_delete(
@@ -237,5 +237,5 @@ def test_kept_photos_match_the_faces_under_concurrent_enroll_and_delete(
         kept = set()
         for s in c.get("/v1/subjects", params={"limit": 500}).json()["items"]:
             kept |= {f["id"] for f in c.get(f"/v1/subjects/{s['id']}/faces").json()}
-    on_disk = {int(p.name.split(".")[0]) for p in images.iterdir()}
+    on_disk = {int(p.name.split(".")[0]) for p in kept_files(images)}
     assert on_disk == kept

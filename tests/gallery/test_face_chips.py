@@ -17,7 +17,7 @@ from service.recognition import open_gallery
 from service.vision.chip import chip_jpeg
 from service.vision.image import decode_image
 from service.vision.pipeline import FacePipeline
-from tests.conftest import DATA, lfw, make_settings
+from tests.conftest import DATA, kept_files, lfw, make_settings
 
 LFW = DATA / "lfw" / "images"
 JPEG = b"\xff\xd8\xff"
@@ -52,7 +52,7 @@ def test_a_batch_job_keeps_a_chip_per_face_by_default(
             chip = gallery.face_chip(face_id)
             assert chip.startswith(JPEG)
             assert len(pipeline.analyze(decode_image(chip))) >= 1  # a face to re-embed
-        kept = sorted(p.name for p in (tmp_path / "images").iterdir())
+        kept = sorted(p.name for p in kept_files(tmp_path / "images"))
         assert kept == sorted(f"{f}.chip.img" for f in face_ids)
     finally:
         gallery.close()
@@ -88,7 +88,7 @@ def test_the_start_up_sweep_removes_orphan_chips_and_keeps_those_of_held_faces(
     (images / "notes.txt").write_text("not a face's: left alone")
     gallery = open_gallery(settings, pipeline.embedder.manifest)
     try:
-        assert sorted(p.name for p in images.iterdir()) == sorted(
+        assert sorted(p.name for p in kept_files(images)) == sorted(
             [f"{held}.chip.img", f"{erased}.chip.img", "notes.txt"]
         )
         assert gallery.face_chip(held) == chip
@@ -114,10 +114,10 @@ def test_chips_kept_before_opting_out_are_still_erased_with_their_face(
         with pytest.raises(FaceNotFound, match="keep_face_chips is off"):
             gallery.face_chip(face_id)
         later = enroll_one(gallery, pipeline, "blair", lfw("Tony_Blair", 1))
-        assert not any(p.name.startswith(f"{later}.") for p in images.iterdir())
+        assert not any(p.name.startswith(f"{later}.") for p in kept_files(images))
         assert (images / f"{face_id}.chip.img").exists()
         gallery.delete_face(face_id)
-        assert list(images.iterdir()) == []
+        assert list(kept_files(images)) == []
     finally:
         gallery.close()
 
@@ -157,7 +157,7 @@ def test_a_chip_that_cannot_be_written_undoes_the_enrollment(
                                  chips=[chip] * 2)  # fmt: skip
         assert len(writes) == 2
         assert gallery.counts() == (1, 0)
-        assert list((tmp_path / "images").iterdir()) == []
+        assert list(kept_files(tmp_path / "images")) == []
     finally:
         gallery.close()
 
@@ -172,7 +172,7 @@ def test_the_vault_writes_only_what_the_settings_keep(tmp_path: Path) -> None:
     with pytest.raises(FaceNotFound):
         vault.get(7)
     vault.delete([7])
-    assert list(Path(settings.images_dir).iterdir()) == []
+    assert list(kept_files(Path(settings.images_dir))) == []
 
 
 def test_an_images_dir_that_cannot_be_created_is_refused_at_start(tmp_path: Path) -> None:
@@ -187,3 +187,44 @@ def test_an_images_dir_that_cannot_be_created_is_refused_at_start(tmp_path: Path
         tmp_path, privacy={"images_dir": tmp_path / "blocked" / "images", "keep_face_chips": False}
     )
     ImageVault(off.privacy)  # keeping nothing: nothing to create
+
+
+def test_a_second_gallery_is_refused_an_images_folder_another_one_holds(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """Chips and photos are named by face id, and every gallery numbers its faces from 1: two
+    galleries sharing one images folder would sweep each other's chips away at start and
+    overwrite them with other people's faces (a migration would then re-embed the wrong person).
+    The folder belongs to the first gallery that opens it; another one is refused, nothing of
+    the first's touched. The default folder follows the gallery (an ``images`` folder beside
+    it), so two galleries set up by their path alone never meet."""
+    shared = {"images_dir": tmp_path / "shared-images"}
+    first = make_settings(tmp_path / "a", privacy=shared)
+    gallery = open_gallery(first, pipeline.embedder.manifest)
+    try:
+        image = decode_image(lfw("Colin_Powell", 1).read_bytes())
+        face = pipeline.analyze(image)[0]
+        new = NewFace(face.embedding, face.box, face.score, "a" * 64)
+        gallery.create_subject("powell", "Colin Powell", {})
+        [(face_id, _)] = gallery.add_faces(
+            "powell", [new], model_id=pipeline.model_id, chips=[chip_jpeg(image, face.box)]
+        )
+    finally:
+        gallery.close()
+    before = gallery.face_chip(face_id)
+    second = make_settings(tmp_path / "b", privacy=shared)
+    with pytest.raises(ConfigError, match="another gallery"):
+        open_gallery(second, pipeline.embedder.manifest)
+    again = open_gallery(first, pipeline.embedder.manifest)  # its owner still opens it
+    try:
+        assert again.face_chip(face_id) == before
+    finally:
+        again.close()
+    own = make_settings(tmp_path / "c")  # no images_dir: the gallery's own, beside it
+    from service.settings import Settings
+
+    plain = Settings(
+        models_dir=own.models_dir,
+        gallery={"path": tmp_path / "d" / "gallery"},  # type: ignore[arg-type]
+    )
+    assert plain.privacy.images_dir == tmp_path / "d" / "images"

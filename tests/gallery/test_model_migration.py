@@ -303,12 +303,17 @@ def test_a_gallery_moves_to_a_model_we_trained(tmp_path: Path, pipeline: FacePip
 def test_a_move_that_could_re_embed_no_face_is_refused_and_a_rerun_retries(
     tmp_path: Path, enrolled: dict[str, list[int]]
 ) -> None:
-    """The command run without the service's privacy settings (the photos are kept, but this
-    environment says they are not) found nothing to re-embed any face from, and still switched:
+    """The command run without the service's privacy settings (its photos and chips are kept,
+    but this environment names another images folder) found nothing to re-embed any face from,
+    and still switched:
     exit 0, "switched 0 faces", every face left on the old model's embedding, never compared, so
     the gallery found no one. A switch that would leave no face comparable is refused."""
     before = face_models(tmp_path)
-    env = {**environment(tmp_path), "MARGINFACE_PRIVACY__KEEP_IMAGES": "false"}
+    env = {
+        **environment(tmp_path),
+        "MARGINFACE_PRIVACY__KEEP_IMAGES": "false",
+        "MARGINFACE_PRIVACY__IMAGES_DIR": str(tmp_path / "elsewhere"),
+    }
     r = subprocess.run(
         [sys.executable, "-m", "service.cli", "gallery", "migrate-model", "--to", TARGET, "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
