@@ -69,6 +69,22 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def int8_recognizer() -> str:
+    """``sface-2021dec-int8`` ready in the repository's registry: a fresh checkout has only its
+    manifest, so it is derived here (SFace quantized on its pinned calibration photos, about
+    30 s), as ``marginface models fetch --derived`` does, once per session."""
+    from service.errors import ModelError
+    from service.models import fetch_model, resolve_model
+
+    name = "sface-2021dec-int8"
+    try:
+        resolve_model(ROOT / "models", name)
+    except ModelError:
+        fetch_model(ROOT / "models" / name, ROOT / "models" / ".cache")
+    return name
+
+
+@pytest.fixture(scope="session")
 def pipeline() -> FacePipeline:
     """The default detector and recognizer, loaded once; with the micro-batcher, so the API
     tests go through it as a GPU deployment does (real servers in the tests use the CPU default:

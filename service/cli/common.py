@@ -79,16 +79,17 @@ def progress_bar(desc: str, *, disable: bool) -> Iterator[Callable[[int, int], N
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, with command-line overrides."""
+    """Settings from the environment, with command-line overrides (given to the constructor,
+    merged with the environment's sections: what follows them, such as the images folder that
+    defaults to one beside the gallery, follows the command line too)."""
     overrides: dict[str, Any] = {}
     if getattr(args, "models_dir", None):
         overrides["models_dir"] = Path(args.models_dir)
     if getattr(args, "device", None):
         overrides["device"] = args.device
-    settings = Settings()
     if getattr(args, "gallery", None):
-        overrides["gallery"] = settings.gallery.model_copy(update={"path": Path(args.gallery)})
-    return settings.model_copy(update=overrides) if overrides else settings
+        overrides["gallery"] = {"path": Path(args.gallery)}
+    return Settings(**overrides)
 
 
 def with_recognizer(settings: Settings, model: str | None) -> Settings:

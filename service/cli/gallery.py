@@ -16,6 +16,7 @@ from service.cli.common import (
     settings_from,
     table,
 )
+from service.cli.model_move import add_migrate_model
 from service.cli.recognize import recognition
 from service.settings import Settings
 
@@ -64,36 +65,7 @@ def register(sub: Subcommands) -> None:
     gmigrate.add_argument("--probes", type=int, default=100, help="sampled searches to compare")
     gmigrate.add_argument("--batch", type=int, default=2000, help="rows per transaction")
     gmigrate.set_defaults(func=cmd_gallery_migrate)
-    gmodel = gsub.add_parser(
-        "migrate-model",
-        help="move the gallery to another recognizer: re-embed every face from its kept chip "
-        "or photo (beside a running service), then switch (service stopped); resumable",
-    )
-    which = gmodel.add_mutually_exclusive_group(required=True)
-    which.add_argument("--to", help="the registered model to move to (marginface models list)")
-    which.add_argument(
-        "--rollback", action="store_true", help="move back to the model before the last switch"
-    )
-    which.add_argument(
-        "--purge",
-        action="store_true",
-        help="erase the staged embeddings of other models (no rollback afterwards)",
-    )
-    gmodel.add_argument(
-        "--dry-run", action="store_true", help="count what can be re-embedded, change nothing"
-    )
-    gmodel.add_argument(
-        "--no-switch", action="store_true", help="re-embed and stage only (the service may run)"
-    )
-    gmodel.add_argument(
-        "--allow-uncalibrated",
-        action="store_true",
-        help="accept a model without calibrated thresholds",
-    )
-    gmodel.add_argument("--batch", type=int, default=32, help="faces per transaction")
-    gmodel.add_argument("--no-progress", action="store_true", help="no progress bar")
-    gmodel.set_defaults(func=cmd_gallery_migrate_model)
-    for p in (index, gexport, gimport, greconcile, gverify, gmigrate, gmodel):
+    for p in (index, gexport, gimport, greconcile, gverify, gmigrate, add_migrate_model(gsub)):
         p.add_argument("--gallery", help="gallery folder (default: var/gallery)")
 
     db = sub.add_parser("db", help="the distributed gallery's PostgreSQL schema")
@@ -102,7 +74,6 @@ def register(sub: Subcommands) -> None:
     dbup.add_argument("--dsn", help="connection string (default: gallery.postgres_dsn)")
     dbup.set_defaults(func=cmd_db_upgrade)
     add_common(index)
-    add_common(gmodel)
     for p in (gexport, gimport, greconcile, gverify, gmigrate):
         add_common(p, device=False)  # the model's id, never its weights
     add_common(dbup, models_dir=False, device=False)
@@ -264,15 +235,6 @@ def cmd_gallery_migrate(args: argparse.Namespace) -> int:
         f"sampled searches identical; {'OK' if check['ok'] else 'MISMATCH'}",
     )
     return 0 if check["ok"] else 1
-
-
-def cmd_gallery_migrate_model(args: argparse.Namespace) -> int:
-    """Re-embed the gallery with another model and switch to it (or roll back, or purge)."""
-    from service.cli.model_move import migrate_model
-
-    info, text, code = migrate_model(settings_from(args), args)
-    emit(args, info, text)
-    return code
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -6,12 +6,54 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from service.cli.common import progress_bar
+from service.cli.common import add_common, emit, progress_bar, settings_from
 from service.errors import GalleryBusy, MigrationIncomplete
 from service.settings import Settings
 
 #: a switch refused because faces were enrolled meanwhile embeds those and tries again
 SWITCH_ATTEMPTS = 3
+
+
+def add_migrate_model(gsub: Any) -> argparse.ArgumentParser:
+    """``marginface gallery migrate-model`` (its --gallery option is added with its siblings')."""
+    gmodel = gsub.add_parser(
+        "migrate-model",
+        help="move the gallery to another recognizer: re-embed every face from its kept chip "
+        "or photo (beside a running service), then switch (service stopped); resumable",
+    )
+    which = gmodel.add_mutually_exclusive_group(required=True)
+    which.add_argument("--to", help="the registered model to move to (marginface models list)")
+    which.add_argument(
+        "--rollback", action="store_true", help="move back to the model before the last switch"
+    )
+    which.add_argument(
+        "--purge",
+        action="store_true",
+        help="erase the staged embeddings of other models (no rollback afterwards)",
+    )
+    gmodel.add_argument(
+        "--dry-run", action="store_true", help="count what can be re-embedded, change nothing"
+    )
+    gmodel.add_argument(
+        "--no-switch", action="store_true", help="re-embed and stage only (the service may run)"
+    )
+    gmodel.add_argument(
+        "--allow-uncalibrated",
+        action="store_true",
+        help="accept a model without calibrated thresholds",
+    )
+    gmodel.add_argument("--batch", type=int, default=32, help="faces per transaction")
+    gmodel.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gmodel.set_defaults(func=cmd_gallery_migrate_model)
+    add_common(gmodel)
+    return gmodel
+
+
+def cmd_gallery_migrate_model(args: argparse.Namespace) -> int:
+    """Re-embed the gallery with another model and switch to it (or roll back, or purge)."""
+    info, text, code = migrate_model(settings_from(args), args)
+    emit(args, info, text)
+    return code
 
 
 def _current_pin(settings: Settings) -> tuple[str, int, str]:

@@ -19,6 +19,13 @@ from tests.conftest import API_KEY, lfw, make_settings, read
 
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld"]
 TARGET = "sface-2021dec-int8"
+
+
+@pytest.fixture(autouse=True)
+def _needs_int8(int8_recognizer: str) -> None:
+    """The migration target: derived on a fresh checkout (tests.conftest.int8_recognizer)."""
+
+
 BASE = "/v1/admin/model-migration"
 
 

@@ -24,6 +24,13 @@ expect, shot, sign_in = console.expect, console.shot, console.sign_in
 HEADERS = {"X-API-Key": API_KEY}
 PEOPLE = ["Colin_Powell", "Tony_Blair", "Donald_Rumsfeld"]
 TARGET = "sface-2021dec-int8"
+
+
+@pytest.fixture(autouse=True)
+def _needs_int8(int8_recognizer: str) -> None:
+    """The migration target: derived on a fresh checkout (tests.conftest.int8_recognizer)."""
+
+
 UNCALIBRATED = "sface-2021dec-uncalibrated"
 
 
@@ -45,8 +52,9 @@ def writer(keys_file: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's models, and SFace registered once more without its calibration."""
+def models(tmp_path_factory: pytest.TempPathFactory, int8_recognizer: str) -> Path:
+    """The repository's models (the int8 target derived first), and SFace registered once
+    more without its calibration."""
     folder = tmp_path_factory.mktemp("models")
     for model in (ROOT / "models").iterdir():
         (folder / model.name).symlink_to(model)

@@ -37,6 +37,11 @@ HELD_BACK = 3
 TARGET = "sface-2021dec-int8"
 
 
+@pytest.fixture(autouse=True)
+def _needs_int8(int8_recognizer: str) -> None:
+    """The migration target: derived on a fresh checkout (tests.conftest.int8_recognizer)."""
+
+
 def gallery_settings(
     tmp_path: Path, model: str = "sface-2021dec", backend: Distributed | None = None
 ) -> Settings:
