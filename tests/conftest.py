@@ -68,6 +68,16 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(autouse=True)
+def kept_face_data_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept face chips go to an images folder that belongs to one gallery (it is bound to the
+    first that opens it). A test's CLI run or server with the default gallery (``cwd=ROOT``:
+    ``var/gallery``, ``var/images``), or on a database of its own (the distributed backend),
+    would meet another test's folder: each test's go under its own tmp_path (settings that name
+    an images folder still win)."""
+    monkeypatch.setenv("MARGINFACE_PRIVACY__IMAGES_DIR", str(tmp_path / "images"))
+
+
 @pytest.fixture(scope="session")
 def int8_recognizer() -> str:
     """``sface-2021dec-int8`` ready in the repository's registry: a fresh checkout has only its

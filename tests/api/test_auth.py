@@ -32,6 +32,7 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/subjects/{subject_id}/negatives"): "read",
     ("DELETE", "/v1/subjects/{subject_id}/negatives/{negative_id}"): "write",
     ("GET", "/v1/faces/{face_id}/image"): "read",
+    ("GET", "/v1/faces/{face_id}/chip"): "read",
     ("POST", "/v1/verify"): "read",
     ("POST", "/v1/identify"): "read",
     ("POST", "/v1/detect"): "read",
@@ -52,6 +53,10 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/jobs"): "admin",
     ("GET", "/v1/jobs/{job_id}/report"): "admin",
     ("GET", "/v1/gallery/export"): "admin",
+    ("GET", "/v1/admin/model-migration"): "admin",
+    ("POST", "/v1/admin/model-migration"): "admin",
+    ("POST", "/v1/admin/model-migration/rollback"): "admin",
+    ("POST", "/v1/admin/model-migration/purge"): "admin",
     # CompreFace's API (docs/compreface.md): its error body, same keys and scopes
     ("POST", "/api/v1/recognition/subjects"): "write",
     ("GET", "/api/v1/recognition/subjects"): "read",

@@ -190,7 +190,7 @@ def test_an_images_dir_that_cannot_be_created_is_refused_at_start(tmp_path: Path
 
 
 def test_a_second_gallery_is_refused_an_images_folder_another_one_holds(
-    tmp_path: Path, pipeline: FacePipeline
+    tmp_path: Path, pipeline: FacePipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chips and photos are named by face id, and every gallery numbers its faces from 1: two
     galleries sharing one images folder would sweep each other's chips away at start and
@@ -220,11 +220,8 @@ def test_a_second_gallery_is_refused_an_images_folder_another_one_holds(
         assert again.face_chip(face_id) == before
     finally:
         again.close()
-    own = make_settings(tmp_path / "c")  # no images_dir: the gallery's own, beside it
-    from service.settings import Settings
+    from service.settings import Settings  # no images_dir: the gallery's own, beside it
 
-    plain = Settings(
-        models_dir=own.models_dir,
-        gallery={"path": tmp_path / "d" / "gallery"},  # type: ignore[arg-type]
-    )
+    monkeypatch.delenv("MARGINFACE_PRIVACY__IMAGES_DIR")
+    plain = Settings(gallery={"path": tmp_path / "d" / "gallery"})  # type: ignore[arg-type]
     assert plain.privacy.images_dir == tmp_path / "d" / "images"
