@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import MarginFaceError, ModelError, ModelNotCalibrated
+from service.errors import InvalidRequest, MarginFaceError, ModelError, ModelNotCalibrated
 from service.gallery.records import FaceRecord
 from service.gallery.staging import ModelPin, ModelStaging
 from service.images import ImageVault
@@ -58,6 +58,12 @@ def target_model(settings: Settings, name: str, *, allow_uncalibrated: bool = Fa
     """The registered model ``name`` (weights verified), refused without a calibration unless
     ``allow_uncalibrated`` (identify could not judge its scores). A threshold alone is not one:
     an exported model carries a placeholder until ``marginface calibrate`` measures it."""
+    known = {m.name for m in list_models(settings.models_dir) if m.embedding_dim is not None}
+    if name not in known:
+        raise InvalidRequest(
+            f"{name!r} is not a registered recognizer (known: {', '.join(sorted(known))})",
+            known=sorted(known),
+        )
     manifest, _ = resolve_model(settings.models_dir, name)
     if manifest.embedding_dim is None:
         raise ModelError(f"{name} is not a recognizer (no embedding size in its manifest)")
