@@ -62,7 +62,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "device": "cpu",
         "gallery": {"path": tmp_path / "gallery", "flush_interval_s": 3600},
         "auth": {"api_keys": [API_KEY]},
-        "privacy": privacy,  # kept images: beside the gallery, tmp_path / "images"
+        "privacy": {"images_dir": tmp_path / "images", **privacy},
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ A store made by an older release is upgraded in place when it opens (versioned S
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import shutil
 import sqlite3
@@ -89,6 +90,10 @@ class SqliteStore(SqlStore):
                 f"the gallery store {path} cannot be read ({exc}); it is left untouched. "
                 "Restore it from a backup (marginface gallery import) or move it aside."
             ) from exc
+        # a checkpoint a crash interrupted leaves the file shorter than its header says (page 1
+        # is written first), every page still in the WAL: complete it before watching the file
+        with contextlib.suppress(sqlite3.OperationalError):  # busy: another process's, running
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._file = StoreFile(path)
         self._lost: str | None = None
         try:

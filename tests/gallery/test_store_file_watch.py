@@ -72,3 +72,35 @@ def test_a_store_truncated_past_its_header_is_still_refused(tmp_path: Path) -> N
             store.check_file()
     finally:
         store.close()
+
+
+def test_a_store_left_mid_checkpoint_by_a_crash_opens(tmp_path: Path) -> None:
+    """A checkpoint writes page 1 (with the new page count) before the pages that extend the
+    file; a SIGKILL between the two leaves the file shorter than its header says, every page
+    still in the WAL. That is a whole store, not a truncated one: the service refused to start
+    on it (GalleryCorrupted "was truncated", found by tests/test_server.py's SIGKILL test on a
+    fresh checkout). Opening completes the checkpoint first."""
+    import sqlite3
+
+    path = tmp_path / STORE_FILE
+    SqliteStore(path, model_id=MODEL, embedding_dim=DIM).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE filler (data BLOB)")
+    for _ in range(20):
+        conn.execute("INSERT INTO filler VALUES (?)", (os.urandom(50_000),))
+    header = conn.execute("PRAGMA page_count").fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with path.open("r+b") as fh:  # page 1 as a checkpoint writes it first: the new count
+        fh.seek(28)
+        fh.write(int(header).to_bytes(4, "big"))
+    # (the other connection stays open, never checkpointing: the WAL keeps every page)
+    assert path.stat().st_size < header * page_size  # short, as the crash left it
+    store = SqliteStore(path, model_id=MODEL, embedding_dim=DIM)
+    try:
+        store.check_file()  # was: GalleryCorrupted (the file "was truncated")
+        assert store.counts() == (0, 0)
+    finally:
+        store.close()
+        conn.close()
