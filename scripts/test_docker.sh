@@ -227,7 +227,10 @@ step "SIGTERM (docker compose stop) flushes the index; down and up again: galler
 "${COMPOSE[@]}" "${FILES[@]}" stop api >/dev/null 2>&1 || fail "stop"
 code=$(docker inspect -f '{{.State.ExitCode}}' "$C")
 case $code in 0|143) ;; *) docker logs --tail 30 "$C" >&2; fail "exit code $code after SIGTERM";; esac
-docker logs "$C" 2>&1 | grep -q '"signal\|SIGTERM\|Shutting down\|shutdown' \
+# (the logs are read whole first: with pipefail, `docker logs | grep -q` fails when grep stops
+# reading at its match and docker logs gets SIGPIPE on a longer log)
+logs=$(docker logs "$C" 2>&1)
+grep -q '"signal\|SIGTERM\|Shutting down\|shutdown' <<<"$logs" \
     || echo "note: no shutdown line in the logs" >&2
 "${COMPOSE[@]}" "${FILES[@]}" down >/dev/null 2>&1 || fail "down"
 "${COMPOSE[@]}" "${FILES[@]}" up -d >/dev/null 2>&1 || fail "up again"
@@ -235,7 +238,8 @@ wait_healthy
 n=$(curl -sf -H "$H" "$URL/v1/subjects" | jq_py 'len(d["items"]) if isinstance(d, dict) else len(d)')
 [ "$n" = 2 ] || fail "after down/up the gallery has $n subjects, not 2"
 [ "$(identify "$LFW/Colin_Powell/Colin_Powell_0002.jpg")" = colin_powell ] || fail "identify after up"
-docker logs "$(cid)" 2>&1 | grep -q 'gallery index loaded (2 vectors)' || {
+logs=$(docker logs "$(cid)" 2>&1)
+grep -q 'gallery index loaded (2 vectors)' <<<"$logs" || {
     docker logs "$(cid)" 2>&1 | grep -i index >&2; fail "the index was not saved at SIGTERM (rebuilt at start)"; }
 
 step "no download at run time: the image serves with --network none"
