@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidRequest, MarginFaceError, ModelError, ModelNotCalibrated
+from service.evaluation import iou_matrix
 from service.gallery.records import FaceRecord
 from service.gallery.staging import ModelPin, ModelStaging
 from service.images import ImageVault
@@ -87,14 +88,6 @@ def model_named(settings: Settings, model_id: str) -> str:
     )
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, w) * max(0.0, h)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 class Reembedder:
     """Embeds a stored face again with the target pipeline, from its kept chip or photo."""
 
@@ -133,10 +126,11 @@ class Reembedder:
             if kind == "chip":
                 box = face_box_in_chip(box, image.shape[0])
             found = self.pipeline.analyze(image)
-            scored = [(_iou(box, tuple(f.box)), f) for f in found]
-            scored = [s for s in scored if s[0] >= MIN_IOU]
-            if scored:
-                return max(scored, key=lambda s: s[0])[1].embedding
+            if found:
+                overlap = iou_matrix(np.array([box]), np.array([f.box for f in found]))[0]
+                best = int(np.argmax(overlap))
+                if overlap[best] >= MIN_IOU:
+                    return found[best].embedding
             reason = f"the new pipeline finds no face where it was in its kept {kind}"
         return reason
 

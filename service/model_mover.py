@@ -35,7 +35,7 @@ from service.model_migration import (
     target_model,
 )
 from service.models import list_models
-from service.recognition import build_pipeline
+from service.recognition import checked_pipeline
 from service.settings import Settings
 from service.vision.pipeline import FacePipeline
 
@@ -232,12 +232,7 @@ class ModelMover:
         )
 
     def _target_pipeline(self, name: str) -> FacePipeline:
-        follow = self.settings.model_copy(
-            update={"embedder": self.settings.embedder.model_copy(update={"model": name})}
-        )
-        fresh = build_pipeline(follow)
-        fresh.self_check()
-        return fresh
+        return checked_pipeline(self.settings.with_recognizer(name))
 
     def _run(self, target: Any, switch: bool) -> None:
         fresh: FacePipeline | None = None

@@ -86,8 +86,12 @@ class IdentifiedFace:
             "ambiguous": [candidate(c) for c in self.answer.contenders],
             "candidates": [candidate(c) for c in self.candidates],
             "vetoed": [
-                {"subject_id": v.subject_id, "name": v.name, "score": round(v.score, 6),
-                 "negative": round(v.negative, 6)}
+                {
+                    "subject_id": v.subject_id,
+                    "name": v.name,
+                    "score": round(v.score, 6),
+                    "negative": round(v.negative, 6),
+                }
                 for v in self.vetoed
             ],
         }
@@ -157,6 +161,18 @@ def detector_options(settings: Settings) -> DetectorOptions:
         upscale_below_px=d.upscale_below_px,
         max_faces=d.max_faces,
     )
+
+
+def checked_pipeline(settings: Settings) -> FacePipeline:
+    """``build_pipeline``, then run once (``self_check``): a device that loads a model but
+    cannot run it fails here, and the half-built pipeline is closed."""
+    pipe = build_pipeline(settings)
+    try:
+        pipe.self_check()
+    except BaseException:
+        pipe.close()
+        raise
+    return pipe
 
 
 def open_gallery(
@@ -463,9 +479,7 @@ class Recognition:
             out.append(IdentifiedFace(face, subjects[:k], answer, vetoed))
         return out, chosen
 
-    def rank(
-        self, probes: np.ndarray, top_k: int
-    ) -> list[tuple[list[Candidate], list[Vetoed]]]:
+    def rank(self, probes: np.ndarray, top_k: int) -> list[tuple[list[Candidate], list[Vetoed]]]:
         """For each probe (unit rows of the running model): its top-k candidate subjects once
         the subjects its negatives veto are dropped (``service.identification.veto``), and
         those vetoed. Every identify goes through here (ours, the CLI's, CompreFace's

@@ -18,7 +18,7 @@ from service.gallery import Gallery, backends
 from service.indexer import BatchIndexer
 from service.jobs import JobRunner, WorkFolders
 from service.memory import give_back_freed_memory
-from service.recognition import build_pipeline, open_gallery
+from service.recognition import build_pipeline, checked_pipeline, open_gallery
 from service.settings import Settings
 from service.vision.pipeline import FacePipeline
 
@@ -49,15 +49,7 @@ def _follow_gallery(settings: Settings, pipe: FacePipeline, gallery: Gallery) ->
         pipe.model_id,
         name,
     )
-    follow = settings.model_copy(
-        update={"embedder": settings.embedder.model_copy(update={"model": name})}
-    )
-    fresh = build_pipeline(follow)
-    try:
-        fresh.self_check()
-    except BaseException:
-        fresh.close()
-        raise
+    fresh = checked_pipeline(settings.with_recognizer(name))
     pipe.close()
     return fresh
 

@@ -345,6 +345,12 @@ class Settings(BaseSettings):
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
     console_enabled: bool = Field(True, description="serve the web console at /console")
 
+    def with_recognizer(self, name: str) -> Settings:
+        """These settings with another recognizer (a migration's target, ``--model``)."""
+        return self.model_copy(
+            update={"embedder": self.embedder.model_copy(update={"model": name})}
+        )
+
     @model_validator(mode="after")
     def _images_beside_the_gallery(self) -> Settings:
         """Unless set, kept images go beside the gallery's folder: two galleries configured by

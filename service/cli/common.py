@@ -96,9 +96,7 @@ def with_recognizer(settings: Settings, model: str | None) -> Settings:
     """``settings`` with another recognizer (``--model``), or unchanged."""
     if not model:
         return settings
-    return settings.model_copy(
-        update={"embedder": settings.embedder.model_copy(update={"model": model})}
-    )
+    return settings.with_recognizer(model)
 
 
 def read(path: str) -> bytes:

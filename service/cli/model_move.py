@@ -147,12 +147,9 @@ def _reembedder(settings: Settings, name: str) -> Any:
     from service.model_migration import Reembedder
     from service.recognition import build_pipeline
 
-    target_settings = settings.model_copy(
-        update={"embedder": settings.embedder.model_copy(update={"model": name})}
-    )
-    pipeline = build_pipeline(target_settings, batching=False)
+    pipeline = build_pipeline(settings.with_recognizer(name), batching=False)
     privacy = settings.privacy
-    keeps = privacy.keep_images or getattr(privacy, "keep_face_chips", False)
+    keeps = privacy.keep_images or privacy.keep_face_chips
     vault = ImageVault(privacy) if keeps and privacy.images_dir.is_dir() else None
     return Reembedder(pipeline, vault, photos=privacy.keep_images)
 
